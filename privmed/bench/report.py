@@ -1,0 +1,113 @@
+"""The bench report: the review's columns, measured; a validation-curve plot.
+
+Computed from result dicts only (never by re-running). A column with nothing
+measured says "not measured yet".
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+COLUMNS = ("Technique", "Dataset", "Model", "Performance", "Communication", "Scalability", "Reliability", "Runtime", "Privacy", "Security")
+NOT_YET = "not measured yet"
+
+
+def _bytes(n: float) -> str:
+    for unit in ("B", "kB", "MB", "GB"):
+        if abs(n) < 1000:
+            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
+        n /= 1000
+    return f"{n:.1f} TB"
+
+
+def _performance(r: dict[str, Any]) -> str:
+    f = r["performance"]["final"]
+    keys = ["accuracy", "auroc", "balanced_accuracy"] if "accuracy" in f else ["dice"]
+    return ", ".join(f"{k.replace('balanced_accuracy', 'bal.acc')} {f[k]:.3f}" for k in keys if f.get(k) is not None)
+
+
+def _communication(r: dict[str, Any]) -> str:
+    c = r["communication"]
+    if "raw_data_bytes_up" in c:
+        return f"raw data {_bytes(c['raw_data_bytes_up'])} up"
+    return f"{_bytes(c['bytes_up'])} up / {_bytes(c['bytes_down'])} down; {_bytes(c.get('bytes_per_site_per_round', 0))}/site/round"
+
+
+def _reliability(r: dict[str, Any]) -> str:
+    rel = r["reliability"]
+    n = len(rel.get("rejected_updates", []))
+    faults = rel.get("faults_injected") or []
+    if not faults and not n:
+        return "no faults injected; 0 updates rejected"
+    return f"{len(faults)} faults injected; {n} updates rejected; {'completed' if rel.get('completed') else 'failed'}"
+
+
+def _privacy(r: dict[str, Any]) -> str:
+    p = r["privacy"]
+    parts = [f"coordinator sees {p['coordinator_sees']}"]
+    if p.get("epsilon") is not None:
+        parts.append(f"ε={p['epsilon']:.2f}, δ={p['delta']:g} ({p['unit']}-level)")
+    leak = p.get("leakage")
+    parts.append(f"leakage: {leak}" if isinstance(leak, str) else "leakage: " + ", ".join(f"{k} {v:.3f}" for k, v in leak.items()))
+    return "; ".join(parts)
+
+
+def _security(r: dict[str, Any]) -> str:
+    s = r.get("security", {}).get("attacks", NOT_YET)
+    return s if isinstance(s, str) else ", ".join(f"{k} {v:.3f}" for k, v in s.items())
+
+
+def row(r: dict[str, Any]) -> list[str]:
+    d, m = r["dataset"], r["model"]
+    return [
+        f"{r.get('label', r['protocol'])} (`{r['technique']}`)",
+        f"{d['name']} {'x'.join(map(str, d['image_shape']))}, {len(d['distribution'])} sites, {d['split']}",
+        f"{m['name']} ({m['parameters']:,} params)",
+        _performance(r),
+        _communication(r),
+        r.get("scalability", NOT_YET),
+        _reliability(r),
+        f"{r['runtime']['wall_seconds']:.1f} s wall, {r['runtime']['cpu_seconds']:.1f} s CPU",
+        _privacy(r),
+        _security(r),
+    ]
+
+
+def distribution_table(r: dict[str, Any]) -> list[str]:
+    lines = ["| site | patients | train / val / test images | train labels | test labels |", "|---|---|---|---|---|"]
+    for s in r["dataset"]["distribution"]:
+        im = s["images"]
+        lines.append(f"| {s['site']} | {s['patients']} | {im['train']} / {im['val']} / {im['test']} | {s['labels_train']} | {s['labels_test']} |")
+    return lines
+
+
+def write_report(results: list[dict[str, Any]], path: Path, *, plot_name: str | None = None) -> None:
+    lines = ["# privmed bench", "",
+             "Every row: same data, same model, same seed, same machine. Performance is on the pooled held-out test split of all sites.", "",
+             "| " + " | ".join(COLUMNS) + " |", "|" + "---|" * len(COLUMNS)]
+    lines += ["| " + " | ".join(row(r)) + " |" for r in results]
+    lines += ["", "## Data distribution (per site)", ""] + distribution_table(results[0])
+    if plot_name:
+        lines += ["", f"![validation metric per round]({plot_name})"]
+    path.write_text("\n".join(lines) + "\n")
+
+
+def write_plot(results: list[dict[str, Any]], path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(7, 4.5))
+    for r in results:
+        metric = r["performance"]["metric"]
+        hist = r["performance"]["history"]
+        ax.plot([h["round"] for h in hist], [h["val"].get(metric) for h in hist], marker="o", ms=3, label=r.get("label", r["protocol"]))
+    ax.set_xlabel("round (SWT: site stage)")
+    ax.set_ylabel(f"validation {results[0]['performance']['metric']}")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=7, ncol=2)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)

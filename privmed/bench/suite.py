@@ -1,0 +1,57 @@
+"""``privmed bench``: run the default suite and write results.json, report.md and a plot.
+
+Every row runs on the same phantom federation (built once), the same model
+and the same seed. Rows are (label, RunConfig) pairs, so later mechanisms add
+rows here rather than new code paths.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import shutil
+from pathlib import Path
+from typing import Any
+
+from rich.console import Console
+
+from privmed.bench.report import write_plot, write_report
+from privmed.config import RunConfig
+from privmed.protocols.base import TrainSettings
+
+DEFAULT_ROUNDS = 10
+
+
+def default_suite(*, seed: int = 0, rounds: int | None = None, n_sites: int = 4) -> list[tuple[str, RunConfig]]:
+    train = TrainSettings(rounds=rounds or DEFAULT_ROUNDS, local_epochs=1)
+    base = RunConfig(seed=seed, train=train)
+    rows = [("centralised", dataclasses.replace(base, protocol="centralised", name="centralised"))]
+    rows += [(f"single site-{i}", dataclasses.replace(base, protocol="single", options={"site": i}, name=f"single-site{i}")) for i in range(n_sites)]
+    rows += [(p, dataclasses.replace(base, protocol=p, name=p)) for p in ("ensemble", "swt", "cwt", "fedavg")]
+    return rows
+
+
+def run_suite(*, runs_dir: str | Path = "runs", seed: int = 0, rounds: int | None = None,
+              console: Console | None = None, rows: list[tuple[str, RunConfig]] | None = None) -> Path:
+    """Run ``rows`` (default: :func:`default_suite`) and write the bench directory atomically."""
+    from privmed.cli import round_progress
+    from privmed.run import build_federation, execute
+
+    rows = rows or default_suite(seed=seed, rounds=rounds)
+    out = Path(runs_dir) / "bench"
+    work = Path(runs_dir) / ".bench.partial"
+    shutil.rmtree(work, ignore_errors=True)
+    fed = build_federation(rows[0][1].data, rows[0][1].seed)
+    results: list[dict[str, Any]] = []
+    for label, cfg in rows:
+        with round_progress(f"{label:<14}") as update:
+            result = execute(cfg, progress=update, fed=fed if cfg.data == rows[0][1].data else None)
+        result.save(work / cfg.run_name)
+        results.append({"label": label, **result.to_dict()})
+    (work / "results.json").write_text(json.dumps(results, indent=2))
+    write_report(results, work / "report.md", plot_name="validation.png")
+    write_plot(results, work / "validation.png")
+    shutil.rmtree(out, ignore_errors=True)
+    os.replace(work, out)
+    return out

@@ -1,0 +1,154 @@
+"""``privmed ...``: a thin CLI; each command calls one public library function."""
+
+from __future__ import annotations
+
+import contextlib
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Optional
+
+import typer
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+from rich.table import Table
+
+from privmed.errors import PrivmedError
+
+app = typer.Typer(add_completion=False, no_args_is_help=True, help="Privacy-preserving deep learning across hospitals: train, measure, audit.")
+console = Console(stderr=True)
+
+
+@contextlib.contextmanager
+def user_errors() -> Iterator[None]:
+    """A PrivmedError becomes one line on stderr and exit code 2, no traceback."""
+    try:
+        yield
+    except PrivmedError as exc:
+        console.print(f"[red]error:[/red] {exc}", highlight=False, soft_wrap=True)
+        raise typer.Exit(2) from None
+
+
+@contextlib.contextmanager
+def round_progress(label: str) -> Iterator:
+    """A rich progress bar; yields a callback (round, total, metrics)."""
+    with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TextColumn("{task.fields[m]}"),
+                  TimeElapsedColumn(), console=console, transient=False) as bar:
+        task = bar.add_task(label, total=None, m="")
+
+        def update(rnd: int, total: int, metrics: dict) -> None:
+            shown = " ".join(f"{k}={v:.3f}" for k, v in list(metrics.items())[:2])
+            bar.update(task, completed=rnd, total=total, m=shown)
+
+        yield update
+
+
+def parse_key_values(items: list[str]) -> dict:
+    """``["epsilon=3", "unit=patient"]`` -> ``{"epsilon": 3, "unit": "patient"}`` (TOML literals, else strings)."""
+    import tomllib
+
+    out = {}
+    for item in items:
+        key, sep, raw = item.partition("=")
+        if not sep or not key:
+            raise PrivmedError(f"--privacy-opt expects key=value, got {item!r}")
+        try:
+            out[key.strip()] = tomllib.loads(f"v = {raw}")["v"]
+        except tomllib.TOMLDecodeError:
+            out[key.strip()] = raw
+    return out
+
+
+@app.command()
+def train(
+    protocol: Optional[str] = typer.Option(None, help="centralised | single | ensemble | swt | cwt | fedavg"),
+    sites: Optional[int] = typer.Option(None, help="number of sites (hospitals)"),
+    split: Optional[str] = typer.Option(None, help="natural | iid | dirichlet:<alpha> | quantity:<beta>"),
+    rounds: Optional[int] = typer.Option(None, help="rounds (cycles for CWT)"),
+    epochs: Optional[int] = typer.Option(None, help="local epochs per round / per site visit"),
+    lr: Optional[float] = typer.Option(None, help="learning rate (Adam)"),
+    batch_size: Optional[int] = typer.Option(None, help="batch size"),
+    seed: Optional[int] = typer.Option(None, help="run seed (same config + seed = same metrics)"),
+    model: Optional[str] = typer.Option(None, help="cnn | densenet121 | unet | seg-cnn"),
+    task: Optional[str] = typer.Option(None, help="classification | segmentation"),
+    dataset: Optional[str] = typer.Option(None, help="phantom | medmnist:<path.npz>"),
+    image_size: Optional[int] = typer.Option(None, help="phantom image size"),
+    order: Optional[str] = typer.Option(None, help="CWT visiting order: fixed | shuffled"),
+    site: Optional[int] = typer.Option(None, help="which site trains alone (protocol single)"),
+    privacy: Optional[str] = typer.Option(None, help="privacy mechanism (see `privmed mechanisms`); default none"),
+    privacy_opt: list[str] = typer.Option([], "--privacy-opt", help="mechanism parameter key=value (repeatable)"),
+    name: Optional[str] = typer.Option(None, help="run name (directory under --runs-dir)"),
+    config: Optional[Path] = typer.Option(None, "--config", help="TOML run config; flags override it"),
+    runs_dir: Path = typer.Option(Path("runs"), help="where runs are written"),
+) -> None:
+    """Train one protocol and write runs/<name>/result.json."""
+    from privmed import config as cfgmod
+    from privmed.run import run
+
+    with user_errors():
+        base = cfgmod.load_toml(config) if config else cfgmod.RunConfig()
+        options = dict(base.options)
+        if order is not None:
+            options["order"] = order
+        if site is not None:
+            options["site"] = site
+        priv = dict(base.privacy)
+        if privacy is not None:
+            priv["mechanism"] = privacy
+        priv.update(parse_key_values(privacy_opt))
+        cfg = cfgmod.replace(
+            base, protocol=protocol, seed=seed, model=model, task=task, name=name, options=options, privacy=priv,
+            **{"data.sites": sites, "data.split": split, "data.dataset": dataset, "data.image_size": image_size,
+               "train.rounds": rounds, "train.local_epochs": epochs, "train.lr": lr, "train.batch_size": batch_size},
+        )
+        cfgmod.RunConfig.__post_init__(cfg)  # re-validate the combination
+        with round_progress(f"{cfg.protocol} ({cfg.data.split}, {cfg.data.sites} sites)") as update:
+            result, path = run(cfg, runs_dir=runs_dir, progress=update)
+    table = Table(title=f"{cfg.run_name}: final test metrics")
+    table.add_column("metric")
+    table.add_column("value", justify="right")
+    for k, v in result.performance["final"].items():
+        table.add_row(k, "n/a" if v is None else f"{v:.4f}")
+    table.add_row("bytes up / down", f"{result.communication['bytes_up']:,} / {result.communication['bytes_down']:,}")
+    table.add_row("wall seconds", f"{result.runtime['wall_seconds']:.1f}")
+    if result.reliability["rejected_updates"]:
+        table.add_row("rejected updates", str(len(result.reliability["rejected_updates"])))
+    Console().print(table)
+    console.print(f"wrote {path}")
+
+
+@app.command()
+def mechanisms() -> None:
+    """List the protocols and privacy mechanisms by name."""
+    from privmed.privacy.registry import MECHANISMS
+    from privmed.protocols.registry import PROTOCOLS
+
+    Console().print("protocols: " + ", ".join(PROTOCOLS))
+    Console().print("privacy mechanisms: " + ", ".join(MECHANISMS))
+
+
+@app.command()
+def bench(
+    runs_dir: Path = typer.Option(Path("runs"), help="results go to <runs-dir>/bench"),
+    seed: int = typer.Option(0, help="seed for every run of the suite"),
+    rounds: Optional[int] = typer.Option(None, help="override the suite's number of rounds"),
+) -> None:
+    """Run every protocol on the default phantom split; write results.json, report.md and plots."""
+    from privmed.bench.suite import run_suite
+
+    with user_errors():
+        out = run_suite(runs_dir=runs_dir, seed=seed, rounds=rounds, console=console)
+    console.print(f"wrote {out / 'report.md'}")
+    Console().print((out / "report.md").read_text())
+
+
+def main() -> None:
+    try:
+        app()
+    except KeyboardInterrupt:
+        console.print("interrupted; nothing was written for the unfinished run")
+        sys.exit(130)
+
+
+if __name__ == "__main__":
+    main()

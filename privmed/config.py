@@ -1,0 +1,115 @@
+"""Run configuration: frozen dataclasses, validated on construction.
+
+TOML <-> dataclass conversion happens only here (the CLI edge). A key that
+does not exist is an error naming the valid keys.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import tomllib
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from privmed.errors import PrivmedError
+from privmed.protocols.base import TrainSettings
+
+
+@dataclass(frozen=True)
+class DataConfig:
+    dataset: str = "phantom"  # "phantom" or "medmnist:<path to .npz>"
+    sites: int = 4
+    split: str = "natural"
+    image_size: int = 32
+    n_classes: int = 2
+    shared_patient_fraction: float = 0.0
+
+    def __post_init__(self) -> None:
+        if self.sites < 1:
+            raise PrivmedError(f"need at least 1 site, got {self.sites}")
+
+
+@dataclass(frozen=True)
+class RunConfig:
+    protocol: str = "fedavg"
+    model: str = "cnn"
+    task: str = "classification"
+    seed: int = 0
+    name: str = ""
+    data: DataConfig = field(default_factory=DataConfig)
+    train: TrainSettings = field(default_factory=TrainSettings)
+    options: dict[str, Any] = field(default_factory=dict)  # protocol options, e.g. order, site
+    privacy: dict[str, Any] = field(default_factory=dict)  # {"mechanism": name, **its parameters}
+
+    def __post_init__(self) -> None:
+        from privmed.models import model_task
+        from privmed.protocols.registry import get_protocol
+        from privmed.tasks import TASKS
+
+        from privmed.privacy.registry import make_mechanism
+
+        get_protocol(self.protocol)
+        make_mechanism(self.privacy)  # validates the mechanism name and its parameters
+        if self.task not in TASKS:
+            raise PrivmedError(f"unknown task {self.task!r}; valid tasks: {', '.join(TASKS)}")
+        if model_task(self.model) != self.task:
+            raise PrivmedError(f"model {self.model!r} is for {model_task(self.model)}, not {self.task}; pick a {self.task} model")
+
+    @property
+    def run_name(self) -> str:
+        return self.name or f"{self.protocol}-{self.data.split.replace(':', '')}-s{self.seed}"
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+
+def _build(cls: type, values: dict[str, Any], where: str) -> Any:
+    fields = {f.name: f for f in dataclasses.fields(cls)}
+    unknown = sorted(set(values) - set(fields))
+    if unknown:
+        raise PrivmedError(f"unknown config key {where}{unknown[0]!r}; valid keys{' in [' + where.rstrip('.') + ']' if where else ''}: {', '.join(fields)}")
+    return values
+
+
+def from_dict(values: dict[str, Any]) -> RunConfig:
+    values = dict(_build(RunConfig, values, ""))
+    if "data" in values:
+        values["data"] = DataConfig(**_build(DataConfig, dict(values["data"]), "data."))
+    if "train" in values:
+        values["train"] = TrainSettings(**_build(TrainSettings, dict(values["train"]), "train."))
+    try:
+        return RunConfig(**values)
+    except TypeError as exc:
+        raise PrivmedError(f"bad config value: {exc}") from None
+
+
+def load_toml(path: str | Path) -> RunConfig:
+    p = Path(path)
+    if not p.is_file():
+        raise PrivmedError(f"config file {p} does not exist")
+    try:
+        values = tomllib.loads(p.read_text())
+    except tomllib.TOMLDecodeError as exc:
+        raise PrivmedError(f"config file {p} is not valid TOML: {exc}") from None
+    return from_dict(values)
+
+
+def replace(config: RunConfig, **changes: Any) -> RunConfig:
+    """A copy of ``config`` with top-level, ``data.`` or ``train.`` fields changed (None = keep)."""
+    top, data, train = {}, {}, {}
+    for k, v in changes.items():
+        if v is None:
+            continue
+        if k.startswith("data."):
+            data[k[5:]] = v
+        elif k.startswith("train."):
+            train[k[6:]] = v
+        else:
+            top[k] = v
+    return dataclasses.replace(
+        config,
+        data=dataclasses.replace(config.data, **data),
+        train=dataclasses.replace(config.train, **train),
+        **top,
+    )

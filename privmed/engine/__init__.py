@@ -1,0 +1,1 @@
+"""Engines that carry protocol messages between the coordinator and the sites."""

@@ -1,0 +1,23 @@
+"""Privacy mechanism names a user can type."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+from privmed.errors import unknown_name
+from privmed.privacy.base import Mechanism
+
+# name -> factory(options) -> Mechanism
+MECHANISMS: dict[str, Callable[[dict[str, Any]], Mechanism]] = {
+    "none": lambda options: Mechanism(),
+}
+
+
+def make_mechanism(options: dict[str, Any]) -> Mechanism:
+    """``options["mechanism"]`` names the mechanism; the rest are its parameters."""
+    opts = dict(options)
+    name = opts.pop("mechanism", "none")
+    if name not in MECHANISMS:
+        raise unknown_name("privacy mechanism", name, list(MECHANISMS))
+    return MECHANISMS[name](opts)

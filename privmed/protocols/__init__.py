@@ -1,0 +1,1 @@
+"""Protocols of the review, each in its own file, all talking through a Flower Grid."""

@@ -1,0 +1,23 @@
+"""Model ensembling (ME).
+
+Paper: Chang et al. 2018 (JAMIA). Mechanism: each institution trains its own
+model on its own data only; predictions are the average of the models'
+output probabilities. Faithful: independent models, unweighted average of
+softmax outputs. Differs: none of substance; the history evaluates the
+ensemble after each round of local training so curves compare with the
+others.
+"""
+
+from __future__ import annotations
+
+from privmed.protocols.base import ProtocolContext, ProtocolOutput, node_ids, train_at
+
+
+def run(ctx: ProtocolContext) -> ProtocolOutput:
+    nodes = node_ids(ctx)
+    models = {n: ctx.initial for n in nodes}
+    for rnd in range(1, ctx.settings.rounds + 1):
+        for n in nodes:
+            models[n] = train_at(ctx, n, models[n], rnd) or models[n]
+        ctx.evaluate_fn(rnd, list(models.values()))
+    return ProtocolOutput(list(models.values()))

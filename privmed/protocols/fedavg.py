@@ -1,0 +1,73 @@
+"""Federated averaging (FedAvg).
+
+Paper: McMahan et al. 2017; for medical segmentation, Sheller et al. 2018
+(data-size-weighted averaging, one local epoch per round). Mechanism: each
+round every site trains the global model locally, the coordinator averages
+the returned weights weighted by the number of training examples. This is
+Flower's own ``FedAvg`` strategy run by its own round loop
+(``Strategy.start``); privmed adds only a wrapper that rejects NaN or
+wrong-shaped updates before Flower averages them (Flower's FedAvg would
+average them in).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+
+from flwr.app import ArrayRecord, ConfigRecord, Message, MetricRecord
+from flwr.serverapp import Grid
+from flwr.serverapp.strategy import FedAvg, Strategy
+
+from privmed.engine.validate import reply_problem
+from privmed.protocols.base import ProtocolContext, ProtocolOutput, node_ids
+
+
+class RejectInvalidUpdates(Strategy):
+    """Wrap a Flower strategy: drop error, NaN and wrong-shaped train replies, record why."""
+
+    def __init__(self, strategy: Strategy, ctx: ProtocolContext) -> None:
+        self.strategy, self.ctx = strategy, ctx
+        self._sent: ArrayRecord | None = None
+
+    def summary(self) -> None:
+        self.strategy.summary()
+
+    def configure_train(self, server_round: int, arrays: ArrayRecord, config: ConfigRecord, grid: Grid) -> Iterable[Message]:
+        self._sent = arrays
+        return self.strategy.configure_train(server_round, arrays, config, grid)
+
+    def aggregate_train(self, server_round: int, replies: Iterable[Message]) -> tuple[ArrayRecord | None, MetricRecord | None]:
+        kept = []
+        for reply in replies:
+            problem = reply_problem(reply, self._sent)
+            if problem:
+                self.ctx.reject(server_round, reply.metadata.src_node_id, problem)
+            else:
+                kept.append(reply)
+        return self.strategy.aggregate_train(server_round, kept)
+
+    def configure_evaluate(self, server_round: int, arrays: ArrayRecord, config: ConfigRecord, grid: Grid) -> Iterable[Message]:
+        return self.strategy.configure_evaluate(server_round, arrays, config, grid)
+
+    def aggregate_evaluate(self, server_round: int, replies: Iterable[Message]) -> MetricRecord | None:
+        return self.strategy.aggregate_evaluate(server_round, [r for r in replies if not r.has_error()])
+
+
+def make_strategy(n_sites: int) -> FedAvg:
+    # Federated evaluation is off: the harness measures the global model itself.
+    return FedAvg(fraction_train=1.0, fraction_evaluate=0.0, min_train_nodes=n_sites, min_available_nodes=n_sites)
+
+
+def run(ctx: ProtocolContext, strategy: Strategy | None = None) -> ProtocolOutput:
+    n = len(node_ids(ctx))
+    wrapped = RejectInvalidUpdates(ctx.wrap_strategy(strategy or make_strategy(n)), ctx)
+    config = ctx.round_config(0)
+
+    def evaluate_fn(rnd: int, arrays: ArrayRecord) -> MetricRecord | None:
+        if rnd > 0:
+            ctx.evaluate_fn(rnd, arrays)
+        config["seed"] = int(ctx.seed * 100_003 + rnd + 1)  # next round's local shuffling
+        return None
+
+    result = wrapped.start(ctx.grid, ctx.initial, num_rounds=ctx.settings.rounds, train_config=config, evaluate_fn=evaluate_fn)
+    return ProtocolOutput(result.arrays if result.arrays is not None else ctx.initial)

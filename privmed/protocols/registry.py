@@ -1,0 +1,25 @@
+"""Protocol names a user can type, and the review key of each."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+from privmed.errors import unknown_name
+from privmed.protocols import cwt, ensemble, fedavg, single, swt
+from privmed.protocols.base import ProtocolContext, ProtocolOutput
+
+# name -> (function, review technique key, what the coordinator sees)
+PROTOCOLS: dict[str, tuple[Callable[[ProtocolContext], ProtocolOutput], str, str]] = {
+    "centralised": (single.run, "centralised", "every site's raw images and labels"),
+    "single": (single.run, "single-site", "nothing (one site trains alone)"),
+    "ensemble": (ensemble.run, "chang2018-me", "each site's own model weights"),
+    "swt": (swt.run, "chang2018-swt", "the model weights after each site's stage"),
+    "cwt": (cwt.run, "chang2018-cwt", "the model weights after every site visit"),
+    "fedavg": (fedavg.run, "mcmahan2017-fedavg", "each site's model weights after local training, every round"),
+}
+
+
+def get_protocol(name: str) -> tuple[Callable[[ProtocolContext], ProtocolOutput], str, str]:
+    if name not in PROTOCOLS:
+        raise unknown_name("protocol", name, list(PROTOCOLS))
+    return PROTOCOLS[name]

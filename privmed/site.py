@@ -1,0 +1,88 @@
+"""A hospital: its handlers (``train``, ``evaluate``) as a Flower ClientApp.
+
+The site holds its own arrays; only model weights and metrics leave it, inside
+Flower Messages, so the engine can count the bytes and a privacy mechanism
+(a Flower client ``mod``) can transform them. Hyper-parameters come in the
+message's ConfigRecord; everything else is fixed when the app is built.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+from flwr.app import ArrayRecord, Context, Message, MetricRecord, RecordDict
+from flwr.clientapp import ClientApp
+from flwr.clientapp.typing import Mod
+
+from privmed.data.base import SiteData
+from privmed.models import build_model
+from privmed.privacy.base import Trainer
+from privmed.tasks import evaluate, train_local
+
+
+@dataclass(frozen=True)
+class ModelSpec:
+    """What network every party builds (the architecture is public)."""
+
+    name: str
+    in_channels: int
+    n_classes: int
+    task: str
+
+    def build(self, seed: int = 0) -> torch.nn.Module:
+        return build_model(self.name, in_channels=self.in_channels, n_classes=self.n_classes, seed=seed)
+
+
+def load_arrays(model: torch.nn.Module, arrays: ArrayRecord) -> None:
+    """Load received weights; a wrong shape or missing key raises ValueError naming it."""
+    state = arrays.to_torch_state_dict()
+    own = model.state_dict()
+    if set(state) != set(own):
+        missing, extra = sorted(set(own) - set(state)), sorted(set(state) - set(own))
+        raise ValueError(f"received weights do not fit the model (missing {missing[:3]}, unexpected {extra[:3]})")
+    for k, v in state.items():
+        if tuple(v.shape) != tuple(own[k].shape):
+            raise ValueError(f"received weights do not fit the model: {k} has shape {tuple(v.shape)}, expected {tuple(own[k].shape)}")
+    model.load_state_dict(state)
+
+
+def site_seed(config_seed: int, site_index: int) -> int:
+    """A per-site, per-round seed derived from the coordinator's round seed."""
+    return int(np.random.SeedSequence([config_seed, site_index]).generate_state(1)[0])
+
+
+def make_client_app(site: SiteData, spec: ModelSpec, *, site_index: int, mods: Sequence[Mod] = (), trainer: Trainer | None = None) -> ClientApp:
+    """The ClientApp of one site.
+
+    ``mods`` wrap it (privacy mechanisms, fault injection); ``trainer`` replaces
+    plain local training (DP-SGD and other private trainers).
+    """
+    app = ClientApp(mods=list(mods))
+    local_train = trainer or train_local
+
+    @app.train()
+    def _train(msg: Message, context: Context) -> Message:
+        cfg = msg.content["config"]
+        model = spec.build()
+        load_arrays(model, msg.content["arrays"])
+        stats = local_train(
+            model, site.train, task=spec.task, epochs=int(cfg.get("local-epochs", 1)),
+            batch_size=int(cfg.get("batch-size", 32)), lr=float(cfg.get("lr", 1e-3)),
+            seed=site_seed(int(cfg.get("seed", 0)), site_index),
+        )
+        return Message(RecordDict({"arrays": ArrayRecord(model.state_dict()), "metrics": MetricRecord(stats)}), reply_to=msg)
+
+    @app.evaluate()
+    def _evaluate(msg: Message, context: Context) -> Message:
+        model = spec.build()
+        load_arrays(model, msg.content["arrays"])
+        data = site.val if len(site.val) else site.train
+        m = evaluate(model, data, task=spec.task)
+        m = {k: v for k, v in m.items() if np.isfinite(v)}
+        m["num-examples"] = float(len(data))
+        return Message(RecordDict({"metrics": MetricRecord(m)}), reply_to=msg)
+
+    return app

@@ -1,0 +1,162 @@
+"""Classification and segmentation behind one interface: loss, prediction, metrics.
+
+The trainer (:func:`train_local`) knows nothing about the model; it takes an
+:class:`~privmed.data.ArraySet`, a task name and hyper-parameters, and every
+random draw comes from a generator seeded by the caller.
+Metrics follow the field: scikit-learn for classification, MONAI's Dice for
+segmentation.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+import numpy as np
+import torch
+from torch import nn
+
+from privmed.data.base import ArraySet
+from privmed.errors import PrivmedError, unknown_name
+
+TASKS = ("classification", "segmentation")
+
+
+class DivergedError(PrivmedError):
+    """Training produced a non-finite loss."""
+
+
+def _check_task(task: str) -> None:
+    if task not in TASKS:
+        raise unknown_name("task", task, TASKS)
+
+
+def targets(data: ArraySet, task: str) -> np.ndarray:
+    """What the network is trained to output: labels, or lesion masks."""
+    if task == "segmentation":
+        if data.masks is None:
+            raise PrivmedError("segmentation needs lesion masks; this data set has none (use --task classification)")
+        return data.masks[:, 0].astype(np.int64)
+    return data.labels
+
+
+def loss_fn(task: str) -> nn.Module:
+    _check_task(task)
+    if task == "segmentation":
+        from monai.losses import DiceCELoss
+
+        return DiceCELoss(to_onehot_y=True, softmax=True)
+    return nn.CrossEntropyLoss()
+
+
+def _loss(criterion: nn.Module, out: torch.Tensor, y: torch.Tensor, task: str) -> torch.Tensor:
+    return criterion(out, y.unsqueeze(1) if task == "segmentation" else y)
+
+
+def batches(data: ArraySet, task: str, batch_size: int, generator: torch.Generator | None) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+    """Mini-batches as tensors; shuffled when a generator is given."""
+    x_all = torch.from_numpy(data.images)
+    y_all = torch.from_numpy(targets(data, task))
+    n = len(data)
+    order = torch.randperm(n, generator=generator) if generator is not None else torch.arange(n)
+    for i in range(0, n, batch_size):
+        idx = order[i : i + batch_size]
+        yield x_all[idx], y_all[idx]
+
+
+def train_local(
+    model: nn.Module,
+    data: ArraySet,
+    *,
+    task: str,
+    epochs: int,
+    batch_size: int = 32,
+    lr: float = 1e-3,
+    seed: int = 0,
+) -> dict[str, float]:
+    """Train ``model`` in place for ``epochs`` epochs with Adam; return loss and example counts."""
+    _check_task(task)
+    if len(data) == 0:
+        raise PrivmedError("cannot train on an empty data set (a site has no training images)")
+    gen = torch.Generator().manual_seed(seed)
+    criterion = loss_fn(task)
+    opt = torch.optim.Adam(model.parameters(), lr=lr)
+    model.train()
+    total, count = 0.0, 0
+    for _ in range(epochs):
+        for x, y in batches(data, task, batch_size, gen):
+            opt.zero_grad(set_to_none=True)
+            loss = _loss(criterion, model(x), y, task)
+            if not torch.isfinite(loss):
+                raise DivergedError("training diverged (non-finite loss); lower the learning rate (--lr)")
+            loss.backward()
+            opt.step()
+            total += loss.item() * len(x)
+            count += len(x)
+    return {"train_loss": total / max(count, 1), "num-examples": float(len(data))}
+
+
+@torch.no_grad()
+def predict_proba(model: nn.Module, data: ArraySet, *, batch_size: int = 256) -> np.ndarray:
+    """Softmax outputs, [N, K] (classification) or [N, K, H, W] (segmentation)."""
+    model.eval()
+    outs = [torch.softmax(model(torch.from_numpy(data.images[i : i + batch_size])), dim=1) for i in range(0, len(data), batch_size)]
+    return torch.cat(outs).numpy()
+
+
+def classification_metrics(y_true: np.ndarray, proba: np.ndarray) -> dict[str, float]:
+    """Accuracy, balanced accuracy, macro-F1, AUROC, sensitivity, specificity.
+
+    Sensitivity/specificity treat class 0 as "no lesion" and any other class as
+    positive; AUROC is one-vs-rest macro for more than two classes, NaN when the
+    test set holds a single class.
+    """
+    from sklearn.metrics import accuracy_score, balanced_accuracy_score, f1_score, roc_auc_score
+
+    k = proba.shape[1]
+    pred = proba.argmax(1)
+    out = {
+        "accuracy": float(accuracy_score(y_true, pred)),
+        "balanced_accuracy": float(balanced_accuracy_score(y_true, pred)),
+        "macro_f1": float(f1_score(y_true, pred, average="macro", labels=list(range(k)), zero_division=0)),
+    }
+    try:
+        out["auroc"] = float(roc_auc_score(y_true, proba[:, 1]) if k == 2 else roc_auc_score(y_true, proba, multi_class="ovr", labels=list(range(k))))
+    except ValueError:
+        out["auroc"] = float("nan")
+    pos_true, pos_pred = y_true > 0, pred > 0
+    out["sensitivity"] = float((pos_pred & pos_true).sum() / max(pos_true.sum(), 1))
+    out["specificity"] = float((~pos_pred & ~pos_true).sum() / max((~pos_true).sum(), 1))
+    return out
+
+
+def segmentation_metrics(masks: np.ndarray, proba: np.ndarray) -> dict[str, float]:
+    """Mean Dice of the lesion class (MONAI DiceMetric; empty-vs-empty counts as 1)."""
+    from monai.metrics import DiceMetric
+
+    pred = torch.from_numpy(proba.argmax(1) > 0).unsqueeze(1).float()
+    true = torch.from_numpy(masks > 0).float()
+    metric = DiceMetric(include_background=True, reduction="mean", ignore_empty=False)
+    metric(pred, true)
+    return {"dice": float(metric.aggregate())}
+
+
+def metrics_from_proba(data: ArraySet, proba: np.ndarray, *, task: str) -> dict[str, float]:
+    _check_task(task)
+    if task == "segmentation":
+        return segmentation_metrics(data.masks, proba)
+    return classification_metrics(data.labels, proba)
+
+
+def evaluate(model: nn.Module, data: ArraySet, *, task: str) -> dict[str, float]:
+    """The task's metrics of ``model`` on ``data``, plus the mean loss."""
+    _check_task(task)
+    proba = predict_proba(model, data)
+    out = metrics_from_proba(data, proba, task=task)
+    with torch.no_grad():
+        logits = torch.log(torch.from_numpy(proba).clamp_min(1e-12))
+        y = torch.from_numpy(targets(data, task))
+        out["loss"] = float(nn.functional.nll_loss(logits, y))
+    return out
+
+
+PRIMARY_METRIC = {"classification": "accuracy", "segmentation": "dice"}

@@ -1,0 +1,16 @@
+"""Shared fixtures: a small phantom federation, built once per session."""
+
+import pytest
+import torch
+
+torch.set_num_threads(1)  # see privmed.run.set_threads: small nets, shared 2-core machines
+
+
+@pytest.fixture(scope="session")
+def small_fed():
+    """4 sites, few patients: enough for protocol mechanics, fast on CPU."""
+    from privmed.data.partition import partition
+    from privmed.data.phantom import PhantomConfig, make_phantom
+
+    ds = make_phantom(PhantomConfig(n_sites=4, patients_per_site=(8, 6, 5, 4), images_per_patient=2, image_size=16, seed=3))
+    return partition(ds, n_sites=4, split="natural", seed=3)
