@@ -88,17 +88,32 @@ class RunResult:
     security: dict[str, Any]
     reliability: dict[str, Any]
     extra: dict[str, Any] = field(default_factory=dict)
+    # the final model (weights, or an ensemble's list of weights); saved as model.pt, not in JSON
+    predictor: Predictor | None = field(default=None, repr=False)
 
     def to_dict(self) -> dict[str, Any]:
-        return dict(self.__dict__)
+        return {k: v for k, v in self.__dict__.items() if k != "predictor"}
 
     def save(self, run_dir: Path) -> Path:
+        """Write model.pt then result.json, each atomically; result.json last marks the run complete."""
         run_dir.mkdir(parents=True, exist_ok=True)
+        if self.predictor is not None:
+            members = self.predictor if isinstance(self.predictor, list) else [self.predictor]
+            tmp = run_dir / "model.pt.tmp"
+            torch.save({"ensemble": isinstance(self.predictor, list), "members": [m.to_torch_state_dict() for m in members]}, tmp)
+            os.replace(tmp, run_dir / "model.pt")
         path = run_dir / "result.json"
         tmp = path.with_suffix(".json.tmp")
         tmp.write_text(json.dumps(self.to_dict(), indent=2, default=_json_default))
         os.replace(tmp, path)
         return path
+
+
+def load_predictor(run_dir: Path) -> Predictor:
+    """The final model saved by :meth:`RunResult.save`."""
+    saved = torch.load(Path(run_dir) / "model.pt", weights_only=True)
+    members = [ArrayRecord(sd) for sd in saved["members"]]
+    return members if saved["ensemble"] else members[0]
 
 
 def _json_default(o: Any) -> Any:
@@ -211,6 +226,7 @@ def execute(config: RunConfig, *, progress: Progress | None = None, fed: Federat
                  **mechanism.report()},
         security={"attacks": "not measured yet"},
         reliability={"rejected_updates": ctx.rejections, "faults_injected": [], "completed": True},
+        predictor=output.predictor,
     )
 
 
