@@ -57,7 +57,7 @@ class SecAggMechanism(Mechanism):
 
     def __init__(self, options: dict[str, Any]) -> None:
         if options:
-            raise PrivmedError(f"secagg takes no parameters (got {sorted(options)}); set shares/threshold as "
+            raise PrivmedError(f"secagg takes no parameters (got {sorted(options)}); set threshold and clip as "
                                "protocol options: --opt threshold=3")
         self._names: list[str] = []
 
