@@ -77,6 +77,8 @@ class HEMechanism(Mechanism):
         unknown = sorted(set(options) - set(PARAMS[scheme]))
         if unknown:
             raise PrivmedError(f"unknown he-{scheme} parameter {unknown[0]!r}; valid: {', '.join(PARAMS[scheme])}")
+        if not all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in options.values()):
+            raise PrivmedError(f"he-{scheme} parameters must be numbers, got {options}")
         self.name, self.scheme, self.options = f"he-{scheme}", scheme, dict(options)
         self.keyring: Keyring | None = None
         self._sites: list[tuple[str, int]] = []

@@ -24,6 +24,8 @@ from __future__ import annotations
 
 import json
 
+import numpy as np
+
 from flwr.app import ArrayRecord, Context, RecordDict
 from flwr.common import ndarrays_to_parameters
 from flwr.server import LegacyContext, ServerConfig
@@ -67,6 +69,9 @@ def run(ctx: ProtocolContext) -> MeasuredOutput:
     workflow = DefaultWorkflow(fit_workflow=SecAggPlusWorkflow(num_shares=1.0, reconstruction_threshold=threshold,
                                                                clipping_range=float(ctx.options.get("clip", 8.0))))
     workflow(ctx.grid, context)
+    if latest["arrays"] is ctx.initial or all(np.array_equal(a.numpy(), b.numpy()) for a, b in zip(latest["arrays"].values(), ctx.initial.values())):
+        raise PrivmedError("SecAgg+ aggregated no round: the sites lack secaggplus_mod (use --privacy secagg) "
+                           f"or fewer than threshold={threshold} sites stayed in every round")
     return MeasuredOutput(latest["arrays"])
 
 

@@ -164,3 +164,8 @@ def test_snt_tampered_blob_is_rejected_by_the_next_site_and_the_run_goes_on(smal
     reason = ctx.rejections[0]["reason"]
     assert "failed authentication" in reason and small_fed.sites[1].name in reason and small_fed.sites[2].name in reason
     assert np.isfinite(flat(model)).all()
+
+
+def test_secagg_fedavg_without_the_secagg_mods_fails_loudly(small_fed):
+    with pytest.raises(PrivmedError, match="--privacy secagg"):
+        run_protocol(small_fed, secagg_fedavg.run, "secagg-fedavg", rounds=1)
