@@ -16,8 +16,9 @@ config (with the array names, which the legacy records drop), and the
 harness's evaluation through the legacy strategy's ``evaluate_fn``.
 Options: ``threshold`` (shares needed to rebuild a mask; default n_sites - 1),
 ``clip`` (Flower's clipping range, default 8.0). A site that fails or drops
-after the key exchange is recorded as excluded for that round; below the
-threshold Flower halts the round and the model is kept.
+in any stage is recorded as excluded for that round (``WatchedGrid`` notes
+it as the workflow's messages pass); below the threshold Flower halts the
+round and the model is kept.
 """
 
 from __future__ import annotations
@@ -25,10 +26,9 @@ from __future__ import annotations
 import json
 
 import numpy as np
-
-from flwr.app import ArrayRecord, Context, RecordDict
+from flwr.app import Array, ArrayRecord, Context, RecordDict
 from flwr.common import ndarrays_to_parameters
-from flwr.server import LegacyContext, ServerConfig
+from flwr.server import Grid, LegacyContext, ServerConfig
 from flwr.server.strategy import FedAvg
 from flwr.server.workflow import DefaultWorkflow, SecAggPlusWorkflow
 
@@ -44,11 +44,10 @@ def run(ctx: ProtocolContext) -> MeasuredOutput:
     if not 2 <= threshold < max(n, 3):
         raise PrivmedError(f"SecAgg+ threshold must be at least 2 and below the number of sites ({n}), got {threshold}")
     keys = list(ctx.initial.keys())
+    grid = WatchedGrid(ctx.grid)
     latest = {"arrays": ctx.initial}
 
     def to_record(ndarrays) -> ArrayRecord:
-        from flwr.app import Array
-
         return ArrayRecord({k: Array(a) for k, a in zip(keys, ndarrays, strict=True)})
 
     def fit_config(rnd: int) -> dict:
@@ -57,7 +56,8 @@ def run(ctx: ProtocolContext) -> MeasuredOutput:
     def evaluate(rnd: int, ndarrays, config) -> None:
         if rnd > 0:
             latest["arrays"] = to_record(ndarrays)
-            _record_exclusions(ctx, rnd, n)
+            for node, reason in sorted(grid.excluded.get(rnd, {}).items()):
+                ctx.reject(rnd, node, reason)
             ctx.evaluate_fn(rnd, latest["arrays"])
         return None
 
@@ -68,22 +68,47 @@ def run(ctx: ProtocolContext) -> MeasuredOutput:
                             config=ServerConfig(num_rounds=ctx.settings.rounds), strategy=strategy)
     workflow = DefaultWorkflow(fit_workflow=SecAggPlusWorkflow(num_shares=1.0, reconstruction_threshold=threshold,
                                                                clipping_range=float(ctx.options.get("clip", 8.0))))
-    workflow(ctx.grid, context)
-    if latest["arrays"] is ctx.initial or all(np.array_equal(a.numpy(), b.numpy()) for a, b in zip(latest["arrays"].values(), ctx.initial.values())):
+    workflow(grid, context)
+    unchanged = all(np.array_equal(a.numpy(), b.numpy()) for a, b in zip(latest["arrays"].values(), ctx.initial.values()))
+    if unchanged:
         raise PrivmedError("SecAgg+ aggregated no round: the sites lack secaggplus_mod (use --privacy secagg) "
                            f"or fewer than threshold={threshold} sites stayed in every round")
     return MeasuredOutput(latest["arrays"])
 
 
-def _record_exclusions(ctx: ProtocolContext, rnd: int, n: int) -> None:
-    """Sites whose masked update did not arrive in round ``rnd`` (from the Grid's traffic)."""
-    traffic = [r for r in ctx.grid.traffic.records if r["round"] == str(rnd)]
-    down = {r["node"] for r in traffic if r["direction"] == "down"}
-    answered: dict[int, int] = {}
-    for r in traffic:
-        if r["direction"] == "up":
-            answered[r["node"]] = answered.get(r["node"], 0) + 1
-    full = max(answered.values(), default=0)
-    for node in sorted(down):
-        if answered.get(node, 0) < full:
-            ctx.reject(rnd, node, "dropped out during secure aggregation (masks rebuilt from shares)")
+class WatchedGrid(Grid):
+    """Delegates to the run's Grid and notes, per round, which sites dropped out or failed in any stage."""
+
+    def __init__(self, grid: Grid) -> None:
+        self.grid = grid
+        self.excluded: dict[int, dict[int, str]] = {}
+
+    def set_run(self, run) -> None:
+        self.grid.set_run(run)
+
+    @property
+    def run(self):
+        return self.grid.run
+
+    def create_message(self, content, message_type, dst_node_id, group_id, ttl=None):
+        return self.grid.create_message(content, message_type, dst_node_id, group_id, ttl)
+
+    def get_node_ids(self):
+        return self.grid.get_node_ids()
+
+    def push_messages(self, messages):
+        return self.grid.push_messages(messages)
+
+    def pull_messages(self, message_ids):
+        return self.grid.pull_messages(message_ids)
+
+    def send_and_receive(self, messages, *, timeout=None):
+        messages = list(messages)
+        replies = list(self.grid.send_and_receive(messages, timeout=timeout))
+        answered = {r.metadata.src_node_id: r for r in replies}
+        for m in messages:
+            reply = answered.get(m.metadata.dst_node_id)
+            if reply is None or reply.has_error():
+                reason = "dropped out during secure aggregation (no reply)" if reply is None else f"site error: {reply.error.reason}"
+                self.excluded.setdefault(int(m.metadata.group_id), {}).setdefault(m.metadata.dst_node_id, reason)
+        return replies
