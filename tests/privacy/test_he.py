@@ -85,3 +85,12 @@ def test_paillier_refuses_a_sum_of_more_updates_than_slots_allow():
     k = make_keyring("paillier", n_sites=2, key_bits=1024)
     with pytest.raises(PrivmedError, match="overflow"):
         k.decrypt(k.encrypt(np.zeros(3)), n_values=3, count=3)
+
+
+def test_crt_encryption_is_standard_paillier_interoperable_with_phe():
+    k = make_keyring("paillier", n_sites=2, key_bits=1024)
+    ours = k._encrypt_int(12345)
+    theirs = k._pk.raw_encrypt(54321)  # phe's own public-key encryption
+    assert k._sk.raw_decrypt(ours) == 12345
+    assert k._sk.raw_decrypt(ours * theirs % k._pk.nsquare) == 12345 + 54321
+    assert k._encrypt_int(7) != k._encrypt_int(7)  # randomised
