@@ -32,6 +32,8 @@ def _communication(r: dict[str, Any]) -> str:
     if "raw_data_bytes_up" in c:
         return f"raw data {_bytes(c['raw_data_bytes_up'])} up"
     out = f"{_bytes(c['bytes_up'])} up / {_bytes(c['bytes_down'])} down; {_bytes(c.get('bytes_per_site_per_round', 0))}/site/round"
+    if c.get("peer_bytes_per_site_per_round") is not None:  # FNT: weights go site to site, not through the Grid
+        out += f"; plus {_bytes(c['peer_bytes_per_site_per_round'])}/site/round on peer links"
     if c.get("expansion_factor") is not None:  # encrypted updates: ciphertext / float32 plaintext
         out += f"; update expansion {c['expansion_factor']:.2f}x over float32"
     return out

@@ -55,23 +55,25 @@ def run(ctx: ProtocolContext) -> MeasuredOutput:
         if problem:
             raise PrivmedError(f"FNT set-up failed at node {node}: {problem}")
         names[node] = str(reply.content["fnt"]["site"])
-    rounds, holder = ctx.settings.rounds, None  # holder: the node that has the current model
+    rounds, holder, peer_bytes = ctx.settings.rounds, None, 0  # holder: the node that has the current model
     for rnd in range(1, rounds + 1):
         for i, node in enumerate(nodes):
             final = rnd == rounds and i == len(nodes) - 1
             nxt = "" if final else names[nodes[(i + 1) % len(nodes)]]
             route = {"from": names[holder] if holder else "", "to": nxt}
-            _, problem = _ask(ctx, node, route, rnd, arrays=None if holder else ctx.initial)
+            reply, problem = _ask(ctx, node, route, rnd, arrays=None if holder else ctx.initial)
             if not problem:
-                holder = node
+                holder, peer_bytes = node, peer_bytes + int(reply.content["fnt"]["sent-bytes"])
                 continue
             ctx.reject(rnd, node, problem)
             if holder and nxt:
-                _, again = _ask(ctx, holder, {"resend": True, "to": nxt}, rnd)
+                reply, again = _ask(ctx, holder, {"resend": True, "to": nxt}, rnd)
+                peer_bytes += 0 if again else int(reply.content["fnt"]["sent-bytes"])
                 if again:
                     raise PrivmedError(f"FNT: {names[holder]} could not resend its model to {nxt}: {again}")
         if holder is None:
             raise PrivmedError(f"round {rnd}: every site failed; no site holds a model")
         ctx.evaluate_fn(rnd, seal_predictor(ConfigRecord({"holder": names[holder]})))
     return MeasuredOutput(seal_predictor(ConfigRecord({"holder": names[holder]})), measured={"communication": {
-        "note": "weights travel on site-to-site links (privacy.peer_link_bytes); the Grid carries only the schedule"}})
+        "peer_link_bytes": peer_bytes, "peer_bytes_per_site_per_round": peer_bytes / len(nodes) / rounds,
+        "note": "weights travel on site-to-site links (sizes as the sites report them); the Grid carries only the schedule"}})

@@ -144,11 +144,12 @@ def test_secagg_survives_a_site_dropping_out_after_the_key_exchange(small_fed):
 @pytest.mark.parametrize("fn,protocol", [(snt.run, "snt"), (fnt.run, "fnt")])
 def test_snt_and_fnt_give_exactly_the_cwt_model_and_coordinator_sees_no_weights(small_fed, plain, fn, protocol):
     seen = []
-    model, ctx, _, mech = run_protocol(small_fed, fn, protocol, {"mechanism": "aes-gcm"}, fault=observer(seen))
+    model, ctx, out, mech = run_protocol(small_fed, fn, protocol, {"mechanism": "aes-gcm"}, fault=observer(seen))
     assert np.array_equal(flat(model), flat(plain["cwt"]))
     assert all(not r.content.array_records for r in seen) and not ctx.rejections
     if protocol == "fnt":  # weights moved only on the peer links: every site sent to the next, each round
         assert len(mech.links.bytes) == len(small_fed.sites) and max(r["bytes"] for r in ctx.grid.traffic.records if r["direction"] == "up") < 2000
+        assert out.measured["communication"]["peer_link_bytes"] == sum(mech.links.bytes.values())
 
 
 def test_snt_tampered_blob_is_rejected_by_the_next_site_and_the_run_goes_on(small_fed):
