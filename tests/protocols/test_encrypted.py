@@ -170,3 +170,15 @@ def test_snt_tampered_blob_is_rejected_by_the_next_site_and_the_run_goes_on(smal
 def test_secagg_fedavg_without_the_secagg_mods_fails_loudly(small_fed):
     with pytest.raises(PrivmedError, match="--privacy secagg"):
         run_protocol(small_fed, secagg_fedavg.run, "secagg-fedavg", rounds=1)
+
+
+def test_harness_measures_an_encrypted_run_and_saves_the_decrypted_model(small_fed, plain, tmp_path):
+    from privmed.run import execute, load_predictor
+
+    result = execute(RunConfig(protocol="he-fedavg", privacy={"mechanism": "he-ckks"}, train=TrainSettings(rounds=2)), fed=small_fed)
+    assert result.communication["expansion_factor"] > 1 and result.runtime["encrypt_seconds_per_round"] > 0
+    assert result.privacy["mechanism"] == "he-ckks" and len(result.performance["history"]) == 2
+    result.save(tmp_path)
+    saved = load_predictor(tmp_path)
+    assert set(saved.keys()) == set(plain["fedavg"].keys())  # weights, not ciphertext
+    assert np.abs(flat(saved) - flat(plain["fedavg"])).max() < 5e-3
