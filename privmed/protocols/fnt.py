@@ -30,7 +30,7 @@ from flwr.app import ConfigRecord, Message, RecordDict
 from privmed.errors import PrivmedError
 from privmed.privacy.sealed import seal_predictor
 from privmed.protocols.base import ProtocolContext, node_ids
-from privmed.protocols.measured import MeasuredOutput
+from privmed.protocols.measured import MeasuredOutput, refuse_resume
 
 
 def _ask(ctx: ProtocolContext, node: int, route: dict, rnd: int, arrays=None) -> tuple[Message | None, str | None]:
@@ -48,6 +48,7 @@ def _ask(ctx: ProtocolContext, node: int, route: dict, rnd: int, arrays=None) ->
 
 
 def run(ctx: ProtocolContext) -> MeasuredOutput:
+    refuse_resume(ctx)
     nodes = node_ids(ctx)
     names = {}
     for node in nodes:

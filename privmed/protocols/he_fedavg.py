@@ -31,7 +31,7 @@ from privmed.privacy.he import make_aggregator
 from privmed.privacy.he_mechanism import SETUP
 from privmed.privacy.sealed import layout_of, n_values, seal_predictor
 from privmed.protocols.base import ProtocolContext, node_ids
-from privmed.protocols.measured import MeasuredOutput
+from privmed.protocols.measured import MeasuredOutput, refuse_resume
 
 
 def setup(ctx: ProtocolContext, nodes: list[int]) -> tuple[str, bytes, dict[int, int]]:
@@ -64,6 +64,7 @@ def ciphertext_problem(reply: Message, aggregator, n: int) -> str | None:
 
 def run(ctx: ProtocolContext) -> MeasuredOutput:
     nodes = node_ids(ctx)
+    refuse_resume(ctx)
     scheme, public, counts = setup(ctx, nodes)
     aggregator = make_aggregator(scheme, public)
     layout = layout_of(ctx.initial)

@@ -35,10 +35,11 @@ from flwr.server.workflow import DefaultWorkflow, SecAggPlusWorkflow
 from privmed.errors import PrivmedError
 from privmed.privacy.secagg import KEYS
 from privmed.protocols.base import ProtocolContext, node_ids
-from privmed.protocols.measured import MeasuredOutput
+from privmed.protocols.measured import MeasuredOutput, refuse_resume
 
 
 def run(ctx: ProtocolContext) -> MeasuredOutput:
+    refuse_resume(ctx)  # Flower's legacy workflow numbers rounds from 1; resuming would misfile the traffic
     n = len(node_ids(ctx))
     threshold = int(ctx.options.get("threshold", max(2, n - 1)))
     if not 2 <= threshold < max(n, 3):

@@ -24,7 +24,7 @@ from flwr.app import ConfigRecord, Message, RecordDict
 
 from privmed.privacy.sealed import layout_of, n_values, seal_predictor
 from privmed.protocols.base import ProtocolContext, node_ids
-from privmed.protocols.measured import MeasuredOutput
+from privmed.protocols.measured import MeasuredOutput, refuse_resume
 
 AUTH_FAILURE = "failed authentication"
 
@@ -44,6 +44,7 @@ def visit(ctx: ProtocolContext, node: int, content: dict, rnd: int) -> tuple[byt
 
 
 def run(ctx: ProtocolContext) -> MeasuredOutput:
+    refuse_resume(ctx)
     content: dict = {"arrays": ctx.initial}
     opened, predictor, sizes = content, ctx.initial, []
     for rnd in range(1, ctx.settings.rounds + 1):
