@@ -67,8 +67,11 @@ def _mia(scores: np.ndarray, is_member: np.ndarray, pids: np.ndarray) -> dict[st
 
 
 def _candidates(t: Target) -> tuple[ArraySet, np.ndarray]:
-    non_members = ArraySet.concat([t.fed.pooled("val"), t.fed.pooled("test")])
-    return membership.candidates(t.fed.pooled("train"), non_members, seed=t.config.seed)
+    """Members: the training images of the sites that trained (one site for ``single``); non-members: held-out images."""
+    sites = [t.fed.sites[int(t.config.options.get("site", 0))]] if t.config.protocol == "single" else t.fed.sites
+    members = ArraySet.concat([s.train for s in sites])
+    non_members = ArraySet.concat([s.val for s in sites] + [s.test for s in sites])
+    return membership.candidates(members, non_members, seed=t.config.seed)
 
 
 def measure_loss_threshold(t: Target) -> dict[str, Any]:
