@@ -156,7 +156,7 @@ def measure_backdoor(t: Target, cfg: poisoning.PoisonConfig) -> dict[str, float]
     spec = model_spec(t.config, t.fed)
     test = t.fed.pooled("test")
     return {"malicious_sites": bad, "clean_accuracy": float((predict(spec, result.predictor, test).argmax(1) == test.labels).mean()),
-            "attack_success": poisoning.attack_success(lambda d: predict(spec, result.predictor, d), test, cfg, t.fed.n_classes)}
+            **poisoning.attack_success(lambda d: predict(spec, result.predictor, d), test, cfg, t.fed.n_classes)}
 
 
 def measure_poisoning(t: Target, *, n_malicious: int = 1) -> dict[str, Any]:

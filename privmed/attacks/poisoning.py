@@ -40,7 +40,7 @@ class PoisonConfig:
     n_malicious: int = 1
     target_class: int = 1  # backdoor target
     fraction: float = 0.5  # of a malicious site's training images poisoned
-    patch: int = 4  # trigger: a bright patch x patch square in the bottom-right corner
+    patch: int = 4  # trigger: a patch x patch checkerboard in the bottom-right corner
     seed: int = 0
 
     def __post_init__(self) -> None:
@@ -51,8 +51,10 @@ class PoisonConfig:
 
 
 def add_trigger(images: np.ndarray, patch: int) -> np.ndarray:
+    """Stamp a ``patch`` x ``patch`` black-and-white checkerboard one pixel in from the bottom-right corner."""
     out = images.copy()
-    out[..., -patch - 1 : -1, -patch - 1 : -1] = 1.0
+    board = (np.indices((patch, patch)).sum(0) % 2).astype(images.dtype)
+    out[..., -patch - 1 : -1, -patch - 1 : -1] = board
     return out
 
 
@@ -81,16 +83,21 @@ def poison_federation(fed: Federation, cfg: PoisonConfig) -> tuple[Federation, l
     return dataclasses.replace(fed, sites=sites), [fed.sites[i].name for i in sorted(bad)]
 
 
-def attack_success(proba_fn, test: ArraySet, cfg: PoisonConfig, n_classes: int) -> float:
-    """Harness side: the attack success rate on held-out images (see the module docstring)."""
+def attack_success(proba_fn, test: ArraySet, cfg: PoisonConfig, n_classes: int) -> dict[str, float]:
+    """Harness side: attack success on held-out images, and the same rate without the attack (its baseline).
+
+    Backdoor: triggered non-target images classified as the target (baseline:
+    the same images untriggered). Label flip: test images classified as their
+    flipped label (baseline: chance, 1/K).
+    """
     if cfg.kind == "backdoor":
-        keep = test.labels != cfg.target_class
-        if not keep.any():
-            return float("nan")
-        triggered = dataclasses.replace(test.subset(np.flatnonzero(keep)))
-        triggered = dataclasses.replace(triggered, images=add_trigger(triggered.images, cfg.patch))
-        return float((proba_fn(triggered).argmax(1) == cfg.target_class).mean())
-    return float((proba_fn(test).argmax(1) == (test.labels + 1) % n_classes).mean())
+        clean = test.subset(np.flatnonzero(test.labels != cfg.target_class))
+        if not len(clean):
+            return {"attack_success": float("nan"), "without_trigger": float("nan")}
+        triggered = dataclasses.replace(clean, images=add_trigger(clean.images, cfg.patch))
+        return {"attack_success": float((proba_fn(triggered).argmax(1) == cfg.target_class).mean()),
+                "without_trigger": float((proba_fn(clean).argmax(1) == cfg.target_class).mean())}
+    return {"attack_success": float((proba_fn(test).argmax(1) == (test.labels + 1) % n_classes).mean()), "chance": 1.0 / n_classes}
 
 
 def make_aggregator(name: str, *, n_sites: int, n_malicious: int, clip_norm: float = 1.0) -> Strategy:
@@ -140,5 +147,5 @@ def poisoning_experiment(config: RunConfig, fed: Federation, cfg: PoisonConfig, 
         weights = train_fedavg(config, poisoned, make_aggregator(name, n_sites=len(fed.sites), n_malicious=cfg.n_malicious, clip_norm=clip_norm))
         proba = predict(spec, weights, test)
         out[name] = {"clean_accuracy": float((proba.argmax(1) == test.labels).mean()),
-                     "attack_success": attack_success(lambda d: predict(spec, weights, d), test, cfg, fed.n_classes)}
+                     **attack_success(lambda d: predict(spec, weights, d), test, cfg, fed.n_classes)}
     return {"malicious_sites": bad, "kind": cfg.kind, "results": out}
