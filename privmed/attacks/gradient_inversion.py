@@ -48,16 +48,17 @@ class InversionConfig:
     iterations: int = 300
     lr: float = 0.1  # IG's Adam step on the image (DLG: L-BFGS step size 1)
     tv_weight: float = 1e-2
+    restarts: int = 1  # random initialisations; the attacker keeps the best gradient match
     seed: int = 0
 
     def __post_init__(self) -> None:
         if self.method not in METHODS:
             raise PrivmedError(f"unknown inversion method {self.method!r}; valid: {', '.join(METHODS)}")
-        if self.iterations < 1 or not self.lr > 0 or self.tv_weight < 0:
-            raise PrivmedError("inversion needs iterations >= 1, lr > 0 and tv_weight >= 0")
+        if self.iterations < 1 or not self.lr > 0 or self.tv_weight < 0 or self.restarts < 1:
+            raise PrivmedError("inversion needs iterations >= 1, lr > 0, tv_weight >= 0 and restarts >= 1")
 
 
-PRESETS = {"dlg": InversionConfig(method="dlg", iterations=300, lr=1.0, tv_weight=0.0),
+PRESETS = {"dlg": InversionConfig(method="dlg", iterations=300, lr=1.0, tv_weight=0.0, restarts=4),
            "ig": InversionConfig(method="ig", iterations=300, lr=0.1, tv_weight=1e-2)}
 
 
@@ -130,14 +131,30 @@ def _cosine_distance(g: list[torch.Tensor], target: list[torch.Tensor]) -> torch
 
 def reconstruct(model: nn.Module, gradient: list[torch.Tensor], *, shape: tuple[int, ...], labels: torch.Tensor,
                 config: InversionConfig) -> torch.Tensor:
-    """Images [B, *shape] in [0, 1] whose gradient matches ``gradient`` (the attacker's whole work)."""
+    """Images [B, *shape] in [0, 1] whose gradient matches ``gradient`` (the attacker's whole work).
+
+    Several restarts (DLG's L-BFGS diverges from some starts); the attacker
+    keeps the one whose gradient matches best, a criterion it can compute.
+    """
     model.eval()
     target = [g.detach() for g in gradient]
     gen = torch.Generator().manual_seed(config.seed)
-    dummy = torch.rand((len(labels), *shape), generator=gen).requires_grad_(True)
-    if config.method == "dlg":
-        return _dlg(model, target, dummy, labels, config)
-    return _ig(model, target, dummy, labels, config)
+    best, best_loss = None, float("inf")
+    for _ in range(config.restarts):
+        dummy = torch.rand((len(labels), *shape), generator=gen).requires_grad_(True)
+        x = (_dlg if config.method == "dlg" else _ig)(model, target, dummy, labels, config)
+        loss = float(_match_loss(model, x, labels, target, config))
+        loss = loss if np.isfinite(loss) else float("inf")
+        if best is None or loss < best_loss:
+            best, best_loss = x, loss
+    return best
+
+
+def _match_loss(model: nn.Module, x: torch.Tensor, labels: torch.Tensor, target: list[torch.Tensor], config: InversionConfig) -> torch.Tensor:
+    g = model_gradient(model, x, labels, create_graph=x.requires_grad)
+    if config.method == "dlg":  # DLG's squared L2 distance, divided by the constant ||target||^2 so L-BFGS's tolerances are scale-free
+        return sum(((a - b) ** 2).sum() for a, b in zip(g, target)) / sum((b * b).sum() for b in target).clamp_min(1e-30)
+    return _cosine_distance(g, target) + config.tv_weight * total_variation(x)
 
 
 def _dlg(model: nn.Module, target: list[torch.Tensor], dummy: torch.Tensor, labels: torch.Tensor, config: InversionConfig) -> torch.Tensor:
@@ -145,14 +162,12 @@ def _dlg(model: nn.Module, target: list[torch.Tensor], dummy: torch.Tensor, labe
 
     def closure() -> torch.Tensor:
         opt.zero_grad()
-        g = model_gradient(model, dummy, labels, create_graph=True)
-        loss = sum(((a - b) ** 2).sum() for a, b in zip(g, target))
+        loss = _match_loss(model, dummy, labels, target, config)
         loss.backward()
         return loss
 
     opt.step(closure)
-    out = dummy.detach()
-    return torch.nan_to_num(out, nan=0.5).clamp(0, 1)
+    return torch.nan_to_num(dummy.detach(), nan=0.5).clamp(0, 1)
 
 
 def _ig(model: nn.Module, target: list[torch.Tensor], dummy: torch.Tensor, labels: torch.Tensor, config: InversionConfig) -> torch.Tensor:
@@ -161,8 +176,7 @@ def _ig(model: nn.Module, target: list[torch.Tensor], dummy: torch.Tensor, label
     sched = torch.optim.lr_scheduler.MultiStepLR(opt, milestones=[int(n * 0.375), int(n * 0.625), int(n * 0.875)], gamma=0.1)
     for _ in range(n):
         opt.zero_grad()
-        g = model_gradient(model, dummy, labels, create_graph=True)
-        loss = _cosine_distance(g, target) + config.tv_weight * total_variation(dummy)
+        loss = _match_loss(model, dummy, labels, target, config)
         loss.backward()
         dummy.grad.sign_()
         opt.step()
