@@ -119,8 +119,12 @@ def load_target(run_dir: Path):
 
 def run_attacks(target, result: dict[str, Any], *, attacks: tuple[str, ...] | None = None, n_shadows: int = 8,
                 batch_sizes: tuple[int, ...] = (1, 4), inversion_iterations: int | None = None,
-                run_name: str = "") -> AuditResult:
-    """Run ``attacks`` (None: every attack that applies) against an in-memory target."""
+                run_name: str = "", cheap: bool = False) -> AuditResult:
+    """Run ``attacks`` (None: every attack that applies) against an in-memory target.
+
+    ``cheap`` (the bench's per-row audit): PGD at one ε on 100 images, and the
+    backdoor only, through the run's own protocol (no aggregator comparison).
+    """
     from privmed.attacks import harness as h
 
     explicit = attacks is not None
@@ -137,8 +141,8 @@ def run_attacks(target, result: dict[str, Any], *, attacks: tuple[str, ...] | No
         "inversion": lambda: h.measure_inversion(target, batch_sizes=batch_sizes, iterations=inversion_iterations),
         "dlg": lambda: h.measure_inversion(target, batch_sizes=(1,), method="dlg", iterations=inversion_iterations),
         "model-inversion": lambda: h.measure_model_inversion(target),
-        "adversarial": lambda: h.measure_adversarial(target),
-        "poisoning": lambda: h.measure_poisoning(target),
+        "adversarial": lambda: h.measure_adversarial(target, **({"eps": (8 / 255,), "max_images": 100} if cheap else {})),
+        "poisoning": lambda: h.measure_poisoning(target, kinds=("backdoor",) if cheap else None, aggregators=not cheap),
         "linkage": lambda: h.measure_linkage(target),
     }
     for name in attacks or ATTACKS:
@@ -173,3 +177,16 @@ def audit_run(run_dir: str | Path, *, attacks: tuple[str, ...] | None = None, n_
     finally:
         tmp.unlink(missing_ok=True)
     return audit, path
+
+
+BENCH_ATTACKS = ("membership", "inversion", "adversarial", "poisoning")
+
+
+def bench_audit(config, fed, result) -> AuditResult:
+    """The bench's per-row audit (kept cheap: loss-threshold MIA, one 1-image IG, PGD at 8/255, the backdoor as run)."""
+    from privmed.attacks.harness import Target
+    from privmed.run import model_spec
+
+    target = Target(config, fed, model_spec(config, fed), result.predictor, hides_updates=hides_updates(result.privacy))
+    attacks = tuple(a for a in BENCH_ATTACKS if not not_applicable(a, protocol=config.protocol, task=config.task, privacy=result.privacy))
+    return run_attacks(target, result.to_dict(), attacks=attacks, batch_sizes=(1,), inversion_iterations=100, cheap=True)

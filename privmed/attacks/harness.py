@@ -159,12 +159,13 @@ def measure_backdoor(t: Target, cfg: poisoning.PoisonConfig) -> dict[str, float]
             **poisoning.attack_success(lambda d: predict(spec, result.predictor, d), test, cfg, t.fed.n_classes)}
 
 
-def measure_poisoning(t: Target, *, n_malicious: int = 1) -> dict[str, Any]:
+def measure_poisoning(t: Target, *, n_malicious: int = 1, kinds: tuple[str, ...] | None = None, aggregators: bool = True) -> dict[str, Any]:
+    """Each poisoning kind through the run's own protocol; for plain FedAvg also under each robust aggregator."""
     out: dict[str, Any] = {"attack": "label flip and trigger backdoor (Chen 2017)", "n_malicious": n_malicious}
-    for kind in poisoning.KINDS:
+    for kind in kinds or poisoning.KINDS:
         cfg = poisoning.PoisonConfig(kind=kind, n_malicious=n_malicious, seed=t.config.seed)
         out[kind] = {"as_run": measure_backdoor(t, cfg)}
-        if t.config.protocol == "fedavg" and t.config.privacy.get("mechanism", "none") == "none":
+        if aggregators and kind == "backdoor" and t.config.protocol == "fedavg" and t.config.privacy.get("mechanism", "none") == "none":
             out[kind]["aggregators"] = poisoning.poisoning_experiment(t.config, t.fed, cfg)["results"]
     return out
 
