@@ -91,7 +91,9 @@ class AuditResult:
             pgd = r["adversarial"]["pgd"]
             out["PGD acc ε=8/255"] = pgd[max(pgd, key=lambda k: float(k.split("=")[1]))]
         if "poisoning" in r and "backdoor" in r["poisoning"]:
-            out["backdoor success"] = r["poisoning"]["backdoor"]["as_run"]["attack_success"]
+            bd = r["poisoning"]["backdoor"]["as_run"]
+            out["backdoor success"] = bd["attack_success"]
+            out["target rate without trigger"] = bd["without_trigger"]
         return out
 
 
