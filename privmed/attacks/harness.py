@@ -116,7 +116,7 @@ def measure_inversion(t: Target, *, batch_sizes: tuple[int, ...], method: str = 
     rng = np.random.default_rng([t.config.seed, 29])
     sites = list(range(len(t.fed.sites))) if t.hides_updates else [0]
     for b in batch_sizes:
-        truth, grads = [], []
+        truth, truth_labels, grads = [], [], []
         for i in sites:
             train = t.fed.sites[i].train
             batch = train.subset(np.sort(rng.choice(len(train), size=min(b, len(train)), replace=False)))
@@ -124,12 +124,18 @@ def measure_inversion(t: Target, *, batch_sizes: tuple[int, ...], method: str = 
             sent, received = gi.observe_site_update(batch, t.spec, weights, mods=mods, trainer=mech.trainer(i), lr=lr, seed=t.config.seed)
             grads.append(gi.update_to_gradient(model, sent, received, lr))
             truth.append(torch.from_numpy(batch.images))
+            truth_labels.append(batch.labels)
         gradient = [torch.stack(g).mean(0) for g in zip(*grads)]  # what the coordinator sees
         x = torch.cat(truth)
         labels = gi.infer_labels(gradient, n_classes=t.spec.n_classes, batch_size=len(x))
         start = time.perf_counter()
         recon = gi.reconstruct(model, gradient, shape=tuple(x.shape[1:]), labels=labels, config=config)
-        out["per_batch_size"][str(len(x))] = {**gi.score_reconstruction(recon, x), "seconds": time.perf_counter() - start}
+        row = {**gi.score_reconstruction(recon, x), "seconds": time.perf_counter() - start}
+        # Reference, computed by the harness: the same attack had the site sent its raw gradient (FedSGD / DSSGD).
+        y = torch.from_numpy(np.concatenate([l for l in truth_labels]))
+        raw = gi.reconstruct(model, gi.model_gradient(model, x, y), shape=tuple(x.shape[1:]), labels=y, config=config)
+        row["psnr_if_raw_gradient_sent"] = gi.score_reconstruction(raw, x)["psnr"]
+        out["per_batch_size"][str(len(x))] = row
     return out
 
 
