@@ -66,3 +66,26 @@ def test_logit_confidence_and_candidates_are_balanced_by_patient():
 def test_lira_config_validation():
     with pytest.raises(PrivmedError, match="at least 2 shadow"):
         membership.LiraConfig(n_shadows=1)
+
+
+def test_dp_sgd_with_small_epsilon_brings_membership_auc_to_chance(world):
+    """The same memorising recipe under Opacus DP-SGD (noise multiplier 5, clip 1): no membership signal left."""
+    import torch
+    from opacus import PrivacyEngine
+
+    _, _, cand, is_member, _ = world
+    members = cand.subset(np.flatnonzero(is_member))
+    model = SPEC.build(0)
+    loader = torch.utils.data.DataLoader(torch.utils.data.TensorDataset(torch.from_numpy(members.images), torch.from_numpy(members.labels)),
+                                         batch_size=8, generator=torch.Generator().manual_seed(0))
+    engine = PrivacyEngine(accountant="rdp")
+    model, opt, loader = engine.make_private(module=model, optimizer=torch.optim.SGD(model.parameters(), lr=0.5), data_loader=loader,
+                                             noise_multiplier=5.0, max_grad_norm=1.0, noise_generator=torch.Generator().manual_seed(0))
+    for _ in range(60):
+        for x, y in loader:
+            opt.zero_grad()
+            torch.nn.functional.cross_entropy(model(x), y).backward()
+            opt.step()
+    eps = engine.get_epsilon(delta=1e-3)
+    auc = mia_metrics(membership.loss_threshold_scores(predict_proba(model._module, cand), cand.labels), is_member)["auc"]
+    assert eps < 5 and abs(auc - 0.5) < 0.15
