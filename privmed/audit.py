@@ -79,9 +79,17 @@ class AuditResult:
             out["MIA AUC (patient)"] = r["membership"]["patient"]["auc"]
         if "lira" in r:
             out["LiRA AUC"] = r["lira"]["image"]["auc"]
+        if "lira" in r:
+            out["LiRA TPR at 1% FPR"] = r["lira"]["image"]["tpr_at_1pct_fpr"]
         if "inversion" in r:
             first = next(iter(r["inversion"]["per_batch_size"].values()))
             out["inversion PSNR dB"] = first["psnr"]
+        if "model-inversion" in r:
+            out["model inversion corr. to class mean"] = r["model-inversion"]["corr_own_class_mean"]
+        if "linkage" in r:
+            for release, v in r["linkage"].items():
+                if isinstance(v, dict):
+                    out[f"re-identified ({release})"] = v["reidentified"]
         return out
 
     def security(self) -> dict[str, float]:

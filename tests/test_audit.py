@@ -36,7 +36,7 @@ def test_audit_writes_audit_json_with_the_attacks_numbers(fedavg_run):
     assert saved["protocol"] == "fedavg" and set(saved["results"]) == {"membership", "linkage"}
     assert 0 <= saved["results"]["membership"]["image"]["auc"] <= 1
     assert saved["results"]["linkage"]["pseudonymised"]["reidentified"] > 0.9
-    assert set(audit.leakage()) == {"MIA AUC", "MIA AUC (patient)"}
+    assert set(audit.leakage()) == {"MIA AUC", "MIA AUC (patient)", "re-identified (pseudonymised)", "re-identified (5-anonymous)"}
 
 
 def test_inversion_and_adversarial_against_the_saved_model_are_reproducible(fedavg_run):
