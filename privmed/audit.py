@@ -141,6 +141,9 @@ def run_attacks(target, result: dict[str, Any], *, attacks: tuple[str, ...] | No
     for a in attacks or ():
         if a not in ATTACKS:
             raise unknown_name("attack", a, ATTACKS)
+    from privmed.attacks.membership import LiraConfig
+
+    LiraConfig(n_shadows=n_shadows)  # refuse a bad shadow count before any attack runs
     cfg = target.config
     privacy = result.get("privacy", {})
     audit = AuditResult(run=run_name or cfg.run_name, protocol=cfg.protocol, mechanism=str(privacy.get("mechanism", "none")),
