@@ -154,7 +154,7 @@ def run_attacks(target, result: dict[str, Any], *, attacks: tuple[str, ...] | No
         "inversion": lambda: h.measure_inversion(target, batch_sizes=batch_sizes, iterations=inversion_iterations),
         "dlg": lambda: h.measure_inversion(target, batch_sizes=(1,), method="dlg", iterations=inversion_iterations),
         "model-inversion": lambda: h.measure_model_inversion(target),
-        "adversarial": lambda: h.measure_adversarial(target, **({"eps": (8 / 255,), "max_images": 100} if cheap else {})),
+        "adversarial": lambda: h.measure_adversarial(target, **({"eps": (0.0, 8 / 255), "max_images": 100} if cheap else {})),
         "poisoning": lambda: h.measure_poisoning(target, kinds=("backdoor",) if cheap else None, aggregators=not cheap),
         "linkage": lambda: h.measure_linkage(target),
     }
