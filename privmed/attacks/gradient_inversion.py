@@ -205,7 +205,7 @@ def observe_site_update(site_batch, spec, weights, *, mods=(), trainer=None, lr:
     Grid, so every transformation a mechanism applies to the reply applies
     here. Returns the (sent, received) state dicts.
     """
-    from flwr.app import ArrayRecord, ConfigRecord, Message, RecordDict
+    from flwr.app import ConfigRecord, Message, RecordDict
 
     from privmed.data.base import SiteData
     from privmed.engine.grid import InProcessGrid

@@ -14,7 +14,6 @@ from typing import Any
 
 import numpy as np
 import torch
-from flwr.app import ArrayRecord
 from torch import nn
 
 from privmed.attacks import adversarial, gradient_inversion as gi, linkage, membership, model_inversion, poisoning
