@@ -28,7 +28,9 @@ normalises every coordinate), so the magnitudes the attacks match are gone.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
@@ -36,6 +38,14 @@ import torch.nn.functional as F
 from torch import nn
 
 from privmed.errors import PrivmedError
+
+if TYPE_CHECKING:
+    from flwr.app import ArrayRecord
+    from flwr.clientapp.typing import Mod
+
+    from privmed.data.base import ArraySet
+    from privmed.privacy.base import Trainer
+    from privmed.site import ModelSpec
 
 METHODS = ("dlg", "ig")
 
@@ -197,7 +207,8 @@ def match_to_truth(recon: torch.Tensor, truth: torch.Tensor) -> torch.Tensor:
     return out
 
 
-def observe_site_update(site_batch, spec, weights, *, mods=(), trainer=None, lr: float = 1e-3, seed: int = 0):
+def observe_site_update(site_batch: ArraySet, spec: ModelSpec, weights: ArrayRecord, *, mods: Sequence[Mod] = (),
+                        trainer: Trainer | None = None, lr: float = 1e-3, seed: int = 0) -> tuple[dict, dict]:
     """What the coordinator receives when a site trains one local step on ``site_batch``.
 
     The site is the real privmed ClientApp (with the run's privacy mods and
