@@ -43,8 +43,11 @@ def hides_updates(privacy: dict[str, Any]) -> bool:
     return any(t in HIDING_TOKENS for t in tokens)
 
 
-def not_applicable(attack: str, *, protocol: str, task: str, privacy: dict[str, Any], has_metadata: bool = True) -> str | None:
+def not_applicable(attack: str, *, protocol: str, task: str, privacy: dict[str, Any], has_metadata: bool = True,
+                   dataset: str = "phantom") -> str | None:
     """Why ``attack`` does not apply to a run, or None if it does."""
+    if attack == "lira" and dataset != "phantom":
+        return f"LiRA's shadow models train on a fresh phantom cohort; {dataset!r} has no same-distribution generator for them"
     if attack == "linkage" and not has_metadata:
         return "the data set carries no patient metadata (age, sex, dates) to link"
     if attack in ("inversion", "dlg"):
@@ -161,7 +164,8 @@ def run_attacks(target, result: dict[str, Any], *, attacks: tuple[str, ...] | No
         "linkage": lambda: h.measure_linkage(target),
     }
     for name in attacks or ATTACKS:
-        why = not_applicable(name, protocol=cfg.protocol, task=cfg.task, privacy=privacy, has_metadata=bool(target.fed.patients))
+        why = not_applicable(name, protocol=cfg.protocol, task=cfg.task, privacy=privacy, has_metadata=bool(target.fed.patients),
+                             dataset=cfg.data.dataset)
         if why:
             if explicit:
                 raise PrivmedError(f"attack {name!r} does not apply to run {audit.run}: {why}")

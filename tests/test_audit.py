@@ -26,6 +26,7 @@ def test_applicability_follows_protocol_mechanism_and_task():
     assert "classifiers" in not_applicable("membership", protocol="fedavg", task="segmentation", privacy=plain)
     assert not_applicable("linkage", protocol="fedavg", task="segmentation", privacy=plain) is None
     assert "no patient metadata" in not_applicable("linkage", protocol="fedavg", task="classification", privacy=plain, has_metadata=False)
+    assert "shadow" in not_applicable("lira", protocol="fedavg", task="classification", privacy=plain, dataset="medmnist:x.npz")
     assert hides_updates({"mechanism": "secagg+"}) and hides_updates({"mechanism": "he-ckks"})
     assert hides_updates({"mechanism": "x", "individual_updates_visible": False})
     assert not hides_updates({"mechanism": "dp-sgd"}) and not hides_updates({})
