@@ -19,9 +19,11 @@ as the target; label flip: test images classified as their flipped label).
 from __future__ import annotations
 
 import dataclasses
+import random
 from dataclasses import dataclass
 
 import numpy as np
+import torch
 from flwr.app import ArrayRecord
 from flwr.serverapp.strategy import (DifferentialPrivacyServerSideFixedClipping, FedAvg, FedMedian, FedTrimmedAvg, Krum,
                                      MultiKrum, Strategy)
@@ -127,6 +129,8 @@ def train_fedavg(config: RunConfig, fed: Federation, strategy: Strategy) -> Arra
     from privmed.run import FIRST_NODE_ID, model_spec
     from privmed.site import make_client_app
 
+    random.seed(config.seed)  # as privmed.run.execute: Flower samples nodes with the global `random`
+    torch.manual_seed(config.seed)
     spec = model_spec(config, fed)
     grid = InProcessGrid({FIRST_NODE_ID + i: make_client_app(s, spec, site_index=i) for i, s in enumerate(fed.sites)})
     ctx = ProtocolContext(grid=grid, initial=ArrayRecord(spec.build(seed=config.seed).state_dict()), settings=config.train,
