@@ -144,8 +144,18 @@ def bench(
 
     with user_errors():
         out = run_suite(runs_dir=runs_dir, seed=seed, rounds=rounds, console=console)
-    console.print(f"wrote {out / 'report.md'}")
-    Console().print((out / "report.md").read_text())
+    import json
+
+    table = Table(title="privmed bench (full table: report.md)")
+    for col in ("row", "technique", "performance", "bytes/site/round", "wall s"):
+        table.add_column(col)
+    for r in json.loads((out / "results.json").read_text()):
+        f, m = r["performance"]["final"], r["performance"]["metric"]
+        perf = f"{m} {f[m]:.3f}" + (f", AUROC {f['auroc']:.3f}" if f.get("auroc") is not None else "")
+        per = r["communication"].get("bytes_per_site_per_round")
+        table.add_row(r["label"], r["technique"], perf, "raw data" if per is None else f"{per / 1000:,.1f} kB", f"{r['runtime']['wall_seconds']:.1f}")
+    Console().print(table)
+    console.print(f"wrote {out / 'report.md'}, {out / 'results.json'}, {out / 'validation.png'}")
 
 
 @app.command()

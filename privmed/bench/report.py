@@ -31,7 +31,8 @@ def _communication(r: dict[str, Any]) -> str:
     c = r["communication"]
     if "raw_data_bytes_up" in c:
         return f"raw data {_bytes(c['raw_data_bytes_up'])} up"
-    return f"{_bytes(c['bytes_up'])} up / {_bytes(c['bytes_down'])} down; {_bytes(c.get('bytes_per_site_per_round', 0))}/site/round"
+    text = f"{_bytes(c['bytes_up'])} up / {_bytes(c['bytes_down'])} down; {_bytes(c.get('bytes_per_site_per_round', 0))}/site/round"
+    return f"{text} ({c['note']})" if c.get("note") else text
 
 
 def _reliability(r: dict[str, Any]) -> str:
