@@ -31,13 +31,12 @@ def _communication(r: dict[str, Any]) -> str:
     c = r["communication"]
     if "raw_data_bytes_up" in c:
         return f"raw data {_bytes(c['raw_data_bytes_up'])} up"
-<<<<<<< HEAD
     out = f"{_bytes(c['bytes_up'])} up / {_bytes(c['bytes_down'])} down; {_bytes(c.get('bytes_per_site_per_round', 0))}/site/round"
     if c.get("peer_bytes_per_site_per_round") is not None:  # FNT: weights go site to site, not through the Grid
         out += f"; plus {_bytes(c['peer_bytes_per_site_per_round'])}/site/round on peer links"
     if c.get("expansion_factor") is not None:  # encrypted updates: ciphertext / float32 plaintext
         out += f"; update expansion {c['expansion_factor']:.2f}x over float32"
-    return out
+    return f"{out} ({c['note']})" if c.get("note") else out
 
 
 def _runtime(r: dict[str, Any], baseline_wall: float | None) -> str:
@@ -49,10 +48,6 @@ def _runtime(r: dict[str, Any], baseline_wall: float | None) -> str:
     if baseline_wall and r["privacy"].get("mechanism", "none") != "none":  # per round: rows with fewer rounds compare too
         out += f"; {t['wall_seconds'] / r['config']['train']['rounds'] / baseline_wall:.2f}x FedAvg wall per round"
     return out
-=======
-    text = f"{_bytes(c['bytes_up'])} up / {_bytes(c['bytes_down'])} down; {_bytes(c.get('bytes_per_site_per_round', 0))}/site/round"
-    return f"{text} ({c['note']})" if c.get("note") else text
->>>>>>> main
 
 
 def _reliability(r: dict[str, Any]) -> str:

@@ -76,5 +76,4 @@ def run(ctx: ProtocolContext) -> MeasuredOutput:
             raise PrivmedError(f"round {rnd}: every site failed; no site holds a model")
         ctx.evaluate_fn(rnd, seal_predictor(ConfigRecord({"holder": names[holder]})))
     return MeasuredOutput(seal_predictor(ConfigRecord({"holder": names[holder]})), measured={"communication": {
-        "peer_link_bytes": peer_bytes, "peer_bytes_per_site_per_round": peer_bytes / len(nodes) / rounds,
-        "note": "weights travel on site-to-site links (sizes as the sites report them); the Grid carries only the schedule"}})
+        "peer_link_bytes": peer_bytes, "peer_bytes_per_site_per_round": peer_bytes / len(nodes) / rounds}})
