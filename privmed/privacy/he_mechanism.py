@@ -99,5 +99,5 @@ class HEMechanism(Mechanism):
         return predictor if rec is None else decrypt_global(self.keyring, rec)
 
     def report(self) -> dict[str, Any]:
-        return {"epsilon": None, "delta": None, "unit": None, "encryption": self.name,
+        return {"epsilon": None, "delta": None, "unit": None, "encryption": self.name, "individual_updates_visible": False,
                 "coordinator_holds": "public key / public context only", **self.options}

@@ -70,4 +70,5 @@ class SecAggMechanism(Mechanism):
         return [secaggplus_mod, legacy_train_bridge(self._names[site_index])]
 
     def report(self) -> dict[str, Any]:
-        return {"epsilon": None, "delta": None, "unit": None, "masking": "SecAgg+ (Flower secaggplus_mod)"}
+        return {"epsilon": None, "delta": None, "unit": None, "masking": "SecAgg+ (Flower secaggplus_mod)",
+                "individual_updates_visible": False}

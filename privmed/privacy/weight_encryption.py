@@ -134,6 +134,6 @@ class WeightEncryption(Mechanism):
         return from_bytes(open_sealed(bytes(rec["blob"]), key=self._shared, receiver="harness"))
 
     def report(self) -> dict[str, Any]:
-        return {"epsilon": None, "delta": None, "unit": None, "encryption": "AES-256-GCM",
+        return {"epsilon": None, "delta": None, "unit": None, "encryption": "AES-256-GCM", "individual_updates_visible": False,
                 "key": "key file" if self.key_file else "generated in memory",
                 "peer_link_bytes": dict(self.links.bytes)}
