@@ -90,6 +90,8 @@ class HEMechanism(Mechanism):
         self.keyring = make_keyring(self.scheme, n_sites=len(fed.sites), **self.options)
 
     def client_mods(self, site_index: int) -> list:
+        if self.keyring is None:
+            raise PrivmedError(f"{self.name} has no keys yet: call check(fed, config) before building the sites")
         name, n = self._sites[site_index]
         return [he_mod(self.keyring, n_examples=n, site=name)]
 

@@ -67,6 +67,8 @@ class SecAggMechanism(Mechanism):
         self._names = [s.name for s in fed.sites]
 
     def client_mods(self, site_index: int) -> list:
+        if not self._names:
+            raise PrivmedError("secagg: call check(fed, config) before building the sites")
         return [secaggplus_mod, legacy_train_bridge(self._names[site_index])]
 
     def report(self) -> dict[str, Any]:

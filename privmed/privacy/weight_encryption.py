@@ -122,6 +122,8 @@ class WeightEncryption(Mechanism):
         self._pairwise = PairwiseKeys(self._names)
 
     def client_mods(self, site_index: int) -> list:
+        if not self._names:
+            raise PrivmedError("aes-gcm has no keys yet: call check(fed, config) before building the sites")
         return [weight_mod(self._names[site_index], shared=self._shared, pairwise=self._pairwise, links=self.links)]
 
     def reveal(self, predictor):
