@@ -61,7 +61,7 @@ def parse_key_values(items: list[str]) -> dict:
 
 @app.command()
 def train(
-    protocol: Optional[str] = typer.Option(None, help="centralised | single | ensemble | swt | cwt | fedavg"),
+    protocol: Optional[str] = typer.Option(None, help="centralised | single | ensemble | swt | cwt | fedavg | he-fedavg | secagg-fedavg | snt | fnt"),
     sites: Optional[int] = typer.Option(None, help="number of sites (hospitals)"),
     split: Optional[str] = typer.Option(None, help="natural | iid | dirichlet:<alpha> | quantity:<beta>"),
     rounds: Optional[int] = typer.Option(None, help="rounds (cycles for CWT)"),
@@ -77,6 +77,7 @@ def train(
     site: Optional[int] = typer.Option(None, help="which site trains alone (protocol single)"),
     privacy: Optional[str] = typer.Option(None, help="privacy mechanism (see `privmed mechanisms`); default none"),
     privacy_opt: list[str] = typer.Option([], "--privacy-opt", help="mechanism parameter key=value (repeatable)"),
+    opt: list[str] = typer.Option([], "--opt", help="protocol option key=value (repeatable), e.g. threshold=3 for secagg-fedavg"),
     name: Optional[str] = typer.Option(None, help="run name (directory under --runs-dir)"),
     config: Optional[Path] = typer.Option(None, "--config", help="TOML run config; flags override it"),
     runs_dir: Path = typer.Option(Path("runs"), help="where runs are written"),
@@ -93,6 +94,7 @@ def train(
             options["order"] = order
         if site is not None:
             options["site"] = site
+        options.update(parse_key_values(opt))
         priv = dict(base.privacy)
         if privacy is not None:
             priv["mechanism"] = privacy

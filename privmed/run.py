@@ -175,6 +175,8 @@ def execute(config: RunConfig, *, progress: Progress | None = None, fed: Federat
     total = rounds_of(config, len(sites))
     last = [time.perf_counter()]
 
+    # encrypting mechanisms: the harness reads the model as a site decrypts it (never the coordinator)
+    reveal = getattr(mechanism, "reveal", lambda p: p)
     ctx = ProtocolContext(grid=grid, initial=ArrayRecord(initial_model.state_dict()), settings=config.train,
                           seed=config.seed, evaluate_fn=lambda r, p: None, options=dict(config.options),
                           wrap_strategy=mechanism.wrap_strategy)
@@ -184,7 +186,7 @@ def execute(config: RunConfig, *, progress: Progress | None = None, fed: Federat
         rejected = [r for r in ctx.rejections if r["round"] == rnd]
         if rejected and len(rejected) >= _trained_in_round(grid, rnd):
             raise PrivmedError(f"round {rnd}: every site's update was rejected ({rejected[0]['reason']})")
-        metrics = evaluate_predictor(spec, predictor, val)
+        metrics = evaluate_predictor(spec, reveal(predictor), val)
         history.append({"round": rnd, "seconds": now - last[0], "val": finite_metrics(metrics)})
         last[0] = time.perf_counter()
         return metrics
@@ -206,6 +208,7 @@ def execute(config: RunConfig, *, progress: Progress | None = None, fed: Federat
 
     ctx.evaluate_fn = evaluate_and_checkpoint
     output = fn(ctx)
+    output.predictor = reveal(output.predictor)
     wall = prior_wall + time.perf_counter() - t_start
 
     test_all = fed.pooled("test")
@@ -214,6 +217,8 @@ def execute(config: RunConfig, *, progress: Progress | None = None, fed: Federat
 
     communication = measure_communication(config.protocol, grid.traffic, node_site, fed, total)
     metric = PRIMARY_METRIC[config.task]
+    measured = getattr(output, "measured", {})  # a protocol's own figures (ciphertext sizes, phase timings)
+    communication.update(measured.get("communication", {}))
     return RunResult(
         technique=technique,
         protocol=config.protocol,
@@ -231,6 +236,7 @@ def execute(config: RunConfig, *, progress: Progress | None = None, fed: Federat
             "wall_seconds": wall, "cpu_seconds": time.process_time() - cpu_start,
             "per_round_seconds": [h["seconds"] for h in history],
             "site_seconds": {node_site[n]: s for n, s in grid.site_seconds.items()},
+            **measured.get("runtime", {}),
         },
         privacy={"coordinator_sees": coordinator_sees, "mechanism": mechanism.name, "leakage": "not measured yet",
                  **mechanism.report()},

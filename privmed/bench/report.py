@@ -31,8 +31,23 @@ def _communication(r: dict[str, Any]) -> str:
     c = r["communication"]
     if "raw_data_bytes_up" in c:
         return f"raw data {_bytes(c['raw_data_bytes_up'])} up"
-    text = f"{_bytes(c['bytes_up'])} up / {_bytes(c['bytes_down'])} down; {_bytes(c.get('bytes_per_site_per_round', 0))}/site/round"
-    return f"{text} ({c['note']})" if c.get("note") else text
+    out = f"{_bytes(c['bytes_up'])} up / {_bytes(c['bytes_down'])} down; {_bytes(c.get('bytes_per_site_per_round', 0))}/site/round"
+    if c.get("peer_bytes_per_site_per_round") is not None:  # FNT: weights go site to site, not through the Grid
+        out += f"; plus {_bytes(c['peer_bytes_per_site_per_round'])}/site/round on peer links"
+    if c.get("expansion_factor") is not None:  # encrypted updates: ciphertext / float32 plaintext
+        out += f"; update expansion {c['expansion_factor']:.2f}x over float32"
+    return f"{out} ({c['note']})" if c.get("note") else out
+
+
+def _runtime(r: dict[str, Any], baseline_wall: float | None) -> str:
+    t = r["runtime"]
+    out = f"{t['wall_seconds']:.1f} s wall, {t['cpu_seconds']:.1f} s CPU"
+    phases = [(p, t.get(f"{p}_seconds_per_round")) for p in ("encrypt", "aggregate", "decrypt")]
+    if any(v is not None for _, v in phases):
+        out += "; per round " + ", ".join(f"{p} {v:.3f} s" for p, v in phases if v is not None)
+    if baseline_wall and r["privacy"].get("mechanism", "none") != "none":  # per round: rows with fewer rounds compare too
+        out += f"; {t['wall_seconds'] / r['config']['train']['rounds'] / baseline_wall:.2f}x FedAvg wall per round"
+    return out
 
 
 def _reliability(r: dict[str, Any]) -> str:
@@ -59,7 +74,7 @@ def _security(r: dict[str, Any]) -> str:
     return s if isinstance(s, str) else ", ".join(f"{k} {v:.3f}" for k, v in s.items())
 
 
-def row(r: dict[str, Any]) -> list[str]:
+def row(r: dict[str, Any], baseline_wall: float | None = None) -> list[str]:
     d, m = r["dataset"], r["model"]
     return [
         f"{r.get('label', r['protocol'])} (`{r['technique']}`)",
@@ -69,7 +84,7 @@ def row(r: dict[str, Any]) -> list[str]:
         _communication(r),
         r.get("scalability", NOT_YET),
         _reliability(r),
-        f"{r['runtime']['wall_seconds']:.1f} s wall, {r['runtime']['cpu_seconds']:.1f} s CPU",
+        _runtime(r, baseline_wall),
         _privacy(r),
         _security(r),
     ]
@@ -87,7 +102,9 @@ def write_report(results: list[dict[str, Any]], path: Path, *, plot_name: str | 
     lines = ["# privmed bench", "",
              "Every row: same data, same model, same seed, same machine. Performance is on the pooled held-out test split of all sites.", "",
              "| " + " | ".join(COLUMNS) + " |", "|" + "---|" * len(COLUMNS)]
-    lines += ["| " + " | ".join(row(r)) + " |" for r in results]
+    fedavg = [r for r in results if r["protocol"] == "fedavg" and r["privacy"].get("mechanism") == "none"]
+    baseline_wall = fedavg[0]["runtime"]["wall_seconds"] / fedavg[0]["config"]["train"]["rounds"] if fedavg else None
+    lines += ["| " + " | ".join(row(r, baseline_wall)) + " |" for r in results]
     lines += ["", "## Data distribution (per site)", ""] + distribution_table(results[0])
     if plot_name:
         lines += ["", f"![validation metric per round]({plot_name})"]

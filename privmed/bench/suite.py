@@ -29,7 +29,26 @@ def default_suite(*, seed: int = 0, rounds: int | None = None, n_sites: int = 4)
     rows = [("centralised", dataclasses.replace(base, protocol="centralised", name="centralised"))]
     rows += [(f"single site-{i}", dataclasses.replace(base, protocol="single", options={"site": i}, name=f"single-site{i}")) for i in range(n_sites)]
     rows += [(p, dataclasses.replace(base, protocol=p, name=p)) for p in ("ensemble", "swt", "cwt", "fedavg")]
+    rows += encrypted_rows(base)
     return rows
+
+
+# Packed Paillier costs ~2.3 s of encryption per site per round on the default CNN (14k parameters,
+# 2048-bit key; measured by benchmarks/he_cost.py): its row runs fewer rounds to keep `make bench` short.
+PAILLIER_ROUNDS = 3
+
+
+def encrypted_rows(base: RunConfig) -> list[tuple[str, RunConfig]]:
+    """Encrypted updates (issue 4): HE-FedAvg, SecAgg+ FedAvg, SNT and FNT on the same data and seed."""
+    paillier = dataclasses.replace(base.train, rounds=min(PAILLIER_ROUNDS, base.train.rounds))
+    return [
+        ("he-fedavg ckks", dataclasses.replace(base, protocol="he-fedavg", privacy={"mechanism": "he-ckks"}, name="he-fedavg-ckks")),
+        (f"he-fedavg paillier ({paillier.rounds} rounds)", dataclasses.replace(
+            base, protocol="he-fedavg", privacy={"mechanism": "he-paillier"}, train=paillier, name="he-fedavg-paillier")),
+        ("secagg-fedavg", dataclasses.replace(base, protocol="secagg-fedavg", privacy={"mechanism": "secagg"}, name="secagg-fedavg")),
+        ("snt", dataclasses.replace(base, protocol="snt", privacy={"mechanism": "aes-gcm"}, name="snt")),
+        ("fnt", dataclasses.replace(base, protocol="fnt", privacy={"mechanism": "aes-gcm"}, name="fnt")),
+    ]
 
 
 def run_suite(*, runs_dir: str | Path = "runs", seed: int = 0, rounds: int | None = None,

@@ -7,10 +7,17 @@ from typing import Any
 
 from privmed.errors import unknown_name
 from privmed.privacy.base import Mechanism
+from privmed.privacy.he_mechanism import HEMechanism
+from privmed.privacy.secagg import SecAggMechanism
+from privmed.privacy.weight_encryption import WeightEncryption
 
 # name -> factory(options) -> Mechanism
 MECHANISMS: dict[str, Callable[[dict[str, Any]], Mechanism]] = {
     "none": lambda options: Mechanism(),
+    "he-paillier": lambda options: HEMechanism("paillier", options),
+    "he-ckks": lambda options: HEMechanism("ckks", options),
+    "aes-gcm": WeightEncryption,
+    "secagg": SecAggMechanism,
 }
 
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Callable
 
 from privmed.errors import unknown_name
-from privmed.protocols import cwt, ensemble, fedavg, single, swt
+from privmed.protocols import cwt, ensemble, fedavg, fnt, he_fedavg, secagg_fedavg, single, snt, swt
 from privmed.protocols.base import ProtocolContext, ProtocolOutput
 
 # name -> (function, review technique key, what the coordinator sees)
@@ -16,6 +16,10 @@ PROTOCOLS: dict[str, tuple[Callable[[ProtocolContext], ProtocolOutput], str, str
     "swt": (swt.run, "chang2018-swt", "the model weights after each site's stage"),
     "cwt": (cwt.run, "chang2018-cwt", "the model weights after every site visit"),
     "fedavg": (fedavg.run, "mcmahan2017-fedavg", "each site's model weights after local training, every round"),
+    "he-fedavg": (he_fedavg.run, "aono2017-he", "ciphertexts of each site's weighted update and of their sum; never a plaintext update"),
+    "secagg-fedavg": (secagg_fedavg.run, "bell2020-secaggplus", "only the sum of the sites' masked, quantised weights"),
+    "snt": (snt.run, "phuong2019-snt", "opaque AES-GCM blobs of the weights after every site visit"),
+    "fnt": (fnt.run, "phuong2019-fnt", "nothing but the visiting schedule (weights go site to site)"),
 }
 
 

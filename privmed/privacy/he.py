@@ -1,0 +1,141 @@
+"""Additively homomorphic aggregation (Aono et al. 2017): the common interface.
+
+Paper: Aono, Hayashi, Wang, Moriai 2017, "Privacy-preserving deep learning via
+additively homomorphic encryption" (IEEE TIFS). Mechanism: the participants
+share one secret key; each encrypts its update, the server only adds
+ciphertexts and returns the encrypted sum, which the participants decrypt.
+The server never holds the secret key nor any plaintext update.
+
+Two schemes sit behind one pair of classes, split by who holds what:
+- :class:`Keyring` (site side): ``public()`` -> the bytes a coordinator needs,
+  ``encrypt(vector) -> bytes``, ``decrypt(bytes, n_values, count) -> vector``;
+- :class:`Aggregator` (coordinator side, built from ``public()`` bytes only):
+  ``check(bytes)`` refuses truncated or foreign ciphertexts, ``add([...])``.
+Paillier (``he_paillier.py``) packs many quantised values into one plaintext,
+as BatchCrypt does (Zhang et al. 2020, USENIX ATC), with the pure helpers
+below; CKKS (``he_ckks.py``) encrypts floats directly with TenSEAL.
+Differs from the paper: Aono used LWE-based or Paillier encryption of
+gradients for asynchronous SGD; here whole weighted model updates are
+encrypted once per FedAvg round.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import math
+from abc import ABC, abstractmethod
+
+import numpy as np
+
+from privmed.errors import PrivmedError
+
+
+def key_id(public: bytes) -> str:
+    """A short fingerprint of the public material; replies carry it so a foreign key is named."""
+    return hashlib.sha256(public).hexdigest()[:16]
+
+
+def slot_bits(*, bits: int, max_summands: int) -> int:
+    """Bits per packed slot so that the sum of ``max_summands`` values never overflows into the next slot."""
+    return bits + math.ceil(math.log2(max(max_summands, 2)))
+
+
+def quantise(values: np.ndarray, *, clip: float, bits: int) -> np.ndarray:
+    """Clip to [-clip, clip] and map to unsigned integers in [0, 2**bits - 1] (offset binary)."""
+    scale = (2**bits - 1) / (2 * clip)
+    v = np.clip(np.asarray(values, dtype=np.float64), -clip, clip)
+    return np.rint((v + clip) * scale).astype(np.uint64)
+
+
+def dequantise(sums: np.ndarray, *, clip: float, bits: int, count: int) -> np.ndarray:
+    """Inverse of :func:`quantise` for the sum of ``count`` quantised vectors."""
+    scale = (2 * clip) / (2**bits - 1)
+    return np.asarray(sums, dtype=np.float64) * scale - count * clip
+
+
+def pack(ints: np.ndarray, *, width: int, per_plaintext: int) -> list[int]:
+    """Concatenate ``per_plaintext`` slots of ``width`` bits into each big integer (slot 0 lowest)."""
+    ints = np.asarray(ints, dtype=np.uint64)
+    if ints.size and int(ints.max()) >> width:
+        raise ValueError(f"a value does not fit in {width} bits")
+    out = []
+    for start in range(0, len(ints), per_plaintext):
+        acc = 0
+        for v in reversed(ints[start:start + per_plaintext].tolist()):
+            acc = (acc << width) | v
+        out.append(acc)
+    return out
+
+
+def unpack(packed: list[int], *, width: int, per_plaintext: int, n_values: int) -> np.ndarray:
+    """Inverse of :func:`pack`: the first ``n_values`` slots, as Python ints in a uint64 array."""
+    mask = (1 << width) - 1
+    out = np.zeros(n_values, dtype=np.uint64)
+    i = 0
+    for acc in packed:
+        for _ in range(per_plaintext):
+            if i == n_values:
+                return out
+            out[i] = acc & mask
+            acc >>= width
+            i += 1
+    if i != n_values:
+        raise ValueError(f"packed data holds {i} values, expected {n_values}")
+    return out
+
+
+class Keyring(ABC):
+    """The sites' key material (secret included). Never given to the coordinator."""
+
+    scheme: str
+
+    @abstractmethod
+    def public(self) -> bytes:
+        """What the coordinator needs to add ciphertexts: no secret key."""
+
+    @abstractmethod
+    def encrypt(self, vector: np.ndarray) -> bytes: ...
+
+    @abstractmethod
+    def decrypt(self, ciphertext: bytes, *, n_values: int, count: int) -> np.ndarray:
+        """The sum of ``count`` encrypted vectors of ``n_values`` floats."""
+
+    @property
+    def key_id(self) -> str:
+        return key_id(self.public())
+
+
+class Aggregator(ABC):
+    """The coordinator's side: adds ciphertexts under the public material only."""
+
+    def __init__(self, public: bytes) -> None:
+        self.key_id = key_id(public)
+
+    @abstractmethod
+    def check(self, ciphertext: bytes, *, n_values: int) -> str | None:
+        """Why ``ciphertext`` cannot be added (truncated, malformed, foreign), or None."""
+
+    @abstractmethod
+    def add(self, ciphertexts: list[bytes]) -> bytes: ...
+
+
+def make_keyring(scheme: str, *, n_sites: int, **params) -> Keyring:
+    from privmed.privacy.he_ckks import CKKSKeyring
+    from privmed.privacy.he_paillier import PaillierKeyring
+
+    if scheme == "paillier":
+        return PaillierKeyring(max_summands=n_sites, **params)
+    if scheme == "ckks":
+        return CKKSKeyring(**params)
+    raise PrivmedError(f"unknown HE scheme {scheme!r}; valid schemes: paillier, ckks")
+
+
+def make_aggregator(scheme: str, public: bytes) -> Aggregator:
+    from privmed.privacy.he_ckks import CKKSAggregator
+    from privmed.privacy.he_paillier import PaillierAggregator
+
+    if scheme == "paillier":
+        return PaillierAggregator(public)
+    if scheme == "ckks":
+        return CKKSAggregator(public)
+    raise PrivmedError(f"unknown HE scheme {scheme!r}; valid schemes: paillier, ckks")

@@ -1,0 +1,141 @@
+"""Encrypted weight transmission (Phuong 2019): the sites' side, for the ``snt`` and ``fnt`` protocols.
+
+Privacy name ``aes-gcm`` (option ``key_file``: the SNT key shared by the sites,
+64 hex characters, mode 600; without it a fresh key is generated in memory).
+The client mod, on every ``train`` message:
+- SNT: a ``sealed`` record holds the blob the coordinator forwards; the site
+  opens it with the shared key (or takes the public initial weights on the
+  first visit), trains, refuses a NaN/wrong-shaped update, seals the new
+  weights and replies with the blob only;
+- FNT: a ``fnt`` record names the peer to receive from and to send to; the
+  site takes the blob from its in-process peer link, opens it with the
+  pairwise key of that peer, trains, seals under the pairwise key of the next
+  peer and deposits it on that link; its reply to the scheduler holds no
+  weights. If the next peer fails, the scheduler asks the site to ``resend``
+  its model to the peer after it. ``PeerLinks`` counts the bytes on every link.
+In-process all key material lives in this object, which stands for the
+sites; the coordinator (the protocol) never receives it.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from flwr.app import ArrayRecord, ConfigRecord, Context, Message, MetricRecord, RecordDict
+
+from privmed.engine.validate import update_problem
+from privmed.errors import PrivmedError
+from privmed.privacy.aes_keys import PairwiseKeys, load_key, open_sealed, seal
+from privmed.privacy.base import Mechanism
+from privmed.privacy.sealed import from_bytes, sealed_record, to_bytes
+
+PROTOCOLS = ("snt", "fnt")
+
+
+class PeerLinks:
+    """The sites' direct links (FNT): one mailbox per (sender, receiver), bytes counted."""
+
+    def __init__(self) -> None:
+        self._boxes: dict[tuple[str, str], bytes] = {}
+        self.bytes: dict[str, int] = {}
+        self.latest: dict[str, ArrayRecord] = {}  # each site's own current model (stays at the site)
+
+    def send(self, sender: str, receiver: str, blob: bytes) -> None:
+        self._boxes[(sender, receiver)] = blob
+        link = "->".join((sender, receiver))
+        self.bytes[link] = self.bytes.get(link, 0) + len(blob)
+
+    def receive(self, sender: str, receiver: str) -> bytes:
+        if (sender, receiver) not in self._boxes:
+            raise PrivmedError(f"{receiver}: nothing received from {sender!r} on the peer link")
+        return self._boxes.pop((sender, receiver))
+
+
+def _train_and_check(msg: Message, context: Context, call_next, arrays: ArrayRecord, site: str) -> tuple[ArrayRecord, Message]:
+    msg.content = RecordDict({"arrays": arrays, "config": msg.content["config"]})
+    reply = call_next(msg, context)
+    if reply.has_error():
+        return arrays, reply
+    update = reply.content["arrays"]
+    problem = update_problem(update, arrays)
+    if problem:
+        raise PrivmedError(f"{site}: local update {problem}; not sent")
+    return update, reply
+
+
+def weight_mod(site: str, *, shared: bytes, pairwise: PairwiseKeys, links: PeerLinks):
+    def mod(msg: Message, context: Context, call_next) -> Message:
+        if msg.metadata.message_type != "train":
+            return call_next(msg, context)
+        content = msg.content
+        if "fnt" in content.config_records:
+            route = content["fnt"]
+            if route.get("setup"):
+                return Message(RecordDict({"fnt": ConfigRecord({"site": site})}), reply_to=msg)
+            if route.get("resend"):  # the next peer failed: pass own model on to the one after it
+                blob = seal(to_bytes(links.latest[site]), key=pairwise.key(site, str(route["to"])), sender=site)
+                links.send(site, str(route["to"]), blob)
+                return Message(RecordDict({"fnt": ConfigRecord({"site": site, "sent-bytes": len(blob)})}), reply_to=msg)
+            src, dst = str(route["from"]), str(route["to"])
+            arrays = content["arrays"] if not src else from_bytes(open_sealed(
+                links.receive(src, site), key=pairwise.key(site, src), receiver=site))
+            update, reply = _train_and_check(msg, context, call_next, arrays, site)
+            if reply.has_error():
+                return reply
+            links.latest[site] = update
+            blob = seal(to_bytes(update), key=pairwise.key(site, dst), sender=site) if dst else b""
+            if dst:
+                links.send(site, dst, blob)
+            out = RecordDict({"metrics": reply.content["metrics"], "fnt": ConfigRecord({"site": site, "sent-bytes": len(blob)})})
+            return Message(out, reply_to=msg)
+        arrays = (from_bytes(open_sealed(bytes(content["sealed"]["blob"]), key=shared, receiver=site))
+                  if "sealed" in content.config_records else content["arrays"])
+        update, reply = _train_and_check(msg, context, call_next, arrays, site)
+        if reply.has_error():
+            return reply
+        blob = seal(to_bytes(update), key=shared, sender=site)
+        return Message(RecordDict({"sealed": ConfigRecord({"blob": blob}), "metrics": MetricRecord(dict(reply.content["metrics"]))}), reply_to=msg)
+
+    return mod
+
+
+class WeightEncryption(Mechanism):
+    name = "aes-gcm"
+
+    def __init__(self, options: dict[str, Any]) -> None:
+        unknown = sorted(set(options) - {"key_file"})
+        if unknown:
+            raise PrivmedError(f"unknown aes-gcm parameter {unknown[0]!r}; valid: key_file")
+        self.key_file = options.get("key_file")
+        self.links = PeerLinks()
+        self._shared: bytes | None = None
+        self._pairwise: PairwiseKeys | None = None
+        self._names: list[str] = []
+
+    def check(self, fed, config) -> None:
+        from cryptography.hazmat.primitives.ciphers.aead import AESGCM
+
+        if config.protocol not in PROTOCOLS:
+            raise PrivmedError(f"aes-gcm seals transmitted weights; use it with --protocol snt or fnt, not {config.protocol}")
+        self._shared = load_key(self.key_file) if self.key_file else AESGCM.generate_key(bit_length=256)
+        self._names = [s.name for s in fed.sites]
+        self._pairwise = PairwiseKeys(self._names)
+
+    def client_mods(self, site_index: int) -> list:
+        if not self._names:
+            raise PrivmedError("aes-gcm has no keys yet: call check(fed, config) before building the sites")
+        return [weight_mod(self._names[site_index], shared=self._shared, pairwise=self._pairwise, links=self.links)]
+
+    def reveal(self, predictor):
+        """SNT: open the coordinator's last blob; FNT: the model held by the last site."""
+        rec = sealed_record(predictor)
+        if rec is None:
+            return predictor
+        if "holder" in rec:
+            return self.links.latest[str(rec["holder"])]
+        return from_bytes(open_sealed(bytes(rec["blob"]), key=self._shared, receiver="harness"))
+
+    def report(self) -> dict[str, Any]:
+        return {"epsilon": None, "delta": None, "unit": None, "encryption": "AES-256-GCM", "individual_updates_visible": False,
+                "key": "key file" if self.key_file else "generated in memory",
+                "peer_link_bytes": dict(self.links.bytes)}

@@ -1,0 +1,115 @@
+"""FedAvg with secure aggregation (SecAgg+), run by Flower's own legacy workflow.
+
+Paper: Bell et al. 2020, "Secure single-server aggregation with
+(poly)logarithmic complexity" (SecAgg+; after Bonawitz et al. 2017). In the
+review it stands with Aono 2017 against an honest-but-curious coordinator:
+sites add pairwise and private masks to their quantised, example-weighted
+weights; masks cancel in the sum, and the masks of sites that drop out after
+sharing keys are rebuilt from Shamir shares held by at least ``threshold``
+of their neighbours. The coordinator learns only the sum.
+
+Everything protocol-side is Flower's: ``DefaultWorkflow(fit_workflow=
+SecAggPlusWorkflow(...))`` with a legacy ``FedAvg`` in a ``LegacyContext``,
+driven on our in-process Grid (it uses only ``send_and_receive`` and
+``get_node_ids``). privmed adds the glue: the initial weights and per-round
+config (with the array names, which the legacy records drop), and the
+harness's evaluation through the legacy strategy's ``evaluate_fn``.
+Options: ``threshold`` (shares needed to rebuild a mask; default n_sites - 1),
+``clip`` (Flower's clipping range, default 8.0). A site that fails or drops
+in any stage is recorded as excluded for that round (``WatchedGrid`` notes
+it as the workflow's messages pass); below the threshold Flower halts the
+round and the model is kept.
+"""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+from flwr.app import Array, ArrayRecord, Context, RecordDict
+from flwr.common import ndarrays_to_parameters
+from flwr.server import Grid, LegacyContext, ServerConfig
+from flwr.server.strategy import FedAvg
+from flwr.server.workflow import DefaultWorkflow, SecAggPlusWorkflow
+
+from privmed.errors import PrivmedError
+from privmed.privacy.secagg import KEYS
+from privmed.protocols.base import ProtocolContext, node_ids
+from privmed.protocols.measured import MeasuredOutput, refuse_resume
+
+
+def run(ctx: ProtocolContext) -> MeasuredOutput:
+    refuse_resume(ctx)  # Flower's legacy workflow numbers rounds from 1; resuming would misfile the traffic
+    n = len(node_ids(ctx))
+    threshold = int(ctx.options.get("threshold", max(2, n - 1)))
+    if not 2 <= threshold < max(n, 3):
+        raise PrivmedError(f"SecAgg+ threshold must be at least 2 and below the number of sites ({n}), got {threshold}")
+    keys = list(ctx.initial.keys())
+    grid = WatchedGrid(ctx.grid)
+    latest = {"arrays": ctx.initial}
+
+    def to_record(ndarrays) -> ArrayRecord:
+        return ArrayRecord({k: Array(a) for k, a in zip(keys, ndarrays, strict=True)})
+
+    def fit_config(rnd: int) -> dict:
+        return {**dict(ctx.round_config(rnd)), KEYS: json.dumps(keys)}
+
+    def evaluate(rnd: int, ndarrays, config) -> None:
+        if rnd > 0:
+            latest["arrays"] = to_record(ndarrays)
+            for node, reason in sorted(grid.excluded.get(rnd, {}).items()):
+                ctx.reject(rnd, node, reason)
+            ctx.evaluate_fn(rnd, latest["arrays"])
+        return None
+
+    strategy = FedAvg(fraction_fit=1.0, fraction_evaluate=0.0, min_fit_clients=n, min_available_clients=n,
+                      initial_parameters=ndarrays_to_parameters([a.numpy() for a in ctx.initial.values()]),
+                      on_fit_config_fn=fit_config, evaluate_fn=evaluate)
+    context = LegacyContext(Context(run_id=1, node_id=0, node_config={}, state=RecordDict(), run_config={}),
+                            config=ServerConfig(num_rounds=ctx.settings.rounds), strategy=strategy)
+    workflow = DefaultWorkflow(fit_workflow=SecAggPlusWorkflow(num_shares=1.0, reconstruction_threshold=threshold,
+                                                               clipping_range=float(ctx.options.get("clip", 8.0))))
+    workflow(grid, context)
+    unchanged = all(np.array_equal(a.numpy(), b.numpy()) for a, b in zip(latest["arrays"].values(), ctx.initial.values()))
+    if unchanged:
+        raise PrivmedError("SecAgg+ aggregated no round: the sites lack secaggplus_mod (use --privacy secagg) "
+                           f"or fewer than threshold={threshold} sites stayed in every round")
+    return MeasuredOutput(latest["arrays"])
+
+
+class WatchedGrid(Grid):
+    """Delegates to the run's Grid and notes, per round, which sites dropped out or failed in any stage."""
+
+    def __init__(self, grid: Grid) -> None:
+        self.grid = grid
+        self.excluded: dict[int, dict[int, str]] = {}
+
+    def set_run(self, run) -> None:
+        self.grid.set_run(run)
+
+    @property
+    def run(self):
+        return self.grid.run
+
+    def create_message(self, content, message_type, dst_node_id, group_id, ttl=None):
+        return self.grid.create_message(content, message_type, dst_node_id, group_id, ttl)
+
+    def get_node_ids(self):
+        return self.grid.get_node_ids()
+
+    def push_messages(self, messages):
+        return self.grid.push_messages(messages)
+
+    def pull_messages(self, message_ids):
+        return self.grid.pull_messages(message_ids)
+
+    def send_and_receive(self, messages, *, timeout=None):
+        messages = list(messages)
+        replies = list(self.grid.send_and_receive(messages, timeout=timeout))
+        answered = {r.metadata.src_node_id: r for r in replies}
+        for m in messages:
+            reply = answered.get(m.metadata.dst_node_id)
+            if reply is None or reply.has_error():
+                reason = "dropped out during secure aggregation (no reply)" if reply is None else f"site error: {reply.error.reason}"
+                self.excluded.setdefault(int(m.metadata.group_id), {}).setdefault(m.metadata.dst_node_id, reason)
+        return replies

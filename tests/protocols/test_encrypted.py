@@ -1,0 +1,184 @@
+"""Encrypted protocols against their plaintext twins on the same data and seed.
+
+HE-FedAvg and SecAgg-FedAvg must give FedAvg's model (up to quantisation or
+CKKS noise), SNT and FNT exactly CWT's; the coordinator must see no
+plaintext update; bad ciphertexts and blobs exclude one site and the run goes on.
+"""
+
+import numpy as np
+import pytest
+from flwr.app import ArrayRecord, ConfigRecord
+from flwr.common.secure_aggregation.secaggplus_constants import RECORD_KEY_CONFIGS, Key, Stage
+
+from privmed.config import RunConfig
+from privmed.engine.grid import InProcessGrid
+from privmed.errors import PrivmedError
+from privmed.privacy.registry import make_mechanism
+from privmed.protocols import cwt, fedavg, fnt, he_fedavg, secagg_fedavg, snt
+from privmed.protocols.base import ProtocolContext, TrainSettings
+from privmed.run import FIRST_NODE_ID, evaluate_predictor, model_spec
+from privmed.site import make_client_app
+
+
+def run_protocol(fed, fn, protocol, privacy=None, *, rounds=2, fault=None, options=None):
+    cfg = RunConfig(protocol=protocol, privacy=privacy or {}, train=TrainSettings(rounds=rounds))
+    mech = make_mechanism(cfg.privacy)
+    mech.check(fed, cfg)
+    spec = model_spec(cfg, fed)
+    apps = {FIRST_NODE_ID + i: make_client_app(s, spec, site_index=i, mods=mech.client_mods(i)) for i, s in enumerate(fed.sites)}
+    ctx = ProtocolContext(grid=InProcessGrid(apps, fault=fault), initial=ArrayRecord(spec.build(0).state_dict()),
+                          settings=cfg.train, seed=0, evaluate_fn=lambda r, p: None, options=options or {})
+    out = fn(ctx)
+    reveal = getattr(mech, "reveal", lambda p: p)
+    return reveal(out.predictor), ctx, out, mech
+
+
+def flat(arrays):
+    return np.concatenate([a.numpy().ravel() for a in arrays.values()])
+
+
+@pytest.fixture(scope="module")
+def plain(small_fed):
+    return {"fedavg": run_protocol(small_fed, fedavg.run, "fedavg")[0], "cwt": run_protocol(small_fed, cwt.run, "cwt")[0],
+            "fedavg-1": run_protocol(small_fed, fedavg.run, "fedavg", rounds=1)[0]}
+
+
+def observer(seen):
+    def hook(msg, reply):
+        seen.append(reply)
+        return reply
+    return hook
+
+
+@pytest.mark.parametrize("privacy", [{"mechanism": "he-ckks"}, {"mechanism": "he-paillier", "key_bits": 1024}])
+def test_he_fedavg_gives_fedavg_model_and_coordinator_sees_only_ciphertexts(small_fed, plain, privacy):
+    seen = []
+    one_round = run_protocol(small_fed, he_fedavg.run, "he-fedavg", privacy, rounds=1)[0]
+    # one aggregation: within the quantisation step (Paillier 3.8e-6/2 per site) or CKKS noise (~1e-5)
+    assert np.abs(flat(one_round) - flat(plain["fedavg-1"])).max() < 2e-5
+    model, ctx, out, _ = run_protocol(small_fed, he_fedavg.run, "he-fedavg", privacy, fault=observer(seen))
+    spec = model_spec(RunConfig(), small_fed)
+    test = small_fed.pooled("test")
+    acc = evaluate_predictor(spec, model, test)["accuracy"]
+    assert abs(acc - evaluate_predictor(spec, plain["fedavg"], test)["accuracy"]) < 0.005  # quantisation: < 0.5 points
+    assert seen and all(not r.content.array_records for r in seen)  # no plaintext weights ever reach the coordinator
+    train_replies = [r for r in seen if "he" in r.content.config_records]
+    assert len(train_replies) == 2 * len(small_fed.sites)
+    assert isinstance(out.predictor, ArrayRecord) and list(out.predictor.keys()) == ["privmed-sealed"]
+    assert out.measured["communication"]["expansion_factor"] > 1 and not ctx.rejections
+
+
+def test_he_fedavg_excludes_truncated_and_foreign_ciphertexts_and_goes_on(small_fed, plain):
+    def fault(msg, reply):
+        node, rec = msg.metadata.dst_node_id, reply.content.config_records.get("he")
+        if rec is not None and msg.metadata.group_id == "1" and node in (FIRST_NODE_ID, FIRST_NODE_ID + 1):
+            ct = bytes(rec["ciphertext"])
+            new = {"ciphertext": ct[:-5], "key-id": rec["key-id"]} if node == FIRST_NODE_ID else {"ciphertext": ct, "key-id": "0" * 16}
+            reply.content["he"] = ConfigRecord(new)
+        return reply
+
+    model, ctx, _, _ = run_protocol(small_fed, he_fedavg.run, "he-fedavg", {"mechanism": "he-ckks"}, fault=fault)
+    reasons = {r["node"]: r["reason"] for r in ctx.rejections}
+    assert set(reasons) == {FIRST_NODE_ID, FIRST_NODE_ID + 1} and all(r["round"] == 1 for r in ctx.rejections)
+    assert "parse" in reasons[FIRST_NODE_ID] and "another key" in reasons[FIRST_NODE_ID + 1]
+    assert np.isfinite(flat(model)).all() and not np.allclose(flat(model), flat(plain["fedavg"]), atol=1e-3)
+
+
+def test_he_site_refuses_to_encrypt_a_nan_update(small_fed):
+    def poison(msg, context, call_next):
+        reply = call_next(msg, context)
+        if "arrays" in reply.content.array_records and msg.metadata.group_id == "1":
+            arrays = reply.content["arrays"]
+            first = next(iter(arrays))
+            arrays[first] = type(arrays[first])(np.full(arrays[first].shape, np.nan, dtype=np.float32))
+        return reply
+
+    cfg = RunConfig(protocol="he-fedavg", privacy={"mechanism": "he-ckks"}, train=TrainSettings(rounds=1))
+    mech = make_mechanism(cfg.privacy)
+    mech.check(small_fed, cfg)
+    spec = model_spec(cfg, small_fed)
+    apps = {FIRST_NODE_ID + i: make_client_app(s, spec, site_index=i, mods=mech.client_mods(i) + ([poison] if i == 2 else []))
+            for i, s in enumerate(small_fed.sites)}
+    ctx = ProtocolContext(grid=InProcessGrid(apps), initial=ArrayRecord(spec.build(0).state_dict()), settings=cfg.train,
+                          seed=0, evaluate_fn=lambda r, p: None)
+    he_fedavg.run(ctx)
+    assert [r["node"] for r in ctx.rejections] == [FIRST_NODE_ID + 2]
+    assert "NaN" in ctx.rejections[0]["reason"] and small_fed.sites[2].name in ctx.rejections[0]["reason"]
+
+
+def test_encrypting_mechanisms_refuse_the_wrong_protocol_and_protocols_need_them(small_fed):
+    with pytest.raises(PrivmedError, match="he-fedavg"):
+        make_mechanism({"mechanism": "he-paillier"}).check(small_fed, RunConfig(protocol="fedavg"))
+    with pytest.raises(PrivmedError, match="no HE keys"):
+        run_protocol(small_fed, he_fedavg.run, "he-fedavg")
+    with pytest.raises(PrivmedError, match="unknown he-ckks parameter"):
+        make_mechanism({"mechanism": "he-ckks", "bits": 3})
+
+
+def test_secagg_fedavg_gives_fedavg_model_and_coordinator_sees_only_masked_vectors(small_fed, plain):
+    seen = []
+    model, ctx, _, _ = run_protocol(small_fed, secagg_fedavg.run, "secagg-fedavg", {"mechanism": "secagg"}, rounds=1,
+                                    fault=observer(seen))
+    assert np.abs(flat(model) - flat(plain["fedavg-1"])).max() < 1e-3  # Flower's quantisation: clip 8, 2**22 levels
+    assert all(all(len(rec) == 0 for rec in r.content.array_records.values()) for r in seen)  # weights cleared by secaggplus_mod
+    assert not ctx.rejections
+
+
+def test_secagg_survives_a_site_dropping_out_after_the_key_exchange(small_fed):
+    dropped = FIRST_NODE_ID + 1
+
+    def drop_masked_vector(msg, reply):
+        stage = msg.content.config_records.get(RECORD_KEY_CONFIGS, {}).get(Key.STAGE) if not msg.has_error() else None
+        return None if (msg.metadata.dst_node_id == dropped and msg.metadata.group_id == "1" and stage == Stage.COLLECT_MASKED_VECTORS) else reply
+
+    def drop_train(msg, reply):
+        return None if (msg.metadata.dst_node_id == dropped and msg.metadata.group_id == "1") else reply
+
+    model, ctx, _, _ = run_protocol(small_fed, secagg_fedavg.run, "secagg-fedavg", {"mechanism": "secagg"}, rounds=1,
+                                    fault=drop_masked_vector, options={"threshold": 3})
+    reference = run_protocol(small_fed, fedavg.run, "fedavg", rounds=1, fault=drop_train)[0]
+    assert [(r["round"], r["node"]) for r in ctx.rejections] == [(1, dropped)]
+    assert np.abs(flat(model) - flat(reference)).max() < 1e-3  # the sum of the three others, masks removed
+
+
+@pytest.mark.parametrize("fn,protocol", [(snt.run, "snt"), (fnt.run, "fnt")])
+def test_snt_and_fnt_give_exactly_the_cwt_model_and_coordinator_sees_no_weights(small_fed, plain, fn, protocol):
+    seen = []
+    model, ctx, out, mech = run_protocol(small_fed, fn, protocol, {"mechanism": "aes-gcm"}, fault=observer(seen))
+    assert np.array_equal(flat(model), flat(plain["cwt"]))
+    assert all(not r.content.array_records for r in seen) and not ctx.rejections
+    if protocol == "fnt":  # weights moved only on the peer links: every site sent to the next, each round
+        assert len(mech.links.bytes) == len(small_fed.sites) and max(r["bytes"] for r in ctx.grid.traffic.records if r["direction"] == "up") < 2000
+        assert out.measured["communication"]["peer_link_bytes"] == sum(mech.links.bytes.values())
+
+
+def test_snt_tampered_blob_is_rejected_by_the_next_site_and_the_run_goes_on(small_fed):
+    def tamper(msg, reply):
+        if msg.metadata.dst_node_id == FIRST_NODE_ID + 1 and msg.metadata.group_id == "1":
+            blob = bytearray(reply.content["sealed"]["blob"])
+            blob[-3] ^= 0xFF
+            reply.content["sealed"] = ConfigRecord({"blob": bytes(blob)})
+        return reply
+
+    model, ctx, _, _ = run_protocol(small_fed, snt.run, "snt", {"mechanism": "aes-gcm"}, fault=tamper)
+    assert [(r["round"], r["node"]) for r in ctx.rejections] == [(1, FIRST_NODE_ID + 2)]
+    reason = ctx.rejections[0]["reason"]
+    assert "failed authentication" in reason and small_fed.sites[1].name in reason and small_fed.sites[2].name in reason
+    assert np.isfinite(flat(model)).all()
+
+
+def test_secagg_fedavg_without_the_secagg_mods_fails_loudly(small_fed):
+    with pytest.raises(PrivmedError, match="--privacy secagg"):
+        run_protocol(small_fed, secagg_fedavg.run, "secagg-fedavg", rounds=1)
+
+
+def test_harness_measures_an_encrypted_run_and_saves_the_decrypted_model(small_fed, plain, tmp_path):
+    from privmed.run import execute, load_predictor
+
+    result = execute(RunConfig(protocol="he-fedavg", privacy={"mechanism": "he-ckks"}, train=TrainSettings(rounds=2)), fed=small_fed)
+    assert result.communication["expansion_factor"] > 1 and result.runtime["encrypt_seconds_per_round"] > 0
+    assert result.privacy["mechanism"] == "he-ckks" and len(result.performance["history"]) == 2
+    result.save(tmp_path)
+    saved = load_predictor(tmp_path)
+    assert set(saved.keys()) == set(plain["fedavg"].keys())  # weights, not ciphertext
+    assert np.abs(flat(saved) - flat(plain["fedavg"])).max() < 5e-3
