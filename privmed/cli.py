@@ -142,6 +142,36 @@ def bench(
     Console().print((out / "report.md").read_text())
 
 
+@app.command()
+def budget(
+    ledger: str = typer.Option("sqlite:///runs/ledger.db", help="the budget ledger's URL"),
+    limit: Optional[float] = typer.Option(None, help="ε limit per patient: show what is left"),
+    delta: float = typer.Option(1e-5, help="δ at which spent ε is stated"),
+    top: int = typer.Option(20, help="patients listed (most spent first)"),
+    new_key: Optional[Path] = typer.Option(None, "--new-key", help="create the hospitals' shared pseudonym key file and exit"),
+) -> None:
+    """Per-patient privacy spent across all DP runs and hospitals, and what is left under --limit."""
+    from privmed.privacy.ledger import budget_report
+    from privmed.privacy.pseudonym import new_key as make_key
+
+    with user_errors():
+        if new_key is not None:
+            console.print(f"wrote {make_key(new_key)}; give it to every hospital (ledger_key=...)")
+            return
+        rep = budget_report(ledger, limit=limit, delta=delta)
+    t = rep["total"]
+    table = Table(title=f"privacy spent per patient ({t['patients']} patients, {t['runs']} runs, δ={delta:g})")
+    for col in ("patient (pseudonym)", "ε spent", "left", "runs", "sites"):
+        table.add_column(col, justify="left" if col.startswith("patient") else "right")
+    for r in rep["patients"][:top]:
+        table.add_row(r["patient"][:16], f"{r['epsilon']:.3f}", "-" if r["remaining"] is None else f"{r['remaining']:.3f}", str(r["runs"]), str(r["sites"]))
+    Console().print(table)
+    line = f"total: {t['patients']} patients, ε max {t['epsilon_max']:.3f}, mean {t['epsilon_mean']:.3f}"
+    if limit is not None:
+        line += f"; limit {limit:g}: {t['patients_over_limit']} over, least left {t['remaining_min']:.3f}"
+    Console().print(line)
+
+
 def main() -> None:
     try:
         app()

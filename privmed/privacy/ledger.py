@@ -113,3 +113,18 @@ class Ledger:
             rows.append({"patient": p, "epsilon": eps, "remaining": None if limit is None else limit - eps,
                          "runs": counts.get(p, 0), "sites": sites.get(p, 0)})
         return rows
+
+
+def budget_report(url: str, *, limit: float | None, delta: float = 1e-5) -> dict:
+    """What ``privmed budget`` shows: per patient and in total, spent and left under ``limit``."""
+    path = sqlite_path(url)
+    if not path.is_file():
+        raise PrivmedError(f"no ledger at {path}; DP runs create it when given ledger={url}")
+    ledger = Ledger(url)
+    rows = sorted(ledger.summary(delta=delta, limit=limit), key=lambda r: -r["epsilon"])
+    eps = [r["epsilon"] for r in rows]
+    total = {"patients": len(rows), "runs": len(ledger.runs()), "epsilon_max": max(eps, default=0.0),
+             "epsilon_mean": float(np.mean(eps)) if eps else 0.0, "delta": delta, "limit": limit,
+             "patients_over_limit": None if limit is None else sum(e > limit for e in eps),
+             "remaining_min": None if limit is None else limit - max(eps, default=0.0)}
+    return {"total": total, "patients": rows}
