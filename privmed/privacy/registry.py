@@ -6,7 +6,7 @@ from collections.abc import Callable
 from typing import Any
 
 from privmed.errors import unknown_name
-from privmed.privacy import dp, p3sgd
+from privmed.privacy import dp, dp_fedavg, p3sgd
 from privmed.privacy.base import Mechanism
 
 # name -> factory(options) -> Mechanism
@@ -14,6 +14,7 @@ MECHANISMS: dict[str, Callable[[dict[str, Any]], Mechanism]] = {
     "none": lambda options: Mechanism(),
     "dp-sgd": dp.make,
     "p3sgd": p3sgd.make,
+    "dp-fedavg": dp_fedavg.make,
 }
 
 
