@@ -51,7 +51,7 @@ def parse_key_values(items: list[str]) -> dict:
     for item in items:
         key, sep, raw = item.partition("=")
         if not sep or not key:
-            raise PrivmedError(f"--privacy-opt expects key=value, got {item!r}")
+            raise PrivmedError(f"--privacy-opt and --opt expect key=value, got {item!r}")
         try:
             out[key.strip()] = tomllib.loads(f"v = {raw}")["v"]
         except tomllib.TOMLDecodeError:
@@ -75,6 +75,7 @@ def train(
     image_size: Optional[int] = typer.Option(None, help="phantom image size"),
     order: Optional[str] = typer.Option(None, help="CWT visiting order: fixed | shuffled"),
     site: Optional[int] = typer.Option(None, help="which site trains alone (protocol single)"),
+    opt: list[str] = typer.Option([], "--opt", help="protocol option key=value (repeatable), e.g. theta_u=0.1 for dssgd"),
     privacy: Optional[str] = typer.Option(None, help="privacy mechanism (see `privmed mechanisms`); default none"),
     privacy_opt: list[str] = typer.Option([], "--privacy-opt", help="mechanism parameter key=value (repeatable)"),
     name: Optional[str] = typer.Option(None, help="run name (directory under --runs-dir)"),
@@ -92,6 +93,7 @@ def train(
             options["order"] = order
         if site is not None:
             options["site"] = site
+        options.update(parse_key_values(opt))
         priv = dict(base.privacy)
         if privacy is not None:
             priv["mechanism"] = privacy

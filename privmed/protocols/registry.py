@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Callable
 
 from privmed.errors import unknown_name
-from privmed.protocols import cwt, ensemble, fedavg, single, swt
+from privmed.protocols import cwt, dssgd, ensemble, fedavg, single, swt
 from privmed.protocols.base import ProtocolContext, ProtocolOutput
 
 # name -> (function, review technique key, what the coordinator sees)
@@ -16,7 +16,11 @@ PROTOCOLS: dict[str, tuple[Callable[[ProtocolContext], ProtocolOutput], str, str
     "swt": (swt.run, "chang2018-swt", "the model weights after each site's stage"),
     "cwt": (cwt.run, "chang2018-cwt", "the model weights after every site visit"),
     "fedavg": (fedavg.run, "mcmahan2017-fedavg", "each site's model weights after local training, every round"),
+    "dssgd": (dssgd.run, "shokri2015-dssgd", "a fraction theta_u of each site's update (index, value) at every visit"),
 }
+
+# protocols whose site half runs as a Flower client mod: name -> factory(site_index) -> mod
+SITE_MODS = {"dssgd": dssgd.site_mod}
 
 
 def get_protocol(name: str) -> tuple[Callable[[ProtocolContext], ProtocolOutput], str, str]:
