@@ -134,12 +134,13 @@ def bench(
     runs_dir: Path = typer.Option(Path("runs"), help="results go to <runs-dir>/bench"),
     seed: int = typer.Option(0, help="seed for every run of the suite"),
     rounds: Optional[int] = typer.Option(None, help="override the suite's number of rounds"),
+    suite: str = typer.Option("default", help="default (every protocol + DP rows) | privacy (ε sweep, DSSGD θu)"),
 ) -> None:
     """Run every protocol on the default phantom split; write results.json, report.md and plots."""
-    from privmed.bench.suite import run_suite
+    from privmed.bench.suite import run_suite, suite_rows
 
     with user_errors():
-        out = run_suite(runs_dir=runs_dir, seed=seed, rounds=rounds, console=console)
+        out = run_suite(runs_dir=runs_dir, seed=seed, rounds=rounds, console=console, rows=suite_rows(suite, seed=seed, rounds=rounds))
     console.print(f"wrote {out / 'report.md'}")
     Console().print((out / "report.md").read_text())
 
