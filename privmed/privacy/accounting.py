@@ -111,6 +111,7 @@ def check_target(*, epsilon: float | None, delta: float, n: int, unit: str) -> N
         raise PrivmedError(f"delta={delta:g} must be in (0, 1/n) with n={n} {unit}s at a site (1/n={1 / max(n, 1):.3g}); lower delta")
 
 
+@lru_cache(maxsize=256)
 def calibrate(*, epsilon: float, delta: float, q: float, steps: int, accountant: str) -> float:
     """The noise multiplier that reaches ``epsilon`` after ``steps`` steps (Opacus' search).
 
