@@ -117,6 +117,7 @@ class DPSGD(AccountedMechanism):
 
         self.fix_model = check_model(model_spec(config, fed).build(), config.model)
         cfg = self.cfg
+        self.sigma, self.sample_rate, self.planned_steps, self.accountants = [], [], [], []
         for i, (name, data) in enumerate(self.sites):
             n, unit, q = self.sampling(data, config.train.batch_size)
             check_target(epsilon=cfg.epsilon, delta=cfg.delta, n=n, unit=f"{unit} (site {name})")

@@ -68,6 +68,10 @@ class P3SGD(DPSGD):
         super().__init__(cfg, budget)
         self.expected_patients: list[float] = []
 
+    def prepare(self, fed: Any, config: Any) -> None:
+        self.expected_patients = []
+        super().prepare(fed, config)
+
     def sampling(self, data: Any, batch_size: int) -> tuple[int, str, float]:
         """Patients, sampled at q = 1/ceil(patients / patients per batch)."""
         n_pat = data.n_patients
