@@ -60,6 +60,27 @@ def per_patient_clip(grads: list[torch.Tensor], patient_index: torch.Tensor, n_p
     return [(p * scale.view(-1, *[1] * (p.dim() - 1))).sum(0) for p in per_patient]
 
 
+def patient_gradients(module: torch.nn.Module, criterion: torch.nn.Module, x: torch.Tensor, y: torch.Tensor,
+                      patients: torch.Tensor, n_patients: int, max_norm: float) -> tuple[list[torch.Tensor], float]:
+    """Sum over patients of each patient's clipped mean gradient, and the summed loss.
+
+    ``module`` is an Opacus ``GradSampleModule`` with ``loss_reduction="sum"``
+    and ``criterion`` sums over the batch, so ``grad_sample`` holds each
+    image's own gradient.
+    """
+    params = [p for p in module.parameters() if p.requires_grad]
+    for p in params:
+        p.grad_sample = None
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # Opacus' full-backward-hook warning on inputs without grad
+        loss = criterion(module(x), y)
+        loss.backward()
+    summed = per_patient_clip([p.grad_sample for p in params], patients, n_patients, max_norm)
+    for p in params:
+        p.grad_sample, p.grad = None, None
+    return summed, float(loss)
+
+
 class P3SGD(DPSGD):
     name = "p3sgd"
     unit = "patient"
@@ -69,6 +90,8 @@ class P3SGD(DPSGD):
         self.expected_patients: list[float] = []
 
     def prepare(self, fed: Any, config: Any) -> None:
+        if config.task != "classification":
+            raise PrivmedError("p3sgd needs a per-image loss: it supports --task classification only (use dp-sgd for segmentation)")
         self.expected_patients = []
         super().prepare(fed, config)
 
@@ -96,8 +119,9 @@ class P3SGD(DPSGD):
         patient_of = torch.from_numpy(patient_of.astype(np.int64))
         x_all, y_all = torch.from_numpy(data.images), torch.from_numpy(targets(data, task))
         criterion = loss_fn(task)
-        criterion.reduction = "sum"  # per-sample gradients must not be scaled by the batch size
-        module = GradSampleModule(net, force_functorch=self.cfg.grad_sample_mode == "functorch")
+        criterion.reduction = "sum"
+        # the loss is summed, so per-sample gradients must not be rescaled by the batch size
+        module = GradSampleModule(net, loss_reduction="sum", force_functorch=self.cfg.grad_sample_mode == "functorch")
         params = [p for p in module.parameters() if p.requires_grad]
         opt = torch.optim.Adam(params, lr=lr)
         q, sigma, c = self.sample_rate[i], self.sigma[i], self.cfg.max_grad_norm
@@ -110,17 +134,10 @@ class P3SGD(DPSGD):
                 remap = torch.cumsum(chosen.long(), 0) - 1
                 summed = [torch.zeros_like(p) for p in params]
                 if len(idx):
-                    for p in params:
-                        p.grad_sample = None
-                    with warnings.catch_warnings():
-                        warnings.simplefilter("ignore")
-                        out = module(x_all[idx])
-                        loss = criterion(out, y_all[idx].unsqueeze(1) if task == "segmentation" else y_all[idx])
-                        loss.backward()
-                    if not torch.isfinite(loss):
+                    summed, loss = patient_gradients(module, criterion, x_all[idx], y_all[idx], remap[patient_of[idx]], int(chosen.sum()), c)
+                    if not math.isfinite(loss):
                         raise DivergedError("P3SGD diverged (non-finite loss); lower the learning rate (--lr)")
-                    summed = per_patient_clip([p.grad_sample for p in params], remap[patient_of[idx]], int(chosen.sum()), c)
-                    total, count = total + float(loss), count + len(idx)
+                    total, count = total + loss, count + len(idx)
                 for p, s in zip(params, summed):
                     p.grad = (s + torch.normal(0.0, sigma * c, size=s.shape, generator=gen)) / max(self.expected_patients[i], 1e-12)
                     p.grad_sample = None

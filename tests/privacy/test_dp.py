@@ -78,6 +78,26 @@ def test_per_patient_clip_matches_reference():
     assert math.sqrt(sum(float((o**2).sum()) for o in out)) <= 3 * 0.5 + 1e-5
 
 
+def test_patient_gradients_match_autograd_per_patient():
+    from opacus import GradSampleModule
+
+    from privmed.privacy.p3sgd import patient_gradients
+
+    torch.manual_seed(0)
+    net = build_model("cnn", in_channels=1, n_classes=2, seed=0)
+    x, y = torch.randn(5, 1, 8, 8), torch.tensor([0, 1, 1, 0, 1])
+    patients = torch.tensor([0, 0, 1, 2, 2])
+    crit = torch.nn.CrossEntropyLoss(reduction="sum")
+    got, _ = patient_gradients(GradSampleModule(net, loss_reduction="sum"), crit, x, y, patients, 3, max_norm=1e9)
+    ref = [torch.zeros_like(p) for p in net.parameters()]
+    for p in range(3):
+        net.zero_grad()
+        m = patients == p
+        torch.nn.functional.cross_entropy(net(x[m]), y[m], reduction="mean").backward()
+        ref = [r + q.grad for r, q in zip(ref, net.parameters())]
+    assert all(torch.allclose(g, r, atol=1e-5) for g, r in zip(got, ref))
+
+
 @pytest.mark.parametrize("opts,match", [
     ({"epsilon": 0}, "epsilon must be > 0"),
     ({}, "needs a target"),
