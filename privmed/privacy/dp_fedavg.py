@@ -144,6 +144,7 @@ class DPFedAvg(AccountedMechanism):
         rounds = max(self.rounds_done.values(), default=0)
         return {"epsilon": epsilon_from_rdp(self.round_rdp(rounds), delta=self.cfg.delta), "delta": self.cfg.delta,
                 "unit": self.unit, "accountant": "rdp (Opacus; Flower's needs flwr[dp])", "noise_multiplier": self.sigma,
+                "target_epsilon": self.cfg.epsilon,
                 "clipping": f"{self.cfg.side}-side {self.cfg.clipping}", "clipping_norm": self.cfg.clipping_norm,
                 "rounds_accounted": rounds, "site_sampling_rate": 1.0, **self.patient_report()}
 
