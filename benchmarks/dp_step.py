@@ -21,7 +21,7 @@ from privmed.privacy.registry import make_mechanism
 from privmed.protocols.base import TrainSettings
 from privmed.tasks import train_local
 
-N, BATCH, EPOCHS, REPEATS = 512, 32, 2, 3
+N, BATCH, EPOCHS, REPEATS = 512, 32, 1, 9
 
 
 def data() -> ArraySet:
