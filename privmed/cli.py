@@ -61,7 +61,7 @@ def parse_key_values(items: list[str]) -> dict:
 
 @app.command()
 def train(
-    protocol: Optional[str] = typer.Option(None, help="centralised | single | ensemble | swt | cwt | fedavg"),
+    protocol: Optional[str] = typer.Option(None, help="centralised | single | ensemble | swt | cwt | fedavg | dssgd"),
     sites: Optional[int] = typer.Option(None, help="number of sites (hospitals)"),
     split: Optional[str] = typer.Option(None, help="natural | iid | dirichlet:<alpha> | quantity:<beta>"),
     rounds: Optional[int] = typer.Option(None, help="rounds (cycles for CWT)"),
