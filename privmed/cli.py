@@ -33,7 +33,7 @@ def user_errors() -> Iterator[None]:
 def round_progress(label: str) -> Iterator:
     """A rich progress bar; yields a callback (round, total, metrics)."""
     with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TextColumn("{task.fields[m]}"),
-                  TimeElapsedColumn(), console=console, transient=False) as bar:
+                  TimeElapsedColumn(), console=console, transient=True) as bar:
         task = bar.add_task(label, total=None, m="")
 
         def update(rnd: int, total: int, metrics: dict) -> None:
@@ -81,6 +81,7 @@ def train(
     name: Optional[str] = typer.Option(None, help="run name (directory under --runs-dir)"),
     config: Optional[Path] = typer.Option(None, "--config", help="TOML run config; flags override it"),
     runs_dir: Path = typer.Option(Path("runs"), help="where runs are written"),
+    resume: bool = typer.Option(False, "--resume", help="continue an interrupted run from its last finished round"),
 ) -> None:
     """Train one protocol and write runs/<name>/result.json."""
     from privmed import config as cfgmod
@@ -104,8 +105,13 @@ def train(
                "train.rounds": rounds, "train.local_epochs": epochs, "train.lr": lr, "train.batch_size": batch_size},
         )
         cfgmod.RunConfig.__post_init__(cfg)  # re-validate the combination
-        with round_progress(f"{cfg.protocol} ({cfg.data.split}, {cfg.data.sites} sites)") as update:
-            result, path = run(cfg, runs_dir=runs_dir, progress=update)
+        try:
+            with round_progress(f"{cfg.protocol} ({cfg.data.split}, {cfg.data.sites} sites)") as update:
+                result, path = run(cfg, runs_dir=runs_dir, progress=update, resume=resume)
+        except KeyboardInterrupt:
+            console.print(f"interrupted: finished rounds are checkpointed in {runs_dir / cfg.run_name}; "
+                          "run the same command with --resume to continue")
+            raise typer.Exit(130) from None
     table = Table(title=f"{cfg.run_name}: final test metrics")
     table.add_column("metric")
     table.add_column("value", justify="right")

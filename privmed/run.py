@@ -8,6 +8,7 @@ finished; ``result.json`` is then written atomically.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import os
@@ -42,8 +43,11 @@ def build_federation(cfg: DataConfig, seed: int) -> Federation:
     from privmed.data.partition import partition
     from privmed.data.registry import load_dataset
 
+    # A generated data set has as many scanners as sites only for the natural
+    # split; other splits redistribute the default phantom's patients.
+    natural = cfg.split.split(":")[0] == "natural"
     dataset = load_dataset(
-        cfg.dataset, seed=seed, n_sites=cfg.sites, image_size=cfg.image_size,
+        cfg.dataset, seed=seed, n_sites=cfg.sites if natural else DataConfig().sites, image_size=cfg.image_size,
         n_classes=cfg.n_classes, shared_patient_fraction=cfg.shared_patient_fraction,
     )
     return partition(dataset, n_sites=cfg.sites, split=cfg.split, seed=seed)
@@ -124,7 +128,7 @@ def _json_default(o: Any) -> Any:
     return str(o)
 
 
-def _finite(d: dict[str, float]) -> dict[str, float | None]:
+def finite_metrics(d: dict[str, float]) -> dict[str, float | None]:
     return {k: (float(v) if np.isfinite(v) else None) for k, v in d.items()}
 
 
@@ -137,8 +141,13 @@ def rounds_of(config: RunConfig, n_sites: int) -> int:
     return n_sites if config.protocol == "swt" else config.train.rounds
 
 
-def execute(config: RunConfig, *, progress: Progress | None = None, fed: Federation | None = None) -> RunResult:
-    """Run one configuration and measure it (nothing written)."""
+def execute(config: RunConfig, *, progress: Progress | None = None, fed: Federation | None = None,
+            checkpoint_dir: Path | None = None, resume: bool = False) -> RunResult:
+    """Run one configuration and measure it.
+
+    With ``checkpoint_dir``, the state after every round is saved there
+    (``checkpoint.pt``, atomically); ``resume`` continues from it.
+    """
     set_threads()
     random.seed(config.seed)  # Flower's node sampling uses the global `random`
     torch.manual_seed(config.seed)
@@ -177,19 +186,32 @@ def execute(config: RunConfig, *, progress: Progress | None = None, fed: Federat
         if rejected and len(rejected) >= _trained_in_round(grid, rnd):
             raise PrivmedError(f"round {rnd}: every site's update was rejected ({rejected[0]['reason']})")
         metrics = evaluate_predictor(spec, predictor, val)
-        history.append({"round": rnd, "seconds": now - last[0], "val": _finite(metrics)})
-        if progress:
-            progress(rnd, total, metrics)
+        history.append({"round": rnd, "seconds": now - last[0], "val": finite_metrics(metrics)})
         last[0] = time.perf_counter()
         return metrics
 
-    ctx.evaluate_fn = evaluate_fn
+    ckpt = Checkpoint(Path(checkpoint_dir) / "checkpoint.pt") if checkpoint_dir else None
+    prior_wall = 0.0
+    if resume:
+        if ckpt is None:
+            raise PrivmedError("resume needs a run directory")
+        prior_wall = ckpt.restore(config, ctx, grid, history, mechanism)
+
+    def evaluate_and_checkpoint(rnd: int, predictor: Predictor) -> dict:
+        metrics = evaluate_fn(rnd, predictor)
+        if ckpt:
+            ckpt.save(config, rnd, predictor, ctx, grid, history, mechanism, prior_wall + time.perf_counter() - t_start)
+        if progress:
+            progress(rnd, total, metrics)
+        return metrics
+
+    ctx.evaluate_fn = evaluate_and_checkpoint
     output = fn(ctx)
-    wall = time.perf_counter() - t_start
+    wall = prior_wall + time.perf_counter() - t_start
 
     test_all = fed.pooled("test")
-    final = _finite(evaluate_predictor(spec, output.predictor, test_all))
-    per_site = {s.name: _finite(evaluate_predictor(spec, output.predictor, s.test)) for s in fed.sites if len(s.test)}
+    final = finite_metrics(evaluate_predictor(spec, output.predictor, test_all))
+    per_site = {s.name: finite_metrics(evaluate_predictor(spec, output.predictor, s.test)) for s in fed.sites if len(s.test)}
 
     traffic = grid.traffic
     if centralised:
@@ -210,7 +232,7 @@ def execute(config: RunConfig, *, progress: Progress | None = None, fed: Federat
         protocol=config.protocol,
         config=config.to_dict(),
         seed=config.seed,
-        versions=_versions(),
+        versions=library_versions(),
         dataset={
             "name": fed.dataset_name, "task": config.task, "image_shape": list(fed.image_shape),
             "n_classes": fed.n_classes, "split": fed.split, "distribution": fed.distribution(),
@@ -231,6 +253,53 @@ def execute(config: RunConfig, *, progress: Progress | None = None, fed: Federat
     )
 
 
+class Checkpoint:
+    """The state of a run after a round: enough to resume it where it stopped."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+
+    def save(self, config: RunConfig, rnd: int, predictor: Predictor, ctx: ProtocolContext, grid: InProcessGrid,
+             history: list, mechanism: Any, wall: float) -> None:
+        members = predictor if isinstance(predictor, list) else [predictor]
+        state = {
+            "config": json.dumps(config.to_dict(), sort_keys=True, default=_json_default), "round": rnd,
+            "ensemble": isinstance(predictor, list), "members": [m.to_torch_state_dict() for m in members],
+            "history": json.dumps(history), "rejections": json.dumps(ctx.rejections),
+            "traffic": json.dumps(grid.traffic.records), "site_seconds": json.dumps(grid.site_seconds),
+            "mechanism": json.dumps(mechanism.state_dict(), default=_json_default), "wall": wall,
+        }
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = self.path.with_suffix(".tmp")
+        torch.save(state, tmp)
+        os.replace(tmp, self.path)
+
+    def restore(self, config: RunConfig, ctx: ProtocolContext, grid: InProcessGrid, history: list, mechanism: Any) -> float:
+        """Load the saved state into a fresh run; return the wall seconds already spent."""
+        if not self.path.exists():
+            raise PrivmedError(f"nothing to resume: no checkpoint at {self.path} (run without --resume)")
+        try:
+            state = torch.load(self.path, weights_only=True)
+        except Exception as exc:  # a truncated or foreign file
+            raise PrivmedError(f"checkpoint {self.path} is unreadable ({type(exc).__name__}); delete it and start again") from None
+        if state["config"] != json.dumps(config.to_dict(), sort_keys=True, default=_json_default):
+            raise PrivmedError(f"checkpoint {self.path} was made with a different config; use the same config or run without --resume")
+        members = [ArrayRecord(sd) for sd in state["members"]]
+        ctx.initial = members if state["ensemble"] else members[0]
+        ctx.start_round = state["round"] + 1
+        history[:] = json.loads(state["history"])
+        ctx.rejections[:] = json.loads(state["rejections"])
+        grid.traffic.records[:] = json.loads(state["traffic"])
+        grid.site_seconds.update({int(k): v for k, v in json.loads(state["site_seconds"]).items()})
+        mechanism.load_state_dict(json.loads(state["mechanism"]))
+        return float(state["wall"])
+
+    def discard(self) -> None:
+        self.path.unlink(missing_ok=True)
+        with contextlib.suppress(OSError):
+            self.path.parent.rmdir()  # only if the run left nothing else there
+
+
 def set_threads() -> None:
     """One intra-op thread unless PRIVMED_TORCH_THREADS says otherwise.
 
@@ -246,7 +315,7 @@ def _trained_in_round(grid: InProcessGrid, rnd: int) -> int:
     return sum(1 for r in grid.traffic.records if r["round"] == str(rnd) and r["direction"] == "down" and r["type"] == "train")
 
 
-def _versions() -> dict[str, str]:
+def library_versions() -> dict[str, str]:
     import flwr
     import monai
 
@@ -254,8 +323,22 @@ def _versions() -> dict[str, str]:
             "flwr": flwr.__version__, "monai": monai.__version__, "numpy": np.__version__}
 
 
-def run(config: RunConfig, *, runs_dir: str | Path = "runs", progress: Progress | None = None) -> tuple[RunResult, Path]:
-    """Execute ``config`` and write ``<runs_dir>/<name>/result.json``."""
-    result = execute(config, progress=progress)
-    path = result.save(Path(runs_dir) / config.run_name)
+def run(config: RunConfig, *, runs_dir: str | Path = "runs", progress: Progress | None = None,
+        resume: bool = False) -> tuple[RunResult, Path]:
+    """Execute ``config`` and write ``<runs_dir>/<name>/result.json`` (and model.pt).
+
+    A checkpoint is kept in the run directory while the run goes; if the run
+    is interrupted it stays there and ``resume=True`` continues from it. A user
+    error discards it (resuming would meet the same error).
+    """
+    run_dir = Path(runs_dir) / config.run_name
+    ckpt = Checkpoint(run_dir / "checkpoint.pt")
+    try:
+        result = execute(config, progress=progress, checkpoint_dir=run_dir, resume=resume)
+    except PrivmedError:
+        if not resume:
+            ckpt.discard()
+        raise
+    path = result.save(run_dir)
+    ckpt.discard()
     return result, path

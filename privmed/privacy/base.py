@@ -45,3 +45,10 @@ class Mechanism:
 
     def report(self) -> dict[str, Any]:
         return {"epsilon": None, "delta": None, "unit": None}
+
+    def state_dict(self) -> dict[str, Any]:
+        """What a checkpoint must keep to resume (e.g. an accountant's history); JSON-serialisable."""
+        return {}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        """Restore :meth:`state_dict` when an interrupted run resumes."""

@@ -39,7 +39,7 @@ class TrainSettings:
 
 
 @dataclass
-class ProtocolContext:
+class ProtocolContext:  # pylint: disable=too-many-instance-attributes
     grid: Grid
     initial: ArrayRecord
     settings: TrainSettings
@@ -50,6 +50,9 @@ class ProtocolContext:
     rejections: list[dict] = field(default_factory=list)
     # a privacy mechanism's wrapper around Flower strategies (identity by default)
     wrap_strategy: Callable[[Strategy], Strategy] = lambda s: s
+    # first round to run: > 1 when resuming an interrupted run from its checkpoint,
+    # in which case ``initial`` is the checkpointed predictor
+    start_round: int = 1
 
     def round_config(self, rnd: int, *, epochs: int | None = None) -> ConfigRecord:
         return ConfigRecord({

@@ -27,10 +27,9 @@ def run(ctx: ProtocolContext) -> ProtocolOutput:
     if order not in ORDERS:
         raise PrivmedError(f"unknown CWT order {order!r}; valid orders: {', '.join(ORDERS)}")
     nodes = node_ids(ctx)
-    rng = ctx.rng(salt=7)
     arrays = ctx.initial
-    for rnd in range(1, ctx.settings.rounds + 1):
-        visit = list(rng.permutation(nodes)) if order == "shuffled" else nodes
+    for rnd in range(ctx.start_round, ctx.settings.rounds + 1):
+        visit = list(ctx.rng(salt=rnd).permutation(nodes)) if order == "shuffled" else nodes
         for node in visit:
             arrays = train_at(ctx, int(node), arrays, rnd) or arrays
         ctx.evaluate_fn(rnd, arrays)

@@ -15,8 +15,9 @@ from privmed.protocols.base import ProtocolContext, ProtocolOutput, node_ids, tr
 
 def run(ctx: ProtocolContext) -> ProtocolOutput:
     nodes = node_ids(ctx)
-    models = {n: ctx.initial for n in nodes}
-    for rnd in range(1, ctx.settings.rounds + 1):
+    start = ctx.initial if isinstance(ctx.initial, list) else [ctx.initial] * len(nodes)
+    models = dict(zip(nodes, start))
+    for rnd in range(ctx.start_round, ctx.settings.rounds + 1):
         for n in nodes:
             models[n] = train_at(ctx, n, models[n], rnd) or models[n]
         ctx.evaluate_fn(rnd, list(models.values()))

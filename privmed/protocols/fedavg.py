@@ -25,8 +25,8 @@ from privmed.protocols.base import ProtocolContext, ProtocolOutput, node_ids
 class RejectInvalidUpdates(Strategy):
     """Wrap a Flower strategy: drop error, NaN and wrong-shaped train replies, record why."""
 
-    def __init__(self, strategy: Strategy, ctx: ProtocolContext) -> None:
-        self.strategy, self.ctx = strategy, ctx
+    def __init__(self, strategy: Strategy, ctx: ProtocolContext, *, rounds_done: int = 0) -> None:
+        self.strategy, self.ctx, self.offset = strategy, ctx, rounds_done
         self._sent: ArrayRecord | None = None
 
     def summary(self) -> None:
@@ -34,23 +34,27 @@ class RejectInvalidUpdates(Strategy):
 
     def configure_train(self, server_round: int, arrays: ArrayRecord, config: ConfigRecord, grid: Grid) -> Iterable[Message]:
         self._sent = arrays
-        return self.strategy.configure_train(server_round, arrays, config, grid)
+        rnd = self.offset + server_round  # the run's round number, also after a resume
+        messages = list(self.strategy.configure_train(rnd, arrays, config, grid))
+        for msg in messages:  # Flower leaves group_id empty; the engine counts bytes per round by it
+            msg.metadata.group_id = str(rnd)
+        return messages
 
     def aggregate_train(self, server_round: int, replies: Iterable[Message]) -> tuple[ArrayRecord | None, MetricRecord | None]:
         kept = []
         for reply in replies:
             problem = reply_problem(reply, self._sent)
             if problem:
-                self.ctx.reject(server_round, reply.metadata.src_node_id, problem)
+                self.ctx.reject(self.offset + server_round, reply.metadata.src_node_id, problem)
             else:
                 kept.append(reply)
-        return self.strategy.aggregate_train(server_round, kept)
+        return self.strategy.aggregate_train(self.offset + server_round, kept)
 
     def configure_evaluate(self, server_round: int, arrays: ArrayRecord, config: ConfigRecord, grid: Grid) -> Iterable[Message]:
-        return self.strategy.configure_evaluate(server_round, arrays, config, grid)
+        return self.strategy.configure_evaluate(self.offset + server_round, arrays, config, grid)
 
     def aggregate_evaluate(self, server_round: int, replies: Iterable[Message]) -> MetricRecord | None:
-        return self.strategy.aggregate_evaluate(server_round, [r for r in replies if not r.has_error()])
+        return self.strategy.aggregate_evaluate(self.offset + server_round, [r for r in replies if not r.has_error()])
 
 
 def make_strategy(n_sites: int) -> FedAvg:
@@ -60,14 +64,15 @@ def make_strategy(n_sites: int) -> FedAvg:
 
 def run(ctx: ProtocolContext, strategy: Strategy | None = None) -> ProtocolOutput:
     n = len(node_ids(ctx))
-    wrapped = RejectInvalidUpdates(ctx.wrap_strategy(strategy or make_strategy(n)), ctx)
+    done = ctx.start_round - 1  # rounds already run before a resume
+    wrapped = RejectInvalidUpdates(ctx.wrap_strategy(strategy or make_strategy(n)), ctx, rounds_done=done)
     config = ctx.round_config(0)
 
     def evaluate_fn(rnd: int, arrays: ArrayRecord) -> MetricRecord | None:
         if rnd > 0:
-            ctx.evaluate_fn(rnd, arrays)
-        config["seed"] = int(ctx.seed * 100_003 + rnd + 1)  # next round's local shuffling
+            ctx.evaluate_fn(done + rnd, arrays)
+        config["seed"] = int(ctx.seed * 100_003 + done + rnd + 1)  # next round's local shuffling
         return None
 
-    result = wrapped.start(ctx.grid, ctx.initial, num_rounds=ctx.settings.rounds, train_config=config, evaluate_fn=evaluate_fn)
+    result = wrapped.start(ctx.grid, ctx.initial, num_rounds=ctx.settings.rounds - done, train_config=config, evaluate_fn=evaluate_fn)
     return ProtocolOutput(result.arrays if result.arrays is not None else ctx.initial)

@@ -19,7 +19,7 @@ def run(ctx: ProtocolContext) -> ProtocolOutput:
     if not 0 <= site < len(nodes):
         raise PrivmedError(f"site index {site} out of range: this run has sites 0..{len(nodes) - 1}")
     arrays = ctx.initial
-    for rnd in range(1, ctx.settings.rounds + 1):
+    for rnd in range(ctx.start_round, ctx.settings.rounds + 1):
         arrays = train_at(ctx, nodes[site], arrays, rnd) or arrays
         ctx.evaluate_fn(rnd, arrays)
     return ProtocolOutput(arrays)

@@ -18,6 +18,8 @@ def run(ctx: ProtocolContext) -> ProtocolOutput:
     arrays = ctx.initial
     budget = ctx.settings.rounds * ctx.settings.local_epochs
     for stage, node in enumerate(node_ids(ctx), start=1):
+        if stage < ctx.start_round:
+            continue
         arrays = train_at(ctx, node, arrays, stage, epochs=budget) or arrays
         ctx.evaluate_fn(stage, arrays)
     return ProtocolOutput(arrays)

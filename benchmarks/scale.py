@@ -1,0 +1,61 @@
+"""Scale: FedAvg with 100 sites (~20 phantom images each), 3 rounds.
+
+Prints, in one run: the protocol's wall time per round against the sum of the
+sites' own handler time (their local training) in that round — goal ratio
+<= 1.25, i.e. the coordinator, serialisation and aggregation add at most 25 %
+— and the process's peak resident memory (goal < 2 GB).
+
+Usage: .venv/bin/python benchmarks/scale.py [--sites 100] [--rounds 3]
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import resource
+import time
+
+import torch
+from flwr.app import ArrayRecord
+
+from privmed.data.partition import partition
+from privmed.data.phantom import PhantomConfig, make_phantom
+from privmed.engine.grid import InProcessGrid
+from privmed.protocols import fedavg
+from privmed.protocols.base import ProtocolContext, TrainSettings
+from privmed.site import ModelSpec, make_client_app
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--sites", type=int, default=100)
+    ap.add_argument("--rounds", type=int, default=3)
+    args = ap.parse_args()
+    torch.set_num_threads(1)
+    logging.getLogger("flwr").setLevel(logging.ERROR)
+    ds = make_phantom(PhantomConfig(n_sites=args.sites, patients_per_site=(5,) * args.sites, images_per_patient=4, seed=0))
+    fed = partition(ds, n_sites=args.sites, split="natural", seed=0)
+    spec = ModelSpec("cnn", 1, 2, "classification")
+    grid = InProcessGrid({2 + i: make_client_app(s, spec, site_index=i) for i, s in enumerate(fed.sites)})
+    marks = [time.perf_counter()]
+    site_marks = [0.0]
+
+    def on_round(rnd, predictor):
+        marks.append(time.perf_counter())
+        site_marks.append(sum(grid.site_seconds.values()))
+
+    ctx = ProtocolContext(grid=grid, initial=ArrayRecord(spec.build(0).state_dict()), settings=TrainSettings(rounds=args.rounds),
+                          seed=0, evaluate_fn=on_round)
+    fedavg.run(ctx)
+    imgs = sum(len(s.train) for s in fed.sites) / args.sites
+    print(f"{args.sites} sites, {imgs:.1f} training images per site, {args.rounds} rounds")
+    for r in range(1, len(marks)):
+        wall, local = marks[r] - marks[r - 1], site_marks[r] - site_marks[r - 1]
+        print(f"round {r}: wall {wall:.2f} s, sum of site time {local:.2f} s, ratio {wall / local:.3f}  (goal <= 1.25)")
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    print(f"peak resident memory: {peak:.0f} MB  (goal < 2048 MB)")
+    print(f"bytes per site per round: {grid.traffic.total() / args.sites / args.rounds:,.0f}")
+
+
+if __name__ == "__main__":
+    main()

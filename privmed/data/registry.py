@@ -1,0 +1,25 @@
+"""Data set names a user can type: ``phantom`` or ``medmnist:<path to .npz>``."""
+
+from __future__ import annotations
+
+from privmed.data.base import Dataset
+from privmed.errors import PrivmedError, unknown_name
+
+DATASETS = ("phantom", "medmnist")
+
+
+def load_dataset(spec: str, *, seed: int, n_sites: int = 4, image_size: int = 32, n_classes: int = 2,
+                 shared_patient_fraction: float = 0.0) -> Dataset:
+    name, _, arg = spec.partition(":")
+    if name == "phantom":
+        from privmed.data.phantom import PhantomConfig, make_phantom
+
+        return make_phantom(PhantomConfig(n_sites=n_sites, image_size=image_size, n_classes=n_classes,
+                                          shared_patient_fraction=shared_patient_fraction, seed=seed))
+    if name == "medmnist":
+        from privmed.data.medmnist import load_medmnist
+
+        if not arg:
+            raise PrivmedError("medmnist needs a path: --dataset medmnist:/path/to/file.npz")
+        return load_medmnist(arg)
+    raise unknown_name("dataset", name, DATASETS)

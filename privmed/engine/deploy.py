@@ -1,0 +1,240 @@
+"""privmed on a real Flower deployment: one ServerApp, one ClientApp.
+
+The in-process engine (:mod:`privmed.run`) and a Flower deployment
+(``flower-superlink``, one ``flower-supernode`` per hospital, ``flwr run``)
+run the same code: :data:`server_app` builds the initial model exactly as
+:func:`privmed.run.execute` does and calls the protocol's ``run`` with a
+:class:`~privmed.protocols.base.ProtocolContext` whose grid is the Grid that
+Flower hands it; :data:`client_app` delegates every message to
+:func:`privmed.site.make_client_app` for the site numbered by the SuperNode's
+``partition-id`` (``--node-config "partition-id=0"``).
+
+The privmed run configuration travels as Flower's run config, flattened
+(``data.sites``, ``train.rounds``, ``privacy.mechanism``, ...; see
+:func:`run_config_of`), plus two deployment keys: ``result-dir``, where the
+ServerApp writes ``result.json`` and ``model.pt`` in the schema of
+:meth:`privmed.run.RunResult.save`, and ``wait-nodes-s``, how long it waits
+for every SuperNode to join.
+
+What differs from the in-process engine:
+
+- Only FedAvg: it samples every node and weights by ``num-examples``, so its
+  result does not depend on node ids. The SuperLink assigns random node ids,
+  so protocols that visit sites in node-id order (single, SWT, CWT) would
+  visit them in an order unrelated to ``partition-id``.
+- The ServerApp also plays the in-process harness's part: it builds the
+  (generated) federation to know the model's shape and to measure the global
+  model on the pooled validation and test splits. A real coordinator holds
+  no site data; the sites' own data never reaches it through Flower here.
+- Bytes are not counted (Flower's Grid does not report them).
+- Replies are aggregated in the order the SuperLink returns them. With two
+  sites the result is bit-identical to the in-process run (a two-term sum
+  does not depend on order; tests/engine/test_deployment.py); with three or
+  more, the summation order may change the last float32 bits.
+"""
+
+from __future__ import annotations
+
+import json
+import random
+import time
+from collections.abc import Mapping
+from functools import lru_cache
+from pathlib import Path
+from typing import Any
+
+import torch
+from flwr.app import ArrayRecord, Context, Message
+from flwr.clientapp import ClientApp
+from flwr.serverapp import Grid, ServerApp
+
+from privmed.config import RunConfig, from_dict
+from privmed.errors import PrivmedError
+from privmed.models import n_parameters
+from privmed.privacy.registry import make_mechanism
+from privmed.protocols.base import Predictor, ProtocolContext
+from privmed.protocols.registry import get_protocol
+from privmed.run import (
+    RunResult, finite_metrics, library_versions, build_federation, evaluate_predictor, model_spec, set_threads,
+)
+from privmed.site import make_client_app
+from privmed.tasks import PRIMARY_METRIC
+
+RESULT_DIR = "result-dir"
+WAIT_NODES = "wait-nodes-s"
+_DEPLOY_KEYS = {RESULT_DIR: "", WAIT_NODES: 120.0}
+_SECTIONS = ("data", "train", "options", "privacy")
+
+
+def run_config_of(config: RunConfig, *, result_dir: str | Path = "", wait_nodes_s: float = 120.0) -> dict[str, Any]:
+    """``config`` as Flower run config: flat keys, TOML scalars only."""
+    _check_protocol(config)
+    out: dict[str, Any] = {}
+    for key, value in config.to_dict().items():
+        if key in _SECTIONS:
+            out.update({f"{key}.{k}": v for k, v in value.items()})
+        else:
+            out[key] = value
+    out[RESULT_DIR], out[WAIT_NODES] = str(result_dir), float(wait_nodes_s)
+    return out
+
+
+def config_of(run_config: Mapping[str, Any]) -> tuple[RunConfig, dict[str, Any]]:
+    """Inverse of :func:`run_config_of`: the RunConfig and the deployment keys."""
+    values: dict[str, Any] = {}
+    deploy = dict(_DEPLOY_KEYS)
+    for key, value in run_config.items():
+        if key in deploy:
+            deploy[key] = value
+            continue
+        section, dot, name = key.partition(".")
+        if dot:
+            values.setdefault(section, {})[name] = value
+        else:
+            values[key] = value
+    config = from_dict(values)
+    _check_protocol(config)
+    return config, deploy
+
+
+def _check_protocol(config: RunConfig) -> None:
+    if config.protocol != "fedavg":
+        raise PrivmedError(f"a Flower deployment runs protocol 'fedavg' only, not {config.protocol!r}; "
+                           "the SuperLink's random node ids would reorder the sites of order-dependent protocols")
+
+
+def write_app(app_dir: str | Path, config: RunConfig, *, result_dir: str | Path, wait_nodes_s: float = 120.0) -> Path:
+    """Write the ``pyproject.toml`` that ``flwr run <app_dir> <superlink>`` needs; ``config`` is its default run config.
+
+    The app bundle holds only this file: the ServerApp and ClientApp are
+    imported from the installed privmed, and SuperLink and SuperNodes must be
+    started with runtime dependency installation off.
+    """
+    lines = [
+        "[build-system]", 'requires = ["hatchling"]', 'build-backend = "hatchling.build"', "",
+        "[project]", 'name = "privmed-deploy"', 'version = "1.0.0"',
+        'description = "privmed ServerApp and ClientApp"', 'license = "Apache-2.0"', "dependencies = []", "",
+        "[tool.flwr.app]", 'publisher = "privmed"', "",
+        "[tool.flwr.app.components]",
+        'serverapp = "privmed.engine.deploy:server_app"', 'clientapp = "privmed.engine.deploy:client_app"', "",
+        "[tool.flwr.app.config]",
+    ]
+    for key, value in run_config_of(config, result_dir=result_dir, wait_nodes_s=wait_nodes_s).items():
+        lines.append(f'"{key}" = {_toml_value(key, value)}')
+    path = Path(app_dir) / "pyproject.toml"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text("\n".join(lines) + "\n")
+    return path
+
+
+def _toml_value(key: str, value: Any) -> str:
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, (int, float)):
+        return repr(value)
+    if isinstance(value, str):
+        return json.dumps(value)  # a JSON string is a TOML basic string
+    raise PrivmedError(f"config key {key!r} has a {type(value).__name__} value; a Flower run config holds only int, float, bool and str")
+
+
+# ----------------------------------------------------------------------------- ServerApp
+
+server_app = ServerApp()
+
+
+@server_app.main()
+def _server_main(grid: Grid, context: Context) -> None:
+    config, deploy = config_of(context.run_config)
+    if not deploy[RESULT_DIR]:
+        raise PrivmedError(f"run config key {RESULT_DIR!r} is empty; set it to the directory for result.json")
+    result = serve(grid, config, wait_nodes_s=float(deploy[WAIT_NODES]))
+    result.save(Path(deploy[RESULT_DIR]))
+
+
+def wait_for_nodes(grid: Grid, n: int, timeout_s: float) -> list[int]:
+    """The node ids once ``n`` SuperNodes have joined (a run may start before they all have)."""
+    deadline = time.monotonic() + timeout_s
+    while len(nodes := sorted(grid.get_node_ids())) < n:
+        if time.monotonic() > deadline:
+            raise PrivmedError(f"only {len(nodes)} of {n} SuperNodes joined within {timeout_s:.0f} s; "
+                               f"start one flower-supernode per site (partition-id=0..{n - 1})")
+        time.sleep(0.5)
+    return nodes
+
+
+def serve(grid: Grid, config: RunConfig, *, wait_nodes_s: float = 120.0) -> RunResult:
+    """The coordinator's side of :func:`privmed.run.execute`, on any Flower Grid."""
+    set_threads()
+    random.seed(config.seed)  # Flower's node sampling uses the global `random`
+    torch.manual_seed(config.seed)
+    t_start, cpu_start = time.perf_counter(), time.process_time()
+    fed = build_federation(config.data, config.seed)
+    spec = model_spec(config, fed)
+    fn, technique, coordinator_sees = get_protocol(config.protocol)
+    mechanism = make_mechanism(config.privacy)
+    mechanism.check(fed, config)
+    nodes = wait_for_nodes(grid, config.data.sites, wait_nodes_s)
+
+    initial_model = spec.build(seed=config.seed)
+    val = fed.pooled("val")
+    history: list[dict[str, Any]] = []
+    last = [time.perf_counter()]
+
+    def evaluate_fn(rnd: int, predictor: Predictor) -> dict:
+        now = time.perf_counter()
+        metrics = evaluate_predictor(spec, predictor, val)
+        history.append({"round": rnd, "seconds": now - last[0], "val": finite_metrics(metrics)})
+        last[0] = time.perf_counter()
+        return metrics
+
+    ctx = ProtocolContext(grid=grid, initial=ArrayRecord(initial_model.state_dict()), settings=config.train,
+                          seed=config.seed, evaluate_fn=evaluate_fn, options=dict(config.options),
+                          wrap_strategy=mechanism.wrap_strategy)
+    output = fn(ctx)
+    wall = time.perf_counter() - t_start
+    final = finite_metrics(evaluate_predictor(spec, output.predictor, fed.pooled("test")))
+    return RunResult(
+        technique=technique, protocol=config.protocol, config=config.to_dict(), seed=config.seed,
+        versions=library_versions(),
+        dataset={"name": fed.dataset_name, "task": config.task, "image_shape": list(fed.image_shape),
+                 "n_classes": fed.n_classes, "split": fed.split, "distribution": fed.distribution()},
+        model={"name": config.model, "parameters": n_parameters(initial_model)},
+        performance={"metric": PRIMARY_METRIC[config.task], "final": final, "history": history},
+        communication={"note": "not measured: Flower's deployed Grid does not report bytes"},
+        runtime={"wall_seconds": wall, "cpu_seconds": time.process_time() - cpu_start,
+                 "per_round_seconds": [h["seconds"] for h in history], "engine": "flower-deployment"},
+        privacy={"coordinator_sees": coordinator_sees, "mechanism": mechanism.name, "leakage": "not measured yet",
+                 **mechanism.report()},
+        security={"attacks": "not measured yet"},
+        reliability={"rejected_updates": ctx.rejections, "faults_injected": [], "completed": True, "nodes": nodes},
+        predictor=output.predictor,
+    )
+
+
+# ----------------------------------------------------------------------------- ClientApp
+
+client_app = ClientApp()
+
+
+@lru_cache(maxsize=4)
+def _site_app(run_config: tuple[tuple[str, Any], ...], partition_id: int) -> ClientApp:
+    """The site's own ClientApp, built once per process for a run config and partition."""
+    set_threads()
+    config, _ = config_of(dict(run_config))
+    fed = build_federation(config.data, config.seed)
+    if not 0 <= partition_id < len(fed.sites):
+        raise PrivmedError(f"partition-id {partition_id} out of range: this federation has sites 0..{len(fed.sites) - 1}")
+    mechanism = make_mechanism(config.privacy)
+    return make_client_app(fed.sites[partition_id], model_spec(config, fed), site_index=partition_id,
+                           mods=mechanism.client_mods(partition_id), trainer=mechanism.trainer(partition_id))
+
+
+def _delegate(msg: Message, context: Context) -> Message:
+    if "partition-id" not in context.node_config:
+        raise PrivmedError('this SuperNode has no partition-id; start it with --node-config "partition-id=<site number>"')
+    app = _site_app(tuple(sorted(context.run_config.items())), int(context.node_config["partition-id"]))
+    return app(msg, context)
+
+
+client_app.train()(_delegate)
+client_app.evaluate()(_delegate)

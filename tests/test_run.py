@@ -1,0 +1,140 @@
+"""The harness: determinism, the result schema, segmentation, saved models."""
+
+import dataclasses
+import json
+
+import numpy as np
+import pytest
+
+from privmed.config import DataConfig, RunConfig
+from privmed.errors import PrivmedError
+from privmed.protocols.base import TrainSettings
+from privmed.run import execute, load_predictor, run
+
+TINY = DataConfig(image_size=16)
+
+
+def tiny(protocol="fedavg", **kw):
+    return RunConfig(protocol=protocol, data=TINY, train=TrainSettings(rounds=2), **kw)
+
+
+def test_same_config_and_seed_give_identical_metrics_and_another_seed_does_not(small_fed):
+    a = execute(tiny("fedavg"), fed=small_fed)
+    b = execute(tiny("fedavg"), fed=small_fed)
+    c = execute(tiny("fedavg", seed=1), fed=small_fed)
+    assert [h["val"] for h in a.performance["history"]] == [h["val"] for h in b.performance["history"]]
+    assert a.performance["final"] == b.performance["final"]
+    # byte counts may differ by a few bytes: Flower's reply metadata carries wall-clock timestamps
+    assert a.communication["bytes_up"] == pytest.approx(b.communication["bytes_up"], rel=1e-4)
+    assert [h["val"] for h in a.performance["history"]] != [h["val"] for h in c.performance["history"]]
+
+
+def test_same_seed_is_deterministic_from_data_generation_on():
+    """Without a prebuilt federation: the phantom, the split and training all follow the seed."""
+    cfg = dataclasses.replace(tiny("cwt"), data=DataConfig(image_size=16, split="dirichlet:0.5"))
+    a, b = execute(cfg), execute(cfg)
+    assert a.performance["final"] == b.performance["final"]
+    assert a.dataset["distribution"] == b.dataset["distribution"]
+
+
+def test_result_has_the_review_attributes(tmp_path, small_fed):
+    result, path = run(dataclasses.replace(tiny("cwt"), name="r1"), runs_dir=tmp_path)
+    data = json.loads(path.read_text())
+    for key in ("technique", "protocol", "config", "seed", "versions", "dataset", "model", "performance",
+                "communication", "runtime", "privacy", "security", "reliability"):
+        assert key in data, key
+    assert data["technique"] == "chang2018-cwt"
+    dist = data["dataset"]["distribution"]
+    assert len(dist) == 4 and all({"patients", "images", "labels_train"} <= set(d) for d in dist)
+    perf = data["performance"]["final"]
+    assert {"accuracy", "balanced_accuracy", "macro_f1", "auroc", "sensitivity", "specificity"} <= set(perf)
+    assert 0 <= perf["accuracy"] <= 1
+    assert len(data["performance"]["history"]) == 2
+    assert data["communication"]["bytes_up"] > 0 and data["communication"]["bytes_down"] > 0
+    assert data["model"]["parameters"] > 1000
+    # the saved model reproduces the reported accuracy
+    from privmed.run import build_federation, evaluate_predictor, model_spec
+
+    cfg = result.config
+    fed = build_federation(DataConfig(**cfg["data"]), cfg["seed"])
+    again = evaluate_predictor(model_spec(tiny("cwt"), fed), load_predictor(path.parent), fed.pooled("test"))
+    assert again["accuracy"] == pytest.approx(perf["accuracy"])
+
+
+def test_centralised_counts_the_raw_data_as_communication(small_fed):
+    r = execute(tiny("centralised"), fed=small_fed)
+    raw = sum(s.train.nbytes + s.val.nbytes for s in small_fed.sites)
+    assert r.communication["bytes_up"] == raw
+
+
+def test_ensemble_result_saves_every_member(tmp_path):
+    result, path = run(dataclasses.replace(tiny("ensemble"), name="me"), runs_dir=tmp_path)
+    assert isinstance(load_predictor(path.parent), list) and len(load_predictor(path.parent)) == 4
+
+
+@pytest.mark.parametrize("protocol,model", [("centralised", "unet"), ("fedavg", "unet"), ("cwt", "unet")])
+def test_segmentation_trains_on_lesion_masks(small_fed, protocol, model):
+    cfg = RunConfig(protocol=protocol, model=model, task="segmentation", data=TINY, train=TrainSettings(rounds=1))
+    r = execute(cfg, fed=small_fed)
+    assert r.performance["metric"] == "dice"
+    assert 0.0 <= r.performance["final"]["dice"] <= 1.0
+
+
+def test_model_task_mismatch_is_a_user_error():
+    with pytest.raises(PrivmedError, match="segmentation"):
+        RunConfig(model="unet", task="classification")
+
+
+def test_all_updates_diverging_stops_the_run_with_a_fix(small_fed):
+    with pytest.raises(PrivmedError, match="lower the learning rate"):
+        execute(RunConfig(protocol="fedavg", data=TINY, train=TrainSettings(rounds=2, lr=1e12)), fed=small_fed)
+
+
+def test_single_site_is_worse_than_centralised_on_the_default_phantom():
+    """The calibration the bench relies on, at the harness level (default phantom, 10 rounds)."""
+    central = execute(RunConfig(protocol="centralised"))
+    smallest = execute(RunConfig(protocol="single", options={"site": 3}))
+    acc_c, acc_s = central.performance["final"]["accuracy"], smallest.performance["final"]["accuracy"]
+    assert 0.80 <= acc_c <= 0.95
+    assert acc_s <= acc_c - 0.05
+    assert np.isfinite(acc_s)
+
+
+class Interrupt(Exception):
+    pass
+
+
+@pytest.mark.parametrize("protocol", ["fedavg", "cwt", "ensemble"])
+def test_an_interrupted_run_resumes_to_the_same_result(tmp_path, protocol, monkeypatch):
+    """Stop a run after round 2 of 3, resume it: the result equals an uninterrupted run's."""
+    import privmed.run as runmod
+
+    cfg = dataclasses.replace(tiny(protocol), train=TrainSettings(rounds=3), name="r", options={"order": "shuffled"} if protocol == "cwt" else {})
+    full, _ = run(dataclasses.replace(cfg, name="full"), runs_dir=tmp_path)
+
+    def stop_after_2(rnd, total, metrics):
+        if rnd == 2:
+            raise Interrupt
+    with pytest.raises(Interrupt):
+        run(cfg, runs_dir=tmp_path, progress=stop_after_2)
+    assert (tmp_path / "r" / "checkpoint.pt").exists() and not (tmp_path / "r" / "result.json").exists()
+    resumed, path = run(cfg, runs_dir=tmp_path, resume=True)
+    assert not (tmp_path / "r" / "checkpoint.pt").exists()
+    assert [h["round"] for h in resumed.performance["history"]] == [1, 2, 3]
+    for a, b in zip(full.performance["history"], resumed.performance["history"]):
+        assert a["val"]["accuracy"] == pytest.approx(b["val"]["accuracy"], abs=1e-9)
+    assert resumed.performance["final"]["accuracy"] == pytest.approx(full.performance["final"]["accuracy"], abs=1e-9)
+    assert resumed.communication["bytes_up"] == pytest.approx(full.communication["bytes_up"], rel=1e-4)
+
+
+def test_resume_refuses_a_different_config_or_a_missing_checkpoint(tmp_path):
+    cfg = dataclasses.replace(tiny("cwt"), name="x")
+    with pytest.raises(PrivmedError, match="nothing to resume"):
+        run(cfg, runs_dir=tmp_path, resume=True)
+
+    def stop(rnd, total, metrics):
+        raise Interrupt
+    with pytest.raises(Interrupt):
+        run(cfg, runs_dir=tmp_path, progress=stop)
+    with pytest.raises(PrivmedError, match="different config"):
+        run(dataclasses.replace(cfg, seed=5), runs_dir=tmp_path, resume=True)
