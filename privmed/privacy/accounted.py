@@ -136,6 +136,13 @@ class AccountedMechanism(Mechanism):
             self._ledger.charge(run_id=self.run_id, site=name, unit=self.unit,
                                 rdp_by_patient={self._pseudonyms[p]: r for p, r in rdp_by_patient.items()})
 
+    def state_dict(self) -> dict[str, Any]:
+        """This run's per-patient spend so far (the ledger keeps its own rows; a resumed run charges only what it adds)."""
+        return {"charged": {p: [float(x) for x in r] for p, r in self.charged.items()}}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.charged = {p: np.asarray(r) for p, r in state.get("charged", {}).items()}
+
     def patient_report(self) -> dict[str, Any]:
         """This run's per-patient spend (max and mean ε at the ledger's δ) and where it was recorded."""
         delta = self.budget.budget_delta

@@ -197,6 +197,14 @@ class DPSGD(AccountedMechanism):
             model.load_state_dict(net.state_dict())
         return {"train_loss": total / max(count, 1), "num-examples": float(len(data)), "dp-steps": float(steps)}
 
+    def state_dict(self) -> dict[str, Any]:
+        return {**super().state_dict(), "history": [[list(h) for h in acc.history] for acc in self.accountants]}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        super().load_state_dict(state)
+        for acc, hist in zip(self.accountants, state.get("history", [])):
+            acc.history = [(float(s), float(q), int(n)) for s, q, n in hist]
+
     def site_epsilon(self, i: int) -> float:
         return history_epsilon(self.accountants[i].history, delta=self.cfg.delta, accountant=self.cfg.accountant)
 

@@ -140,6 +140,13 @@ class DPFedAvg(AccountedMechanism):
             mods.append(fixedclipping_mod if self.cfg.clipping == "fixed" else adaptiveclipping_mod)
         return mods
 
+    def state_dict(self) -> dict[str, Any]:
+        return {**super().state_dict(), "rounds_done": {str(k): v for k, v in self.rounds_done.items()}}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        super().load_state_dict(state)
+        self.rounds_done = {int(k): int(v) for k, v in state.get("rounds_done", {}).items()}
+
     def report(self) -> dict[str, Any]:
         rounds = max(self.rounds_done.values(), default=0)
         return {"epsilon": epsilon_from_rdp(self.round_rdp(rounds), delta=self.cfg.delta), "delta": self.cfg.delta,

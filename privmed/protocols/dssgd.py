@@ -158,6 +158,8 @@ class DSSGDOutput(ProtocolOutput):
 
 def run(ctx: ProtocolContext) -> DSSGDOutput:
     opts = DSSGDOptions.from_options(ctx.options)
+    if ctx.start_round > 1:
+        raise PrivmedError("DSSGD cannot resume: each site's own model lives at the site and is not checkpointed; run it again without --resume")
     nodes = node_ids(ctx)
     template = ctx.initial
     glob = _flat(template)

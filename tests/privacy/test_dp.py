@@ -117,3 +117,25 @@ def test_model_opacus_cannot_fix_without_changing_weights_is_refused(toy_fed):
     cfg = RunConfig(protocol="fedavg", model="densenet121", train=TRAIN, privacy={"mechanism": "dp-sgd", "noise_multiplier": 1.0, "delta": 1e-3})
     with pytest.raises(PrivmedError, match="BatchNorm"):
         make_mechanism(cfg.privacy).check(toy_fed, cfg)
+
+
+class Interrupt(Exception):
+    pass
+
+
+@pytest.mark.parametrize("mechanism", ["dp-sgd", "dp-fedavg"])
+def test_resumed_dp_run_reports_the_same_epsilon(toy_fed, tmp_path, mechanism, monkeypatch):
+    import privmed.run as runmod
+
+    cfg = RunConfig(protocol="fedavg", train=TrainSettings(rounds=3, batch_size=4), name="r",
+                    privacy={"mechanism": mechanism, "noise_multiplier": 1.5, "delta": 1e-3})
+    full = execute(cfg, fed=toy_fed)
+
+    def stop_after_2(rnd, total, metrics):
+        if rnd == 2:
+            raise Interrupt
+    monkeypatch.setattr(runmod, "build_federation", lambda c, s: toy_fed)
+    with pytest.raises(Interrupt):
+        runmod.run(cfg, runs_dir=tmp_path, progress=stop_after_2)
+    resumed, _ = runmod.run(cfg, runs_dir=tmp_path, resume=True)
+    assert resumed.privacy["epsilon"] == pytest.approx(full.privacy["epsilon"], abs=1e-9)
