@@ -33,7 +33,7 @@ def main() -> None:
     args = ap.parse_args()
     torch.set_num_threads(1)
     logging.getLogger("flwr").setLevel(logging.ERROR)
-    ds = make_phantom(PhantomConfig(n_sites=args.sites, patients_per_site=(5,) * args.sites, images_per_patient=4, seed=0))
+    ds = make_phantom(PhantomConfig(n_sites=args.sites, patients_per_site=(8,) * args.sites, images_per_patient=4, seed=0))
     fed = partition(ds, n_sites=args.sites, split="natural", seed=0)
     spec = ModelSpec("cnn", 1, 2, "classification")
     grid = InProcessGrid({2 + i: make_client_app(s, spec, site_index=i) for i, s in enumerate(fed.sites)})

@@ -147,8 +147,42 @@ def bench(
 
     with user_errors():
         out = run_suite(runs_dir=runs_dir, seed=seed, rounds=rounds, console=console, rows=suite_rows(suite, seed=seed, rounds=rounds))
-    console.print(f"wrote {out / 'report.md'}")
-    Console().print((out / "report.md").read_text())
+    import json
+
+    table = Table(title="privmed bench (full table: report.md)")
+    for col in ("row", "technique", "performance", "bytes/site/round", "wall s"):
+        table.add_column(col)
+    for r in json.loads((out / "results.json").read_text()):
+        f, m = r["performance"]["final"], r["performance"]["metric"]
+        perf = f"{m} {f[m]:.3f}" + (f", AUROC {f['auroc']:.3f}" if f.get("auroc") is not None else "")
+        per = r["communication"].get("bytes_per_site_per_round")
+        table.add_row(r["label"], r["technique"], perf, "raw data" if per is None else f"{per / 1000:,.1f} kB", f"{r['runtime']['wall_seconds']:.1f}")
+    Console().print(table)
+    console.print(f"wrote {out / 'report.md'}, {out / 'results.json'}, {out / 'validation.png'}")
+
+
+@app.command()
+def audit(
+    run_dir: Path = typer.Argument(..., help="a run directory written by `privmed train` (runs/<name>)"),
+    attack: list[str] = typer.Option([], "--attack", help="attack to run (repeatable; default: every attack that applies)"),
+    shadows: int = typer.Option(8, help="LiRA shadow models"),
+) -> None:
+    """Run the attacks that apply to a run; write audit.json beside its result.json."""
+    from privmed.audit import audit_run
+
+    with user_errors():
+        result, path = audit_run(run_dir, attacks=tuple(attack) or None, n_shadows=shadows)
+    table = Table(title=f"{result.run}: audit ({result.protocol}, privacy: {result.mechanism})")
+    table.add_column("attack")
+    table.add_column("measured")
+    for name, value in {**result.leakage(), **result.security()}.items():
+        table.add_row(name, f"{value:.3f}")
+    for name, r in result.results.items():
+        table.add_row(f"{name} ({result.seconds[name]:.0f} s)", r.get("attack", ""))
+    for name, why in result.not_applicable.items():
+        table.add_row(name, f"not applicable: {why}")
+    Console().print(table)
+    console.print(f"wrote {path}")
 
 
 @app.command()

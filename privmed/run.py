@@ -213,19 +213,7 @@ def execute(config: RunConfig, *, progress: Progress | None = None, fed: Federat
     final = finite_metrics(evaluate_predictor(spec, output.predictor, test_all))
     per_site = {s.name: finite_metrics(evaluate_predictor(spec, output.predictor, s.test)) for s in fed.sites if len(s.test)}
 
-    traffic = grid.traffic
-    if centralised:
-        raw = sum(s.train.nbytes + s.val.nbytes for s in fed.sites)
-        communication = {"raw_data_bytes_up": raw, "bytes_up": raw, "bytes_down": 0, "per_site": {}, "per_round": {},
-                         "note": "centralised: every site uploads its raw training data once"}
-    else:
-        communication = {
-            "bytes_up": traffic.total("up"), "bytes_down": traffic.total("down"),
-            "per_site": {node_site[n]: v for n, v in traffic.by_node().items()},
-            "per_round": traffic.by_round(),
-        }
-        communication["bytes_per_site_per_round"] = (traffic.total() / max(len(sites), 1) / max(total, 1))
-
+    communication = measure_communication(config.protocol, grid.traffic, node_site, fed, total)
     metric = PRIMARY_METRIC[config.task]
     return RunResult(
         technique=technique,
@@ -251,6 +239,32 @@ def execute(config: RunConfig, *, progress: Progress | None = None, fed: Federat
         reliability={"rejected_updates": ctx.rejections, "faults_injected": [], "completed": True},
         predictor=output.predictor,
     )
+
+
+def measure_communication(protocol: str, traffic: Any, node_site: dict[int, str], fed: Federation, rounds: int) -> dict[str, Any]:
+    """Bytes the protocol itself sends, from the engine's counts.
+
+    The harness talks to every site every round so it can measure; where the
+    protocol would not (a site alone sends nothing; an ensemble uploads each
+    site's model once, at the end), only the protocol's own traffic counts.
+    """
+    if protocol == "centralised":
+        raw = sum(s.train.nbytes + s.val.nbytes for s in fed.sites)
+        return {"raw_data_bytes_up": raw, "bytes_up": raw, "bytes_down": 0, "per_site": {}, "per_round": {},
+                "note": "every site uploads its raw training data once"}
+    if protocol == "single":
+        return {"bytes_up": 0, "bytes_down": 0, "per_site": {}, "per_round": {}, "bytes_per_site_per_round": 0,
+                "note": "a site training alone sends nothing"}
+    per_round = traffic.by_round()
+    if protocol == "ensemble":
+        last = per_round[max(per_round, key=int)]["up"]
+        return {"bytes_up": last, "bytes_down": 0, "per_site": {}, "per_round": {}, "bytes_per_site_per_round": last / len(node_site) / rounds,
+                "note": "each site uploads its own model once, at the end"}
+    return {
+        "bytes_up": traffic.total("up"), "bytes_down": traffic.total("down"),
+        "per_site": {node_site[n]: v for n, v in traffic.by_node().items()}, "per_round": per_round,
+        "bytes_per_site_per_round": traffic.total() / max(len(node_site), 1) / max(rounds, 1),
+    }
 
 
 class Checkpoint:

@@ -110,10 +110,18 @@ def classification_metrics(y_true: np.ndarray, proba: np.ndarray) -> dict[str, f
     positive; AUROC is one-vs-rest macro for more than two classes, NaN when the
     test set holds a single class.
     """
-    from sklearn.metrics import accuracy_score, balanced_accuracy_score, f1_score, roc_auc_score
+    import warnings
 
     k = proba.shape[1]
     pred = proba.argmax(1)
+    with warnings.catch_warnings():  # a one-class test split: AUROC is NaN (reported as n/a), not a warning
+        warnings.simplefilter("ignore")
+        return _classification_metrics(y_true, proba, pred, k)
+
+
+def _classification_metrics(y_true: np.ndarray, proba: np.ndarray, pred: np.ndarray, k: int) -> dict[str, float]:
+    from sklearn.metrics import accuracy_score, balanced_accuracy_score, f1_score, roc_auc_score
+
     out = {
         "accuracy": float(accuracy_score(y_true, pred)),
         "balanced_accuracy": float(balanced_accuracy_score(y_true, pred)),

@@ -79,7 +79,7 @@ def dssgd_points(results: list[dict[str, Any]]) -> list[tuple[float, float]]:
                   if "shared_fraction_up" in r["privacy"] and r["privacy"].get("epsilon") is None)
 
 
-def write_privacy_plot(results: list[dict[str, Any]], path: Path) -> bool:
+def write_epsilon_plot(results: list[dict[str, Any]], path: Path) -> bool:
     """Performance vs ε per (protocol, DP unit), and DSSGD's performance vs θu. False if nothing to plot."""
     series, dssgd = curves(results), dssgd_points(results)
     if not series and not dssgd:

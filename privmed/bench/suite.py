@@ -16,8 +16,8 @@ from typing import Any
 
 from rich.console import Console
 
-from privmed.bench.privacy import dp_rows, privacy_section, privacy_suite, write_privacy_plot
-from privmed.bench.report import write_plot, write_report
+from privmed.bench.privacy import dp_rows, privacy_section, privacy_suite, write_epsilon_plot
+from privmed.bench.report import write_plot, write_privacy_plot, write_report
 from privmed.config import RunConfig
 from privmed.protocols.base import TrainSettings
 
@@ -48,6 +48,7 @@ def suite_rows(suite: str, *, seed: int = 0, rounds: int | None = None) -> list[
 def run_suite(*, runs_dir: str | Path = "runs", seed: int = 0, rounds: int | None = None,
               console: Console | None = None, rows: list[tuple[str, RunConfig]] | None = None) -> Path:
     """Run ``rows`` (default: :func:`default_suite`) and write the bench directory atomically."""
+    from privmed.audit import bench_audit
     from privmed.cli import round_progress
     from privmed.run import build_federation, execute
 
@@ -58,16 +59,21 @@ def run_suite(*, runs_dir: str | Path = "runs", seed: int = 0, rounds: int | Non
     fed = build_federation(rows[0][1].data, rows[0][1].seed)
     results: list[dict[str, Any]] = []
     for label, cfg in rows:
+        row_fed = fed if cfg.data == rows[0][1].data else build_federation(cfg.data, cfg.seed)
         with round_progress(f"{label:<14}") as update:
-            result = execute(cfg, progress=update, fed=fed if cfg.data == rows[0][1].data else None)
+            result = execute(cfg, progress=update, fed=row_fed)
+        audit = bench_audit(cfg, row_fed, result)  # Privacy and Security columns, measured
+        result.privacy["leakage"], result.security["attacks"] = audit.leakage(), audit.security()
         result.save(work / cfg.run_name)
+        (work / cfg.run_name / "audit.json").write_text(json.dumps(audit.to_dict(), indent=2, default=float))
         results.append({"label": label, **result.to_dict()})
     (work / "results.json").write_text(json.dumps(results, indent=2))
     write_report(results, work / "report.md", plot_name="validation.png")
     write_plot(results, work / "validation.png")
-    if write_privacy_plot(results, work / "privacy_utility.png"):
+    write_privacy_plot(results, work / "privacy_utility.png")
+    if write_epsilon_plot(results, work / "epsilon_utility.png"):
         with open(work / "report.md", "a") as f:
-            f.write("\n".join(privacy_section(results, "privacy_utility.png")) + "\n")
+            f.write("\n".join(privacy_section(results, "epsilon_utility.png")) + "\n")
     shutil.rmtree(out, ignore_errors=True)
     os.replace(work, out)
     return out

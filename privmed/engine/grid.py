@@ -21,7 +21,7 @@ from typing import Callable
 from flwr.app import Context, Error, Message, RecordDict
 from flwr.clientapp import ClientApp
 from flwr.serverapp import Grid
-from flwr.supercore.inflatable.inflatable_object import get_all_nested_objects
+from flwr.supercore.inflatable.inflatable_object import get_all_nested_objects, no_object_id_recompute
 from flwr.supercore.inflatable.inflatable_utils import inflate_object_from_contents
 from flwr.supercore.run import Run
 from flwr.supercore.task_identity import TaskIdentity
@@ -29,10 +29,23 @@ from flwr.supercore.task_identity import TaskIdentity
 SERVER_NODE_ID = 1  # Flower's SUPERLINK_NODE_ID
 
 
-def to_wire(msg: Message) -> tuple[str, dict[str, bytes]]:
-    """Flower's wire form of a message: root object id and every object's bytes."""
-    objects = get_all_nested_objects(msg)
-    return msg.object_id, {oid: obj.deflate() for oid, obj in objects.items()}
+def to_wire(msg: Message, cache: dict[int, dict[str, bytes]] | None = None) -> tuple[str, dict[str, bytes]]:
+    """Flower's wire form of a message: root object id and every object's bytes.
+
+    ``cache`` (keyed by the id of a message's content) lets a broadcast, where
+    one RecordDict goes to every site, be serialised once per round instead of
+    once per site; the bytes counted are the same.
+    """
+    with no_object_id_recompute():  # hash each nested object once, not once per ancestor
+        key = id(msg.content) if msg.has_content() else None
+        if cache is not None and key in cache:
+            contents = dict(cache[key])
+        else:
+            contents = {oid: obj.deflate() for oid, obj in get_all_nested_objects(msg.content).items()} if key else {}
+            if cache is not None and key is not None:
+                cache[key] = dict(contents)
+        contents[msg.object_id] = msg.deflate()
+        return msg.object_id, contents
 
 
 def from_wire(root: str, contents: dict[str, bytes]) -> Message:
@@ -41,9 +54,9 @@ def from_wire(root: str, contents: dict[str, bytes]) -> Message:
     return msg
 
 
-def wire_copy(msg: Message) -> tuple[Message, int]:
+def wire_copy(msg: Message, cache: dict[int, dict[str, bytes]] | None = None) -> tuple[Message, int]:
     """Serialise and deserialise ``msg``; return the copy and its size in bytes."""
-    root, contents = to_wire(msg)
+    root, contents = to_wire(msg, cache)
     copy = from_wire(root, contents)
     # Metadata travels beside the object tree in Flower; copy it explicitly.
     copy.metadata.__dict__.update(msg.metadata.__dict__)
@@ -131,11 +144,12 @@ class InProcessGrid(Grid):
 
     def pull_messages(self, message_ids: Iterable[str]) -> Iterable[Message]:
         replies = []
+        broadcast: dict[int, dict[str, bytes]] = {}  # content serialised once per batch
         for mid in message_ids:
             msg = self._pending.pop(mid, None)
             if msg is None:
                 continue
-            reply = self._deliver(msg)
+            reply = self._deliver(msg, broadcast)
             if reply is not None:
                 replies.append(reply)
         return replies
@@ -144,10 +158,10 @@ class InProcessGrid(Grid):
         return self.pull_messages(list(self.push_messages(messages)))
 
     # -- delivery ---------------------------------------------------------
-    def _deliver(self, msg: Message) -> Message | None:
+    def _deliver(self, msg: Message, broadcast: dict[int, dict[str, bytes]]) -> Message | None:
         nid = msg.metadata.dst_node_id
         group, mtype = msg.metadata.group_id, msg.metadata.message_type
-        inbound, nbytes = wire_copy(msg)
+        inbound, nbytes = wire_copy(msg, broadcast)
         self.traffic.add(group, nid, "down", nbytes, mtype)
         t0 = time.perf_counter()
         try:

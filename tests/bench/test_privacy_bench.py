@@ -3,7 +3,7 @@
 import dataclasses
 import math
 
-from privmed.bench.privacy import curves, dp_rows, dssgd_points, privacy_section, privacy_suite, write_privacy_plot
+from privmed.bench.privacy import curves, dp_rows, dssgd_points, privacy_section, privacy_suite, write_epsilon_plot
 from privmed.config import RunConfig
 from privmed.protocols.base import TrainSettings
 from privmed.run import execute
@@ -20,7 +20,7 @@ def test_privacy_utility_from_results(tmp_path):
     assert set(series) == {"centralised, sample-level", "centralised, patient-level"}
     assert [e for e, _ in series["centralised, sample-level"]] == [3.0, 8.0, math.inf]
     assert [t for t, _ in dssgd_points(results)] == [0.01, 0.1, 1.0]
-    assert write_privacy_plot(results, tmp_path / "p.png") and (tmp_path / "p.png").stat().st_size > 1000
+    assert write_epsilon_plot(results, tmp_path / "p.png") and (tmp_path / "p.png").stat().st_size > 1000
     md = "\n".join(privacy_section(results, "p.png"))
     assert "| centralised, patient-level |" in md and "ε=∞" in md and "θu=0.1" in md
 

@@ -1,0 +1,241 @@
+"""Gradient inversion: rebuild a site's training images from the update it sends.
+
+Papers: Zhu, Liu, Han 2019, "Deep Leakage from Gradients" (DLG: L-BFGS on the
+L2 distance between the observed gradient and a dummy input's gradient);
+Zhao, Mopuri, Bilen 2020, "iDLG" (the label of a single image is the entry of
+the last layer's bias gradient with negative sign); Geiping, Bauermeister,
+Dröge, Moeller 2020, "Inverting Gradients" (IG: cosine distance plus total
+variation, Adam on the sign of the input gradient, step decay).
+
+Threat model: an honest-but-curious coordinator. It receives from one site
+the weights after local training on a batch it does not see, knows the
+weights it sent, the architecture, the learning rate and the batch size
+(the protocol's public config); it reads the update as a gradient,
+``(sent - received) / lr`` (exact for one SGD step). The harness, not the
+attacker, holds the images and scores the reconstruction (PSNR, SSIM).
+
+Faithful: the DLG and IG losses, optimisers and the iDLG label rule. Differs:
+far fewer iterations than the papers (DLG ~300, IG thousands with restarts),
+so that an audit runs on a CPU in seconds; labels of a batch are estimated
+from the bias gradient (``infer_labels``), not optimised. Measured on the
+phantom (see ``tests/attacks/test_gradient_inversion.py`` and the README):
+DLG works on the sigmoid LeNet of its paper (:class:`LeNetZhu`) and fails on
+privmed's ReLU/GroupNorm/global-pool SmallCNN; IG partly recovers SmallCNN
+inputs from a true gradient; both fail on what a privmed site really sends
+after one Adam step, which is ``lr * sign(gradient)`` (Adam's first step
+normalises every coordinate), so the magnitudes the attacks match are gone.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from privmed.errors import PrivmedError
+
+if TYPE_CHECKING:
+    from flwr.app import ArrayRecord
+    from flwr.clientapp.typing import Mod
+
+    from privmed.data.base import ArraySet
+    from privmed.privacy.base import Trainer
+    from privmed.site import ModelSpec
+
+METHODS = ("dlg", "ig")
+
+
+@dataclass(frozen=True)
+class InversionConfig:
+    """One attacker; the literature attacks are the presets in :data:`PRESETS`."""
+
+    method: str = "ig"
+    iterations: int = 300
+    lr: float = 0.1  # IG's Adam step on the image (DLG: L-BFGS step size 1)
+    tv_weight: float = 1e-2
+    restarts: int = 1  # random initialisations; the attacker keeps the best gradient match
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        if self.method not in METHODS:
+            raise PrivmedError(f"unknown inversion method {self.method!r}; valid: {', '.join(METHODS)}")
+        if self.iterations < 1 or not self.lr > 0 or self.tv_weight < 0 or self.restarts < 1:
+            raise PrivmedError("inversion needs iterations >= 1, lr > 0, tv_weight >= 0 and restarts >= 1")
+
+
+PRESETS = {"dlg": InversionConfig(method="dlg", iterations=300, lr=1.0, tv_weight=0.0, restarts=4),
+           "ig": InversionConfig(method="ig", iterations=300, lr=0.1, tv_weight=1e-2)}
+
+
+class LeNetZhu(nn.Module):
+    """The victim network of the DLG paper: three 5x5 convolutions with sigmoids, one linear layer.
+
+    Twice differentiable everywhere (ReLU is not), which DLG's L-BFGS relies on.
+    Weights are drawn uniformly in [-0.5, 0.5] as in the paper's code.
+    """
+
+    def __init__(self, in_channels: int, n_classes: int, image_size: int, *, seed: int = 0) -> None:
+        super().__init__()
+        self.body = nn.Sequential(
+            nn.Conv2d(in_channels, 12, 5, padding=2, stride=2), nn.Sigmoid(),
+            nn.Conv2d(12, 12, 5, padding=2, stride=2), nn.Sigmoid(),
+            nn.Conv2d(12, 12, 5, padding=2, stride=1), nn.Sigmoid(),
+        )
+        self.fc = nn.Linear(12 * ((image_size + 3) // 4) ** 2, n_classes)
+        gen = torch.Generator().manual_seed(seed)
+        with torch.no_grad():
+            for p in self.parameters():
+                p.copy_(torch.rand(p.shape, generator=gen) - 0.5)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.fc(self.body(x).flatten(1))
+
+
+def model_gradient(model: nn.Module, x: torch.Tensor, y: torch.Tensor, *, create_graph: bool = False) -> list[torch.Tensor]:
+    """Gradient of the mean cross-entropy w.r.t. every parameter (what FedSGD would send)."""
+    loss = F.cross_entropy(model(x), y)
+    return list(torch.autograd.grad(loss, list(model.parameters()), create_graph=create_graph))
+
+
+def update_to_gradient(model: nn.Module, sent: dict[str, torch.Tensor], received: dict[str, torch.Tensor], lr: float) -> list[torch.Tensor]:
+    """The coordinator's reading of an update as a gradient: ``(sent - received) / lr`` per parameter."""
+    return [(sent[name].float() - received[name].float()) / lr for name, _ in model.named_parameters()]
+
+
+def infer_labels(gradient: list[torch.Tensor], *, n_classes: int, batch_size: int) -> torch.Tensor:
+    """Labels from the last layer's bias gradient (iDLG for one image; counts for a batch).
+
+    For mean cross-entropy the bias gradient is ``mean_i(p_i - onehot(y_i))``: for
+    one image the true class is the only negative entry (Zhao et al. 2020). For a
+    batch, class counts are estimated as ``B * (1/K - g_c)`` (uniform predictions
+    assumed), rounded to sum to ``B``.
+    """
+    bias = next((g for g in reversed(gradient) if g.ndim == 1 and g.numel() == n_classes), None)
+    if bias is None:
+        raise PrivmedError("cannot infer labels: the model has no output bias of size n_classes")
+    if batch_size == 1:
+        return bias.argmin().reshape(1)
+    est = np.clip(batch_size * (1.0 / n_classes - bias.detach().numpy().astype(np.float64)), 0, None)
+    counts = np.floor(est).astype(int)
+    for c in np.argsort(-(est - counts))[: batch_size - counts.sum()]:
+        counts[c] += 1
+    while counts.sum() > batch_size:
+        counts[counts.argmax()] -= 1
+    return torch.from_numpy(np.repeat(np.arange(n_classes), counts)).long()
+
+
+def total_variation(x: torch.Tensor) -> torch.Tensor:
+    return (x[..., 1:, :] - x[..., :-1, :]).abs().mean() + (x[..., :, 1:] - x[..., :, :-1]).abs().mean()
+
+
+def _cosine_distance(g: list[torch.Tensor], target: list[torch.Tensor]) -> torch.Tensor:
+    dot = sum((a * b).sum() for a, b in zip(g, target))
+    norm = torch.sqrt(sum((a * a).sum() for a in g)) * torch.sqrt(sum((b * b).sum() for b in target))
+    return 1 - dot / norm.clamp_min(1e-12)
+
+
+def reconstruct(model: nn.Module, gradient: list[torch.Tensor], *, shape: tuple[int, ...], labels: torch.Tensor,
+                config: InversionConfig) -> torch.Tensor:
+    """Images [B, *shape] in [0, 1] whose gradient matches ``gradient`` (the attacker's whole work).
+
+    Several restarts (DLG's L-BFGS diverges from some starts); the attacker
+    keeps the one whose gradient matches best, a criterion it can compute.
+    """
+    model.eval()
+    target = [g.detach() for g in gradient]
+    gen = torch.Generator().manual_seed(config.seed)
+    best, best_loss = None, float("inf")
+    for _ in range(config.restarts):
+        dummy = torch.rand((len(labels), *shape), generator=gen).requires_grad_(True)
+        x = (_dlg if config.method == "dlg" else _ig)(model, target, dummy, labels, config)
+        loss = float(_match_loss(model, x, labels, target, config))
+        loss = loss if np.isfinite(loss) else float("inf")
+        if best is None or loss < best_loss:
+            best, best_loss = x, loss
+    return best
+
+
+def _match_loss(model: nn.Module, x: torch.Tensor, labels: torch.Tensor, target: list[torch.Tensor], config: InversionConfig) -> torch.Tensor:
+    g = model_gradient(model, x, labels, create_graph=x.requires_grad)
+    if config.method == "dlg":  # DLG's squared L2 distance, divided by the constant ||target||^2 so L-BFGS's tolerances are scale-free
+        return sum(((a - b) ** 2).sum() for a, b in zip(g, target)) / sum((b * b).sum() for b in target).clamp_min(1e-30)
+    return _cosine_distance(g, target) + config.tv_weight * total_variation(x)
+
+
+def _dlg(model: nn.Module, target: list[torch.Tensor], dummy: torch.Tensor, labels: torch.Tensor, config: InversionConfig) -> torch.Tensor:
+    opt = torch.optim.LBFGS([dummy], lr=config.lr, max_iter=config.iterations, history_size=100, line_search_fn="strong_wolfe")
+
+    def closure() -> torch.Tensor:
+        opt.zero_grad()
+        loss = _match_loss(model, dummy, labels, target, config)
+        loss.backward()
+        return loss
+
+    opt.step(closure)
+    return torch.nan_to_num(dummy.detach(), nan=0.5).clamp(0, 1)
+
+
+def _ig(model: nn.Module, target: list[torch.Tensor], dummy: torch.Tensor, labels: torch.Tensor, config: InversionConfig) -> torch.Tensor:
+    opt = torch.optim.Adam([dummy], lr=config.lr)
+    n = config.iterations
+    sched = torch.optim.lr_scheduler.MultiStepLR(opt, milestones=[int(n * 0.375), int(n * 0.625), int(n * 0.875)], gamma=0.1)
+    for _ in range(n):
+        opt.zero_grad()
+        loss = _match_loss(model, dummy, labels, target, config)
+        loss.backward()
+        dummy.grad.sign_()
+        opt.step()
+        sched.step()
+        with torch.no_grad():
+            dummy.clamp_(0, 1)
+    return dummy.detach()
+
+
+def match_to_truth(recon: torch.Tensor, truth: torch.Tensor) -> torch.Tensor:
+    """Reorder reconstructions to their closest originals (the evaluator's job; Hungarian on MSE)."""
+    from scipy.optimize import linear_sum_assignment
+
+    cost = ((recon[:, None] - truth[None]) ** 2).flatten(2).mean(2).numpy()
+    rows, cols = linear_sum_assignment(cost)
+    out = torch.empty_like(recon)
+    out[cols] = recon[rows]
+    return out
+
+
+def observe_site_update(site_batch: ArraySet, spec: ModelSpec, weights: ArrayRecord, *, mods: Sequence[Mod] = (),
+                        trainer: Trainer | None = None, lr: float = 1e-3, seed: int = 0) -> tuple[dict, dict]:
+    """What the coordinator receives when a site trains one local step on ``site_batch``.
+
+    The site is the real privmed ClientApp (with the run's privacy mods and
+    trainer) holding only the victim batch, reached through the in-process
+    Grid, so every transformation a mechanism applies to the reply applies
+    here. Returns the (sent, received) state dicts.
+    """
+    from flwr.app import ConfigRecord, Message, RecordDict
+
+    from privmed.data.base import SiteData
+    from privmed.engine.grid import InProcessGrid
+    from privmed.site import make_client_app
+
+    site = SiteData("victim", site_batch, site_batch.subset([]), site_batch.subset([]))
+    grid = InProcessGrid({2: make_client_app(site, spec, site_index=0, mods=mods, trainer=trainer)})
+    config = ConfigRecord({"local-epochs": 1, "lr": float(lr), "batch-size": len(site_batch), "seed": int(seed), "server-round": 1})
+    msg = Message(RecordDict({"arrays": weights, "config": config}), 2, "train", group_id="audit")
+    reply = list(grid.send_and_receive([msg]))[0]
+    if reply.has_error():
+        raise PrivmedError(f"the victim site could not train for the inversion probe: {reply.error.reason}")
+    return weights.to_torch_state_dict(), reply.content["arrays"].to_torch_state_dict()
+
+
+def score_reconstruction(recon: torch.Tensor, truth: torch.Tensor) -> dict[str, float]:
+    """PSNR and SSIM of matched reconstructions, and the PSNR of a flat mean-intensity guess (chance)."""
+    from privmed.attacks.metrics import psnr, ssim
+
+    matched = match_to_truth(recon, truth)
+    flat = torch.full_like(truth, float(truth.mean()))
+    return {"psnr": psnr(matched, truth), "ssim": ssim(matched, truth), "psnr_flat_guess": psnr(flat, truth)}

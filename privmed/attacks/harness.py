@@ -1,0 +1,188 @@
+"""The evaluator's side of every attack: it holds the ground truth, gives each
+attacker only what its threat model grants, and scores the outcome.
+
+Each ``measure_*`` takes a :class:`Target` (a finished run rebuilt from its
+saved config and model) and returns plain numbers for ``audit.json``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import time
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+from privmed.attacks import adversarial, gradient_inversion as gi, linkage, membership, model_inversion, poisoning
+from privmed.attacks.metrics import mia_metrics, per_patient
+from privmed.config import RunConfig
+from privmed.data.base import ArraySet, Federation
+from privmed.protocols.base import Predictor
+from privmed.site import ModelSpec, load_arrays
+
+
+@dataclass
+class Target:
+    """A finished run as the harness sees it (ground truth included)."""
+
+    config: RunConfig
+    fed: Federation
+    spec: ModelSpec
+    predictor: Predictor
+    hides_updates: bool = False  # HE / secure aggregation: the coordinator sees only the aggregate
+
+
+class Ensemble(nn.Module):
+    """Several weight sets as one white-box model: log of the mean softmax (what the ensemble predicts)."""
+
+    def __init__(self, members: list[nn.Module]) -> None:
+        super().__init__()
+        self.members = nn.ModuleList(members)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.log(torch.stack([torch.softmax(m(x), 1) for m in self.members]).mean(0).clamp_min(1e-12))
+
+
+def released_model(t: Target) -> nn.Module:
+    members = []
+    for arrays in t.predictor if isinstance(t.predictor, list) else [t.predictor]:
+        m = t.spec.build()
+        load_arrays(m, arrays)
+        members.append(m.eval())
+    return members[0] if len(members) == 1 else Ensemble(members).eval()
+
+
+def _proba(t: Target, data: ArraySet) -> np.ndarray:
+    from privmed.run import predict
+
+    return predict(t.spec, t.predictor, data)
+
+
+def _mia(scores: np.ndarray, is_member: np.ndarray, pids: np.ndarray) -> dict[str, Any]:
+    return {"image": mia_metrics(scores, is_member), "patient": mia_metrics(*per_patient(scores, is_member, pids))}
+
+
+def _candidates(t: Target) -> tuple[ArraySet, np.ndarray]:
+    """Members: the training images of the sites that trained (one site for ``single``); non-members: held-out images."""
+    sites = [t.fed.sites[int(t.config.options.get("site", 0))]] if t.config.protocol == "single" else t.fed.sites
+    members = ArraySet.concat([s.train for s in sites])
+    non_members = ArraySet.concat([s.val for s in sites] + [s.test for s in sites])
+    return membership.candidates(members, non_members, seed=t.config.seed)
+
+
+def measure_loss_threshold(t: Target) -> dict[str, Any]:
+    cand, is_member = _candidates(t)
+    scores = membership.loss_threshold_scores(_proba(t, cand), cand.labels)
+    return {"attack": "loss threshold (Yeom 2018)", "candidates": len(cand), **_mia(scores, is_member, cand.patient_ids)}
+
+
+def measure_lira(t: Target, *, n_shadows: int) -> dict[str, Any]:
+    """Offline LiRA; the attacker's data is a fresh phantom cohort (another data seed)."""
+    from privmed.data.phantom import PhantomConfig, make_phantom
+
+    d = t.config.data
+    aux = make_phantom(PhantomConfig(n_sites=d.sites, image_size=d.image_size, n_classes=d.n_classes, seed=t.config.seed + 10_007)).data
+    epochs = min(10, t.config.train.rounds * t.config.train.local_epochs)
+    cfg = membership.LiraConfig(n_shadows=n_shadows, epochs=epochs, seed=t.config.seed)
+    shadows = membership.train_shadows(t.spec.build, aux, config=cfg, batch_size=t.config.train.batch_size, lr=t.config.train.lr)
+    cand, is_member = _candidates(t)
+    scores = membership.lira(_proba(t, cand), cand, shadows)
+    return {"attack": "LiRA offline (Carlini 2022)", "shadows": n_shadows, "shadow_epochs": epochs, "candidates": len(cand),
+            **_mia(scores, is_member, cand.patient_ids)}
+
+
+def measure_inversion(t: Target, *, batch_sizes: tuple[int, ...], method: str = "ig", iterations: int | None = None) -> dict[str, Any]:
+    """Gradient inversion of the update the coordinator gets for a probe round from the final global model.
+
+    Without secure aggregation: one site (the first) trains one local step on
+    a batch of B of its training images. With it: every site does, and the
+    attacker sees only the mean update (the aggregate), of n_sites * B images.
+    """
+    from privmed.privacy.registry import make_mechanism
+
+    preset = gi.PRESETS[method]
+    config = dataclasses.replace(preset, iterations=iterations or preset.iterations, seed=t.config.seed)
+    weights = t.predictor[0] if isinstance(t.predictor, list) else t.predictor
+    mech = make_mechanism(t.config.privacy)
+    model = t.spec.build()
+    load_arrays(model, weights)
+    lr = t.config.train.lr
+    out: dict[str, Any] = {"attack": f"{method.upper()} ({'Zhu 2019' if method == 'dlg' else 'Geiping 2020'})",
+                           "observed": "aggregate of all sites" if t.hides_updates else "one site's update", "per_batch_size": {}}
+    rng = np.random.default_rng([t.config.seed, 29])
+    sites = list(range(len(t.fed.sites))) if t.hides_updates else [0]
+    for b in batch_sizes:
+        truth, truth_labels, grads = [], [], []
+        for i in sites:
+            train = t.fed.sites[i].train
+            batch = train.subset(np.sort(rng.choice(len(train), size=min(b, len(train)), replace=False)))
+            mods = [] if t.hides_updates else mech.client_mods(i)
+            sent, received = gi.observe_site_update(batch, t.spec, weights, mods=mods, trainer=mech.trainer(i), lr=lr, seed=t.config.seed)
+            grads.append(gi.update_to_gradient(model, sent, received, lr))
+            truth.append(torch.from_numpy(batch.images))
+            truth_labels.append(batch.labels)
+        gradient = [torch.stack(g).mean(0) for g in zip(*grads)]  # what the coordinator sees
+        x = torch.cat(truth)
+        labels = gi.infer_labels(gradient, n_classes=t.spec.n_classes, batch_size=len(x))
+        start = time.perf_counter()
+        recon = gi.reconstruct(model, gradient, shape=tuple(x.shape[1:]), labels=labels, config=config)
+        row = {**gi.score_reconstruction(recon, x), "seconds": time.perf_counter() - start}
+        # Reference, computed by the harness: the same attack had the site sent its raw gradient (FedSGD / DSSGD).
+        y = torch.from_numpy(np.concatenate([l for l in truth_labels]))
+        raw = gi.reconstruct(model, gi.model_gradient(model, x, y), shape=tuple(x.shape[1:]), labels=y, config=config)
+        row["psnr_if_raw_gradient_sent"] = gi.score_reconstruction(raw, x)["psnr"]
+        out["per_batch_size"][str(len(x))] = row
+    return out
+
+
+def measure_model_inversion(t: Target) -> dict[str, Any]:
+    sim = model_inversion.inversion_similarity(released_model(t), t.fed.pooled("train"), t.fed.n_classes)
+    return {"attack": "model inversion (Fredrikson 2015)", **sim}
+
+
+def measure_adversarial(t: Target, *, eps: tuple[float, ...] = (0.0, 2 / 255, 8 / 255), max_images: int = 200) -> dict[str, Any]:
+    test = t.fed.pooled("test")
+    test = test.subset(np.arange(min(len(test), max_images)))
+    model = released_model(t)
+    return {"attack": "FGSM (Goodfellow 2015) and PGD-10 (Madry 2018), L-inf",
+            "fgsm": adversarial.robust_accuracy(model, test, eps=eps, attack="fgsm"),
+            "pgd": adversarial.robust_accuracy(model, test, eps=eps, attack="pgd", seed=t.config.seed)}
+
+
+def measure_backdoor(t: Target, cfg: poisoning.PoisonConfig) -> dict[str, float]:
+    """The run's own protocol and mechanism, re-run with malicious sites (:func:`privmed.run.execute`)."""
+    from privmed.run import execute, model_spec, predict
+
+    poisoned, bad = poisoning.poison_federation(t.fed, cfg)
+    result = execute(t.config, fed=poisoned)
+    spec = model_spec(t.config, t.fed)
+    test = t.fed.pooled("test")
+    return {"malicious_sites": bad, "clean_accuracy": float((predict(spec, result.predictor, test).argmax(1) == test.labels).mean()),
+            **poisoning.attack_success(lambda d: predict(spec, result.predictor, d), test, cfg, t.fed.n_classes)}
+
+
+def measure_poisoning(t: Target, *, n_malicious: int = 1, kinds: tuple[str, ...] | None = None, aggregators: bool = True) -> dict[str, Any]:
+    """Each poisoning kind through the run's own protocol; for plain FedAvg also under each robust aggregator."""
+    out: dict[str, Any] = {"attack": "label flip and trigger backdoor (Chen 2017)", "n_malicious": n_malicious}
+    for kind in kinds or poisoning.KINDS:
+        cfg = poisoning.PoisonConfig(kind=kind, n_malicious=n_malicious, seed=t.config.seed)
+        out[kind] = {"as_run": measure_backdoor(t, cfg)}
+        if aggregators and kind == "backdoor" and t.config.protocol == "fedavg" and t.config.privacy.get("mechanism", "none") == "none":
+            out[kind]["aggregators"] = poisoning.poisoning_experiment(t.config, t.fed, cfg)["results"]
+    return out
+
+
+def measure_linkage(t: Target, *, k: int = 5) -> dict[str, Any]:
+    """Re-identification from the data set's metadata, released raw (pseudonyms only) and k-anonymised."""
+    from privmed.data.deid import LEVELS, k_anonymise, release
+
+    outside = linkage.outside_table(t.fed.patients, extra_people=4 * len(t.fed.patients), seed=t.config.seed)
+    raw, key = release(t.fed.patients, LEVELS[0], seed=t.config.seed)
+    anon, akey, g = k_anonymise(t.fed.patients, k=k, seed=t.config.seed)
+    return {"attack": "linkage on quasi-identifiers (Sweeney 2002)", "outside_table_rows": len(outside),
+            "pseudonymised": linkage.reidentification_rate(linkage.link(raw, outside, LEVELS[0]), key),
+            f"{k}-anonymous": {**linkage.reidentification_rate(linkage.link(anon, outside, g), akey), "generalisation": dataclasses.asdict(g)}}
+

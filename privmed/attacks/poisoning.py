@@ -1,0 +1,155 @@
+"""Poisoning by k malicious sites: label flipping and a trigger-patch backdoor.
+
+Papers: label flipping as in Biggio, Nelson, Laskov 2012 / Tolpegin et al.
+2020 ("Data Poisoning Attacks Against Federated Learning Systems");
+the backdoor of Chen, Liu, Li, Lu, Song 2017, "Targeted Backdoor Attacks on
+Deep Learning Systems Using Data Poisoning" (a fixed pattern stamped on
+training images relabelled to the target class; at test time the pattern
+alone flips predictions). Threat model: k sites run the real protocol with
+poisoned local data (they train honestly on it); the coordinator follows the
+protocol. Defences are Flower's own robust aggregators — FedMedian (Yin et
+al. 2018), FedTrimmedAvg (Yin et al. 2018), Krum and MultiKrum (Blanchard et
+al. 2017) — and an update-norm bound (Sun et al. 2019, "Can You Really
+Backdoor Federated Learning?"), here Flower's server-side fixed clipping
+wrapper with zero noise. The harness reports clean test accuracy and the
+attack success rate (backdoor: triggered non-target test images classified
+as the target; label flip: test images classified as their flipped label).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import random
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+from flwr.app import ArrayRecord
+from flwr.serverapp.strategy import (DifferentialPrivacyServerSideFixedClipping, FedAvg, FedMedian, FedTrimmedAvg, Krum,
+                                     MultiKrum, Strategy)
+
+from privmed.config import RunConfig
+from privmed.data.base import ArraySet, Federation
+from privmed.errors import PrivmedError, unknown_name
+
+KINDS = ("backdoor", "label-flip")
+AGGREGATORS = ("fedavg", "fedmedian", "fedtrimmedavg", "krum", "multikrum", "norm-bound")
+
+
+@dataclass(frozen=True)
+class PoisonConfig:
+    kind: str = "backdoor"
+    n_malicious: int = 1
+    target_class: int = 1  # backdoor target
+    fraction: float = 0.5  # of a malicious site's training images poisoned
+    patch: int = 4  # trigger: a patch x patch checkerboard in the bottom-right corner
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        if self.kind not in KINDS:
+            raise unknown_name("poisoning kind", self.kind, KINDS)
+        if self.n_malicious < 0 or not 0 < self.fraction <= 1 or self.patch < 1:
+            raise PrivmedError("poisoning needs n_malicious >= 0, 0 < fraction <= 1 and patch >= 1")
+
+
+def add_trigger(images: np.ndarray, patch: int) -> np.ndarray:
+    """Stamp a ``patch`` x ``patch`` black-and-white checkerboard one pixel in from the bottom-right corner."""
+    out = images.copy()
+    board = (np.indices((patch, patch)).sum(0) % 2).astype(images.dtype)
+    out[..., -patch - 1 : -1, -patch - 1 : -1] = board
+    return out
+
+
+def poison_arrays(data: ArraySet, cfg: PoisonConfig, n_classes: int, rng: np.random.Generator) -> ArraySet:
+    """A malicious site's training set: ``fraction`` of its images triggered+relabelled, or label-flipped."""
+    idx = rng.choice(len(data), size=max(1, int(round(cfg.fraction * len(data)))), replace=False)
+    images, labels = data.images.copy(), data.labels.copy()
+    if cfg.kind == "backdoor":
+        images[idx] = add_trigger(images[idx], cfg.patch)
+        labels[idx] = cfg.target_class
+    else:
+        labels[idx] = (labels[idx] + 1) % n_classes
+    return dataclasses.replace(data, images=images, labels=labels)
+
+
+def poison_federation(fed: Federation, cfg: PoisonConfig) -> tuple[Federation, list[str]]:
+    """The federation with ``n_malicious`` sites (chosen by seed) holding poisoned training data."""
+    if cfg.n_malicious > len(fed.sites):
+        raise PrivmedError(f"{cfg.n_malicious} malicious sites requested but the federation has {len(fed.sites)}")
+    if cfg.kind == "backdoor" and not 0 <= cfg.target_class < fed.n_classes:
+        raise PrivmedError(f"backdoor target class {cfg.target_class} is not one of the {fed.n_classes} classes")
+    rng = np.random.default_rng([cfg.seed, 23])
+    bad = set(rng.choice(len(fed.sites), size=cfg.n_malicious, replace=False).tolist())
+    sites = tuple(dataclasses.replace(s, train=poison_arrays(s.train, cfg, fed.n_classes, rng)) if i in bad else s
+                  for i, s in enumerate(fed.sites))
+    return dataclasses.replace(fed, sites=sites), [fed.sites[i].name for i in sorted(bad)]
+
+
+def attack_success(proba_fn, test: ArraySet, cfg: PoisonConfig, n_classes: int) -> dict[str, float]:
+    """Harness side: attack success on held-out images, and the same rate without the attack (its baseline).
+
+    Backdoor: triggered non-target images classified as the target (baseline:
+    the same images untriggered). Label flip: test images classified as their
+    flipped label (baseline: chance, 1/K).
+    """
+    if cfg.kind == "backdoor":
+        clean = test.subset(np.flatnonzero(test.labels != cfg.target_class))
+        if not len(clean):
+            return {"attack_success": float("nan"), "without_trigger": float("nan")}
+        triggered = dataclasses.replace(clean, images=add_trigger(clean.images, cfg.patch))
+        return {"attack_success": float((proba_fn(triggered).argmax(1) == cfg.target_class).mean()),
+                "without_trigger": float((proba_fn(clean).argmax(1) == cfg.target_class).mean())}
+    return {"attack_success": float((proba_fn(test).argmax(1) == (test.labels + 1) % n_classes).mean()), "chance": 1.0 / n_classes}
+
+
+def make_aggregator(name: str, *, n_sites: int, n_malicious: int, clip_norm: float = 1.0) -> Strategy:
+    """A Flower strategy by name; Krum assumes the number of malicious sites is known (its paper's f)."""
+    common = {"fraction_train": 1.0, "fraction_evaluate": 0.0, "min_train_nodes": n_sites, "min_available_nodes": n_sites}
+    if name == "fedavg":
+        return FedAvg(**common)
+    if name == "fedmedian":
+        return FedMedian(**common)
+    if name == "fedtrimmedavg":
+        return FedTrimmedAvg(**common, beta=0.25)
+    if name == "krum":
+        return Krum(**common, num_malicious_nodes=n_malicious)
+    if name == "multikrum":
+        return MultiKrum(**common, num_malicious_nodes=n_malicious, num_nodes_to_select=max(1, n_sites - n_malicious))
+    if name == "norm-bound":
+        return DifferentialPrivacyServerSideFixedClipping(FedAvg(**common), noise_multiplier=0.0, clipping_norm=clip_norm,
+                                                          num_sampled_clients=n_sites)
+    raise unknown_name("aggregator", name, AGGREGATORS)
+
+
+def train_fedavg(config: RunConfig, fed: Federation, strategy: Strategy) -> ArrayRecord:
+    """Flower's round loop (privmed's FedAvg protocol) on the in-process Grid with ``strategy`` aggregating."""
+    from privmed.engine.grid import InProcessGrid
+    from privmed.protocols import fedavg
+    from privmed.protocols.base import ProtocolContext
+    from privmed.run import FIRST_NODE_ID, model_spec
+    from privmed.site import make_client_app
+
+    random.seed(config.seed)  # as privmed.run.execute: Flower samples nodes with the global `random`
+    torch.manual_seed(config.seed)
+    spec = model_spec(config, fed)
+    grid = InProcessGrid({FIRST_NODE_ID + i: make_client_app(s, spec, site_index=i) for i, s in enumerate(fed.sites)})
+    ctx = ProtocolContext(grid=grid, initial=ArrayRecord(spec.build(seed=config.seed).state_dict()), settings=config.train,
+                          seed=config.seed, evaluate_fn=lambda r, p: {})
+    return fedavg.run(ctx, strategy=strategy).predictor
+
+
+def poisoning_experiment(config: RunConfig, fed: Federation, cfg: PoisonConfig, *, aggregators: tuple[str, ...] = AGGREGATORS,
+                         clip_norm: float = 1.0) -> dict[str, dict[str, float]]:
+    """Clean accuracy and attack success of FedAvg under each aggregator, with the malicious sites poisoned."""
+    from privmed.run import model_spec, predict
+
+    poisoned, bad = poison_federation(fed, cfg)
+    spec = model_spec(config, fed)
+    test = fed.pooled("test")
+    out = {}
+    for name in aggregators:
+        weights = train_fedavg(config, poisoned, make_aggregator(name, n_sites=len(fed.sites), n_malicious=cfg.n_malicious, clip_norm=clip_norm))
+        proba = predict(spec, weights, test)
+        out[name] = {"clean_accuracy": float((proba.argmax(1) == test.labels).mean()),
+                     **attack_success(lambda d: predict(spec, weights, d), test, cfg, fed.n_classes)}
+    return {"malicious_sites": bad, "kind": cfg.kind, "results": out}

@@ -1,0 +1,211 @@
+"""``privmed audit runs/<name>``: run the attacks that apply to a finished run, write audit.json.
+
+The audit rebuilds the run from what it saved (``result.json``'s config and
+``model.pt``): the same federation (same data seed), the same model, the same
+privacy mechanism. Which attacks apply follows from the protocol and the
+mechanism (what the coordinator sees, ``result.json``'s privacy section):
+
+- gradient inversion needs an update from one site: none for ``centralised``
+  (the coordinator already holds the raw images) or ``single`` (nothing is
+  sent); under HE or secure aggregation the coordinator sees only the sum, so
+  the audit attacks the aggregate of all sites instead, and says so;
+- membership inference, model inversion and adversarial examples attack the
+  released final model (any protocol; classification only);
+- poisoning re-runs the protocol with malicious sites (not ``single``);
+- linkage attacks the data set's released metadata.
+
+``audit.json`` is written atomically after every attack has finished; on any
+failure nothing is written.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+from privmed.errors import PrivmedError, unknown_name
+
+ATTACKS = ("membership", "lira", "inversion", "dlg", "model-inversion", "adversarial", "poisoning", "linkage")
+MODEL_ATTACKS = ("membership", "lira", "model-inversion", "adversarial")
+HIDING_TOKENS = ("he", "ckks", "bfv", "paillier", "secagg", "secagg+", "secure")
+
+
+def hides_updates(privacy: dict[str, Any]) -> bool:
+    """True when the coordinator cannot see an individual site's update (HE, secure aggregation)."""
+    if "individual_updates_visible" in privacy:
+        return not privacy["individual_updates_visible"]
+    tokens = str(privacy.get("mechanism") or "none").lower().replace("_", "-").split("-")
+    return any(t in HIDING_TOKENS for t in tokens)
+
+
+def not_applicable(attack: str, *, protocol: str, task: str, privacy: dict[str, Any], has_metadata: bool = True,
+                   dataset: str = "phantom") -> str | None:
+    """Why ``attack`` does not apply to a run, or None if it does."""
+    if attack == "lira" and dataset != "phantom":
+        return f"LiRA's shadow models train on a fresh phantom cohort; {dataset!r} has no same-distribution generator for them"
+    if attack == "linkage" and not has_metadata:
+        return "the data set carries no patient metadata (age, sex, dates) to link"
+    if attack in ("inversion", "dlg"):
+        if protocol == "centralised":
+            return "the coordinator already receives every site's raw images; there is no update to invert (leakage is total)"
+        if protocol == "single":
+            return "one site trains alone and sends nothing; there is no update to invert"
+    if task != "classification" and attack != "linkage":
+        return f"privmed's {attack} attack targets classifiers; this run is {task}"
+    if attack == "poisoning" and protocol == "single":
+        return "one site trains alone; there are no other sites to poison it"
+    return None
+
+
+@dataclass
+class AuditResult:
+    run: str
+    protocol: str
+    mechanism: str
+    seed: int
+    coordinator_sees: str
+    results: dict[str, Any] = field(default_factory=dict)
+    not_applicable: dict[str, str] = field(default_factory=dict)
+    seconds: dict[str, float] = field(default_factory=dict)
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    def leakage(self) -> dict[str, float]:
+        """The headline privacy numbers (bench's Privacy column)."""
+        r, out = self.results, {}
+        if "membership" in r:
+            out["MIA AUC"] = r["membership"]["image"]["auc"]
+            out["MIA AUC (patient)"] = r["membership"]["patient"]["auc"]
+        if "lira" in r:
+            out["LiRA AUC"] = r["lira"]["image"]["auc"]
+        if "lira" in r:
+            out["LiRA TPR at 1% FPR"] = r["lira"]["image"]["tpr_at_1pct_fpr"]
+        if "inversion" in r:
+            first = next(iter(r["inversion"]["per_batch_size"].values()))
+            out["inversion PSNR dB"] = first["psnr"]
+        if "model-inversion" in r:
+            out["model inversion corr. to class mean"] = r["model-inversion"]["corr_own_class_mean"]
+        if "linkage" in r:
+            for release, v in r["linkage"].items():
+                if isinstance(v, dict):
+                    out[f"re-identified ({release})"] = v["reidentified"]
+        return out
+
+    def security(self) -> dict[str, float]:
+        """The headline robustness numbers (bench's Security column)."""
+        r, out = self.results, {}
+        if "adversarial" in r:
+            pgd = r["adversarial"]["pgd"]
+            out["PGD acc ε=8/255"] = pgd[max(pgd, key=lambda k: float(k.split("=")[1]))]
+        if "poisoning" in r and "backdoor" in r["poisoning"]:
+            bd = r["poisoning"]["backdoor"]["as_run"]
+            out["backdoor success"] = bd["attack_success"]
+            out["target rate without trigger"] = bd["without_trigger"]
+        return out
+
+
+def load_target(run_dir: Path):
+    """The run rebuilt from ``result.json`` and ``model.pt`` (clear errors when either is missing)."""
+    from privmed.attacks.harness import Target
+    from privmed.config import from_dict
+    from privmed.run import build_federation, load_predictor, model_spec
+
+    run_dir = Path(run_dir)
+    if not run_dir.is_dir():
+        raise PrivmedError(f"run directory {run_dir} does not exist; give a directory written by `privmed train` (runs/<name>)")
+    for name in ("result.json", "model.pt"):
+        if not (run_dir / name).is_file():
+            raise PrivmedError(f"run directory {run_dir} is incomplete: no {name} (the run did not finish); re-run `privmed train`")
+    try:
+        result = json.loads((run_dir / "result.json").read_text())
+        config = from_dict(result["config"])
+    except (json.JSONDecodeError, KeyError, TypeError) as exc:
+        raise PrivmedError(f"{run_dir / 'result.json'} is not a privmed result ({exc}); re-run `privmed train`") from None
+    fed = build_federation(config.data, config.seed)
+    target = Target(config, fed, model_spec(config, fed), load_predictor(run_dir), hides_updates=hides_updates(result.get("privacy", {})))
+    return target, result
+
+
+def run_attacks(target, result: dict[str, Any], *, attacks: tuple[str, ...] | None = None, n_shadows: int = 8,
+                batch_sizes: tuple[int, ...] = (1, 4), inversion_iterations: int | None = None,
+                run_name: str = "", cheap: bool = False) -> AuditResult:
+    """Run ``attacks`` (None: every attack that applies) against an in-memory target.
+
+    ``cheap`` (the bench's per-row audit): PGD at one ε on 100 images, and the
+    backdoor only, through the run's own protocol (no aggregator comparison).
+    """
+    from privmed.attacks import harness as h
+
+    explicit = attacks is not None
+    for a in attacks or ():
+        if a not in ATTACKS:
+            raise unknown_name("attack", a, ATTACKS)
+    from privmed.attacks.membership import LiraConfig
+
+    LiraConfig(n_shadows=n_shadows)  # refuse a bad shadow count before any attack runs
+    cfg = target.config
+    privacy = result.get("privacy", {})
+    audit = AuditResult(run=run_name or cfg.run_name, protocol=cfg.protocol, mechanism=str(privacy.get("mechanism", "none")),
+                        seed=cfg.seed, coordinator_sees=str(privacy.get("coordinator_sees", "")))
+    measures: dict[str, Callable[[], dict[str, Any]]] = {
+        "membership": lambda: h.measure_loss_threshold(target),
+        "lira": lambda: h.measure_lira(target, n_shadows=n_shadows),
+        "inversion": lambda: h.measure_inversion(target, batch_sizes=batch_sizes, iterations=inversion_iterations),
+        "dlg": lambda: h.measure_inversion(target, batch_sizes=(1,), method="dlg", iterations=inversion_iterations),
+        "model-inversion": lambda: h.measure_model_inversion(target),
+        "adversarial": lambda: h.measure_adversarial(target, **({"eps": (0.0, 8 / 255), "max_images": 100} if cheap else {})),
+        "poisoning": lambda: h.measure_poisoning(target, kinds=("backdoor",) if cheap else None, aggregators=not cheap),
+        "linkage": lambda: h.measure_linkage(target),
+    }
+    for name in attacks or ATTACKS:
+        why = not_applicable(name, protocol=cfg.protocol, task=cfg.task, privacy=privacy, has_metadata=bool(target.fed.patients),
+                             dataset=cfg.data.dataset)
+        if why:
+            if explicit:
+                raise PrivmedError(f"attack {name!r} does not apply to run {audit.run}: {why}")
+            audit.not_applicable[name] = why
+            continue
+        start = time.perf_counter()
+        audit.results[name] = measures[name]()
+        audit.seconds[name] = time.perf_counter() - start
+    if target.hides_updates and "inversion" in audit.results:
+        audit.results["inversion"]["note"] = ("the coordinator sees no individual update under this mechanism (HE / secure aggregation); "
+                                              "the attack inverts the aggregate of all sites instead")
+    return audit
+
+
+def audit_run(run_dir: str | Path, *, attacks: tuple[str, ...] | None = None, n_shadows: int = 8) -> tuple[AuditResult, Path]:
+    """Audit a run directory and write ``audit.json`` beside ``result.json`` (atomically)."""
+    from privmed.run import set_threads
+
+    set_threads()
+    run_dir = Path(run_dir)
+    target, result = load_target(run_dir)
+    audit = run_attacks(target, result, attacks=attacks, n_shadows=n_shadows, run_name=run_dir.name)
+    path = run_dir / "audit.json"
+    tmp = path.with_suffix(".json.tmp")
+    try:
+        tmp.write_text(json.dumps(audit.to_dict(), indent=2, default=float))
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+    return audit, path
+
+
+BENCH_ATTACKS = ("membership", "inversion", "adversarial", "poisoning")
+
+
+def bench_audit(config, fed, result) -> AuditResult:
+    """The bench's per-row audit (kept cheap: loss-threshold MIA, one 1-image IG, PGD at 8/255, the backdoor as run)."""
+    from privmed.attacks.harness import Target
+    from privmed.run import model_spec
+
+    target = Target(config, fed, model_spec(config, fed), result.predictor, hides_updates=hides_updates(result.privacy))
+    attacks = tuple(a for a in BENCH_ATTACKS if not not_applicable(a, protocol=config.protocol, task=config.task, privacy=result.privacy))
+    return run_attacks(target, result.to_dict(), attacks=attacks, batch_sizes=(1,), inversion_iterations=100, cheap=True)
