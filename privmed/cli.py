@@ -51,7 +51,7 @@ def parse_key_values(items: list[str]) -> dict:
     for item in items:
         key, sep, raw = item.partition("=")
         if not sep or not key:
-            raise PrivmedError(f"--privacy-opt expects key=value, got {item!r}")
+            raise PrivmedError(f"--privacy-opt and --opt expect key=value, got {item!r}")
         try:
             out[key.strip()] = tomllib.loads(f"v = {raw}")["v"]
         except tomllib.TOMLDecodeError:
@@ -61,7 +61,7 @@ def parse_key_values(items: list[str]) -> dict:
 
 @app.command()
 def train(
-    protocol: Optional[str] = typer.Option(None, help="centralised | single | ensemble | swt | cwt | fedavg | he-fedavg | secagg-fedavg | snt | fnt"),
+    protocol: Optional[str] = typer.Option(None, help="centralised | single | ensemble | swt | cwt | fedavg | dssgd | he-fedavg | secagg-fedavg | snt | fnt"),
     sites: Optional[int] = typer.Option(None, help="number of sites (hospitals)"),
     split: Optional[str] = typer.Option(None, help="natural | iid | dirichlet:<alpha> | quantity:<beta>"),
     rounds: Optional[int] = typer.Option(None, help="rounds (cycles for CWT)"),
@@ -75,9 +75,9 @@ def train(
     image_size: Optional[int] = typer.Option(None, help="phantom image size"),
     order: Optional[str] = typer.Option(None, help="CWT visiting order: fixed | shuffled"),
     site: Optional[int] = typer.Option(None, help="which site trains alone (protocol single)"),
+    opt: list[str] = typer.Option([], "--opt", help="protocol option key=value (repeatable), e.g. theta_u=0.1 for dssgd, threshold=3 for secagg-fedavg"),
     privacy: Optional[str] = typer.Option(None, help="privacy mechanism (see `privmed mechanisms`); default none"),
     privacy_opt: list[str] = typer.Option([], "--privacy-opt", help="mechanism parameter key=value (repeatable)"),
-    opt: list[str] = typer.Option([], "--opt", help="protocol option key=value (repeatable), e.g. threshold=3 for secagg-fedavg"),
     name: Optional[str] = typer.Option(None, help="run name (directory under --runs-dir)"),
     config: Optional[Path] = typer.Option(None, "--config", help="TOML run config; flags override it"),
     runs_dir: Path = typer.Option(Path("runs"), help="where runs are written"),
@@ -140,12 +140,13 @@ def bench(
     runs_dir: Path = typer.Option(Path("runs"), help="results go to <runs-dir>/bench"),
     seed: int = typer.Option(0, help="seed for every run of the suite"),
     rounds: Optional[int] = typer.Option(None, help="override the suite's number of rounds"),
+    suite: str = typer.Option("default", help="default (every protocol + DP rows) | privacy (ε sweep, DSSGD θu)"),
 ) -> None:
     """Run every protocol on the default phantom split; write results.json, report.md and plots."""
-    from privmed.bench.suite import run_suite
+    from privmed.bench.suite import run_suite, suite_rows
 
     with user_errors():
-        out = run_suite(runs_dir=runs_dir, seed=seed, rounds=rounds, console=console)
+        out = run_suite(runs_dir=runs_dir, seed=seed, rounds=rounds, console=console, rows=suite_rows(suite, seed=seed, rounds=rounds))
     import json
 
     table = Table(title="privmed bench (full table: report.md)")
@@ -182,6 +183,36 @@ def audit(
         table.add_row(name, f"not applicable: {why}")
     Console().print(table)
     console.print(f"wrote {path}")
+
+
+@app.command()
+def budget(
+    ledger: str = typer.Option("sqlite:///runs/ledger.db", help="the budget ledger's URL"),
+    limit: Optional[float] = typer.Option(None, help="ε limit per patient: show what is left"),
+    delta: float = typer.Option(1e-5, help="δ at which spent ε is stated"),
+    top: int = typer.Option(20, help="patients listed (most spent first)"),
+    new_key: Optional[Path] = typer.Option(None, "--new-key", help="create the hospitals' shared pseudonym key file and exit"),
+) -> None:
+    """Per-patient privacy spent across all DP runs and hospitals, and what is left under --limit."""
+    from privmed.privacy.ledger import budget_report
+    from privmed.privacy.pseudonym import new_key as make_key
+
+    with user_errors():
+        if new_key is not None:
+            console.print(f"wrote {make_key(new_key)}; give it to every hospital (ledger_key=...)")
+            return
+        rep = budget_report(ledger, limit=limit, delta=delta)
+    t = rep["total"]
+    table = Table(title=f"privacy spent per patient ({t['patients']} patients, {t['runs']} runs, δ={delta:g})")
+    for col in ("patient (pseudonym)", "ε spent", "left", "runs", "sites"):
+        table.add_column(col, justify="left" if col.startswith("patient") else "right")
+    for r in rep["patients"][:top]:
+        table.add_row(r["patient"][:16], f"{r['epsilon']:.3f}", "-" if r["remaining"] is None else f"{r['remaining']:.3f}", str(r["runs"]), str(r["sites"]))
+    Console().print(table)
+    line = f"total: {t['patients']} patients, ε max {t['epsilon_max']:.3f}, mean {t['epsilon_mean']:.3f}"
+    if limit is not None:
+        line += f"; limit {limit:g}: {t['patients_over_limit']} over, least left {t['remaining_min']:.3f}"
+    Console().print(line)
 
 
 def main() -> None:

@@ -32,7 +32,7 @@ from privmed.errors import PrivmedError
 from privmed.models import n_parameters
 from privmed.privacy.registry import make_mechanism
 from privmed.protocols.base import Predictor, ProtocolContext
-from privmed.protocols.registry import get_protocol
+from privmed.protocols.registry import SITE_MODS, get_protocol
 from privmed.site import ModelSpec, load_arrays, make_client_app
 from privmed.tasks import PRIMARY_METRIC, metrics_from_proba, predict_proba
 
@@ -163,7 +163,8 @@ def execute(config: RunConfig, *, progress: Progress | None = None, fed: Federat
     mechanism = make_mechanism(config.privacy)
     mechanism.check(fed, config)
     apps = {
-        FIRST_NODE_ID + i: make_client_app(s, spec, site_index=i, mods=mechanism.client_mods(i), trainer=mechanism.trainer(i))
+        FIRST_NODE_ID + i: make_client_app(s, spec, site_index=i, trainer=mechanism.trainer(i),
+                                           mods=[*mechanism.client_mods(i), *([SITE_MODS[config.protocol](i)] if config.protocol in SITE_MODS else [])])
         for i, s in enumerate(sites)
     }
     grid = InProcessGrid(apps)
@@ -239,7 +240,7 @@ def execute(config: RunConfig, *, progress: Progress | None = None, fed: Federat
             **measured.get("runtime", {}),
         },
         privacy={"coordinator_sees": coordinator_sees, "mechanism": mechanism.name, "leakage": "not measured yet",
-                 **mechanism.report()},
+                 **mechanism.report(), **getattr(output, "privacy", {})},
         security={"attacks": "not measured yet"},
         reliability={"rejected_updates": ctx.rejections, "faults_injected": [], "completed": True},
         predictor=output.predictor,

@@ -106,7 +106,10 @@ def measure_inversion(t: Target, *, batch_sizes: tuple[int, ...], method: str = 
     preset = gi.PRESETS[method]
     config = dataclasses.replace(preset, iterations=iterations or preset.iterations, seed=t.config.seed)
     weights = t.predictor[0] if isinstance(t.predictor, list) else t.predictor
-    mech = make_mechanism(t.config.privacy)
+    # the probe is the attacker's simulation, not a release: prepare the mechanism (per-site noise, clipping)
+    # as the run did, but without its budget ledger, so the probe neither charges nor is refused
+    mech = make_mechanism({k: v for k, v in t.config.privacy.items() if k not in ("ledger", "ledger_key", "budget", "budget_delta")})
+    mech.check(t.fed, t.config)
     model = t.spec.build()
     load_arrays(model, weights)
     lr = t.config.train.lr

@@ -16,6 +16,7 @@ from typing import Any
 
 from rich.console import Console
 
+from privmed.bench.privacy import dp_rows, privacy_section, privacy_suite, write_epsilon_plot
 from privmed.bench.report import write_plot, write_privacy_plot, write_report
 from privmed.config import RunConfig
 from privmed.protocols.base import TrainSettings
@@ -30,6 +31,7 @@ def default_suite(*, seed: int = 0, rounds: int | None = None, n_sites: int = 4)
     rows += [(f"single site-{i}", dataclasses.replace(base, protocol="single", options={"site": i}, name=f"single-site{i}")) for i in range(n_sites)]
     rows += [(p, dataclasses.replace(base, protocol=p, name=p)) for p in ("ensemble", "swt", "cwt", "fedavg")]
     rows += encrypted_rows(base)
+    rows += dp_rows(base)
     return rows
 
 
@@ -49,6 +51,17 @@ def encrypted_rows(base: RunConfig) -> list[tuple[str, RunConfig]]:
         ("snt", dataclasses.replace(base, protocol="snt", privacy={"mechanism": "aes-gcm"}, name="snt")),
         ("fnt", dataclasses.replace(base, protocol="fnt", privacy={"mechanism": "aes-gcm"}, name="fnt")),
     ]
+
+
+def suite_rows(suite: str, *, seed: int = 0, rounds: int | None = None) -> list[tuple[str, RunConfig]]:
+    """``default`` (every protocol, DP rows) or ``privacy`` (the privacy–utility sweep)."""
+    from privmed.errors import unknown_name
+
+    if suite == "default":
+        return default_suite(seed=seed, rounds=rounds)
+    if suite == "privacy":
+        return privacy_suite(RunConfig(seed=seed, train=TrainSettings(rounds=rounds or DEFAULT_ROUNDS, local_epochs=1)))
+    raise unknown_name("suite", suite, ["default", "privacy"])
 
 
 def run_suite(*, runs_dir: str | Path = "runs", seed: int = 0, rounds: int | None = None,
@@ -77,6 +90,9 @@ def run_suite(*, runs_dir: str | Path = "runs", seed: int = 0, rounds: int | Non
     write_report(results, work / "report.md", plot_name="validation.png")
     write_plot(results, work / "validation.png")
     write_privacy_plot(results, work / "privacy_utility.png")
+    if write_epsilon_plot(results, work / "epsilon_utility.png"):
+        with open(work / "report.md", "a") as f:
+            f.write("\n".join(privacy_section(results, "epsilon_utility.png")) + "\n")
     shutil.rmtree(out, ignore_errors=True)
     os.replace(work, out)
     return out

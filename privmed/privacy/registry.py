@@ -6,6 +6,7 @@ from collections.abc import Callable
 from typing import Any
 
 from privmed.errors import unknown_name
+from privmed.privacy import dp, dp_fedavg, p3sgd
 from privmed.privacy.base import Mechanism
 from privmed.privacy.he_mechanism import HEMechanism
 from privmed.privacy.secagg import SecAggMechanism
@@ -18,6 +19,9 @@ MECHANISMS: dict[str, Callable[[dict[str, Any]], Mechanism]] = {
     "he-ckks": lambda options: HEMechanism("ckks", options),
     "aes-gcm": WeightEncryption,
     "secagg": SecAggMechanism,
+    "dp-sgd": dp.make,
+    "p3sgd": p3sgd.make,
+    "dp-fedavg": dp_fedavg.make,
 }
 
 

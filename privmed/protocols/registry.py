@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Callable
 
 from privmed.errors import unknown_name
-from privmed.protocols import cwt, ensemble, fedavg, fnt, he_fedavg, secagg_fedavg, single, snt, swt
+from privmed.protocols import cwt, dssgd, ensemble, fedavg, fnt, he_fedavg, secagg_fedavg, single, snt, swt
 from privmed.protocols.base import ProtocolContext, ProtocolOutput
 
 # name -> (function, review technique key, what the coordinator sees)
@@ -20,7 +20,11 @@ PROTOCOLS: dict[str, tuple[Callable[[ProtocolContext], ProtocolOutput], str, str
     "secagg-fedavg": (secagg_fedavg.run, "bell2020-secaggplus", "only the sum of the sites' masked, quantised weights"),
     "snt": (snt.run, "phuong2019-snt", "opaque AES-GCM blobs of the weights after every site visit"),
     "fnt": (fnt.run, "phuong2019-fnt", "nothing but the visiting schedule (weights go site to site)"),
+    "dssgd": (dssgd.run, "shokri2015-dssgd", "a fraction theta_u of each site's update (index, value) at every visit"),
 }
+
+# protocols whose site half runs as a Flower client mod: name -> factory(site_index) -> mod
+SITE_MODS = {"dssgd": dssgd.site_mod}
 
 
 def get_protocol(name: str) -> tuple[Callable[[ProtocolContext], ProtocolOutput], str, str]:

@@ -1,0 +1,155 @@
+"""What every accounted DP mechanism shares: the plan, the budget check, the ledger.
+
+A mechanism that spends a privacy budget subclasses :class:`AccountedMechanism`
+and supplies the RDP curve each patient would spend at each site under the
+run's plan (``planned_rdp``); it charges what it actually spent through
+:meth:`AccountedMechanism.charge` as it spends it. With a ledger configured
+(``ledger=sqlite:///...``, ``ledger_key=<file>``), the check refuses a run
+whose plan would push any patient over ``budget`` (ε at ``budget_delta``)
+before anything trains, and nothing is written for a refused run.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import time
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+from privmed.errors import PrivmedError
+from privmed.privacy.accounting import epsilon_from_rdp
+from privmed.privacy.base import Mechanism
+
+if TYPE_CHECKING:
+    from privmed.config import RunConfig
+    from privmed.data.base import ArraySet, Federation
+
+
+@dataclass(frozen=True)
+class BudgetOptions:
+    ledger: str | None = None  # sqlite:///path
+    ledger_key: str | None = None  # the hospitals' shared pseudonym key file
+    budget: float | None = None  # ε limit per patient, over all runs
+    budget_delta: float = 1e-5
+
+    def __post_init__(self) -> None:
+        if self.budget is not None and not self.budget > 0:
+            raise PrivmedError(f"budget must be > 0 (an ε limit per patient), got {self.budget}")
+        if self.budget is not None and self.ledger is None:
+            raise PrivmedError("a budget needs a ledger: add ledger=sqlite:///runs/ledger.db and ledger_key=<key file>")
+        if not 0 < self.budget_delta < 1:
+            raise PrivmedError(f"budget_delta must be in (0, 1), got {self.budget_delta}")
+
+
+def parse_options(cls: type, options: dict[str, Any], mechanism: str) -> tuple[Any, BudgetOptions]:
+    """Split a mechanism's options into its own frozen config and the ledger options; unknown keys are errors."""
+    own = {f.name for f in dataclasses.fields(cls)}
+    ledger = {f.name for f in dataclasses.fields(BudgetOptions)}
+    unknown = sorted(set(options) - own - ledger)
+    if unknown:
+        raise PrivmedError(f"unknown option {unknown[0]!r} for privacy mechanism {mechanism}; valid options: {', '.join(sorted(own | ledger))}")
+    try:
+        return (cls(**{k: v for k, v in options.items() if k in own}),
+                BudgetOptions(**{k: v for k, v in options.items() if k in ledger}))
+    except TypeError as exc:
+        raise PrivmedError(f"bad option for privacy mechanism {mechanism}: {exc}") from None
+
+
+def planned_epochs(config: RunConfig, site_index: int) -> int:
+    """Epochs a site trains under the run's plan (every protocol: rounds x local epochs; single: one site)."""
+    if config.protocol == "single" and int(config.options.get("site", 0)) != site_index:
+        return 0
+    return config.train.rounds * config.train.local_epochs
+
+
+def training_sets(fed: Federation, config: RunConfig) -> list[tuple[str, ArraySet]]:
+    """(name, training images) of each party that trains, as the harness builds them."""
+    if config.protocol == "centralised":
+        return [("pooled", fed.pooled("train"))]
+    return [(s.name, s.train) for s in fed.sites]
+
+
+class AccountedMechanism(Mechanism):
+    """A DP mechanism with a per-site plan, per-patient charges and an optional budget ledger."""
+
+    unit = "sample"
+
+    def __init__(self, budget: BudgetOptions) -> None:
+        self.budget = budget
+        self.sites: list[tuple[str, ArraySet]] = []
+        self._ledger = None
+        self._pseudonyms: dict[str, str] = {}
+        self.run_id = ""
+        self.charged: dict[str, np.ndarray] = {}
+
+    # --- subclasses ---
+    def prepare(self, fed: Federation, config: RunConfig) -> None:
+        """Validate targets and fix per-site parameters (noise levels) for the plan."""
+
+    def planned_rdp(self, site_index: int) -> dict[str, np.ndarray]:
+        """raw patient id -> RDP curve that site would spend under the plan."""
+        raise NotImplementedError
+
+    # --- shared ---
+    def check(self, fed: Federation, config: RunConfig) -> None:
+        self.sites = training_sets(fed, config)
+        self.config = config
+        self.prepare(fed, config)
+        if self.budget.ledger is None:
+            return
+        from privmed.privacy.ledger import Ledger
+        from privmed.privacy.pseudonym import load_key, pseudonyms
+
+        key = load_key(self.budget.ledger_key)
+        self._pseudonyms = pseudonyms(key, np.concatenate([s.patient_ids for _, s in self.sites]))
+        ledger = Ledger(self.budget.ledger)
+        if self.budget.budget is not None:
+            self._refuse_over_budget(ledger)
+        self._ledger = ledger
+        self.run_id = f"{config.run_name}@{time.strftime('%Y-%m-%dT%H:%M:%S', time.gmtime())}.{time.time_ns() % 10**9:09d}"
+
+    def _refuse_over_budget(self, ledger: Any) -> None:
+        plan: dict[str, np.ndarray] = {}
+        for i in range(len(self.sites)):
+            for pid, rdp in self.planned_rdp(i).items():
+                p = self._pseudonyms[pid]
+                plan[p] = plan.get(p, 0) + rdp
+        spent = ledger.spent_rdp(list(plan))
+        limit, delta = self.budget.budget, self.budget.budget_delta
+        after = {p: epsilon_from_rdp(rdp + spent.get(p, 0), delta=delta) for p, rdp in plan.items()}
+        over = {p: e - limit for p, e in after.items() if e > limit}
+        if over:
+            worst = max(over.values())
+            raise PrivmedError(
+                f"refused before training: {len(over)} of {len(plan)} patients would exceed the privacy budget "
+                f"ε={limit:g} (δ={delta:g}), by up to {worst:.3g} (worst would reach ε={limit + worst:.3g}); "
+                "lower the rounds/epochs, raise the noise, or leave those patients out")
+
+    def charge(self, site_index: int, rdp_by_patient: dict[str, np.ndarray]) -> None:
+        """Record what a site spent just now (in the ledger when one is configured)."""
+        for pid, rdp in rdp_by_patient.items():
+            self.charged[pid] = self.charged.get(pid, 0) + rdp
+        if self._ledger is not None:
+            name = self.sites[site_index][0]
+            self._ledger.charge(run_id=self.run_id, site=name, unit=self.unit,
+                                rdp_by_patient={self._pseudonyms[p]: r for p, r in rdp_by_patient.items()})
+
+    def state_dict(self) -> dict[str, Any]:
+        """This run's per-patient spend so far (the ledger keeps its own rows; a resumed run charges only what it adds)."""
+        return {"charged": {p: [float(x) for x in r] for p, r in self.charged.items()}}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.charged = {p: np.asarray(r) for p, r in state.get("charged", {}).items()}
+
+    def patient_report(self) -> dict[str, Any]:
+        """This run's per-patient spend (max and mean ε at the ledger's δ) and where it was recorded."""
+        delta = self.budget.budget_delta
+        eps = [epsilon_from_rdp(r, delta=delta) for r in self.charged.values()]
+        out: dict[str, Any] = {"patients_charged": len(eps), "patient_epsilon_max": max(eps, default=0.0),
+                               "patient_epsilon_mean": float(np.mean(eps)) if eps else 0.0, "patient_delta": delta,
+                               "patient_composition": "RDP curves summed order by order, converted once (Opacus)"}
+        if self._ledger is not None:
+            out["ledger"] = {"url": self.budget.ledger, "run_id": self.run_id}
+        return out

@@ -1,0 +1,41 @@
+"""`privmed train --privacy ...` and `--opt` end to end through the CLI, and a refused run's one-line error."""
+
+import json
+
+import pytest
+from typer.testing import CliRunner
+
+import privmed.run
+from privmed.cli import app
+from tests.privacy.conftest import make_fed
+
+
+@pytest.fixture
+def toy_data(monkeypatch):
+    fed = make_fed(n_sites=2)
+    monkeypatch.setattr(privmed.run, "build_federation", lambda cfg, seed: fed)
+    return fed
+
+
+def test_train_with_dp_sgd_writes_epsilon_and_unit(toy_data, tmp_path):
+    res = CliRunner().invoke(app, ["train", "--protocol", "cwt", "--rounds", "1", "--batch-size", "4", "--privacy", "dp-sgd",
+                                   "--privacy-opt", "epsilon=3", "--privacy-opt", "delta=1e-3", "--name", "cwtdp", "--runs-dir", str(tmp_path)])
+    assert res.exit_code == 0, res.output
+    priv = json.loads((tmp_path / "cwtdp" / "result.json").read_text())["privacy"]
+    assert priv["unit"] == "sample" and 0 < priv["epsilon"] <= 3.0
+
+
+def test_dssgd_options_from_the_cli(toy_data, tmp_path):
+    res = CliRunner().invoke(app, ["train", "--protocol", "dssgd", "--rounds", "1", "--opt", "theta_u=0.05", "--name", "d", "--runs-dir", str(tmp_path)])
+    assert res.exit_code == 0, res.output
+    assert json.loads((tmp_path / "d" / "result.json").read_text())["privacy"]["shared_fraction_up"] == 0.05
+
+
+def test_over_budget_refusal_is_one_line_and_writes_nothing(toy_data, tmp_path):
+    key = tmp_path / "k.bin"
+    assert CliRunner().invoke(app, ["budget", "--new-key", str(key)]).exit_code == 0
+    opts = ["--privacy", "p3sgd", "--privacy-opt", "noise_multiplier=0.8", "--privacy-opt", "delta=1e-3",
+            "--privacy-opt", f"ledger=sqlite:///{tmp_path / 'l.db'}", "--privacy-opt", f"ledger_key={key}", "--privacy-opt", "budget=0.5"]
+    res = CliRunner().invoke(app, ["train", "--protocol", "fedavg", "--rounds", "2", "--name", "r", "--runs-dir", str(tmp_path), *opts])
+    assert res.exit_code == 2 and "refused before training" in res.output
+    assert not (tmp_path / "r").exists()

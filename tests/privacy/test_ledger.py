@@ -1,0 +1,130 @@
+"""The per-patient budget ledger: keyed pseudonyms, composition across sites and runs, refusal, crashes, concurrency."""
+
+import multiprocessing as mp
+import sqlite3
+
+import numpy as np
+import pytest
+import torch
+from typer.testing import CliRunner
+
+from privmed.cli import app
+from privmed.config import RunConfig
+from privmed.errors import PrivmedError
+from privmed.models import build_model
+from privmed.privacy.accounting import ORDERS, epsilon_from_rdp
+from privmed.privacy.ledger import Ledger, budget_report
+from privmed.privacy.pseudonym import load_key, new_key, pseudonym
+from privmed.privacy.registry import make_mechanism
+from privmed.protocols.base import TrainSettings
+from privmed.run import execute
+
+TRAIN = TrainSettings(rounds=1, batch_size=4)
+
+
+@pytest.fixture
+def ledger_opts(tmp_path):
+    key = new_key(tmp_path / "key.bin")
+    return {"ledger": f"sqlite:///{tmp_path / 'ledger.db'}", "ledger_key": str(key)}
+
+
+def p3(opts, **extra):
+    return RunConfig(protocol="fedavg", train=TRAIN, privacy={"mechanism": "p3sgd", "noise_multiplier": 1.5, "delta": 1e-3, **opts, **extra})
+
+
+def test_shared_patient_is_one_ledger_entry_charged_by_both_sites(toy_fed, ledger_opts):
+    execute(p3(ledger_opts), fed=toy_fed)
+    key = load_key(ledger_opts["ledger_key"])
+    spent = Ledger(ledger_opts["ledger"]).spent_rdp()
+    shared, alone = pseudonym(key, "SHARED-0"), pseudonym(key, "P2-train-1")
+    assert set(spent) == {pseudonym(key, p) for s in toy_fed.sites for p in s.train.patient_ids}
+    # composed by summing RDP: the shared patient spent exactly twice a one-site patient's curve
+    assert np.allclose(spent[shared], 2 * spent[alone])
+    assert epsilon_from_rdp(spent[shared], delta=1e-5) < 2 * epsilon_from_rdp(spent[alone], delta=1e-5)
+    raw = sqlite3.connect(ledger_opts["ledger"][len("sqlite:///"):]).execute("SELECT patient FROM charges").fetchall()
+    assert not any(r[0].startswith(("P", "SHARED")) for r in raw)  # only pseudonyms are stored
+
+
+def test_over_budget_run_refused_before_training_and_records_nothing(toy_fed, ledger_opts):
+    execute(p3(ledger_opts), fed=toy_fed)
+    ledger = Ledger(ledger_opts["ledger"])
+    before = sum(ledger.runs().values())
+    worst = max(ledger.spent_rdp().values(), key=lambda r: epsilon_from_rdp(r, delta=1e-5))
+    eps_now, eps_twice = epsilon_from_rdp(worst, delta=1e-5), epsilon_from_rdp(2 * worst, delta=1e-5)
+    cfg = p3(ledger_opts, budget=(eps_now + eps_twice) / 2)  # a second identical run would push the most-charged over
+    mech = make_mechanism(cfg.privacy)
+    with pytest.raises(PrivmedError, match=r"refused before training: \d+ of \d+ patients would exceed .* by up to"):
+        mech.check(toy_fed, cfg)
+    assert sum(ledger.runs().values()) == before
+    # a budget high enough lets it run
+    execute(p3(ledger_opts, budget=eps_twice * 1.01), fed=toy_fed)
+    assert len(ledger.runs()) == 2
+
+
+def test_missing_key_is_a_clear_error(toy_fed, tmp_path):
+    cfg = p3({"ledger": f"sqlite:///{tmp_path / 'l.db'}", "ledger_key": str(tmp_path / "nope.bin")})
+    with pytest.raises(PrivmedError, match="key file .* not found"):
+        make_mechanism(cfg.privacy).check(toy_fed, cfg)
+    assert not (tmp_path / "l.db").exists()
+
+
+class CrashAfter(torch.nn.Module):
+    """A CNN that raises on its third forward pass (a site crashing mid-training)."""
+
+    def __init__(self):
+        super().__init__()
+        self.net, self.calls = build_model("cnn", in_channels=1, n_classes=2, seed=0), 0
+
+    def forward(self, x):
+        self.calls += 1
+        if self.calls == 3:
+            raise RuntimeError("site crashed")
+        return self.net(x)
+
+
+def test_crashed_training_records_what_it_spent(toy_fed, ledger_opts):
+    cfg = RunConfig(protocol="fedavg", train=TRAIN, privacy={"mechanism": "dp-sgd", "noise_multiplier": 1.5, "delta": 1e-3, **ledger_opts})
+    mech = make_mechanism(cfg.privacy)
+    mech.check(toy_fed, cfg)
+    site = toy_fed.sites[2].train  # no shared patient here
+    with pytest.raises(RuntimeError, match="crashed"):
+        mech.trainer(2)(CrashAfter(), site, task="classification", epochs=5, batch_size=4, lr=1e-3, seed=0)
+    spent = Ledger(ledger_opts["ledger"]).spent_rdp()
+    key = load_key(ledger_opts["ledger_key"])
+    # two completed steps; patients with two images are charged the unamplified group bound
+    from privmed.privacy.accounting import rdp_group_gaussian
+    assert np.allclose(spent[pseudonym(key, site.patient_ids[0])], rdp_group_gaussian(group_size=2, noise_multiplier=1.5, steps=2))
+
+
+def _charge_many(url, worker, n):
+    ledger = Ledger(url)
+    for i in range(n):
+        ledger.charge(run_id=f"run-{worker}", site="s", unit="patient", rdp_by_patient={f"p{i % 5}": np.full(len(ORDERS), 0.01)})
+
+
+def test_two_processes_do_not_corrupt_or_lose_charges(tmp_path):
+    url = f"sqlite:///{tmp_path / 'ledger.db'}"
+    Ledger(url)
+    ctx = mp.get_context("fork")  # two OS processes, each with its own connection
+    procs = [ctx.Process(target=_charge_many, args=(url, w, 40)) for w in range(2)]
+    for p in procs:
+        p.start()
+    for p in procs:
+        p.join(60)
+    assert [p.exitcode for p in procs] == [0, 0]
+    ledger = Ledger(url)
+    assert ledger.runs() == {"run-0": 40, "run-1": 40}
+    assert all(np.allclose(r, 16 * 0.01) for r in ledger.spent_rdp().values())
+    assert sqlite3.connect(tmp_path / "ledger.db").execute("PRAGMA integrity_check").fetchone()[0] == "ok"
+
+
+def test_budget_cli_shows_spent_and_left(toy_fed, ledger_opts):
+    execute(p3(ledger_opts), fed=toy_fed)
+    rep = budget_report(ledger_opts["ledger"], limit=100.0)
+    assert rep["total"]["patients"] == len({p for s in toy_fed.sites for p in s.train.patient_ids})
+    assert rep["patients"][0]["remaining"] == pytest.approx(100.0 - rep["total"]["epsilon_max"])
+    res = CliRunner().invoke(app, ["budget", "--ledger", ledger_opts["ledger"], "--limit", "100"])
+    assert res.exit_code == 0 and "0 over" in res.output
+    res = CliRunner().invoke(app, ["budget", "--ledger", "sqlite:///does/not/exist.db"])
+    assert res.exit_code == 2
+    assert len(ORDERS) == len(next(iter(Ledger(ledger_opts["ledger"]).spent_rdp().values())))
