@@ -78,6 +78,8 @@ def train(
     opt: list[str] = typer.Option([], "--opt", help="protocol option key=value (repeatable), e.g. theta_u=0.1 for dssgd, threshold=3 for secagg-fedavg"),
     privacy: Optional[str] = typer.Option(None, help="privacy mechanism (see `privmed mechanisms`); default none"),
     privacy_opt: list[str] = typer.Option([], "--privacy-opt", help="mechanism parameter key=value (repeatable)"),
+    epsilon: Optional[float] = typer.Option(None, help="DP target ε (noise calibrated for the planned steps); same as --privacy-opt epsilon=<ε>"),
+    noise_multiplier: Optional[float] = typer.Option(None, help="DP noise multiplier σ; same as --privacy-opt noise_multiplier=<σ>"),
     name: Optional[str] = typer.Option(None, help="run name (directory under --runs-dir)"),
     config: Optional[Path] = typer.Option(None, "--config", help="TOML run config; flags override it"),
     runs_dir: Path = typer.Option(Path("runs"), help="where runs are written"),
@@ -99,6 +101,7 @@ def train(
         if privacy is not None:
             priv["mechanism"] = privacy
         priv.update(parse_key_values(privacy_opt))
+        priv.update({k: v for k, v in (("epsilon", epsilon), ("noise_multiplier", noise_multiplier)) if v is not None})
         cfg = cfgmod.replace(
             base, protocol=protocol, seed=seed, model=model, task=task, name=name, options=options, privacy=priv,
             **{"data.sites": sites, "data.split": split, "data.dataset": dataset, "data.image_size": image_size,
@@ -118,6 +121,8 @@ def train(
     for k, v in result.performance["final"].items():
         table.add_row(k, "n/a" if v is None else f"{v:.4f}")
     table.add_row("bytes up / down", f"{result.communication['bytes_up']:,} / {result.communication['bytes_down']:,}")
+    if result.privacy.get("epsilon") is not None:
+        table.add_row(f"ε ({result.privacy.get('unit', '?')}-level, δ={result.privacy.get('delta', 0):g})", f"{result.privacy['epsilon']:.3f}")
     table.add_row("wall seconds", f"{result.runtime['wall_seconds']:.1f}")
     if result.reliability["rejected_updates"]:
         table.add_row("rejected updates", str(len(result.reliability["rejected_updates"])))

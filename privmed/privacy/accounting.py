@@ -120,8 +120,10 @@ def calibrate(*, epsilon: float, delta: float, q: float, steps: int, accountant:
     """
     extra = {"alphas": list(INTEGER_ORDERS)} if accountant == "rdp" else {}
     try:
-        return float(get_noise_multiplier(target_epsilon=epsilon, target_delta=delta, sample_rate=min(q, 1.0),
-                                          steps=int(steps), accountant=accountant, epsilon_tolerance=0.01, **extra))
+        with warnings.catch_warnings():
+            warnings.filterwarnings("ignore", message="Optimal order is the")  # at the extreme σ the search tries
+            return float(get_noise_multiplier(target_epsilon=epsilon, target_delta=delta, sample_rate=min(q, 1.0),
+                                              steps=int(steps), accountant=accountant, epsilon_tolerance=0.01, **extra))
     except ValueError as exc:
         raise PrivmedError(f"cannot reach epsilon={epsilon} with delta={delta:g} in {steps} steps ({exc}); raise epsilon or train fewer steps") from None
 

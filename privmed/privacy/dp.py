@@ -167,11 +167,11 @@ class DPSGD(AccountedMechanism):
         gen = torch.Generator().manual_seed(seed)
         dataset = TensorDataset(torch.from_numpy(data.images), torch.from_numpy(targets(data, task)))
         loader = DPDataLoader.from_data_loader(DataLoader(dataset, batch_size=batch_size), generator=gen)
-        engine = PrivacyEngine(accountant=self.cfg.accountant)
-        engine.accountant = self.accountants[i]  # one accountant per site, across all its visits
         criterion = loss_fn(task)
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")  # Opacus warns about secure RNG and optimizer state on every call
+            engine = PrivacyEngine(accountant=self.cfg.accountant)
+            engine.accountant = self.accountants[i]  # one accountant per site, across all its visits
             module, opt, loader = engine.make_private(
                 module=net, optimizer=torch.optim.Adam(net.parameters(), lr=lr), data_loader=loader,
                 noise_multiplier=self.sigma[i], max_grad_norm=self.cfg.max_grad_norm, poisson_sampling=False,
@@ -179,16 +179,19 @@ class DPSGD(AccountedMechanism):
         module.train()
         steps, total, count = 0, 0.0, 0
         try:
-            for _ in range(epochs):
-                for x, y in loader:
-                    opt.zero_grad(set_to_none=True)
-                    loss = _loss(criterion, module(x), y, task) if len(x) else sum(p.sum() * 0 for p in module.parameters())
-                    if not torch.isfinite(loss):
-                        raise DivergedError("DP training diverged (non-finite loss); lower the learning rate (--lr)")
-                    loss.backward()
-                    opt.step()
-                    steps += 1
-                    total, count = total + float(loss) * len(x), count + len(x)
+            with warnings.catch_warnings():
+                # Opacus' hooks warn on every backward that the input needs no grad (expected: images are data)
+                warnings.filterwarnings("ignore", message="Full backward hook is firing", category=UserWarning)
+                for _ in range(epochs):
+                    for x, y in loader:
+                        opt.zero_grad(set_to_none=True)
+                        loss = _loss(criterion, module(x), y, task) if len(x) else sum(p.sum() * 0 for p in module.parameters())
+                        if not torch.isfinite(loss):
+                            raise DivergedError("DP training diverged (non-finite loss); lower the learning rate (--lr)")
+                        loss.backward()
+                        opt.step()
+                        steps += 1
+                        total, count = total + float(loss.detach()) * len(x), count + len(x)
         finally:  # charge what was actually spent, even if training failed mid-way
             self.charge(i, self.patient_rdp(i, steps))
             if hasattr(module, "_close"):

@@ -78,7 +78,7 @@ def patient_gradients(module: torch.nn.Module, criterion: torch.nn.Module, x: to
     summed = per_patient_clip([p.grad_sample for p in params], patients, n_patients, max_norm)
     for p in params:
         p.grad_sample, p.grad = None, None
-    return summed, float(loss)
+    return summed, float(loss.detach())
 
 
 class P3SGD(DPSGD):

@@ -23,6 +23,17 @@ def test_train_with_dp_sgd_writes_epsilon_and_unit(toy_data, tmp_path):
     assert res.exit_code == 0, res.output
     priv = json.loads((tmp_path / "cwtdp" / "result.json").read_text())["privacy"]
     assert priv["unit"] == "sample" and 0 < priv["epsilon"] <= 3.0
+    assert "ε (sample-level" in res.output  # the final table shows the spend
+
+
+@pytest.mark.parametrize("flag, value, key", [("--epsilon", "2", "target_epsilon"), ("--noise-multiplier", "1.5", "noise_multiplier")])
+def test_dp_target_flags(toy_data, tmp_path, flag, value, key):
+    res = CliRunner().invoke(app, ["train", "--protocol", "centralised", "--rounds", "1", "--batch-size", "4", "--privacy", "dp-sgd",
+                                   flag, value, "--privacy-opt", "delta=1e-3", "--name", "f", "--runs-dir", str(tmp_path)])
+    assert res.exit_code == 0, res.output
+    reported = json.loads((tmp_path / "f" / "result.json").read_text())["privacy"][key]
+    values = set(reported.values()) if isinstance(reported, dict) else {reported}  # σ is reported per site
+    assert values == {float(value)}
 
 
 def test_dssgd_options_from_the_cli(toy_data, tmp_path):
