@@ -74,3 +74,12 @@ def test_single_site_run_refuses_inversion(tmp_path):
     with pytest.raises(PrivmedError, match="does not apply to run one: one site trains alone"):
         audit_run(path.parent, attacks=("inversion",))
     assert not (path.parent / "audit.json").exists()
+
+
+def test_inversion_of_a_dssgd_run_sees_only_the_uploaded_fraction(tmp_path):
+    cfg = RunConfig(protocol="dssgd", name="d", options={"theta_u": 0.1}, data=DataConfig(image_size=16), train=TrainSettings(rounds=1))
+    _, path = run(cfg, runs_dir=tmp_path)
+    target, result = load_target(path.parent)
+    inv = run_attacks(target, result, attacks=("inversion",), batch_sizes=(1,), inversion_iterations=10).results["inversion"]
+    assert inv["observed"] == "one site's DSSGD upload (10.0% of the update)"
+    assert inv["per_batch_size"]["1"]["psnr"] > 0

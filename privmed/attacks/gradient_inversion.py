@@ -140,39 +140,45 @@ def _cosine_distance(g: list[torch.Tensor], target: list[torch.Tensor]) -> torch
 
 
 def reconstruct(model: nn.Module, gradient: list[torch.Tensor], *, shape: tuple[int, ...], labels: torch.Tensor,
-                config: InversionConfig) -> torch.Tensor:
+                config: InversionConfig, mask: list[torch.Tensor] | None = None) -> torch.Tensor:
     """Images [B, *shape] in [0, 1] whose gradient matches ``gradient`` (the attacker's whole work).
 
     Several restarts (DLG's L-BFGS diverges from some starts); the attacker
     keeps the one whose gradient matches best, a criterion it can compute.
+    ``mask``: boolean masks per parameter of the coordinates the attacker
+    saw (a DSSGD upload shares only a fraction θu); the losses compare those only.
     """
     model.eval()
-    target = [g.detach() for g in gradient]
+    target = [g.detach() for g in gradient] if mask is None else [g.detach()[m] for g, m in zip(gradient, mask)]
     gen = torch.Generator().manual_seed(config.seed)
     best, best_loss = None, float("inf")
     for _ in range(config.restarts):
         dummy = torch.rand((len(labels), *shape), generator=gen).requires_grad_(True)
-        x = (_dlg if config.method == "dlg" else _ig)(model, target, dummy, labels, config)
-        loss = float(_match_loss(model, x, labels, target, config))
+        x = (_dlg if config.method == "dlg" else _ig)(model, target, dummy, labels, config, mask)
+        loss = float(_match_loss(model, x, labels, target, config, mask))
         loss = loss if np.isfinite(loss) else float("inf")
         if best is None or loss < best_loss:
             best, best_loss = x, loss
     return best
 
 
-def _match_loss(model: nn.Module, x: torch.Tensor, labels: torch.Tensor, target: list[torch.Tensor], config: InversionConfig) -> torch.Tensor:
+def _match_loss(model: nn.Module, x: torch.Tensor, labels: torch.Tensor, target: list[torch.Tensor], config: InversionConfig,
+                mask: list[torch.Tensor] | None = None) -> torch.Tensor:
     g = model_gradient(model, x, labels, create_graph=x.requires_grad)
+    if mask is not None:
+        g = [a[m] for a, m in zip(g, mask)]
     if config.method == "dlg":  # DLG's squared L2 distance, divided by the constant ||target||^2 so L-BFGS's tolerances are scale-free
         return sum(((a - b) ** 2).sum() for a, b in zip(g, target)) / sum((b * b).sum() for b in target).clamp_min(1e-30)
     return _cosine_distance(g, target) + config.tv_weight * total_variation(x)
 
 
-def _dlg(model: nn.Module, target: list[torch.Tensor], dummy: torch.Tensor, labels: torch.Tensor, config: InversionConfig) -> torch.Tensor:
+def _dlg(model: nn.Module, target: list[torch.Tensor], dummy: torch.Tensor, labels: torch.Tensor, config: InversionConfig,
+         mask: list[torch.Tensor] | None) -> torch.Tensor:
     opt = torch.optim.LBFGS([dummy], lr=config.lr, max_iter=config.iterations, history_size=100, line_search_fn="strong_wolfe")
 
     def closure() -> torch.Tensor:
         opt.zero_grad()
-        loss = _match_loss(model, dummy, labels, target, config)
+        loss = _match_loss(model, dummy, labels, target, config, mask)
         loss.backward()
         return loss
 
@@ -180,13 +186,14 @@ def _dlg(model: nn.Module, target: list[torch.Tensor], dummy: torch.Tensor, labe
     return torch.nan_to_num(dummy.detach(), nan=0.5).clamp(0, 1)
 
 
-def _ig(model: nn.Module, target: list[torch.Tensor], dummy: torch.Tensor, labels: torch.Tensor, config: InversionConfig) -> torch.Tensor:
+def _ig(model: nn.Module, target: list[torch.Tensor], dummy: torch.Tensor, labels: torch.Tensor, config: InversionConfig,
+        mask: list[torch.Tensor] | None) -> torch.Tensor:
     opt = torch.optim.Adam([dummy], lr=config.lr)
     n = config.iterations
     sched = torch.optim.lr_scheduler.MultiStepLR(opt, milestones=[int(n * 0.375), int(n * 0.625), int(n * 0.875)], gamma=0.1)
     for _ in range(n):
         opt.zero_grad()
-        loss = _match_loss(model, dummy, labels, target, config)
+        loss = _match_loss(model, dummy, labels, target, config, mask)
         loss.backward()
         dummy.grad.sign_()
         opt.step()

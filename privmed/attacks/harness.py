@@ -100,6 +100,9 @@ def measure_inversion(t: Target, *, batch_sizes: tuple[int, ...], method: str = 
     Without secure aggregation: one site (the first) trains one local step on
     a batch of B of its training images. With it: every site does, and the
     attacker sees only the mean update (the aggregate), of n_sites * B images.
+    Under DSSGD the site uploads only its θu selection of the update (DSSGD's
+    own ``select``, SVT noise included when on); the attacker matches those
+    coordinates only.
     """
     from privmed.privacy.registry import make_mechanism
 
@@ -117,6 +120,7 @@ def measure_inversion(t: Target, *, batch_sizes: tuple[int, ...], method: str = 
                            "observed": "aggregate of all sites" if t.hides_updates else "one site's update", "per_batch_size": {}}
     rng = np.random.default_rng([t.config.seed, 29])
     sites = list(range(len(t.fed.sites))) if t.hides_updates else [0]
+    mask = None
     for b in batch_sizes:
         truth, truth_labels, grads = [], [], []
         for i in sites:
@@ -124,6 +128,9 @@ def measure_inversion(t: Target, *, batch_sizes: tuple[int, ...], method: str = 
             batch = train.subset(np.sort(rng.choice(len(train), size=min(b, len(train)), replace=False)))
             mods = [] if t.hides_updates else mech.client_mods(i)
             sent, received = gi.observe_site_update(batch, t.spec, weights, mods=mods, trainer=mech.trainer(i), lr=lr, seed=t.config.seed)
+            if t.config.protocol == "dssgd":
+                received, mask = _dssgd_upload(model, sent, received, t.config, site=i)
+                out["observed"] = f"one site's DSSGD upload ({sum(int(m.sum()) for m in mask) / sum(m.numel() for m in mask):.1%} of the update)"
             grads.append(gi.update_to_gradient(model, sent, received, lr))
             truth.append(torch.from_numpy(batch.images))
             truth_labels.append(batch.labels)
@@ -131,7 +138,7 @@ def measure_inversion(t: Target, *, batch_sizes: tuple[int, ...], method: str = 
         x = torch.cat(truth)
         labels = gi.infer_labels(gradient, n_classes=t.spec.n_classes, batch_size=len(x))
         start = time.perf_counter()
-        recon = gi.reconstruct(model, gradient, shape=tuple(x.shape[1:]), labels=labels, config=config)
+        recon = gi.reconstruct(model, gradient, shape=tuple(x.shape[1:]), labels=labels, config=config, mask=mask)
         row = {**gi.score_reconstruction(recon, x), "seconds": time.perf_counter() - start}
         # Reference, computed by the harness: the same attack had the site sent its raw gradient (FedSGD / DSSGD).
         y = torch.from_numpy(np.concatenate([l for l in truth_labels]))
@@ -139,6 +146,24 @@ def measure_inversion(t: Target, *, batch_sizes: tuple[int, ...], method: str = 
         row["psnr_if_raw_gradient_sent"] = gi.score_reconstruction(raw, x)["psnr"]
         out["per_batch_size"][str(len(x))] = row
     return out
+
+
+def _dssgd_upload(model: nn.Module, sent: dict, received: dict, config: RunConfig, *, site: int) -> tuple[dict, list[torch.Tensor]]:
+    """What a DSSGD site uploads of ``received - sent``, as (sent + sparse update, observed masks per parameter)."""
+    from privmed.protocols import dssgd
+
+    names = [n for n, _ in model.named_parameters()]
+    delta = np.concatenate([(received[n].float() - sent[n].float()).numpy().ravel() for n in names])
+    idx, val = dssgd.select(delta, dssgd.DSSGDOptions.from_options(config.options), np.random.default_rng([config.seed, site, 17]))
+    sparse, seen = np.zeros_like(delta), np.zeros(delta.size, dtype=bool)
+    sparse[idx], seen[idx] = val, True
+    out, masks, start = dict(sent), [], 0
+    for n in names:
+        size = sent[n].numel()
+        out[n] = sent[n].float() + torch.from_numpy(sparse[start:start + size]).reshape(sent[n].shape)
+        masks.append(torch.from_numpy(seen[start:start + size]).reshape(sent[n].shape))
+        start += size
+    return out, masks
 
 
 def measure_model_inversion(t: Target) -> dict[str, Any]:

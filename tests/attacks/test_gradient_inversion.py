@@ -59,6 +59,21 @@ def test_inverting_gradients_fails_under_heavy_gradient_noise(small_fed):
     assert noised["psnr"] < noised["psnr_flat_guess"] + 1
 
 
+def test_a_masked_attack_uses_only_the_observed_coordinates(small_fed):
+    """DSSGD shares a fraction of the update: what the attacker did not see cannot change its reconstruction."""
+    x, y = _one_image(small_fed)
+    model = gi.LeNetZhu(1, 2, 16, seed=0)
+    grad = gi.model_gradient(model, x, y)
+    gen = torch.Generator().manual_seed(1)
+    mask = [torch.rand(g.shape, generator=gen) < 0.1 for g in grad]
+    garbage = [torch.where(m, g, 1e3 * torch.randn(g.shape, generator=gen)) for g, m in zip(grad, mask)]
+    cfg = dataclasses.replace(gi.PRESETS["dlg"], iterations=30)
+    a = gi.reconstruct(model, grad, shape=(1, 16, 16), labels=y, config=cfg, mask=mask)
+    b = gi.reconstruct(model, garbage, shape=(1, 16, 16), labels=y, config=cfg, mask=mask)
+    assert torch.equal(a, b)
+    assert not torch.equal(a, gi.reconstruct(model, garbage, shape=(1, 16, 16), labels=y, config=cfg))
+
+
 def test_reconstruction_is_reproducible_from_its_seed(small_fed):
     x, y = _one_image(small_fed)
     model = gi.LeNetZhu(1, 2, 16, seed=0)
