@@ -15,7 +15,7 @@ import os
 import platform
 import random
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -32,7 +32,7 @@ from privmed.errors import PrivmedError
 from privmed.models import n_parameters
 from privmed.privacy.registry import make_mechanism
 from privmed.protocols.base import Predictor, ProtocolContext
-from privmed.protocols.registry import SITE_MODS, get_protocol
+from privmed.protocols.registry import SEQUENTIAL, SITE_MODS, get_protocol
 from privmed.site import ModelSpec, load_arrays, make_client_app
 from privmed.tasks import PRIMARY_METRIC, metrics_from_proba, predict_proba
 
@@ -89,6 +89,7 @@ class RunResult:
     communication: dict[str, Any]
     runtime: dict[str, Any]
     privacy: dict[str, Any]
+    scalability: dict[str, Any]
     security: dict[str, Any]
     reliability: dict[str, Any]
     extra: dict[str, Any] = field(default_factory=dict)
@@ -241,10 +242,35 @@ def execute(config: RunConfig, *, progress: Progress | None = None, fed: Federat
         },
         privacy={"coordinator_sees": coordinator_sees, "mechanism": mechanism.name, "leakage": "not measured yet",
                  **mechanism.report(), **getattr(output, "privacy", {})},
+        scalability=measure_scalability(config.protocol, grid.site_seconds.values(), communication, total),
         security={"attacks": "not measured yet"},
         reliability={"rejected_updates": ctx.rejections, "faults_injected": [], "completed": True},
         predictor=output.predictor,
     )
+
+
+def measure_scalability(protocol: str, site_seconds: Iterable[float], communication: dict[str, Any], rounds: int) -> dict[str, Any]:
+    """How the run's cost grows with the number of sites, from its own measurements.
+
+    In-process every site runs in turn; in a deployment the sites of a
+    parallel protocol (FedAvg and its variants, ensembling) train at once, so
+    a round waits for the slowest site, while a sequential protocol (SWT, CWT,
+    SNT, FNT, DSSGD) waits for every site in turn: its training time grows
+    with the number of sites. The coordinator's traffic grows linearly with
+    sites for every protocol. ``benchmarks/scale.py`` measures FedAvg at 100 sites.
+    """
+    seconds = list(site_seconds)
+    if protocol in ("centralised", "single"):
+        return {"schedule": "one trainer", "sites_training": 1, "training_seconds": sum(seconds)}
+    schedule = "sequential" if protocol in SEQUENTIAL else "parallel"
+    total = communication.get("bytes_up", 0) + communication.get("bytes_down", 0)
+    return {
+        "schedule": schedule, "sites_training": len(seconds),
+        "site_seconds_sum": sum(seconds), "site_seconds_max": max(seconds),
+        # the sites' share of a deployment's wall time: sequential = all of them in turn, parallel = the slowest
+        "deployment_training_seconds": sum(seconds) if schedule == "sequential" else max(seconds),
+        "coordinator_bytes_per_round": total / max(rounds, 1),
+    }
 
 
 def measure_communication(protocol: str, traffic: Any, node_site: dict[int, str], fed: Federation, rounds: int) -> dict[str, Any]:

@@ -41,7 +41,7 @@ def test_result_has_the_review_attributes(tmp_path, small_fed):
     result, path = run(dataclasses.replace(tiny("cwt"), name="r1"), runs_dir=tmp_path)
     data = json.loads(path.read_text())
     for key in ("technique", "protocol", "config", "seed", "versions", "dataset", "model", "performance",
-                "communication", "runtime", "privacy", "security", "reliability"):
+                "communication", "runtime", "privacy", "scalability", "security", "reliability"):
         assert key in data, key
     assert data["technique"] == "chang2018-cwt"
     dist = data["dataset"]["distribution"]
@@ -59,6 +59,18 @@ def test_result_has_the_review_attributes(tmp_path, small_fed):
     fed = build_federation(DataConfig(**cfg["data"]), cfg["seed"])
     again = evaluate_predictor(model_spec(tiny("cwt"), fed), load_predictor(path.parent), fed.pooled("test"))
     assert again["accuracy"] == pytest.approx(perf["accuracy"])
+
+
+def test_scalability_separates_sequential_from_parallel_protocols(small_fed):
+    from privmed.bench.report import row
+
+    cwt, fedavg = execute(tiny("cwt"), fed=small_fed), execute(tiny("fedavg"), fed=small_fed)
+    s, p = cwt.scalability, fedavg.scalability
+    assert s["schedule"] == "sequential" and s["deployment_training_seconds"] == s["site_seconds_sum"]
+    assert p["schedule"] == "parallel" and p["deployment_training_seconds"] == p["site_seconds_max"] < p["site_seconds_sum"]
+    assert p["sites_training"] == 4
+    assert p["coordinator_bytes_per_round"] == pytest.approx((fedavg.communication["bytes_up"] + fedavg.communication["bytes_down"]) / 2)
+    assert row(fedavg.to_dict())[5].startswith("parallel: deployed, sites train at once")
 
 
 def test_centralised_counts_the_raw_data_as_communication(small_fed):

@@ -50,6 +50,18 @@ def _runtime(r: dict[str, Any], baseline_wall: float | None) -> str:
     return out
 
 
+def _scalability(r: dict[str, Any]) -> str:
+    s = r.get("scalability") or {}
+    if "schedule" not in s:
+        return s.get("note", NOT_YET)
+    if s["schedule"] == "one trainer":
+        return f"one trainer, no coordination ({s['training_seconds']:.1f} s training)"
+    head = (f"sequential: sites train in turn, training time grows with sites ({s['site_seconds_sum']:.1f} s for {s['sites_training']})"
+            if s["schedule"] == "sequential" else
+            f"parallel: deployed, sites train at once (slowest {s['site_seconds_max']:.1f} s of {s['site_seconds_sum']:.1f} s in turn)")
+    return f"{head}; coordinator traffic {_bytes(s['coordinator_bytes_per_round'])}/round, linear in sites"
+
+
 def _reliability(r: dict[str, Any]) -> str:
     rel = r["reliability"]
     n = len(rel.get("rejected_updates", []))
@@ -82,7 +94,7 @@ def row(r: dict[str, Any], baseline_wall: float | None = None) -> list[str]:
         f"{m['name']} ({m['parameters']:,} params)",
         _performance(r),
         _communication(r),
-        r.get("scalability", NOT_YET),
+        _scalability(r),
         _reliability(r),
         _runtime(r, baseline_wall),
         _privacy(r),

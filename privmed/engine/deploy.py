@@ -205,6 +205,7 @@ def serve(grid: Grid, config: RunConfig, *, wait_nodes_s: float = 120.0) -> RunR
                  "per_round_seconds": [h["seconds"] for h in history], "engine": "flower-deployment"},
         privacy={"coordinator_sees": coordinator_sees, "mechanism": mechanism.name, "leakage": "not measured yet",
                  **mechanism.report()},
+        scalability={"note": "not measured: the sites' training time is spent on the SuperNodes"},
         security={"attacks": "not measured yet"},
         reliability={"rejected_updates": ctx.rejections, "faults_injected": [], "completed": True, "nodes": nodes},
         predictor=output.predictor,

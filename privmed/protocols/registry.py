@@ -23,6 +23,9 @@ PROTOCOLS: dict[str, tuple[Callable[[ProtocolContext], ProtocolOutput], str, str
     "dssgd": (dssgd.run, "shokri2015-dssgd", "a fraction theta_u of each site's update (index, value) at every visit"),
 }
 
+# protocols whose sites train one after another (a model visits them in turn); the others train all sites at once
+SEQUENTIAL = frozenset({"swt", "cwt", "snt", "fnt", "dssgd"})
+
 # protocols whose site half runs as a Flower client mod: name -> factory(site_index) -> mod
 SITE_MODS = {"dssgd": dssgd.site_mod}
 
