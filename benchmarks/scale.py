@@ -20,7 +20,7 @@ from flwr.app import ArrayRecord
 
 from privmed.data.partition import partition
 from privmed.data.phantom import PhantomConfig, make_phantom
-from privmed.engine.grid import InProcessGrid
+from privmed.engine.grid import InProcessGrid, setup_frozen
 from privmed.protocols import fedavg
 from privmed.protocols.base import ProtocolContext, TrainSettings
 from privmed.site import ModelSpec, make_client_app
@@ -46,7 +46,8 @@ def main() -> None:
 
     ctx = ProtocolContext(grid=grid, initial=ArrayRecord(spec.build(0).state_dict()), settings=TrainSettings(rounds=args.rounds),
                           seed=0, evaluate_fn=on_round)
-    fedavg.run(ctx)
+    with setup_frozen():  # as privmed.run.execute does
+        fedavg.run(ctx)
     imgs = sum(len(s.train) for s in fed.sites) / args.sites
     print(f"{args.sites} sites, {imgs:.1f} training images per site, {args.rounds} rounds")
     for r in range(1, len(marks)):

@@ -27,7 +27,7 @@ from flwr.app import ArrayRecord
 from privmed import __version__
 from privmed.config import DataConfig, RunConfig
 from privmed.data.base import ArraySet, Federation, SiteData
-from privmed.engine.grid import InProcessGrid
+from privmed.engine.grid import InProcessGrid, setup_frozen
 from privmed.errors import PrivmedError
 from privmed.models import n_parameters
 from privmed.privacy.registry import make_mechanism
@@ -209,7 +209,8 @@ def execute(config: RunConfig, *, progress: Progress | None = None, fed: Federat
         return metrics
 
     ctx.evaluate_fn = evaluate_and_checkpoint
-    output = fn(ctx)
+    with setup_frozen():
+        output = fn(ctx)
     output.predictor = reveal(output.predictor)
     wall = prior_wall + time.perf_counter() - t_start
 
