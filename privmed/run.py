@@ -162,6 +162,14 @@ def execute(config: RunConfig, *, progress: Progress | None = None, fed: Federat
         (SiteData("pooled", fed.pooled("train"), fed.pooled("val"), fed.pooled("test")),) if centralised else fed.sites
     )
     mechanism = make_mechanism(config.privacy)
+    ckpt = Checkpoint(Path(checkpoint_dir) / "checkpoint.pt") if checkpoint_dir else None
+    saved = None
+    if resume:
+        if ckpt is None:
+            raise PrivmedError("resume needs a run directory")
+        saved = ckpt.load(config)
+        # before check(): a budget check then counts this run's interrupted spend (already in the ledger) once, not twice
+        mechanism.load_state_dict(json.loads(saved["mechanism"]))
     mechanism.check(fed, config)
     apps = {
         FIRST_NODE_ID + i: make_client_app(s, spec, site_index=i, trainer=mechanism.trainer(i),
@@ -193,12 +201,7 @@ def execute(config: RunConfig, *, progress: Progress | None = None, fed: Federat
         last[0] = time.perf_counter()
         return metrics
 
-    ckpt = Checkpoint(Path(checkpoint_dir) / "checkpoint.pt") if checkpoint_dir else None
-    prior_wall = 0.0
-    if resume:
-        if ckpt is None:
-            raise PrivmedError("resume needs a run directory")
-        prior_wall = ckpt.restore(config, ctx, grid, history, mechanism)
+    prior_wall = ckpt.restore(saved, ctx, grid, history, mechanism) if saved else 0.0
 
     def evaluate_and_checkpoint(rnd: int, predictor: Predictor) -> dict:
         metrics = evaluate_fn(rnd, predictor)
@@ -321,8 +324,8 @@ class Checkpoint:
         torch.save(state, tmp)
         os.replace(tmp, self.path)
 
-    def restore(self, config: RunConfig, ctx: ProtocolContext, grid: InProcessGrid, history: list, mechanism: Any) -> float:
-        """Load the saved state into a fresh run; return the wall seconds already spent."""
+    def load(self, config: RunConfig) -> dict[str, Any]:
+        """The saved state, checked to belong to ``config``."""
         if not self.path.exists():
             raise PrivmedError(f"nothing to resume: no checkpoint at {self.path} (run without --resume)")
         try:
@@ -331,6 +334,10 @@ class Checkpoint:
             raise PrivmedError(f"checkpoint {self.path} is unreadable ({type(exc).__name__}); delete it and start again") from None
         if state["config"] != json.dumps(config.to_dict(), sort_keys=True, default=_json_default):
             raise PrivmedError(f"checkpoint {self.path} was made with a different config; use the same config or run without --resume")
+        return state
+
+    def restore(self, state: dict[str, Any], ctx: ProtocolContext, grid: InProcessGrid, history: list, mechanism: Any) -> float:
+        """Load a saved state (:meth:`load`) into a fresh run; return the wall seconds already spent."""
         members = [ArrayRecord(sd) for sd in state["members"]]
         ctx.initial = members if state["ensemble"] else members[0]
         ctx.start_round = state["round"] + 1

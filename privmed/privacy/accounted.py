@@ -95,7 +95,6 @@ class AccountedMechanism(Mechanism):
     # --- shared ---
     def check(self, fed: Federation, config: RunConfig) -> None:
         self.sites = training_sets(fed, config)
-        self.config = config
         self.prepare(fed, config)
         if self.budget.ledger is None:
             return
@@ -117,6 +116,9 @@ class AccountedMechanism(Mechanism):
                 p = self._pseudonyms[pid]
                 plan[p] = plan.get(p, 0) + rdp
         spent = ledger.spent_rdp(list(plan))
+        for pid, rdp in self.charged.items():  # a resumed run: its interrupted rounds are in the ledger and in the plan
+            p = self._pseudonyms[pid]
+            spent[p] = np.maximum(spent.get(p, 0) - rdp, 0)
         limit, delta = self.budget.budget, self.budget.budget_delta
         after = {p: epsilon_from_rdp(rdp + spent.get(p, 0), delta=delta) for p, rdp in plan.items()}
         over = {p: e - limit for p, e in after.items() if e > limit}

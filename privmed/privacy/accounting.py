@@ -26,7 +26,8 @@ from privmed.errors import PrivmedError
 
 ORDERS: tuple[float, ...] = tuple(RDPAccountant.DEFAULT_ALPHAS)
 ACCOUNTANTS = ("rdp", "prv")
-INTEGER_ORDERS = tuple(range(2, 65))  # closed-form RDP, fast: used to search σ (conservative)
+# the integer orders of ORDERS (closed-form RDP, fast): used to search σ; a subset, so its ε is never below the grid's
+INTEGER_ORDERS = tuple(int(a) for a in ORDERS if float(a).is_integer())
 
 
 @lru_cache(maxsize=1024)
@@ -103,20 +104,20 @@ def abadi_moments_epsilon(*, q: float, noise_multiplier: float, steps: int, delt
     return float(min(r + math.log(1 / delta) / lam for r, lam in zip(rdp, lambdas)))
 
 
-def check_target(*, epsilon: float | None, delta: float, n: int, unit: str) -> None:
-    """Refuse impossible targets: ε ≤ 0, δ outside (0, 1/n)."""
-    if epsilon is not None and not epsilon > 0:
-        raise PrivmedError(f"epsilon must be > 0, got {epsilon}; pick e.g. epsilon=3 (or omit it and give noise_multiplier)")
+def check_target(*, delta: float, n: int, unit: str, site: str | None = None) -> None:
+    """Refuse δ outside (0, 1/n) for n privacy units (ε ≤ 0 is refused by the mechanisms' configs)."""
     if not 0 < delta < 1.0 / max(n, 1):
-        raise PrivmedError(f"delta={delta:g} must be in (0, 1/n) with n={n} {unit}s at a site (1/n={1 / max(n, 1):.3g}); lower delta")
+        where = f"at site {site}" if site else "in the run"
+        raise PrivmedError(f"delta={delta:g} must be in (0, 1/n) with n={n} {unit}s {where} (1/n={1 / max(n, 1):.3g}); lower delta")
 
 
 @lru_cache(maxsize=256)
 def calibrate(*, epsilon: float, delta: float, q: float, steps: int, accountant: str) -> float:
     """The noise multiplier that reaches ``epsilon`` after ``steps`` steps (Opacus' search).
 
-    With the RDP accountant the search uses integer orders only (fast closed
-    form); their ε is never below the full grid's, so σ is conservative.
+    With the RDP accountant the search uses the integer orders of the grid
+    only (fast closed form); their ε is never below the full grid's, so σ is
+    conservative.
     """
     extra = {"alphas": list(INTEGER_ORDERS)} if accountant == "rdp" else {}
     try:
@@ -125,7 +126,7 @@ def calibrate(*, epsilon: float, delta: float, q: float, steps: int, accountant:
             return float(get_noise_multiplier(target_epsilon=epsilon, target_delta=delta, sample_rate=min(q, 1.0),
                                               steps=int(steps), accountant=accountant, epsilon_tolerance=0.01, **extra))
     except ValueError as exc:
-        raise PrivmedError(f"cannot reach epsilon={epsilon} with delta={delta:g} in {steps} steps ({exc}); raise epsilon or train fewer steps") from None
+        raise PrivmedError(f"cannot reach epsilon={epsilon} with delta={delta:g} in {steps} steps ({exc}); even infinite noise cannot: raise epsilon or delta") from None
 
 
 def check_reachable(*, epsilon: float, delta: float, q: float, steps: int, noise_multiplier: float, accountant: str) -> None:

@@ -68,31 +68,23 @@ class DPSGDConfig:
 
 
 def steps_per_epoch(n: int, batch_size: int) -> int:
-    """Opacus' Poisson loader: 1/q steps per epoch with q = 1/ceil(n/b)."""
+    """Poisson-sampled steps per epoch: 1/q with q = 1/ceil(n/b) (the loader is set to exactly this many)."""
     return max(1, math.ceil(n / batch_size))
 
 
-def check_model(model: torch.nn.Module, name: str) -> bool:
-    """True if Opacus must fix the model first (and can, without changing its weights); PrivmedError if it cannot."""
+def check_model(model: torch.nn.Module, name: str) -> None:
+    """PrivmedError unless Opacus can train ``model`` as it is.
+
+    Opacus' ``ModuleValidator.fix`` would replace the offending layers (e.g.
+    BatchNorm -> GroupNorm), which changes the weights every party exchanges,
+    so privmed refuses instead of fixing.
+    """
     from opacus.validators import ModuleValidator
 
-    if not ModuleValidator.validate(model, strict=False):
-        return False
-    try:
-        fixed = ModuleValidator.fix(_copy(model))
-    except Exception as exc:  # Opacus raises assorted errors for modules it cannot fix
-        raise PrivmedError(f"Opacus cannot make model {name!r} private ({exc}); use --model cnn") from None
-    own, new = model.state_dict(), fixed.state_dict()
-    if set(own) != set(new) or any(own[k].shape != new[k].shape for k in own):
-        raise PrivmedError(f"model {name!r} has layers Opacus can only make private by replacing them (e.g. BatchNorm -> GroupNorm), "
-                           "which changes the weights every party exchanges; use a DP-ready model such as --model cnn (GroupNorm)")
-    return True
-
-
-def _copy(model: torch.nn.Module) -> torch.nn.Module:
-    import copy
-
-    return copy.deepcopy(model)
+    errors = ModuleValidator.validate(model, strict=False)
+    if errors:
+        raise PrivmedError(f"model {name!r} has layers Opacus cannot make private as they are ({errors[0]}); Opacus would replace them "
+                           "(e.g. BatchNorm -> GroupNorm), changing the weights every party exchanges; use a DP-ready model such as --model cnn (GroupNorm)")
 
 
 class DPSGD(AccountedMechanism):
@@ -108,19 +100,18 @@ class DPSGD(AccountedMechanism):
         self.sample_rate: list[float] = []
         self.planned_steps: list[int] = []
         self.accountants: list[Any] = []
-        self.fix_model = False
 
     def prepare(self, fed: Any, config: Any) -> None:
         from opacus.accountants import create_accountant
 
         from privmed.run import model_spec
 
-        self.fix_model = check_model(model_spec(config, fed).build(), config.model)
+        check_model(model_spec(config, fed).build(), config.model)
         cfg = self.cfg
         self.sigma, self.sample_rate, self.planned_steps, self.accountants = [], [], [], []
         for i, (name, data) in enumerate(self.sites):
             n, unit, q = self.sampling(data, config.train.batch_size)
-            check_target(epsilon=cfg.epsilon, delta=cfg.delta, n=n, unit=f"{unit} (site {name})")
+            check_target(delta=cfg.delta, n=n, unit=unit, site=name)
             steps = round(1 / q) * planned_epochs(config, i)
             sigma = cfg.noise_multiplier
             if sigma is None:
@@ -158,22 +149,22 @@ class DPSGD(AccountedMechanism):
     def _train(self, i: int, model: torch.nn.Module, data: Any, *, task: str, epochs: int, batch_size: int, lr: float, seed: int) -> dict[str, float]:
         from opacus import PrivacyEngine
         from opacus.data_loader import DPDataLoader
-        from opacus.validators import ModuleValidator
         from torch.utils.data import DataLoader, TensorDataset
 
         from privmed.tasks import DivergedError, _loss, loss_fn, targets
 
-        net = ModuleValidator.fix(_copy(model)) if self.fix_model else model
         gen = torch.Generator().manual_seed(seed)
         dataset = TensorDataset(torch.from_numpy(data.images), torch.from_numpy(targets(data, task)))
         loader = DPDataLoader.from_data_loader(DataLoader(dataset, batch_size=batch_size), generator=gen)
+        # Opacus runs int(1/q) steps, which float rounding makes k-1 for some k = ceil(n/b); the plan and ledger use k
+        loader.batch_sampler.steps = round(1 / self.sample_rate[i])
         criterion = loss_fn(task)
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")  # Opacus warns about secure RNG and optimizer state on every call
             engine = PrivacyEngine(accountant=self.cfg.accountant)
             engine.accountant = self.accountants[i]  # one accountant per site, across all its visits
             module, opt, loader = engine.make_private(
-                module=net, optimizer=torch.optim.Adam(net.parameters(), lr=lr), data_loader=loader,
+                module=model, optimizer=torch.optim.Adam(model.parameters(), lr=lr), data_loader=loader,
                 noise_multiplier=self.sigma[i], max_grad_norm=self.cfg.max_grad_norm, poisson_sampling=False,
                 noise_generator=gen, grad_sample_mode=self.cfg.grad_sample_mode)
         module.train()
@@ -185,7 +176,8 @@ class DPSGD(AccountedMechanism):
                 for _ in range(epochs):
                     for x, y in loader:
                         opt.zero_grad(set_to_none=True)
-                        loss = _loss(criterion, module(x), y, task) if len(x) else sum(p.sum() * 0 for p in module.parameters())
+                        out = module(x)  # also on an empty Poisson batch: Opacus needs its (empty) per-sample gradients
+                        loss = _loss(criterion, out, y, task) if len(x) else out.sum() * 0
                         if not torch.isfinite(loss):
                             raise DivergedError("DP training diverged (non-finite loss); lower the learning rate (--lr)")
                         loss.backward()
@@ -194,10 +186,7 @@ class DPSGD(AccountedMechanism):
                         total, count = total + float(loss.detach()) * len(x), count + len(x)
         finally:  # charge what was actually spent, even if training failed mid-way
             self.charge(i, self.patient_rdp(i, steps))
-            if hasattr(module, "_close"):
-                module._close()  # remove Opacus' hooks from the site's model
-        if net is not model:
-            model.load_state_dict(net.state_dict())
+            module._close()  # remove Opacus' hooks from the site's model
         return {"train_loss": total / max(count, 1), "num-examples": float(len(data)), "dp-steps": float(steps)}
 
     def state_dict(self) -> dict[str, Any]:

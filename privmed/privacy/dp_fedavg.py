@@ -65,6 +65,8 @@ class DPFedAvgConfig:
             raise PrivmedError(f"side must be one of {', '.join(SIDES)} and clipping one of {', '.join(CLIPPINGS)}")
         if not 0 < self.delta < 1:
             raise PrivmedError(f"delta must be in (0, 1), got {self.delta}")
+        if not 0 <= self.target_quantile <= 1:
+            raise PrivmedError(f"target_quantile (adaptive clipping) must be in [0, 1], got {self.target_quantile}")
 
 
 def uniform_weight_mod(msg: Message, ctx: Context, call_next: ClientAppCallable) -> Message:
@@ -90,7 +92,7 @@ class DPFedAvg(AccountedMechanism):
         if config.protocol != "fedavg":
             raise PrivmedError(f"dp-fedavg wraps Flower's FedAvg strategy; use --protocol fedavg (got {config.protocol})")
         cfg, self.n_sites = self.cfg, len(self.sites)
-        check_target(epsilon=cfg.epsilon, delta=cfg.delta, n=self.n_sites, unit="site")
+        check_target(delta=cfg.delta, n=self.n_sites, unit="site")
         rounds = config.train.rounds
         self.rounds = rounds
         if cfg.noise_multiplier is None:

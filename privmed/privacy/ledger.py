@@ -49,13 +49,16 @@ class Ledger:
     def __init__(self, url: str) -> None:
         self.url, self.path = url, sqlite_path(url)
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        with self._connect() as con:
+        con = self._connect()
+        try:
             con.executescript(SCHEMA)
             row = con.execute("SELECT value FROM meta WHERE key = 'orders'").fetchone()
             if row is None:
                 con.execute("INSERT OR IGNORE INTO meta VALUES ('orders', ?)", (json.dumps(list(ORDERS)),))
             elif json.loads(row[0]) != list(ORDERS):
                 raise PrivmedError(f"ledger {url} was written with other RDP orders (another Opacus version?); use a new ledger")
+        finally:
+            con.close()
 
     def _connect(self) -> sqlite3.Connection:
         con = sqlite3.connect(self.path, timeout=30.0, isolation_level=None)
@@ -73,7 +76,8 @@ class Ledger:
             con.executemany("INSERT INTO charges (run_id, site, patient, unit, rdp, at) VALUES (?, ?, ?, ?, ?, ?)", rows)
             con.execute("COMMIT")
         except BaseException:
-            con.execute("ROLLBACK")
+            if con.in_transaction:  # BEGIN itself may have failed (database locked past the timeout)
+                con.execute("ROLLBACK")
             raise
         finally:
             con.close()

@@ -32,7 +32,7 @@ import torch
 from privmed.errors import PrivmedError
 from privmed.privacy.accounted import BudgetOptions, parse_options
 from privmed.privacy.accounting import rdp_sgm
-from privmed.privacy.dp import DPSGD, DPSGDConfig, _copy
+from privmed.privacy.dp import DPSGD, DPSGDConfig
 
 
 @dataclass(frozen=True)
@@ -85,14 +85,9 @@ class P3SGD(DPSGD):
     name = "p3sgd"
     unit = "patient"
 
-    def __init__(self, cfg: P3SGDConfig, budget: BudgetOptions) -> None:
-        super().__init__(cfg, budget)
-        self.expected_patients: list[float] = []
-
     def prepare(self, fed: Any, config: Any) -> None:
         if config.task != "classification":
             raise PrivmedError("p3sgd needs a per-image loss: it supports --task classification only (use dp-sgd for segmentation)")
-        self.expected_patients = []
         super().prepare(fed, config)
 
     def sampling(self, data: Any, batch_size: int) -> tuple[int, str, float]:
@@ -100,7 +95,6 @@ class P3SGD(DPSGD):
         n_pat = data.n_patients
         per_batch = self.cfg.patients_per_batch or max(1, round(batch_size * n_pat / max(len(data), 1)))
         q = 1.0 / max(1, math.ceil(n_pat / per_batch))
-        self.expected_patients.append(q * n_pat)
         return n_pat, "patient", q
 
     def patient_rdp(self, site_index: int, steps: int) -> dict[str, np.ndarray]:
@@ -109,11 +103,9 @@ class P3SGD(DPSGD):
 
     def _train(self, i: int, model: torch.nn.Module, data: Any, *, task: str, epochs: int, batch_size: int, lr: float, seed: int) -> dict[str, float]:
         from opacus import GradSampleModule
-        from opacus.validators import ModuleValidator
 
         from privmed.tasks import DivergedError, loss_fn, targets
 
-        net = ModuleValidator.fix(_copy(model)) if self.fix_model else model
         gen = torch.Generator().manual_seed(seed)
         pids, patient_of = np.unique(data.patient_ids, return_inverse=True)
         patient_of = torch.from_numpy(patient_of.astype(np.int64))
@@ -121,10 +113,11 @@ class P3SGD(DPSGD):
         criterion = loss_fn(task)
         criterion.reduction = "sum"
         # the loss is summed, so per-sample gradients must not be rescaled by the batch size
-        module = GradSampleModule(net, loss_reduction="sum", force_functorch=self.cfg.grad_sample_mode == "functorch")
+        module = GradSampleModule(model, loss_reduction="sum", force_functorch=self.cfg.grad_sample_mode == "functorch")
         params = [p for p in module.parameters() if p.requires_grad]
         opt = torch.optim.Adam(params, lr=lr)
         q, sigma, c = self.sample_rate[i], self.sigma[i], self.cfg.max_grad_norm
+        expected_patients = max(q * len(pids), 1e-12)  # the noisy sum is averaged over the expected batch
         steps, total, count = 0, 0.0, 0
         module.train()
         try:
@@ -139,8 +132,7 @@ class P3SGD(DPSGD):
                         raise DivergedError("P3SGD diverged (non-finite loss); lower the learning rate (--lr)")
                     total, count = total + loss, count + len(idx)
                 for p, s in zip(params, summed):
-                    p.grad = (s + torch.normal(0.0, sigma * c, size=s.shape, generator=gen)) / max(self.expected_patients[i], 1e-12)
-                    p.grad_sample = None
+                    p.grad = (s + torch.normal(0.0, sigma * c, size=s.shape, generator=gen)) / expected_patients
                 opt.step()
                 opt.zero_grad(set_to_none=True)
                 self.accountants[i].step(noise_multiplier=sigma, sample_rate=q)
@@ -148,8 +140,6 @@ class P3SGD(DPSGD):
         finally:  # charge what was actually spent, even if training failed mid-way
             self.charge(i, self.patient_rdp(i, steps))
             module._close()
-        if net is not model:
-            model.load_state_dict(net.state_dict())
         return {"train_loss": total / max(count, 1), "num-examples": float(len(data)), "dp-steps": float(steps)}
 
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
-from privmed.errors import unknown_name
+from privmed.errors import PrivmedError, unknown_name
 from privmed.privacy import dp, dp_fedavg, p3sgd
 from privmed.privacy.base import Mechanism
 from privmed.privacy.he_mechanism import HEMechanism
@@ -14,7 +14,7 @@ from privmed.privacy.weight_encryption import WeightEncryption
 
 # name -> factory(options) -> Mechanism
 MECHANISMS: dict[str, Callable[[dict[str, Any]], Mechanism]] = {
-    "none": lambda options: Mechanism(),
+    "none": lambda options: _no_mechanism(options),
     "he-paillier": lambda options: HEMechanism("paillier", options),
     "he-ckks": lambda options: HEMechanism("ckks", options),
     "aes-gcm": WeightEncryption,
@@ -23,6 +23,13 @@ MECHANISMS: dict[str, Callable[[dict[str, Any]], Mechanism]] = {
     "p3sgd": p3sgd.make,
     "dp-fedavg": dp_fedavg.make,
 }
+
+
+def _no_mechanism(options: dict[str, Any]) -> Mechanism:
+    if options:  # e.g. --epsilon without --privacy: never train without the protection asked for
+        raise PrivmedError(f"privacy options {', '.join(sorted(options))} given without a mechanism; add --privacy NAME "
+                           f"(one of {', '.join(n for n in MECHANISMS if n != 'none')})")
+    return Mechanism()
 
 
 def make_mechanism(options: dict[str, Any]) -> Mechanism:

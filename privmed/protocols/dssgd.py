@@ -117,12 +117,11 @@ class SiteState:
 
     template: ArrayRecord | None = None
     local: np.ndarray | None = None
-    uploads: int = 0
 
 
-def site_mod(site_index: int, state: SiteState | None = None):
+def site_mod(site_index: int):
     """The site half of DSSGD as a Flower client mod: download θd, train, upload θu of Δw."""
-    state = state or SiteState()
+    state = SiteState()
 
     def mod(msg: Message, ctx: Context, call_next: ClientAppCallable) -> Message:
         cfg = msg.content.config_records.get("config")
@@ -145,7 +144,7 @@ def site_mod(site_index: int, state: SiteState | None = None):
         new = _flat(reply.content["arrays"])
         rng = np.random.default_rng([int(cfg.get("seed", 0)), site_index, 17])
         idx, val = select(new - state.local, opts, rng)
-        state.local, state.uploads = new, state.uploads + 1
+        state.local = new
         return Message(RecordDict({"up": _sparse(idx, val), "metrics": reply.content["metrics"]}), reply_to=msg)
 
     return mod
@@ -165,7 +164,7 @@ def run(ctx: ProtocolContext) -> DSSGDOutput:
     glob = _flat(template)
     counts = np.zeros(glob.size, dtype=np.int64)
     seen: set[int] = set()
-    uploads = 0
+    uploads = dict.fromkeys(nodes, 0)
     n_down = max(1, int(np.ceil(opts.theta_d * glob.size)))
     for rnd in range(1, ctx.settings.rounds + 1):
         for node in nodes:
@@ -187,9 +186,9 @@ def run(ctx: ProtocolContext) -> DSSGDOutput:
             idx, val = up["idx"].numpy(), up["val"].numpy()
             np.add.at(glob, idx, val)
             np.add.at(counts, idx, 1)
-            uploads += 1
+            uploads[node] += 1
         ctx.evaluate_fn(rnd, _unflat(glob, template))
-    return DSSGDOutput(_unflat(glob, template), privacy=_privacy(opts, uploads, len(nodes)))
+    return DSSGDOutput(_unflat(glob, template), privacy=_privacy(opts, max(uploads.values(), default=0)))
 
 
 def _reply_problem(replies: list[Message], size: int) -> str | None:
@@ -206,13 +205,13 @@ def _reply_problem(replies: list[Message], size: int) -> str | None:
     return None
 
 
-def _privacy(opts: DSSGDOptions, uploads: int, n_sites: int) -> dict:
+def _privacy(opts: DSSGDOptions, per_site: int) -> dict:
+    """``per_site``: the most uploads any one site made (ε composes over a site's own uploads)."""
     out = {"shared_fraction_up": opts.theta_u, "shared_fraction_down": opts.theta_d, "selection": opts.selection}
     if opts.dp_epsilon is None:
         return out
     from privmed.privacy.accounting import epsilon_from_rdp, rdp_pure
 
-    per_site = int(np.ceil(uploads / max(n_sites, 1)))
     delta = 1e-5
     out.update({"mechanism": "dssgd-svt", "epsilon_per_upload": opts.dp_epsilon, "unit": "site", "delta": delta,
                 "epsilon": min(per_site * opts.dp_epsilon, epsilon_from_rdp(rdp_pure(epsilon=opts.dp_epsilon, releases=per_site), delta=delta)),

@@ -36,6 +36,12 @@ def test_dp_target_flags(toy_data, tmp_path, flag, value, key):
     assert values == {float(value)}
 
 
+def test_dp_target_without_a_mechanism_is_refused(toy_data, tmp_path):
+    res = CliRunner().invoke(app, ["train", "--protocol", "fedavg", "--rounds", "1", "--epsilon", "3", "--name", "n", "--runs-dir", str(tmp_path)])
+    assert res.exit_code == 2 and "without a mechanism; add --privacy" in res.output
+    assert not (tmp_path / "n").exists()
+
+
 def test_dssgd_options_from_the_cli(toy_data, tmp_path):
     res = CliRunner().invoke(app, ["train", "--protocol", "dssgd", "--rounds", "1", "--opt", "theta_u=0.05", "--name", "d", "--runs-dir", str(tmp_path)])
     assert res.exit_code == 0, res.output

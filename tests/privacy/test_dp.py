@@ -1,5 +1,6 @@
 """Sample-level DP-SGD and patient-level P3SGD as site trainers: accounting, composition over visits, bad input."""
 
+import dataclasses
 import math
 
 import numpy as np
@@ -139,3 +140,41 @@ def test_resumed_dp_run_reports_the_same_epsilon(toy_fed, tmp_path, mechanism, m
         runmod.run(cfg, runs_dir=tmp_path, progress=stop_after_2)
     resumed, _ = runmod.run(cfg, runs_dir=tmp_path, resume=True)
     assert resumed.privacy["epsilon"] == pytest.approx(full.privacy["epsilon"], abs=1e-9)
+
+
+def test_a_resumed_run_under_a_budget_counts_its_own_spend_once(toy_fed, tmp_path, monkeypatch):
+    """The interrupted rounds are in the ledger and in the plan: a budget the whole run fits is not refused on resume."""
+    import privmed.run as runmod
+    from privmed.privacy.pseudonym import new_key
+
+    key = new_key(tmp_path / "k.key")
+    ledger = {"ledger": f"sqlite:///{tmp_path / 'l.db'}", "ledger_key": str(key)}
+    base = {"mechanism": "p3sgd", "noise_multiplier": 1.5, "delta": 1e-3, **ledger}
+    cfg = RunConfig(protocol="fedavg", train=TrainSettings(rounds=3, batch_size=4), name="b", privacy=base)
+    plan = execute(dataclasses.replace(cfg, privacy={**base, "ledger": f"sqlite:///{tmp_path / 'plan.db'}"}), fed=toy_fed)
+    budget = plan.privacy["patient_epsilon_max"] * 1.05  # the whole run fits; twice its first two rounds would not
+
+    def stop_after_2(rnd, total, metrics):
+        if rnd == 2:
+            raise Interrupt
+    monkeypatch.setattr(runmod, "build_federation", lambda c, s: toy_fed)
+    budgeted = dataclasses.replace(cfg, privacy={**base, "budget": budget})
+    with pytest.raises(Interrupt):
+        runmod.run(budgeted, runs_dir=tmp_path, progress=stop_after_2)
+    resumed, _ = runmod.run(budgeted, runs_dir=tmp_path, resume=True)
+    assert resumed.privacy["patient_epsilon_max"] == pytest.approx(plan.privacy["patient_epsilon_max"], rel=1e-9)
+    with pytest.raises(PrivmedError, match="refused before training"):  # a new run on top of it is over budget
+        execute(dataclasses.replace(budgeted, name="again"), fed=toy_fed)
+
+
+def test_poisson_batches_match_the_accounted_rate_and_empty_batches_train():
+    """93 images, batch 1: q = 1/93 and 93 steps an epoch (Opacus alone would run int(1/q) = 92 and account 1/92);
+    at batch 1 about a third of the Poisson batches are empty, and each must still be a DP step."""
+    from privmed.privacy.accounting import history_epsilon
+    from tests.privacy.conftest import make_fed
+
+    fed = make_fed(n_sites=1, patients=93, images=1)
+    cfg = RunConfig(protocol="centralised", train=TrainSettings(rounds=1, batch_size=1),
+                    privacy={"mechanism": "dp-sgd", "noise_multiplier": 1.0, "delta": 1e-3})
+    r = execute(cfg, fed=fed)
+    assert r.privacy["epsilon"] == pytest.approx(history_epsilon([(1.0, 1 / 93, 93)], delta=1e-3), rel=1e-9)
