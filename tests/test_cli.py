@@ -31,7 +31,7 @@ def test_config_file_and_flags_compose(tmp_path):
     assert data["protocol"] == "swt" and data["seed"] == 3
 
 
-def _one_line_error(res, *needles):
+def assert_one_line_error(res, *needles):
     assert res.exit_code == 2, res.output
     out = res.output.strip()
     assert "Traceback" not in out
@@ -41,36 +41,36 @@ def _one_line_error(res, *needles):
 
 
 def test_unknown_names_list_the_valid_ones(tmp_path):
-    _one_line_error(invoke("train", "--protocol", "fedsgd", *SMALL, tmp=tmp_path), "fedsgd", "cwt", "fedavg")
-    _one_line_error(invoke("train", "--model", "resnet9000", *SMALL, tmp=tmp_path), "densenet121")
-    _one_line_error(invoke("train", "--split", "bananas", *SMALL, tmp=tmp_path), "dirichlet")
-    _one_line_error(invoke("train", "--dataset", "imagenet", *SMALL, tmp=tmp_path), "phantom")
-    _one_line_error(invoke("train", "--privacy", "magic", *SMALL, tmp=tmp_path), "none")
+    assert_one_line_error(invoke("train", "--protocol", "fedsgd", *SMALL, tmp=tmp_path), "fedsgd", "cwt", "fedavg")
+    assert_one_line_error(invoke("train", "--model", "resnet9000", *SMALL, tmp=tmp_path), "densenet121")
+    assert_one_line_error(invoke("train", "--split", "bananas", *SMALL, tmp=tmp_path), "dirichlet")
+    assert_one_line_error(invoke("train", "--dataset", "imagenet", *SMALL, tmp=tmp_path), "phantom")
+    assert_one_line_error(invoke("train", "--privacy", "magic", *SMALL, tmp=tmp_path), "none")
     assert not any(tmp_path.iterdir())
 
 
 def test_impossible_splits_are_refused(tmp_path):
-    _one_line_error(invoke("train", "--split", "dirichlet:0", *SMALL, tmp=tmp_path), "alpha")
-    _one_line_error(invoke("train", "--split", "iid", "--sites", "5000", *SMALL, tmp=tmp_path), "patients")
+    assert_one_line_error(invoke("train", "--split", "dirichlet:0", *SMALL, tmp=tmp_path), "alpha")
+    assert_one_line_error(invoke("train", "--split", "iid", "--sites", "5000", *SMALL, tmp=tmp_path), "patients")
     assert not any(tmp_path.iterdir())
 
 
 def test_bad_config_files(tmp_path):
     bad = tmp_path / "bad.toml"
     bad.write_text('protocol = "cwt"\nrounds = 3\n')
-    _one_line_error(invoke("train", "--config", str(bad), tmp=tmp_path), "rounds", "valid keys")
+    assert_one_line_error(invoke("train", "--config", str(bad), tmp=tmp_path), "rounds", "valid keys")
     bad.write_text("[train]\nroundz = 3\n")
-    _one_line_error(invoke("train", "--config", str(bad), tmp=tmp_path), "roundz", "local_epochs")
+    assert_one_line_error(invoke("train", "--config", str(bad), tmp=tmp_path), "roundz", "local_epochs")
     bad.write_text("protocol = \n")
-    _one_line_error(invoke("train", "--config", str(bad), tmp=tmp_path), "not valid TOML")
-    _one_line_error(invoke("train", "--config", str(tmp_path / "missing.toml"), tmp=tmp_path), "does not exist")
+    assert_one_line_error(invoke("train", "--config", str(bad), tmp=tmp_path), "not valid TOML")
+    assert_one_line_error(invoke("train", "--config", str(tmp_path / "missing.toml"), tmp=tmp_path), "does not exist")
 
 
 def test_missing_medmnist_file_says_where_and_how(tmp_path):
     res = invoke("train", "--dataset", f"medmnist:{tmp_path}/nope.npz", "--split", "iid", *SMALL, tmp=tmp_path)
-    _one_line_error(res, "nope.npz")
+    assert_one_line_error(res, "nope.npz", "pip install medmnist")
 
 
 def test_nan_loss_is_a_one_line_error_and_nothing_is_written(tmp_path):
-    _one_line_error(invoke("train", "--protocol", "fedavg", "--lr", "1e12", "--rounds", "2", "--image-size", "16", tmp=tmp_path), "--lr")
+    assert_one_line_error(invoke("train", "--protocol", "fedavg", "--lr", "1e12", "--rounds", "2", "--image-size", "16", tmp=tmp_path), "--lr")
     assert not any(tmp_path.iterdir())
