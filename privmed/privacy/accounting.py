@@ -104,6 +104,18 @@ def abadi_moments_epsilon(*, q: float, noise_multiplier: float, steps: int, delt
     return float(min(r + math.log(1 / delta) / lam for r, lam in zip(rdp, lambdas)))
 
 
+def check_dp_settings(*, epsilon: float | None, noise_multiplier: float | None, delta: float, mechanism: str) -> None:
+    """A DP mechanism's own settings: a target (ε or σ), each positive, δ in (0, 1)."""
+    if epsilon is None and noise_multiplier is None:
+        raise PrivmedError(f"{mechanism} needs a target: give epsilon=<ε> (noise calibrated) or noise_multiplier=<σ>")
+    if epsilon is not None and not epsilon > 0:
+        raise PrivmedError(f"epsilon must be > 0, got {epsilon}")
+    if noise_multiplier is not None and not noise_multiplier > 0:
+        raise PrivmedError(f"noise_multiplier must be > 0, got {noise_multiplier}")
+    if not 0 < delta < 1:
+        raise PrivmedError(f"delta must be in (0, 1), got {delta}")
+
+
 def check_target(*, delta: float, n: int, unit: str, site: str | None = None) -> None:
     """Refuse δ outside (0, 1/n) for n privacy units (ε ≤ 0 is refused by the mechanisms' configs)."""
     if not 0 < delta < 1.0 / max(n, 1):

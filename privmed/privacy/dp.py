@@ -35,7 +35,7 @@ import torch
 
 from privmed.errors import PrivmedError
 from privmed.privacy.accounted import AccountedMechanism, BudgetOptions, parse_options, planned_epochs
-from privmed.privacy.accounting import ACCOUNTANTS, calibrate, check_reachable, check_target, history_epsilon, rdp_group_gaussian, rdp_sgm
+from privmed.privacy.accounting import ACCOUNTANTS, calibrate, check_dp_settings, check_reachable, check_target, history_epsilon, rdp_group_gaussian, rdp_sgm
 from privmed.privacy.base import Trainer
 
 GRAD_SAMPLE_MODES = ("hooks", "functorch", "ew")
@@ -51,16 +51,9 @@ class DPSGDConfig:
     grad_sample_mode: str = "hooks"
 
     def __post_init__(self) -> None:
-        if self.epsilon is None and self.noise_multiplier is None:
-            raise PrivmedError("DP needs a target: give epsilon=<ε> (noise calibrated) or noise_multiplier=<σ>")
-        if self.epsilon is not None and not self.epsilon > 0:
-            raise PrivmedError(f"epsilon must be > 0, got {self.epsilon}")
-        if self.noise_multiplier is not None and not self.noise_multiplier > 0:
-            raise PrivmedError(f"noise_multiplier must be > 0, got {self.noise_multiplier}")
+        check_dp_settings(epsilon=self.epsilon, noise_multiplier=self.noise_multiplier, delta=self.delta, mechanism="DP")
         if not self.max_grad_norm > 0:
             raise PrivmedError(f"max_grad_norm must be > 0, got {self.max_grad_norm}")
-        if not 0 < self.delta < 1:
-            raise PrivmedError(f"delta must be in (0, 1), got {self.delta}")
         if self.accountant not in ACCOUNTANTS:
             raise PrivmedError(f"unknown accountant {self.accountant!r}; valid accountants: {', '.join(ACCOUNTANTS)}")
         if self.grad_sample_mode not in GRAD_SAMPLE_MODES:

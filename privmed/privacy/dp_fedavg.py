@@ -36,7 +36,7 @@ from flwr.serverapp.strategy import Strategy
 
 from privmed.errors import PrivmedError
 from privmed.privacy.accounted import AccountedMechanism, BudgetOptions, parse_options
-from privmed.privacy.accounting import calibrate, check_reachable, check_target, epsilon_from_rdp, rdp_sgm
+from privmed.privacy.accounting import calibrate, check_dp_settings, check_reachable, check_target, epsilon_from_rdp, rdp_sgm
 
 SIDES = ("server", "client")
 CLIPPINGS = ("fixed", "adaptive")
@@ -53,18 +53,11 @@ class DPFedAvgConfig:
     delta: float = 1e-5
 
     def __post_init__(self) -> None:
-        if self.epsilon is None and self.noise_multiplier is None:
-            raise PrivmedError("DP-FedAvg needs a target: give epsilon=<ε> (noise calibrated) or noise_multiplier=<σ>")
-        if self.epsilon is not None and not self.epsilon > 0:
-            raise PrivmedError(f"epsilon must be > 0, got {self.epsilon}")
-        if self.noise_multiplier is not None and not self.noise_multiplier > 0:
-            raise PrivmedError(f"noise_multiplier must be > 0, got {self.noise_multiplier}")
+        check_dp_settings(epsilon=self.epsilon, noise_multiplier=self.noise_multiplier, delta=self.delta, mechanism="DP-FedAvg")
         if not self.clipping_norm > 0:
             raise PrivmedError(f"clipping_norm must be > 0, got {self.clipping_norm}")
         if self.side not in SIDES or self.clipping not in CLIPPINGS:
             raise PrivmedError(f"side must be one of {', '.join(SIDES)} and clipping one of {', '.join(CLIPPINGS)}")
-        if not 0 < self.delta < 1:
-            raise PrivmedError(f"delta must be in (0, 1), got {self.delta}")
         if not 0 <= self.target_quantile <= 1:
             raise PrivmedError(f"target_quantile (adaptive clipping) must be in [0, 1], got {self.target_quantile}")
 

@@ -30,7 +30,7 @@ import numpy as np
 import torch
 
 from privmed.errors import PrivmedError
-from privmed.privacy.accounted import BudgetOptions, parse_options
+from privmed.privacy.accounted import parse_options
 from privmed.privacy.accounting import rdp_sgm
 from privmed.privacy.dp import DPSGD, DPSGDConfig
 
