@@ -1,17 +1,26 @@
 """Symmetric and pairwise keys for encrypted weight transmission (Phuong 2019).
 
-All cryptography is the ``cryptography`` package: AES-256-GCM for sealing,
-X25519 + HKDF-SHA256 for the pairwise keys of the peer-to-peer variant. What
-is written here: the key-file format (64 hex characters, owner-only
-permissions) and the blob format ``len(sender) | sender | nonce | ciphertext``
-where the sender's name is authenticated as associated data, so a blob that
-was tampered with, or sealed under another key, fails with an error naming
-both the receiving and the sending site.
+Paper: Phuong & Phong 2019, "Privacy-preserving deep learning via weight
+transmission" (IEEE TIFS). All cryptography is the ``cryptography`` package:
+AES-256-GCM for sealing, X25519 + HKDF-SHA256 for the pairwise keys of the
+peer-to-peer variant. What is written here: the key-file format (64 hex
+digits in a regular file owned by the user, mode 600 or stricter) and the
+blob format ``len(sender) | sender | nonce | ciphertext`` where the sender's
+name is authenticated as associated data, so a blob that was tampered with,
+or sealed under another key, fails with an error naming both the receiving
+and the sending site. Faithful: weights are encrypted under a symmetric key
+that the server does not hold (SNT: one key for all sites; FNT: one key per
+pair of sites). Differs: the concrete primitives are this project's choice,
+not the paper's: authenticated encryption (AES-GCM, so tampering is detected
+rather than decrypted into garbage), and pairwise keys agreed by
+Diffie-Hellman (X25519) in-process rather than distributed beforehand.
 """
 
 from __future__ import annotations
 
+import errno
 import os
+import re
 import stat
 from pathlib import Path
 
@@ -24,24 +33,43 @@ from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 from privmed.errors import PrivmedError
 
 NONCE_BYTES = 12
+KEY_FILE_MAX_BYTES = 4096  # a key file is 65 bytes; more is not a key file
 
 
 def load_key(path: str | Path) -> bytes:
-    """A 256-bit key from a file of 64 hex characters that only its owner can read."""
+    """A 256-bit key from a file of 64 hex digits, owned by this user and accessible by no one else.
+
+    The file is opened once (not followed if it is a symbolic link) and every
+    check is made on that open file, so it cannot be swapped between check and read.
+    """
     p = Path(path)
-    if not p.is_file():
-        raise PrivmedError(f"key file {p} does not exist; create one with privmed.privacy.aes_keys.write_key")
-    mode = stat.S_IMODE(p.stat().st_mode)
-    if mode & 0o077:
-        raise PrivmedError(f"key file {p} is readable by group or others (mode {mode:o}); run: chmod 600 {p}")
-    text = p.read_text().strip()
+    try:  # O_NONBLOCK: a FIFO put in the key's place must not hang the open; no effect on a regular file
+        fd = os.open(p, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK)
+    except FileNotFoundError:
+        raise PrivmedError(f"key file {p} does not exist; create one with privmed.privacy.aes_keys.write_key") from None
+    except OSError as exc:
+        why = "is a symbolic link; give the path of the key file itself" if exc.errno == errno.ELOOP else f"cannot be opened ({exc.strerror})"
+        raise PrivmedError(f"key file {p} {why}") from None
     try:
-        key = bytes.fromhex(text)
-    except ValueError:
-        key = b""
-    if len(key) != 32:
-        raise PrivmedError(f"key file {p} must hold 64 hex characters (a 256-bit AES key), found {len(text)} characters")
-    return key
+        st = os.fstat(fd)
+        if not stat.S_ISREG(st.st_mode):
+            raise PrivmedError(f"key file {p} is not a regular file; give the path of a file written by write_key")
+        if st.st_uid != os.geteuid():
+            raise PrivmedError(f"key file {p} is owned by uid {st.st_uid}, not by this user (uid {os.geteuid()}); "
+                               "use a key file of your own (copy it, then chmod 600)")
+        mode = stat.S_IMODE(st.st_mode)
+        if mode & 0o077:
+            raise PrivmedError(f"key file {p} is accessible by group or others (mode {mode:o}); run: chmod 600 {p}")
+        raw = b""
+        while len(raw) <= KEY_FILE_MAX_BYTES and (chunk := os.read(fd, KEY_FILE_MAX_BYTES + 1 - len(raw))):
+            raw += chunk
+    finally:
+        os.close(fd)
+    text = raw[:KEY_FILE_MAX_BYTES].decode("utf-8", errors="replace").strip()
+    if len(raw) > KEY_FILE_MAX_BYTES or not re.fullmatch(r"[0-9a-fA-F]{64}", text):
+        found = f"more than {KEY_FILE_MAX_BYTES} bytes" if len(raw) > KEY_FILE_MAX_BYTES else f"{len(text)} characters"
+        raise PrivmedError(f"key file {p} must hold one 256-bit AES key as 64 hex digits; found {found}, not 64 hex digits")
+    return bytes.fromhex(text)
 
 
 def write_key(path: str | Path) -> Path:
@@ -59,11 +87,6 @@ def seal(plaintext: bytes, *, key: bytes, sender: str) -> bytes:
     return len(name).to_bytes(2, "big") + name + nonce + AESGCM(key).encrypt(nonce, plaintext, name)
 
 
-def blob_sender(blob: bytes) -> str:
-    n = int.from_bytes(blob[:2], "big")
-    return blob[2:2 + n].decode(errors="replace")
-
-
 def open_sealed(blob: bytes, *, key: bytes, receiver: str) -> bytes:
     """Decrypt and authenticate; a tampered or foreign blob raises PrivmedError naming both sites."""
     n = int.from_bytes(blob[:2], "big")
@@ -71,7 +94,7 @@ def open_sealed(blob: bytes, *, key: bytes, receiver: str) -> bytes:
     try:
         return AESGCM(key).decrypt(nonce, body, name)
     except (InvalidTag, ValueError):
-        raise PrivmedError(f"{receiver}: weights from {blob_sender(blob)!r} failed authentication "
+        raise PrivmedError(f"{receiver}: weights from {name.decode(errors='replace')!r} failed authentication "
                            "(tampered in transit or sealed under another key)") from None
 
 

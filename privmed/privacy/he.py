@@ -10,7 +10,8 @@ Two schemes sit behind one pair of classes, split by who holds what:
 - :class:`Keyring` (site side): ``public()`` -> the bytes a coordinator needs,
   ``encrypt(vector) -> bytes``, ``decrypt(bytes, n_values, count) -> vector``;
 - :class:`Aggregator` (coordinator side, built from ``public()`` bytes only):
-  ``check(bytes)`` refuses truncated or foreign ciphertexts, ``add([...])``.
+  ``check(bytes)`` refuses truncated or malformed ciphertexts (a foreign
+  key is caught by the reply's key id, see :func:`key_id`), ``add([...])``.
 Paillier (``he_paillier.py``) packs many quantised values into one plaintext,
 as BatchCrypt does (Zhang et al. 2020, USENIX ATC), with the pure helpers
 below; CKKS (``he_ckks.py``) encrypts floats directly with TenSEAL.
@@ -113,7 +114,11 @@ class Aggregator(ABC):
 
     @abstractmethod
     def check(self, ciphertext: bytes, *, n_values: int) -> str | None:
-        """Why ``ciphertext`` cannot be added (truncated, malformed, foreign), or None."""
+        """Why ``ciphertext`` cannot be added (truncated or malformed), or None.
+
+        A ciphertext under another key of the same size usually passes: the
+        coordinator catches a foreign key by the key id the reply carries.
+        """
 
     @abstractmethod
     def add(self, ciphertexts: list[bytes]) -> bytes: ...
@@ -126,7 +131,7 @@ def make_keyring(scheme: str, *, n_sites: int, **params) -> Keyring:
     if scheme == "paillier":
         return PaillierKeyring(max_summands=n_sites, **params)
     if scheme == "ckks":
-        return CKKSKeyring(**params)
+        return CKKSKeyring(max_summands=n_sites, **params)
     raise PrivmedError(f"unknown HE scheme {scheme!r}; valid schemes: paillier, ckks")
 
 

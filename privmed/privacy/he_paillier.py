@@ -1,17 +1,27 @@
 """Packed Paillier (``phe`` with ``gmpy2``) for :mod:`privmed.privacy.he`.
 
-Quantisation and packing follow BatchCrypt (Zhang et al. 2020): each site's
-weighted update is clipped to [-clip, clip] (default 2.0: the CNN's weights
-and GroupNorm gains stay well inside), quantised to ``bits`` (default 20)
-unsigned integers in offset binary, and ``per_plaintext`` of them are laid
-side by side in one Paillier plaintext, each in a slot of
-``bits + ceil(log2 n_sites)`` bits, so the sum of all sites' values can never
-carry into the next slot (the sum of n values below 2**bits is below
-n * 2**bits). With a 2048-bit key and 4 sites: 22-bit slots, 93 values per
-ciphertext of 512 bytes, i.e. 1.38x the float32 plaintext. Adding two
-ciphertexts (a product modulo n**2) adds every slot at once; the decoded sum
-of ``count`` contributions subtracts ``count * clip``. Quantisation step:
-2*clip / (2**bits - 1) = 3.8e-6 by default.
+Papers: Paillier 1999 (the cryptosystem); packing after BatchCrypt (Zhang
+et al. 2020, USENIX ATC). Each site's weighted update is clipped to
+[-clip, clip] (default 2.0: the CNN's weights and GroupNorm gains stay well
+inside), quantised to ``bits`` (default 20) unsigned integers in offset
+binary, and ``per_plaintext`` of them are laid side by side in one Paillier
+plaintext, each in a slot of ``bits + ceil(log2 n_sites)`` bits, so the sum
+of all sites' values can never carry into the next slot (the sum of n values
+below 2**bits is below n * 2**bits). With a 2048-bit key and 4 sites: 22-bit
+slots, 93 values per ciphertext of 512 bytes, i.e. 1.38x the float32
+plaintext. Adding two ciphertexts (a product modulo n**2) adds every slot at
+once; the decoded sum of ``count`` contributions subtracts ``count * clip``.
+Quantisation step: 2*clip / (2**bits - 1) = 3.8e-6 by default.
+
+Faithful: standard Paillier encryption and decryption (interoperable with
+``phe``); BatchCrypt's idea of quantising, packing many values per
+plaintext with headroom for the sum, and adding packed ciphertexts.
+Differs from BatchCrypt: values are unsigned offset binary ([-clip, clip]
+mapped to [0, 2**bits - 1]) with ceil(log2 n_sites) headroom bits per slot,
+not BatchCrypt's signed integers with sign bits and zero padding; the
+decoder subtracts ``count * clip`` instead of reading signs. The clipping
+range is a fixed parameter, not BatchCrypt's analytically chosen threshold
+(dACIQ), and the values packed are whole weighted models, not gradients.
 
 ``phe`` provides key generation and CRT decryption; packing, the
 fixed-width wire format and the coordinator's ciphertext product are written
@@ -90,8 +100,6 @@ class PaillierAggregator(Aggregator):
     def __init__(self, public: bytes) -> None:
         super().__init__(public)
         desc = json.loads(public)
-        if "p" in desc or "q" in desc:
-            raise PrivmedError("the coordinator was given Paillier secret factors; give it the public key only")
         self.n = int(desc["n"], 16)
         self.nsquare = gmpy2.mpz(self.n) ** 2
         _, self.per_plaintext, self.ct_bytes = _layout(desc)
@@ -103,7 +111,7 @@ class PaillierAggregator(Aggregator):
         for i in range(0, len(ciphertext), self.ct_bytes):
             c = int.from_bytes(ciphertext[i:i + self.ct_bytes], "big")
             if not 0 < c < self.nsquare or gmpy2.gcd(c, self.n) != 1:
-                return "Paillier ciphertext is not a unit modulo n^2 of this key (another key or corrupted)"
+                return "Paillier ciphertext is not a unit modulo n^2 (corrupted)"
         return None
 
     def add(self, ciphertexts: list[bytes]) -> bytes:

@@ -1,14 +1,23 @@
 """The site side of SecAgg+ FedAvg: Flower's ``secaggplus_mod`` and a bridge to our train handler.
 
-Privacy name ``secagg``; used with ``--protocol secagg-fedavg``. The masking,
-key agreement, Shamir sharing and quantisation are all Flower's
-(``flwr.client.mod.secaggplus_mod``, Bell et al. 2020). SecAgg+ exists only in
-Flower's legacy workflow API, whose train messages carry ``fitins.*`` records
-with unnamed arrays; what this file adds is ``legacy_train_bridge``, a mod
-placed inside ``secaggplus_mod`` that turns the legacy fit instructions into
-our ``{"arrays", "config"}`` train message (array names come in the fit config
-as ``privmed-keys``), refuses a NaN or wrong-shaped update before it is
-masked, and turns the reply back into a legacy ``FitRes`` for masking.
+Paper: Bell et al. 2020, "Secure single-server aggregation with
+(poly)logarithmic complexity" (SecAgg+). Privacy name ``secagg``; used with
+``--protocol secagg-fedavg``. The masking, key agreement, Shamir sharing and
+quantisation are all Flower's (``flwr.client.mod.secaggplus_mod``). SecAgg+
+exists only in Flower's legacy workflow API, whose train messages carry
+``fitins.*`` records with unnamed arrays; what this file adds is
+``legacy_train_bridge``, a mod placed inside ``secaggplus_mod`` that turns the
+legacy fit instructions into our ``{"arrays", "config"}`` train message (array
+names come in the fit config as ``privmed-keys``), refuses a NaN or
+wrong-shaped update before it is masked, and turns the reply back into a
+legacy ``FitRes`` for masking.
+
+Faithful: a site's client-side protocol is Flower's SecAgg+ code, unchanged:
+only masked, quantised vectors leave the site. Differs: the update refused
+before masking (NaN, wrong shape) is this project's check, not the paper's;
+the neighbour graph is chosen by the coordinator's workflow (complete, see
+:mod:`privmed.protocols.secagg_fedavg`), and in-process the sites' key
+pairs live in one process; a deployment runs one ``secaggplus_mod`` per site.
 """
 
 from __future__ import annotations

@@ -1,20 +1,32 @@
 """Encrypted weight transmission (Phuong 2019): the sites' side, for the ``snt`` and ``fnt`` protocols.
 
-Privacy name ``aes-gcm`` (option ``key_file``: the SNT key shared by the sites,
-64 hex characters, mode 600; without it a fresh key is generated in memory).
-The client mod, on every ``train`` message:
-- SNT: a ``sealed`` record holds the blob the coordinator forwards; the site
-  opens it with the shared key (or takes the public initial weights on the
-  first visit), trains, refuses a NaN/wrong-shaped update, seals the new
-  weights and replies with the blob only;
-- FNT: a ``fnt`` record names the peer to receive from and to send to; the
-  site takes the blob from its in-process peer link, opens it with the
-  pairwise key of that peer, trains, seals under the pairwise key of the next
-  peer and deposits it on that link; its reply to the scheduler holds no
-  weights. If the next peer fails, the scheduler asks the site to ``resend``
-  its model to the peer after it. ``PeerLinks`` counts the bytes on every link.
-In-process all key material lives in this object, which stands for the
-sites; the coordinator (the protocol) never receives it.
+Paper: Phuong & Phong 2019, "Privacy-preserving deep learning via weight
+transmission" (IEEE TIFS). Privacy name ``aes-gcm`` (option ``key_file``: the
+SNT key shared by the sites, 64 hex digits, mode 600; without it a fresh key
+is generated in memory). The client mod:
+- SNT, ``train`` message: a ``sealed`` record holds the blob the coordinator
+  forwards; the site opens it with the shared key (or takes the public
+  initial weights on the first visit), trains, refuses a NaN/wrong-shaped
+  update, seals the new weights and replies with the blob only. An
+  ``evaluate`` message with a ``snt-verify`` record asks the site only to open
+  the blob it carries (the coordinator's check of a round's last upload): it
+  replies with a ``snt-verify`` record naming itself, or fails authentication
+  with an error naming both sites;
+- FNT, ``train`` message: a ``fnt`` record names the peer to receive from and
+  to send to; the site takes the blob from its in-process peer link, opens it
+  with the pairwise key of that peer, trains, seals under the pairwise key of
+  the next peer and deposits it on that link; its reply to the scheduler
+  holds no weights. If the next peer fails, the scheduler asks the site to
+  ``resend`` its model to the peer after it. ``PeerLinks`` counts the bytes
+  on every link.
+Faithful: the sites decrypt, train and re-encrypt; one symmetric key shared
+by all sites (SNT) or one key per pair of sites (FNT); no key leaves the
+sites. Differs: in-process all key material lives in this one object, which
+stands for all the sites (the coordinator, the protocol, never receives it);
+a deployment would keep each site's keys at that site. The FNT "links" are
+in-process mailboxes, not network connections. The concrete primitives
+(AES-256-GCM, X25519 + HKDF) are this project's choice, see
+:mod:`privmed.privacy.aes_keys`.
 """
 
 from __future__ import annotations
@@ -30,6 +42,7 @@ from privmed.privacy.base import Mechanism
 from privmed.privacy.sealed import from_bytes, sealed_record, to_bytes
 
 PROTOCOLS = ("snt", "fnt")
+VERIFY = "snt-verify"  # an SNT "evaluate" message carrying this record: open the blob, do not train
 
 
 class PeerLinks:
@@ -65,9 +78,12 @@ def _train_and_check(msg: Message, context: Context, call_next, arrays: ArrayRec
 
 def weight_mod(site: str, *, shared: bytes, pairwise: PairwiseKeys, links: PeerLinks):
     def mod(msg: Message, context: Context, call_next) -> Message:
+        content = msg.content
+        if msg.metadata.message_type == "evaluate" and VERIFY in content.config_records:
+            open_sealed(bytes(content["sealed"]["blob"]), key=shared, receiver=site)  # raises on a bad blob
+            return Message(RecordDict({VERIFY: ConfigRecord({"site": site})}), reply_to=msg)
         if msg.metadata.message_type != "train":
             return call_next(msg, context)
-        content = msg.content
         if "fnt" in content.config_records:
             route = content["fnt"]
             if route.get("setup"):

@@ -69,9 +69,9 @@ def run(ctx: ProtocolContext) -> MeasuredOutput:
             ctx.reject(rnd, node, problem)
             if holder and nxt:
                 reply, again = _ask(ctx, holder, {"resend": True, "to": nxt}, rnd)
-                peer_bytes += 0 if again else int(reply.content["fnt"]["sent-bytes"])
                 if again:
                     raise PrivmedError(f"FNT: {names[holder]} could not resend its model to {nxt}: {again}")
+                peer_bytes += int(reply.content["fnt"]["sent-bytes"])
         if holder is None:
             raise PrivmedError(f"round {rnd}: every site failed; no site holds a model")
         ctx.evaluate_fn(rnd, seal_predictor(ConfigRecord({"holder": names[holder]})))

@@ -8,17 +8,28 @@ weights; masks cancel in the sum, and the masks of sites that drop out after
 sharing keys are rebuilt from Shamir shares held by at least ``threshold``
 of their neighbours. The coordinator learns only the sum.
 
+Faithful: the masking, key agreement, Shamir sharing, dropout recovery and
+quantisation are Flower's implementation of SecAgg+, unchanged; the
+coordinator sees only masked vectors and their sum. Differs: SecAgg+ gives
+each site O(log n) neighbours on a random sparse graph; here ``num_shares``
+is 1.0, so every site is every other site's neighbour (the complete graph):
+the per-site cost is that of Bonawitz et al. 2017's SecAgg (n - 1 key
+agreements, shares and pairwise masks per site), cheap at a handful of
+hospitals and tolerant of the most dropouts. Flower's protocol is the honest-but-curious
+variant (no signatures nor consistency round against an active server).
+
 Everything protocol-side is Flower's: ``DefaultWorkflow(fit_workflow=
 SecAggPlusWorkflow(...))`` with a legacy ``FedAvg`` in a ``LegacyContext``,
 driven on our in-process Grid (it uses only ``send_and_receive`` and
 ``get_node_ids``). privmed adds the glue: the initial weights and per-round
 config (with the array names, which the legacy records drop), and the
 harness's evaluation through the legacy strategy's ``evaluate_fn``.
-Options: ``threshold`` (shares needed to rebuild a mask; default n_sites - 1),
-``clip`` (Flower's clipping range, default 8.0). A site that fails or drops
-in any stage is recorded as excluded for that round (``WatchedGrid`` notes
-it as the workflow's messages pass); below the threshold Flower halts the
-round and the model is kept.
+Options: ``threshold`` (shares needed to rebuild a mask: a whole number from
+2 to max(2, n_sites - 1); default max(2, n_sites - 1)), ``clip`` (Flower's
+clipping range, default 8.0). A site that fails or drops in any stage is
+recorded as excluded for that round (``WatchedGrid`` notes it as the
+workflow's messages pass); below the threshold Flower halts the round and
+the model is kept.
 """
 
 from __future__ import annotations
@@ -34,16 +45,17 @@ from flwr.server.workflow import DefaultWorkflow, SecAggPlusWorkflow
 
 from privmed.errors import PrivmedError
 from privmed.privacy.secagg import KEYS
-from privmed.protocols.base import ProtocolContext, node_ids
-from privmed.protocols.measured import MeasuredOutput, refuse_resume
+from privmed.protocols.base import ProtocolContext, ProtocolOutput, node_ids
+from privmed.protocols.measured import refuse_resume
 
 
-def run(ctx: ProtocolContext) -> MeasuredOutput:
+def run(ctx: ProtocolContext) -> ProtocolOutput:
     refuse_resume(ctx)  # Flower's legacy workflow numbers rounds from 1; resuming would misfile the traffic
     n = len(node_ids(ctx))
-    threshold = int(ctx.options.get("threshold", max(2, n - 1)))
-    if not 2 <= threshold < max(n, 3):
-        raise PrivmedError(f"SecAgg+ threshold must be at least 2 and below the number of sites ({n}), got {threshold}")
+    threshold, top = ctx.options.get("threshold", max(2, n - 1)), max(2, n - 1)
+    if isinstance(threshold, bool) or not isinstance(threshold, int) or not 2 <= threshold <= top:
+        raise PrivmedError(f"SecAgg+ threshold must be a whole number from 2 to {top} with {n} sites (at least 2, and below "
+                           f"the number of sites when there are 3 or more), got {threshold!r}; e.g. --opt threshold={top}")
     keys = list(ctx.initial.keys())
     grid = WatchedGrid(ctx.grid)
     latest = {"arrays": ctx.initial}
@@ -74,7 +86,7 @@ def run(ctx: ProtocolContext) -> MeasuredOutput:
     if unchanged:
         raise PrivmedError("SecAgg+ aggregated no round: the sites lack secaggplus_mod (use --privacy secagg) "
                            f"or fewer than threshold={threshold} sites stayed in every round")
-    return MeasuredOutput(latest["arrays"])
+    return ProtocolOutput(latest["arrays"])
 
 
 class WatchedGrid(Grid):

@@ -8,21 +8,30 @@ encrypt and upload. Faithful: the coordinator only stores and forwards
 opaque AES-256-GCM blobs (it holds no key and never sees weights after the
 public initial model); sites visit in a fixed order, one cycle per round.
 Differs: the paper uses TLS links besides the shared key; here the in-process
-Grid carries the blobs (a Flower deployment adds TLS). The site side is
-:mod:`privmed.privacy.weight_encryption` (``--privacy aes-gcm``).
+Grid carries the blobs (a Flower deployment adds TLS). After each round the
+next site in the cycle is sent the round's last blob once more, only to open
+it (an ``evaluate`` message answered by its mod, no training): one extra
+download per round, so that a round is never evaluated on a blob no site has
+opened. The site side is :mod:`privmed.privacy.weight_encryption`
+(``--privacy aes-gcm``).
 
-A blob that fails authentication at the next site (tampered, or sealed under
-another key) is an error reply naming both sites: the visit is rejected and
-the coordinator forwards instead the last blob a site opened successfully,
-so the run goes on without the lost update. Other site errors (NaN update)
-skip the visit and keep the current blob, as CWT does.
+A blob that fails authentication (tampered, or sealed under another key) is
+an error reply naming both sites. The coordinator then forwards instead the
+last blob a site opened successfully (the public initial weights if none),
+and the run goes on without the lost work: the visit of the site that could
+not open it is rejected, and so is the update of the site that uploaded it,
+unless a site had already opened that blob. A tampered last upload of a round
+is caught by the check above, before the round is evaluated. Other site
+errors (NaN update) skip the visit and keep the current blob, as CWT does.
 """
 
 from __future__ import annotations
 
 from flwr.app import ConfigRecord, Message, RecordDict
 
+from privmed.errors import PrivmedError
 from privmed.privacy.sealed import layout_of, n_values, seal_predictor
+from privmed.privacy.weight_encryption import VERIFY
 from privmed.protocols.base import ProtocolContext, node_ids
 from privmed.protocols.measured import MeasuredOutput, refuse_resume
 
@@ -43,24 +52,52 @@ def visit(ctx: ProtocolContext, node: int, content: dict, rnd: int) -> tuple[byt
     return bytes(reply.content["sealed"]["blob"]), None
 
 
+def verify(ctx: ProtocolContext, nodes: list[int], content: dict, rnd: int) -> str | None:
+    """Have the next sites in the cycle open ``content``: None if one did, the reason if it failed authentication."""
+    problems = []
+    for node in nodes:
+        msg = Message(RecordDict({**content, VERIFY: ConfigRecord()}), node, "evaluate", group_id=str(rnd))
+        replies = list(ctx.grid.send_and_receive([msg]))
+        if replies and not replies[0].has_error() and VERIFY in replies[0].content.config_records:
+            return None
+        problem = "no reply" if not replies else (f"site error: {replies[0].error.reason}" if replies[0].has_error()
+                                                  else "site did not check the blob (is --privacy aes-gcm set?)")
+        if AUTH_FAILURE in problem:
+            return problem
+        problems.append(f"node {node}: {problem}")
+    raise PrivmedError(f"SNT round {rnd}: no site could open the round's model to check it ({'; '.join(problems)})")
+
+
+def predictor_of(content: dict):
+    return seal_predictor(content["sealed"]) if "sealed" in content else content["arrays"]
+
+
 def run(ctx: ProtocolContext) -> MeasuredOutput:
     refuse_resume(ctx)
-    content: dict = {"arrays": ctx.initial}
-    opened, predictor, sizes = content, ctx.initial, []
+    nodes = node_ids(ctx)
+    good: dict = {"arrays": ctx.initial}  # the last content a site opened successfully: what a rollback forwards
+    content, uploader, sizes = good, None, []
     for rnd in range(1, ctx.settings.rounds + 1):
-        for node in node_ids(ctx):
+        for node in nodes:
             blob, problem = visit(ctx, node, content, rnd)
             if problem:
                 ctx.reject(rnd, node, problem)
                 if AUTH_FAILURE in problem:
-                    content = opened
+                    if content is not good:  # nobody opened this upload: its update is lost too
+                        ctx.reject(rnd, uploader, f"its sealed weights could not be opened by the next site ({problem})")
+                    content = good
                 continue
             sizes.append(len(blob))
-            opened = content
-            content = {"sealed": ConfigRecord({"blob": blob})}
-            predictor = seal_predictor(content["sealed"])
-        ctx.evaluate_fn(rnd, predictor)
+            good, content, uploader = content, {"sealed": ConfigRecord({"blob": blob})}, node
+        if content is not good:  # the round's last upload: no site has opened it yet
+            problem = verify(ctx, nodes, content, rnd)
+            if problem:
+                ctx.reject(rnd, uploader, f"its sealed weights could not be opened by the next site ({problem})")
+                content = good
+            else:
+                good = content
+        ctx.evaluate_fn(rnd, predictor_of(content))
     plain = 4 * n_values(layout_of(ctx.initial))
     mean = sum(sizes) / max(len(sizes), 1)
-    return MeasuredOutput(predictor, measured={"communication": {
+    return MeasuredOutput(predictor_of(content), measured={"communication": {
         "sealed_blob_bytes": mean, "plaintext_float32_bytes": plain, "expansion_factor": mean / plain}})

@@ -15,25 +15,50 @@ def test_key_file_round_trip_is_owner_only(tmp_path):
     assert len(load_key(path)) == 32
 
 
-def test_group_or_world_readable_key_file_is_refused_with_the_fix(tmp_path):
+@pytest.mark.parametrize("mode", [0o644, 0o620, 0o604, 0o601])  # readable, or only writable, by group or others
+def test_key_file_accessible_by_group_or_others_is_refused_with_the_fix(tmp_path, mode):
     path = write_key(tmp_path / "snt.key")
-    os.chmod(path, 0o644)
-    with pytest.raises(PrivmedError, match="chmod 600"):
+    os.chmod(path, mode)
+    with pytest.raises(PrivmedError, match=f"accessible by group or others \\(mode {mode:o}\\); run: chmod 600"):
         load_key(path)
 
 
-@pytest.mark.parametrize("text", ["not hex at all", "ab" * 16, ""])
-def test_key_file_of_the_wrong_format_is_refused(tmp_path, text):
+@pytest.mark.parametrize("text,found", [("not hex at all", "14 characters"), ("ab" * 16, "32 characters"), ("", "0 characters"),
+                                        ("z" * 64, "64 characters"), ("ab " * 32, "95 characters"), ("ab" * 4000, "more than 4096 bytes")])
+def test_key_file_of_the_wrong_format_is_refused(tmp_path, text, found):
     path = tmp_path / "bad.key"
     path.write_text(text)
     os.chmod(path, 0o600)
-    with pytest.raises(PrivmedError, match="64 hex characters"):
+    with pytest.raises(PrivmedError, match=f"found {found}, not 64 hex digits"):
         load_key(path)
 
 
 def test_missing_key_file_is_refused(tmp_path):
     with pytest.raises(PrivmedError, match="does not exist"):
         load_key(tmp_path / "nope.key")
+
+
+def test_a_directory_or_a_fifo_is_not_a_key_file(tmp_path):
+    (tmp_path / "dir.key").mkdir(mode=0o700)
+    with pytest.raises(PrivmedError, match="is not a regular file"):
+        load_key(tmp_path / "dir.key")
+    os.mkfifo(tmp_path / "fifo.key", 0o600)
+    with pytest.raises(PrivmedError, match="is not a regular file"):  # refused at once, not hung waiting for a writer
+        load_key(tmp_path / "fifo.key")
+
+
+def test_a_symbolic_link_to_a_key_file_is_not_followed(tmp_path):
+    target = write_key(tmp_path / "snt.key")
+    (tmp_path / "link.key").symlink_to(target)
+    with pytest.raises(PrivmedError, match="is a symbolic link"):
+        load_key(tmp_path / "link.key")
+
+
+def test_a_key_file_owned_by_another_user_is_refused(tmp_path, monkeypatch):
+    path = write_key(tmp_path / "snt.key")
+    monkeypatch.setattr(os, "geteuid", lambda: os.stat(path).st_uid + 1)
+    with pytest.raises(PrivmedError, match="is owned by uid"):
+        load_key(path)
 
 
 def test_tampered_or_foreign_blob_fails_authentication_naming_both_sites():

@@ -76,6 +76,25 @@ def test_coordinator_material_holds_no_secret_key():
     assert set(__import__("json").loads(paillier.public())) == {"scheme", "n", "bits", "clip", "max_summands"}
 
 
+def test_ckks_refuses_parameters_whose_sum_could_wrap_or_that_seal_rejects():
+    with pytest.raises(PrivmedError, match="poly_modulus_degree must be one of 4096, 8192, 16384"):
+        make_keyring("ckks", n_sites=4, poly_modulus_degree=2048)
+    with pytest.raises(PrivmedError, match="scale_bits must be a whole number from 20 to 33 for 4 sites"):
+        make_keyring("ckks", n_sites=4, scale_bits=34)  # unchecked, 4 x 3.99 at scale 2**36 decrypted to -0.04
+    with pytest.raises(PrivmedError, match="from 20 to 30 for 32 sites"):
+        make_keyring("ckks", n_sites=32, scale_bits=31)
+    with pytest.raises(PrivmedError, match="whole number"):
+        make_keyring("ckks", n_sites=4, scale_bits=30.5)
+    edge = make_keyring("ckks", n_sites=4, scale_bits=33)  # the largest scale allowed: the largest sum still decrypts
+    agg = make_aggregator("ckks", edge.public())
+    total = edge.decrypt(agg.add([edge.encrypt(np.array([3.99, -3.99, 0.0])) for _ in range(4)]), n_values=3, count=4)
+    assert np.allclose(total, [15.96, -15.96, 0.0], atol=1e-4)
+    with pytest.raises(PrivmedError, match="exceeds the CKKS bound 4"):
+        edge.encrypt(np.array([0.0, -4.5]))
+    with pytest.raises(PrivmedError, match="wrapped"):
+        edge.decrypt(agg.add([edge.encrypt(np.zeros(3))] * 5), n_values=3, count=5)
+
+
 def test_paillier_expansion_is_below_1_5x_for_four_sites():
     k = make_keyring("paillier", n_sites=4)  # defaults: 2048-bit key, 20-bit quantisation
     assert len(k.encrypt(np.zeros(930))) / (4 * 930) < 1.5

@@ -20,17 +20,37 @@ from privmed.run import FIRST_NODE_ID, evaluate_predictor, model_spec
 from privmed.site import make_client_app
 
 
-def run_protocol(fed, fn, protocol, privacy=None, *, rounds=2, fault=None, options=None):
+def run_protocol(fed, fn, protocol, privacy=None, *, rounds=2, fault=None, options=None, evaluated=None):
+    """Run ``fn``; with ``evaluated`` (a list), reveal each round's predictor into it, as the harness does."""
     cfg = RunConfig(protocol=protocol, privacy=privacy or {}, train=TrainSettings(rounds=rounds))
     mech = make_mechanism(cfg.privacy)
     mech.check(fed, cfg)
     spec = model_spec(cfg, fed)
     apps = {FIRST_NODE_ID + i: make_client_app(s, spec, site_index=i, mods=mech.client_mods(i)) for i, s in enumerate(fed.sites)}
-    ctx = ProtocolContext(grid=InProcessGrid(apps, fault=fault), initial=ArrayRecord(spec.build(0).state_dict()),
-                          settings=cfg.train, seed=0, evaluate_fn=lambda r, p: None, options=options or {})
-    out = fn(ctx)
     reveal = getattr(mech, "reveal", lambda p: p)
+    evaluate = (lambda r, p: None) if evaluated is None else (lambda r, p: evaluated.append((r, reveal(p))))
+    ctx = ProtocolContext(grid=InProcessGrid(apps, fault=fault), initial=ArrayRecord(spec.build(0).state_dict()),
+                          settings=cfg.train, seed=0, evaluate_fn=evaluate, options=options or {})
+    out = fn(ctx)
     return reveal(out.predictor), ctx, out, mech
+
+
+def dropping(*visits):
+    """A fault hook that drops the train replies of the given (round, node) visits."""
+    def hook(msg, reply):
+        return None if (int(msg.metadata.group_id), msg.metadata.dst_node_id) in visits and msg.metadata.message_type == "train" else reply
+    return hook
+
+
+def tampering(rnd, node):
+    """A fault hook that flips a byte of the blob a site uploads in one visit (in transit to the coordinator)."""
+    def hook(msg, reply):
+        if msg.metadata.dst_node_id == node and msg.metadata.group_id == str(rnd) and msg.metadata.message_type == "train":
+            blob = bytearray(reply.content["sealed"]["blob"])
+            blob[-3] ^= 0xFF
+            reply.content["sealed"] = ConfigRecord({"blob": bytes(blob)})
+        return reply
+    return hook
 
 
 def flat(arrays):
@@ -66,6 +86,9 @@ def test_he_fedavg_gives_fedavg_model_and_coordinator_sees_only_ciphertexts(smal
     assert len(train_replies) == 2 * len(small_fed.sites)
     assert isinstance(out.predictor, ArrayRecord) and list(out.predictor.keys()) == ["privmed-sealed"]
     assert out.measured["communication"]["expansion_factor"] > 1 and not ctx.rejections
+    # 2 rounds, one of them decrypting (round 1 starts from the public weights; the last sum is the harness's)
+    decrypted = sum(float(r.content["metrics"]["he-decrypt-s"]) for r in train_replies)
+    assert out.measured["runtime"]["decrypt_seconds_per_round"] == pytest.approx(decrypted / 1)
 
 
 def test_he_fedavg_excludes_truncated_and_foreign_ciphertexts_and_goes_on(small_fed, plain):
@@ -82,6 +105,16 @@ def test_he_fedavg_excludes_truncated_and_foreign_ciphertexts_and_goes_on(small_
     assert set(reasons) == {FIRST_NODE_ID, FIRST_NODE_ID + 1} and all(r["round"] == 1 for r in ctx.rejections)
     assert "parse" in reasons[FIRST_NODE_ID] and "another key" in reasons[FIRST_NODE_ID + 1]
     assert np.isfinite(flat(model)).all() and not np.allclose(flat(model), flat(plain["fedavg"]), atol=1e-3)
+
+
+def test_he_fedavg_refuses_to_start_when_a_site_misses_the_key_set_up(small_fed):
+    silent = FIRST_NODE_ID + 2
+
+    def drop_setup(msg, reply):
+        return None if msg.metadata.group_id == "0" and msg.metadata.dst_node_id == silent else reply
+
+    with pytest.raises(PrivmedError, match=f"no reply from site node\\(s\\) {silent};"):
+        run_protocol(small_fed, he_fedavg.run, "he-fedavg", {"mechanism": "he-ckks"}, rounds=1, fault=drop_setup)
 
 
 def test_he_site_refuses_to_encrypt_a_nan_update(small_fed):
@@ -153,18 +186,46 @@ def test_snt_and_fnt_give_exactly_the_cwt_model_and_coordinator_sees_no_weights(
 
 
 def test_snt_tampered_blob_is_rejected_by_the_next_site_and_the_run_goes_on(small_fed):
-    def tamper(msg, reply):
-        if msg.metadata.dst_node_id == FIRST_NODE_ID + 1 and msg.metadata.group_id == "1":
-            blob = bytearray(reply.content["sealed"]["blob"])
-            blob[-3] ^= 0xFF
-            reply.content["sealed"] = ConfigRecord({"blob": bytes(blob)})
-        return reply
+    uploader, receiver = FIRST_NODE_ID + 1, FIRST_NODE_ID + 2
+    evaluated = []
+    model, ctx, _, _ = run_protocol(small_fed, snt.run, "snt", {"mechanism": "aes-gcm"}, fault=tampering(1, uploader),
+                                    evaluated=evaluated)
+    assert sorted((r["round"], r["node"]) for r in ctx.rejections) == [(1, uploader), (1, receiver)]
+    for r in ctx.rejections:
+        assert "failed authentication" in r["reason"] and small_fed.sites[1].name in r["reason"] and small_fed.sites[2].name in r["reason"]
+    # both visits are lost: the model is CWT's without them, and so is round 1's evaluated model
+    reference_1 = run_protocol(small_fed, cwt.run, "cwt", rounds=1, fault=dropping((1, uploader), (1, receiver)))[0]
+    reference = run_protocol(small_fed, cwt.run, "cwt", fault=dropping((1, uploader), (1, receiver)))[0]
+    assert [r for r, _ in evaluated] == [1, 2] and np.array_equal(flat(evaluated[0][1]), flat(reference_1))
+    assert np.array_equal(flat(model), flat(reference))
 
-    model, ctx, _, _ = run_protocol(small_fed, snt.run, "snt", {"mechanism": "aes-gcm"}, fault=tamper)
-    assert [(r["round"], r["node"]) for r in ctx.rejections] == [(1, FIRST_NODE_ID + 2)]
+
+def test_snt_tampered_last_upload_of_a_round_is_caught_before_evaluation(small_fed):
+    last = FIRST_NODE_ID + len(small_fed.sites) - 1
+    evaluated = []
+    model, ctx, _, _ = run_protocol(small_fed, snt.run, "snt", {"mechanism": "aes-gcm"}, fault=tampering(1, last),
+                                    evaluated=evaluated)
+    assert [(r["round"], r["node"]) for r in ctx.rejections] == [(1, last)]  # the run completed; the loss is recorded
     reason = ctx.rejections[0]["reason"]
-    assert "failed authentication" in reason and small_fed.sites[1].name in reason and small_fed.sites[2].name in reason
-    assert np.isfinite(flat(model)).all()
+    assert "failed authentication" in reason and small_fed.sites[-1].name in reason and small_fed.sites[0].name in reason
+    reference_1 = run_protocol(small_fed, cwt.run, "cwt", rounds=1, fault=dropping((1, last)))[0]
+    reference = run_protocol(small_fed, cwt.run, "cwt", fault=dropping((1, last)))[0]
+    assert [r for r, _ in evaluated] == [1, 2] and np.array_equal(flat(evaluated[0][1]), flat(reference_1))
+    assert np.array_equal(flat(model), flat(reference)) and np.array_equal(flat(evaluated[1][1]), flat(reference))
+
+
+def test_snt_tampered_upload_of_the_last_round_is_not_the_final_model(small_fed):
+    last = FIRST_NODE_ID + len(small_fed.sites) - 1
+    model, ctx, _, _ = run_protocol(small_fed, snt.run, "snt", {"mechanism": "aes-gcm"}, rounds=1, fault=tampering(1, last))
+    assert [(r["round"], r["node"]) for r in ctx.rejections] == [(1, last)]
+    assert np.array_equal(flat(model), flat(run_protocol(small_fed, cwt.run, "cwt", rounds=1, fault=dropping((1, last)))[0]))
+
+
+@pytest.mark.parametrize("threshold", [1, 4, 2.5, "3"])
+def test_secagg_threshold_must_be_a_whole_number_from_2_to_one_below_the_sites(small_fed, threshold):
+    with pytest.raises(PrivmedError, match="threshold must be a whole number from 2 to 3 with 4 sites"):
+        run_protocol(small_fed, secagg_fedavg.run, "secagg-fedavg", {"mechanism": "secagg"}, rounds=1,
+                     options={"threshold": threshold})
 
 
 def test_secagg_fedavg_without_the_secagg_mods_fails_loudly(small_fed):
