@@ -73,6 +73,7 @@ def train(
     task: Optional[str] = typer.Option(None, help="classification | segmentation"),
     dataset: Optional[str] = typer.Option(None, help="phantom | medmnist:<path.npz>"),
     image_size: Optional[int] = typer.Option(None, help="phantom image size"),
+    patients_scale: Optional[int] = typer.Option(None, help="phantom: multiply each site's patient count (default 60, 45, 30, 15)"),
     order: Optional[str] = typer.Option(None, help="CWT visiting order: fixed | shuffled"),
     site: Optional[int] = typer.Option(None, help="which site trains alone (protocol single)"),
     opt: list[str] = typer.Option([], "--opt", help="protocol option key=value (repeatable), e.g. theta_u=0.1 for dssgd, threshold=3 for secagg-fedavg"),
@@ -105,6 +106,7 @@ def train(
         cfg = cfgmod.replace(
             base, protocol=protocol, seed=seed, model=model, task=task, name=name, options=options, privacy=priv,
             **{"data.sites": sites, "data.split": split, "data.dataset": dataset, "data.image_size": image_size,
+               "data.patients_scale": patients_scale,
                "train.rounds": rounds, "train.local_epochs": epochs, "train.lr": lr, "train.batch_size": batch_size},
         )
         cfgmod.RunConfig.__post_init__(cfg)  # re-validate the combination

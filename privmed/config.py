@@ -24,10 +24,15 @@ class DataConfig:
     image_size: int = 32
     n_classes: int = 2
     shared_patient_fraction: float = 0.0
+    patients_scale: int = 1  # phantom: multiplies every site's default patient count (60, 45, 30, 15 for four sites)
 
     def __post_init__(self) -> None:
         if self.sites < 1:
             raise PrivmedError(f"need at least 1 site, got {self.sites}")
+        if not isinstance(self.patients_scale, int) or self.patients_scale < 1:
+            raise PrivmedError(f"patients_scale must be an integer >= 1, got {self.patients_scale!r}")
+        if self.patients_scale != 1 and not self.dataset.startswith("phantom"):
+            raise PrivmedError(f"patients_scale applies to the phantom only; {self.dataset!r} has the patients it has")
 
 
 @dataclass(frozen=True)

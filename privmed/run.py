@@ -49,6 +49,7 @@ def build_federation(cfg: DataConfig, seed: int) -> Federation:
     dataset = load_dataset(
         cfg.dataset, seed=seed, n_sites=cfg.sites if natural else DataConfig().sites, image_size=cfg.image_size,
         n_classes=cfg.n_classes, shared_patient_fraction=cfg.shared_patient_fraction,
+        patients_scale=cfg.patients_scale,
     )
     return partition(dataset, n_sites=cfg.sites, split=cfg.split, seed=seed)
 

@@ -150,3 +150,16 @@ def test_resume_refuses_a_different_config_or_a_missing_checkpoint(tmp_path):
         run(cfg, runs_dir=tmp_path, progress=stop)
     with pytest.raises(PrivmedError, match="different config"):
         run(dataclasses.replace(cfg, seed=5), runs_dir=tmp_path, resume=True)
+
+
+def test_patients_scale_multiplies_each_sites_patients_and_is_checked():
+    from privmed.run import build_federation
+
+    one = build_federation(DataConfig(image_size=16), seed=0).distribution()
+    two = build_federation(DataConfig(image_size=16, patients_scale=2), seed=0).distribution()
+    assert [s["patients"] for s in two] == [2 * s["patients"] for s in one] == [120, 90, 60, 30]
+    for bad in (0, 1.5):
+        with pytest.raises(PrivmedError, match="patients_scale"):
+            DataConfig(patients_scale=bad)
+    with pytest.raises(PrivmedError, match="phantom only"):
+        DataConfig(dataset="medmnist:x.npz", patients_scale=3)

@@ -101,7 +101,7 @@ class PhantomConfig:
 
         pps = self.patients_per_site
         if pps is None:
-            pps = _default_sizes(self.n_sites)
+            pps = default_sizes(self.n_sites)
         pps = tuple(pps)
         if len(pps) != self.n_sites:
             raise bad(f"patients_per_site has {len(pps)} entries but n_sites is {self.n_sites}; give one count per site or leave it out")
@@ -133,7 +133,7 @@ class PhantomConfig:
         return d
 
 
-def _default_sizes(n_sites: int) -> tuple[int, ...]:
+def default_sizes(n_sites: int) -> tuple[int, ...]:
     """Decreasing site sizes from 60 to 15 patients (60, 45, 30, 15 for four sites)."""
     if n_sites == 1:
         return (DEFAULT_PATIENTS_PER_SITE[0],)
