@@ -148,12 +148,19 @@ def bench(
     seed: int = typer.Option(0, help="seed for every run of the suite"),
     rounds: Optional[int] = typer.Option(None, help="override the suite's number of rounds"),
     suite: str = typer.Option("default", help="default (every protocol + DP rows) | privacy (ε sweep, DSSGD θu)"),
+    resume: bool = typer.Option(False, "--resume", help="keep the rows an interrupted bench finished; run the rest"),
 ) -> None:
     """Run every protocol on the default phantom split; write results.json, report.md and plots."""
     from privmed.bench.suite import run_suite, suite_rows
 
     with user_errors():
-        out = run_suite(runs_dir=runs_dir, seed=seed, rounds=rounds, console=console, rows=suite_rows(suite, seed=seed, rounds=rounds))
+        try:
+            out = run_suite(runs_dir=runs_dir, seed=seed, rounds=rounds, console=console, rows=suite_rows(suite, seed=seed, rounds=rounds),
+                            resume=resume)
+        except KeyboardInterrupt:
+            console.print(f"interrupted: finished rows are kept in {runs_dir / '.bench.partial'}; "
+                          "run the same command with --resume to continue")
+            raise typer.Exit(130) from None
     import json
 
     table = Table(title="privmed bench (full table: report.md)")

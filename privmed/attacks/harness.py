@@ -113,6 +113,8 @@ def measure_inversion(t: Target, *, batch_sizes: tuple[int, ...], method: str = 
     # as the run did, but without its budget ledger, so the probe neither charges nor is refused
     mech = make_mechanism({k: v for k, v in t.config.privacy.items() if k not in ("ledger", "ledger_key", "budget", "budget_delta")})
     mech.check(t.fed, t.config)
+    if hasattr(mech, "one_step_per_call"):  # DP-SGD, P3SGD: the victim takes one noisy step on its batch
+        mech.one_step_per_call()
     model = t.spec.build()
     load_arrays(model, weights)
     lr = t.config.train.lr

@@ -65,27 +65,51 @@ def suite_rows(suite: str, *, seed: int = 0, rounds: int | None = None) -> list[
 
 
 def run_suite(*, runs_dir: str | Path = "runs", seed: int = 0, rounds: int | None = None,
-              console: Console | None = None, rows: list[tuple[str, RunConfig]] | None = None) -> Path:
-    """Run ``rows`` (default: :func:`default_suite`) and write the bench directory atomically."""
+              console: Console | None = None, rows: list[tuple[str, RunConfig]] | None = None, resume: bool = False) -> Path:
+    """Run ``rows`` (default: :func:`default_suite`) and write the bench directory atomically.
+
+    Finished rows stay in ``<runs_dir>/.bench.partial`` until the whole suite
+    is done; ``resume`` keeps those whose config matches and runs the rest. A
+    row whose audit fails keeps its result, with the error in place of the
+    audit's columns.
+    """
     from privmed.audit import bench_audit
     from privmed.cli import round_progress
+    from privmed.errors import PrivmedError
     from privmed.run import build_federation, execute
 
     rows = rows or default_suite(seed=seed, rounds=rounds)
     out = Path(runs_dir) / "bench"
     work = Path(runs_dir) / ".bench.partial"
-    shutil.rmtree(work, ignore_errors=True)
-    fed = build_federation(rows[0][1].data, rows[0][1].seed)
+    if not resume:
+        shutil.rmtree(work, ignore_errors=True)
+    console = console or Console(stderr=True)
+    feds: dict[tuple, Any] = {}  # rows on the same data share one federation
     results: list[dict[str, Any]] = []
     for label, cfg in rows:
-        row_fed = fed if cfg.data == rows[0][1].data else build_federation(cfg.data, cfg.seed)
+        done = _finished_row(work / cfg.run_name, cfg) if resume else None
+        if done is not None:
+            console.print(f"{label}: finished before the interruption, kept")
+            results.append({"label": label, **done})
+            continue
+        if (cfg.data, cfg.seed) not in feds:
+            feds[cfg.data, cfg.seed] = build_federation(cfg.data, cfg.seed)
+        row_fed = feds[cfg.data, cfg.seed]
         with round_progress(f"{label:<14}") as update:
             result = execute(cfg, progress=update, fed=row_fed)
-        audit = bench_audit(cfg, row_fed, result)  # Privacy and Security columns, measured
-        result.privacy["leakage"], result.security["attacks"] = audit.leakage(), audit.security()
-        result.save(work / cfg.run_name)
-        (work / cfg.run_name / "audit.json").write_text(json.dumps(audit.to_dict(), indent=2, default=float))
-        results.append({"label": label, **result.to_dict()})
+        try:
+            audit = bench_audit(cfg, row_fed, result)  # Privacy and Security columns, measured
+        except PrivmedError as exc:
+            console.print(f"[yellow]warning[/]: {label}: the audit failed ({exc}); the row is kept without its attack columns")
+            result.privacy["audit_error"] = str(exc)
+            audit = None
+        if audit is not None:
+            result.privacy["leakage"], result.security["attacks"] = audit.leakage(), audit.security()
+        (work / cfg.run_name).mkdir(parents=True, exist_ok=True)
+        if audit is not None:
+            (work / cfg.run_name / "audit.json").write_text(json.dumps(audit.to_dict(), indent=2, default=float))
+        result.save(work / cfg.run_name)  # result.json last: it marks the row finished
+        results.append({"label": label, **json.loads((work / cfg.run_name / "result.json").read_text())})
     (work / "results.json").write_text(json.dumps(results, indent=2))
     write_report(results, work / "report.md", plot_name="validation.png")
     write_plot(results, work / "validation.png")
@@ -96,3 +120,15 @@ def run_suite(*, runs_dir: str | Path = "runs", seed: int = 0, rounds: int | Non
     shutil.rmtree(out, ignore_errors=True)
     os.replace(work, out)
     return out
+
+
+def _finished_row(row_dir: Path, cfg: RunConfig) -> dict[str, Any] | None:
+    """A row's saved result if it finished with this very config, else None."""
+    from privmed.run import _json_default
+
+    try:
+        saved = json.loads((row_dir / "result.json").read_text())
+    except (OSError, ValueError):
+        return None
+    config = json.loads(json.dumps(cfg.to_dict(), default=_json_default))  # as result.json wrote it
+    return saved if saved.get("config") == config else None

@@ -116,6 +116,16 @@ class DPSGD(AccountedMechanism):
             self.planned_steps.append(steps)
             self.accountants.append(create_accountant(cfg.accountant))
 
+    def one_step_per_call(self) -> None:
+        """Make each training call one step over the whole data it is given (q = 1), each site's σ and clipping kept.
+
+        The inversion probe's view: what one DP-SGD step on a victim batch of B
+        images releases. With the site's own q, a B-image set would take the
+        site's 1/q steps of nearly empty Poisson batches, each normalised by
+        q·B: noise hundreds of times the update, and a diverging model.
+        """
+        self.sample_rate = [1.0] * len(self.sample_rate)
+
     def sampling(self, data: Any, batch_size: int) -> tuple[int, str, float]:
         """(number of privacy units at the site, their name, sampling rate q): images, q = 1/ceil(n/b)."""
         return len(data), "image", 1.0 / steps_per_epoch(len(data), batch_size)

@@ -3,7 +3,7 @@
 import dataclasses
 import math
 
-from privmed.bench.privacy import curves, dp_rows, dssgd_points, privacy_section, privacy_suite, write_epsilon_plot
+from privmed.bench.privacy import DP_SCALE, curves, dp_rows, dssgd_points, privacy_section, privacy_suite, write_epsilon_plot
 from privmed.config import RunConfig
 from privmed.protocols.base import TrainSettings
 from privmed.run import execute
@@ -26,7 +26,25 @@ def test_privacy_utility_from_results(tmp_path):
 
 
 def test_default_dp_rows_cover_the_issue():
-    labels = [label for label, _ in dp_rows(RunConfig())]
-    mechs = {cfg.privacy.get("mechanism") for _, cfg in dp_rows(RunConfig())}
-    assert len(labels) == 4 and {"dp-fedavg", "dp-sgd", "p3sgd"} <= mechs
-    assert {cfg.protocol for _, cfg in dp_rows(dataclasses.replace(RunConfig()))} == {"fedavg", "cwt", "centralised", "dssgd"}
+    rows = dp_rows(RunConfig())
+    mechs = {cfg.privacy.get("mechanism") for _, cfg in rows}
+    assert len(rows) == 5 and {"dp-fedavg", "dp-sgd", "p3sgd"} <= mechs
+    assert {cfg.protocol for _, cfg in rows} == {"fedavg", "cwt", "centralised", "dssgd"}
+    # every DP row has a non-private reference on the same (larger) data and settings
+    dp = [cfg for _, cfg in rows if cfg.privacy]
+    reference = [cfg for _, cfg in rows if not cfg.privacy and cfg.protocol == "centralised"]
+    assert len(reference) == 1 and all((c.data, c.train) == (reference[0].data, reference[0].train) for c in dp)
+    assert reference[0].data.patients_scale == DP_SCALE > 1
+    assert len({cfg.run_name for _, cfg in rows}) == len(rows)
+
+
+def test_the_infinite_epsilon_point_comes_from_the_same_data_and_settings():
+    def result(protocol, eps, scale):
+        privacy = {} if eps is None else {"epsilon": eps, "unit": "sample"}
+        return {"protocol": protocol, "privacy": privacy, "config": {"data": {"patients_scale": scale}, "train": {}},
+                "performance": {"metric": "accuracy", "final": {"accuracy": 0.5 if eps else 0.9 + scale / 100}}}
+
+    series = curves([result("cwt", None, 1), result("cwt", None, 10), result("cwt", 3.0, 10), result("fedavg", 3.0, 10),
+                     result("fedavg", None, 1)])
+    assert series["cwt, sample-level"] == [(3.0, 0.5), (math.inf, 1.0)]
+    assert series["fedavg, sample-level"] == [(3.0, 0.5)]  # its only plain run is on other data

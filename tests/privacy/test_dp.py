@@ -178,3 +178,17 @@ def test_poisson_batches_match_the_accounted_rate_and_empty_batches_train():
                     privacy={"mechanism": "dp-sgd", "noise_multiplier": 1.0, "delta": 1e-3})
     r = execute(cfg, fed=fed)
     assert r.privacy["epsilon"] == pytest.approx(history_epsilon([(1.0, 1 / 93, 93)], delta=1e-3), rel=1e-9)
+
+
+@pytest.mark.parametrize("mechanism", ["dp-sgd", "p3sgd"])
+def test_the_inversion_probe_takes_one_noisy_step_on_the_whole_victim_batch(toy_fed, mechanism):
+    # the site's own q (1/3 here) on a 2-image victim set would take 3 near-empty steps normalised by q·2
+    mech = make_mechanism({"mechanism": mechanism, "noise_multiplier": 1.0, "delta": 1e-3})
+    mech.check(toy_fed, RunConfig(protocol="fedavg", train=TRAIN))
+    assert mech.sample_rate[0] < 1
+    mech.one_step_per_call()
+    victim = toy_fed.sites[0].train.subset(np.arange(2))
+    model = build_model("cnn", in_channels=1, n_classes=2, seed=0)
+    out = mech.trainer(0)(model, victim, task="classification", epochs=1, batch_size=2, lr=1e-2, seed=0)
+    assert out["dp-steps"] == 1.0
+    assert all(torch.isfinite(p).all() for p in model.parameters())

@@ -1,0 +1,62 @@
+"""`privmed bench` keeps what it finished: a failed audit keeps its row, an interrupted suite resumes."""
+
+import json
+
+import pytest
+
+import privmed.audit
+import privmed.run
+from privmed.bench.suite import run_suite
+from privmed.config import DataConfig, RunConfig
+from privmed.errors import PrivmedError
+from privmed.protocols.base import TrainSettings
+
+TINY = RunConfig(data=DataConfig(image_size=16), train=TrainSettings(rounds=1))
+ROWS = [("centralised", RunConfig(**{**TINY.__dict__, "protocol": "centralised", "name": "a"})),
+        ("fedavg", RunConfig(**{**TINY.__dict__, "protocol": "fedavg", "name": "b"}))]
+
+
+def test_a_failed_audit_keeps_its_row_with_the_error(tmp_path, monkeypatch):
+    real = privmed.audit.bench_audit
+
+    def audit(cfg, fed, result):
+        if cfg.protocol == "fedavg":
+            raise PrivmedError("probe exploded")
+        return real(cfg, fed, result)
+
+    monkeypatch.setattr(privmed.audit, "bench_audit", audit)
+    out = run_suite(runs_dir=tmp_path, rows=ROWS)
+    results = {r["label"]: r for r in json.loads((out / "results.json").read_text())}
+    assert results["fedavg"]["privacy"]["audit_error"] == "probe exploded"
+    assert "leakage" in results["centralised"]["privacy"] and (out / "a" / "audit.json").exists()
+    assert not (out / "b" / "audit.json").exists() and (out / "report.md").exists()
+
+
+def test_an_interrupted_bench_resumes_without_rerunning_finished_rows(tmp_path, monkeypatch):
+    real, calls = privmed.run.execute, []
+
+    def interrupted(cfg, **kw):
+        if "progress" in kw:  # the suite's own runs, not the audits' ones
+            calls.append(cfg.name)
+        if cfg.name == "b":
+            raise KeyboardInterrupt
+        return real(cfg, **kw)
+
+    monkeypatch.setattr(privmed.run, "execute", interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        run_suite(runs_dir=tmp_path, rows=ROWS)
+    assert (tmp_path / ".bench.partial" / "a" / "result.json").exists() and not (tmp_path / "bench").exists()
+
+    def counted(cfg, **kw):
+        if "progress" in kw:
+            calls.append(cfg.name)
+        return real(cfg, **kw)
+
+    monkeypatch.setattr(privmed.run, "execute", counted)
+    changed = [ROWS[0], ("fedavg", RunConfig(**{**ROWS[1][1].__dict__, "seed": 1}))]
+    out = run_suite(runs_dir=tmp_path, rows=changed, resume=True)
+    assert calls == ["a", "b", "b"]  # row a was kept, not run again; b ran with its new config
+    assert [r["label"] for r in json.loads((out / "results.json").read_text())] == ["centralised", "fedavg"]
+    # a kept row whose config changed is run again
+    out = run_suite(runs_dir=tmp_path, rows=[(ROWS[0][0], RunConfig(**{**ROWS[0][1].__dict__, "seed": 2}))], resume=True)
+    assert calls[-1] == "a"
