@@ -6,6 +6,8 @@ measured says "not measured yet".
 
 from __future__ import annotations
 
+import json
+
 from pathlib import Path
 from typing import Any
 
@@ -77,6 +79,8 @@ def _privacy(r: dict[str, Any]) -> str:
     if p.get("epsilon") is not None:
         parts.append(f"ε={p['epsilon']:.2f}, δ={p['delta']:g} ({p['unit']}-level)")
     leak = p.get("leakage")
+    if p.get("audit_error"):
+        leak = f"audit failed ({p['audit_error']})"
     parts.append(f"leakage: {leak}" if isinstance(leak, str) else "leakage: " + ", ".join(f"{k} {v:.3f}" for k, v in leak.items()))
     return "; ".join(parts)
 
@@ -86,11 +90,21 @@ def _security(r: dict[str, Any]) -> str:
     return s if isinstance(s, str) else ", ".join(f"{k} {v:.3f}" for k, v in s.items())
 
 
+def _dataset(r: dict[str, Any]) -> str:
+    d = r["dataset"]
+    patients = sum(s["patients"] for s in d["distribution"])
+    return f"{d['name']} {'x'.join(map(str, d['image_shape']))}, {len(d['distribution'])} sites, {d['split']}, {patients:,} patients"
+
+
+def _data_key(r: dict[str, Any]) -> str:
+    return json.dumps(r["config"]["data"], sort_keys=True)
+
+
 def row(r: dict[str, Any], baseline_wall: float | None = None) -> list[str]:
     d, m = r["dataset"], r["model"]
     return [
         f"{r.get('label', r['protocol'])} (`{r['technique']}`)",
-        f"{d['name']} {'x'.join(map(str, d['image_shape']))}, {len(d['distribution'])} sites, {d['split']}",
+        _dataset(r),
         f"{m['name']} ({m['parameters']:,} params)",
         _performance(r),
         _communication(r),
@@ -112,12 +126,22 @@ def distribution_table(r: dict[str, Any]) -> list[str]:
 
 def write_report(results: list[dict[str, Any]], path: Path, *, plot_name: str | None = None) -> None:
     lines = ["# privmed bench", "",
-             "Every row: same data, same model, same seed, same machine. Performance is on the pooled held-out test split of all sites.", "",
+             "Every row: same model, same seed, same machine; the same data unless its Dataset cell says otherwise. "
+             "Performance is on the pooled held-out test split of all sites.", "",
              "| " + " | ".join(COLUMNS) + " |", "|" + "---|" * len(COLUMNS)]
-    fedavg = [r for r in results if r["protocol"] == "fedavg" and r["privacy"].get("mechanism") == "none"]
-    baseline_wall = fedavg[0]["runtime"]["wall_seconds"] / fedavg[0]["config"]["train"]["rounds"] if fedavg else None
-    lines += ["| " + " | ".join(row(r, baseline_wall)) + " |" for r in results]
-    lines += ["", "## Data distribution (per site)", ""] + distribution_table(results[0])
+    # the "x FedAvg wall" ratio compares a row with plain FedAvg on the same data
+    fedavg: dict[str, float] = {}
+    datasets: dict[str, dict[str, Any]] = {}  # the first row on each data set
+    for r in results:
+        datasets.setdefault(_data_key(r), r)
+        if r["protocol"] == "fedavg" and r["privacy"].get("mechanism") == "none":
+            fedavg.setdefault(_data_key(r), r["runtime"]["wall_seconds"] / r["config"]["train"]["rounds"])
+    lines += ["| " + " | ".join(row(r, fedavg.get(_data_key(r)))) + " |" for r in results]
+    lines += ["", "## Data distribution (per site)"]
+    for key, first in datasets.items():
+        rows = [r.get("label", r["protocol"]) for r in results if _data_key(r) == key]
+        lines += ["", f"{_dataset(first)}: {len(rows)} row{'s' * (len(rows) != 1)}" + ("" if len(datasets) == 1 else f" ({', '.join(rows[:4])}{', …' if len(rows) > 4 else ''})"), ""]
+        lines += distribution_table(first)
     if plot_name:
         lines += ["", f"![validation metric per round]({plot_name})"]
     if any(isinstance(r["privacy"].get("leakage"), dict) for r in results):

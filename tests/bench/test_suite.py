@@ -25,11 +25,19 @@ def test_a_failed_audit_keeps_its_row_with_the_error(tmp_path, monkeypatch):
         return real(cfg, fed, result)
 
     monkeypatch.setattr(privmed.audit, "bench_audit", audit)
-    out = run_suite(runs_dir=tmp_path, rows=ROWS)
+    bigger = RunConfig(protocol="fedavg", name="c", data=DataConfig(image_size=16, patients_scale=2), train=TrainSettings(rounds=1),
+                       privacy={"mechanism": "dp-sgd", "noise_multiplier": 1.0})
+    out = run_suite(runs_dir=tmp_path, rows=[*ROWS, ("fedavg dp", bigger)])
     results = {r["label"]: r for r in json.loads((out / "results.json").read_text())}
     assert results["fedavg"]["privacy"]["audit_error"] == "probe exploded"
     assert "leakage" in results["centralised"]["privacy"] and (out / "a" / "audit.json").exists()
-    assert not (out / "b" / "audit.json").exists() and (out / "report.md").exists()
+    assert not (out / "b" / "audit.json").exists()
+    report = (out / "report.md").read_text()
+    assert "audit failed (probe exploded)" in report
+    # the DP row is on other data: two distribution tables, and no wall ratio against FedAvg on the smaller data
+    assert "150 patients: 2 rows" in report and "300 patients: 1 row" in report
+    dp_line = next(line for line in report.splitlines() if line.startswith("| fedavg dp"))
+    assert "300 patients" in dp_line and "FedAvg wall" not in dp_line
 
 
 def test_an_interrupted_bench_resumes_without_rerunning_finished_rows(tmp_path, monkeypatch):
