@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import sys
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Optional
@@ -206,9 +207,10 @@ def budget(
     delta: float = typer.Option(1e-5, help="δ at which spent ε is stated"),
     top: int = typer.Option(20, help="patients listed (most spent first)"),
     new_key: Optional[Path] = typer.Option(None, "--new-key", help="create the hospitals' shared pseudonym key file and exit"),
+    release: Optional[str] = typer.Option(None, "--release", help="drop the budget hold a killed run left (its run name) and exit"),
 ) -> None:
     """Per-patient privacy spent across all DP runs and hospitals, and what is left under --limit."""
-    from privmed.privacy.ledger import budget_report
+    from privmed.privacy.ledger import Ledger, budget_report, sqlite_path
     from privmed.privacy.pseudonym import new_key as make_key
 
     with user_errors():
@@ -216,6 +218,13 @@ def budget(
             console.print(f"wrote {make_key(new_key)}; give it to every hospital (ledger_key=...)")
             return
         rep = budget_report(ledger, limit=limit, delta=delta)
+        if release is not None:
+            if release not in rep["holds"]:
+                raise PrivmedError(f"no run {release!r} holds budget in {sqlite_path(ledger)}; "
+                                   f"holding: {', '.join(rep['holds']) or 'none'}")
+            Ledger(ledger).release(run=release)
+            console.print(f"dropped the hold of {release!r} (its charges stay)")
+            return
     t = rep["total"]
     table = Table(title=f"privacy spent per patient ({t['patients']} patients, {t['runs']} runs, δ={delta:g})")
     for col in ("patient (pseudonym)", "ε spent", "left", "runs", "sites"):
@@ -227,6 +236,9 @@ def budget(
     if limit is not None:
         line += f"; limit {limit:g}: {t['patients_over_limit']} over, least left {t['remaining_min']:.3f}"
     Console().print(line)
+    for run_name, h in rep["holds"].items():  # running runs (or killed ones: privmed budget --release NAME)
+        since = time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime(h["since"]))
+        Console().print(f"hold: run {run_name!r} has reserved its plan for {h['patients']} patients since {since}")
 
 
 def main() -> None:

@@ -213,7 +213,7 @@ def execute(config: RunConfig, *, progress: Progress | None = None, fed: Federat
         return metrics
 
     ctx.evaluate_fn = evaluate_and_checkpoint
-    with setup_frozen():
+    with setup_frozen(), contextlib.closing(mechanism):  # close: a budget ledger drops the run's hold
         output = fn(ctx)
     output.predictor = reveal(output.predictor)
     wall = prior_wall + time.perf_counter() - t_start

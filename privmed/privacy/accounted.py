@@ -104,30 +104,27 @@ class AccountedMechanism(Mechanism):
         key = load_key(self.budget.ledger_key)
         self._pseudonyms = pseudonyms(key, np.concatenate([s.patient_ids for _, s in self.sites]))
         ledger = Ledger(self.budget.ledger)
-        if self.budget.budget is not None:
-            self._refuse_over_budget(ledger)
-        self._ledger = ledger
         self.run_id = f"{config.run_name}@{time.strftime('%Y-%m-%dT%H:%M:%S', time.gmtime())}.{time.time_ns() % 10**9:09d}"
+        ledger.reserve(run=config.run_name, run_id=self.run_id, plan=self._remaining_plan(),
+                       limit=self.budget.budget, delta=self.budget.budget_delta)
+        self._ledger = ledger
 
-    def _refuse_over_budget(self, ledger: Any) -> None:
+    def _remaining_plan(self) -> dict[str, np.ndarray]:
+        """Pseudonym -> RDP the plan will still spend: all sites' plans, less what a resumed run already charged."""
         plan: dict[str, np.ndarray] = {}
         for i in range(len(self.sites)):
             for pid, rdp in self.planned_rdp(i).items():
                 p = self._pseudonyms[pid]
                 plan[p] = plan.get(p, 0) + rdp
-        spent = ledger.spent_rdp(list(plan))
         for pid, rdp in self.charged.items():  # a resumed run: its interrupted rounds are in the ledger and in the plan
             p = self._pseudonyms[pid]
-            spent[p] = np.maximum(spent.get(p, 0) - rdp, 0)
-        limit, delta = self.budget.budget, self.budget.budget_delta
-        after = {p: epsilon_from_rdp(rdp + spent.get(p, 0), delta=delta) for p, rdp in plan.items()}
-        over = {p: e - limit for p, e in after.items() if e > limit}
-        if over:
-            worst = max(over.values())
-            raise PrivmedError(
-                f"refused before training: {len(over)} of {len(plan)} patients would exceed the privacy budget "
-                f"ε={limit:g} (δ={delta:g}), by up to {worst:.3g} (worst would reach ε={limit + worst:.3g}); "
-                "lower the rounds/epochs, raise the noise, or leave those patients out")
+            plan[p] = np.maximum(plan[p] - rdp, 0)
+        return plan
+
+    def close(self) -> None:
+        """The run ended (finished or failed): drop its hold; its charges stay."""
+        if self._ledger is not None:
+            self._ledger.release(run_id=self.run_id)
 
     def charge(self, site_index: int, rdp_by_patient: dict[str, np.ndarray]) -> None:
         """Record what a site spent just now (in the ledger when one is configured)."""

@@ -6,7 +6,8 @@ A mechanism composes with protocols through four hooks, each optional:
   (clip-and-noise, encryption of what leaves the site);
 - ``wrap_strategy(strategy)``: a Flower strategy wrapper for FedAvg-style
   protocols (server-side DP, robust or encrypted aggregation);
-- ``check(fed, config)``: refuse a run before training starts (budgets).
+- ``check(fed, config)``: refuse a run before training starts (budgets);
+  ``close()`` when it ends.
 ``report()`` gives the result's privacy section (ε, δ and their unit).
 """
 
@@ -52,3 +53,6 @@ class Mechanism:
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         """Restore :meth:`state_dict` when an interrupted run resumes."""
+
+    def close(self) -> None:
+        """The run ended, finished or failed (a budget ledger drops the run's hold)."""

@@ -12,7 +12,14 @@ Storage: SQLite (stdlib ``sqlite3``) behind a URL ``sqlite:///path``; rows
 are only ever inserted, each charge in one transaction, the database in WAL
 mode with a busy timeout, so concurrent runs (processes) neither corrupt nor
 lose each other's charges. Another URL scheme would be a server database
-with the same two tables.
+with the same tables.
+
+Holds: a starting run checks its plan against the budget and records it as a
+hold in one transaction (``reserve``), so two runs starting together cannot
+both pass on the same remaining budget. A hold counts for what its run has
+not yet charged, and is dropped when the run ends (``release``). A process
+killed outright leaves its hold: the next attempt of the same run drops it,
+and ``privmed budget --release RUN`` drops it by hand.
 """
 
 from __future__ import annotations
@@ -34,6 +41,9 @@ CREATE TABLE IF NOT EXISTS charges (
     id INTEGER PRIMARY KEY AUTOINCREMENT, run_id TEXT NOT NULL, site TEXT NOT NULL,
     patient TEXT NOT NULL, unit TEXT NOT NULL, rdp TEXT NOT NULL, at REAL NOT NULL);
 CREATE INDEX IF NOT EXISTS charges_patient ON charges (patient);
+CREATE TABLE IF NOT EXISTS holds (
+    run TEXT NOT NULL, run_id TEXT NOT NULL, patient TEXT NOT NULL, rdp TEXT NOT NULL, at REAL NOT NULL);
+CREATE INDEX IF NOT EXISTS holds_run ON holds (run);
 """
 
 
@@ -81,6 +91,73 @@ class Ledger:
             raise
         finally:
             con.close()
+
+    def reserve(self, *, run: str, run_id: str, plan: dict[str, np.ndarray], limit: float | None, delta: float) -> None:
+        """Hold ``plan`` (pseudonym -> RDP the run will still spend), refusing the run if a patient would pass ``limit``.
+
+        Spent (all charges) + other runs' holds not yet charged + this plan is
+        checked and the hold written in one ``BEGIN IMMEDIATE`` transaction.
+        Holds of an earlier attempt of ``run`` are dropped first: its charges
+        are in the ledger, and what is left of its plan is this ``plan``.
+        """
+        con = self._connect()
+        try:
+            con.execute("BEGIN IMMEDIATE")
+            con.execute("DELETE FROM holds WHERE run = ?", (run,))
+            if limit is not None:
+                committed, holders = self._committed(con)
+                after = {p: epsilon_from_rdp(rdp + committed.get(p, 0), delta=delta) for p, rdp in plan.items()}
+                over = {p: e - limit for p, e in after.items() if e > limit}
+                if over:
+                    worst = max(over.values())
+                    running = f"; {holders} running run(s) hold part of it (privmed budget lists them)" if holders else ""
+                    raise PrivmedError(
+                        f"refused before training: {len(over)} of {len(plan)} patients would exceed the privacy budget "
+                        f"ε={limit:g} (δ={delta:g}), by up to {worst:.3g} (worst would reach ε={limit + worst:.3g}){running}; "
+                        "lower the rounds/epochs, raise the noise, or leave those patients out")
+            now = time.time()
+            con.executemany("INSERT INTO holds (run, run_id, patient, rdp, at) VALUES (?, ?, ?, ?, ?)",
+                            [(run, run_id, p, json.dumps([float(x) for x in r]), now) for p, r in plan.items() if np.any(r)])
+            con.execute("COMMIT")
+        except BaseException:
+            if con.in_transaction:
+                con.execute("ROLLBACK")
+            raise
+        finally:
+            con.close()
+
+    def release(self, *, run_id: str | None = None, run: str | None = None) -> int:
+        """Drop the holds of one process (``run_id``) or of every attempt of ``run``; return how many rows went."""
+        con = self._connect()
+        try:
+            column, value = ("run_id", run_id) if run_id is not None else ("run", run)
+            return con.execute(f"DELETE FROM holds WHERE {column} = ?", (value,)).rowcount
+        finally:
+            con.close()
+
+    def holds(self) -> dict[str, dict]:
+        """Runs holding budget: run -> {patients, since (unix time)}."""
+        con = self._connect()
+        try:
+            rows = con.execute("SELECT run, COUNT(DISTINCT patient), MIN(at) FROM holds GROUP BY run").fetchall()
+        finally:
+            con.close()
+        return {run: {"patients": n, "since": at} for run, n, at in rows}
+
+    @staticmethod
+    def _committed(con: sqlite3.Connection) -> tuple[dict[str, np.ndarray], int]:
+        """Per patient: all charges plus what other runs' holds have not yet charged; and how many runs hold."""
+        out: dict[str, np.ndarray] = defaultdict(lambda: np.zeros(len(ORDERS)))
+        by_run: dict[tuple[str, str], np.ndarray] = defaultdict(lambda: np.zeros(len(ORDERS)))
+        for run_id, p, r in con.execute("SELECT run_id, patient, rdp FROM charges"):
+            v = np.asarray(json.loads(r))
+            out[p] = out[p] + v
+            by_run[run_id, p] = by_run[run_id, p] + v
+        holders = set()
+        for run_id, p, r in con.execute("SELECT run_id, patient, rdp FROM holds"):
+            out[p] = out[p] + np.maximum(np.asarray(json.loads(r)) - by_run[run_id, p], 0)
+            holders.add(run_id)
+        return dict(out), len(holders)
 
     def spent_rdp(self, patients: list[str] | None = None) -> dict[str, np.ndarray]:
         """Summed RDP curve per patient (all runs), for ``patients`` or everyone."""
@@ -131,4 +208,4 @@ def budget_report(url: str, *, limit: float | None, delta: float = 1e-5) -> dict
              "epsilon_mean": float(np.mean(eps)) if eps else 0.0, "delta": delta, "limit": limit,
              "patients_over_limit": None if limit is None else sum(e > limit for e in eps),
              "remaining_min": None if limit is None else limit - max(eps, default=0.0)}
-    return {"total": total, "patients": rows}
+    return {"total": total, "patients": rows, "holds": ledger.holds()}

@@ -128,3 +128,63 @@ def test_budget_cli_shows_spent_and_left(toy_fed, ledger_opts):
     res = CliRunner().invoke(app, ["budget", "--ledger", "sqlite:///does/not/exist.db"])
     assert res.exit_code == 2
     assert len(ORDERS) == len(next(iter(Ledger(ledger_opts["ledger"]).spent_rdp().values())))
+    assert budget_report(ledger_opts["ledger"], limit=None)["holds"] == {}  # the finished run dropped its hold
+
+
+PLAN = {f"p{i}": np.full(len(ORDERS), 0.5) for i in range(3)}
+LIMIT = epsilon_from_rdp(np.full(len(ORDERS), 1.5), delta=1e-5)  # the ε of an RDP curve of 1.5 at every order
+
+
+def _reserve_together(url, name, barrier, results):
+    barrier.wait()
+    try:
+        Ledger(url).reserve(run=name, run_id=f"{name}@1", plan={p: 2 * r for p, r in PLAN.items()}, limit=LIMIT, delta=1e-5)
+        results.put((name, "held"))
+    except PrivmedError as exc:
+        results.put((name, str(exc)))
+
+
+def test_two_runs_starting_together_cannot_both_spend_the_same_budget(tmp_path):
+    # each plan (1.0 per order) fits under the limit alone (1.5); both together would not
+    url = f"sqlite:///{tmp_path / 'ledger.db'}"
+    Ledger(url)
+    ctx = mp.get_context("fork")
+    barrier, results = ctx.Barrier(2), ctx.Queue()
+    procs = [ctx.Process(target=_reserve_together, args=(url, name, barrier, results)) for name in ("a", "b")]
+    for p in procs:
+        p.start()
+    for p in procs:
+        p.join(60)
+    outcome = dict(results.get(timeout=5) for _ in procs)
+    assert sorted(v == "held" for v in outcome.values()) == [False, True], outcome
+    refused = next(v for v in outcome.values() if v != "held")
+    assert "3 of 3 patients would exceed" in refused and "1 running run(s) hold part of it" in refused
+    assert set(Ledger(url).holds()) == {k for k, v in outcome.items() if v == "held"}
+
+
+def test_a_hold_counts_only_what_its_run_has_not_yet_charged(tmp_path):
+    url = f"sqlite:///{tmp_path / 'ledger.db'}"
+    ledger = Ledger(url)
+    ledger.reserve(run="a", run_id="a@1", plan=PLAN, limit=None, delta=1e-5)
+    with pytest.raises(PrivmedError, match="running run"):  # a holds 0.5 per order: 0.5 + 1.5 > 1.5
+        ledger.reserve(run="b", run_id="b@1", plan={p: 3 * r for p, r in PLAN.items()}, limit=LIMIT, delta=1e-5)
+    ledger.charge(run_id="a@1", site="s", unit="patient", rdp_by_patient=PLAN)  # a spends its plan: charged, not held twice
+    ledger.reserve(run="b", run_id="b@1", plan=PLAN, limit=LIMIT, delta=1e-5)  # 0.5 charged + 0.5 + 0.5 held = 1.5
+    assert set(ledger.holds()) == {"a", "b"}
+    assert ledger.release(run_id="a@1") == 3 and set(ledger.holds()) == {"b"}
+
+
+def test_a_killed_runs_hold_is_dropped_by_its_next_attempt_or_by_hand(toy_fed, ledger_opts):
+    cfg = p3(ledger_opts, budget=100.0)
+    make_mechanism(cfg.privacy).check(toy_fed, cfg)  # the process "dies": check() held, close() never came
+    ledger = Ledger(ledger_opts["ledger"])
+    assert set(ledger.holds()) == {cfg.run_name}
+    res = CliRunner().invoke(app, ["budget", "--ledger", ledger_opts["ledger"]])
+    assert res.exit_code == 0 and f"hold: run '{cfg.run_name}'" in res.output
+    again = make_mechanism(cfg.privacy)
+    again.check(toy_fed, cfg)  # the next attempt replaces the stale hold instead of adding to it
+    assert len({r for (r,) in sqlite3.connect(ledger_opts["ledger"][len("sqlite:///"):]).execute("SELECT run_id FROM holds")}) == 1
+    res = CliRunner().invoke(app, ["budget", "--ledger", ledger_opts["ledger"], "--release", "nope"])
+    assert res.exit_code == 2 and cfg.run_name in res.output
+    res = CliRunner().invoke(app, ["budget", "--ledger", ledger_opts["ledger"], "--release", cfg.run_name])
+    assert res.exit_code == 0 and ledger.holds() == {}
