@@ -152,6 +152,7 @@ def execute(config: RunConfig, *, progress: Progress | None = None, fed: Federat
     """
     set_threads()
     random.seed(config.seed)  # Flower's node sampling uses the global `random`
+    np.random.seed(config.seed)  # and SecAgg+'s stochastic rounding the global NumPy one
     torch.manual_seed(config.seed)
     t_start, cpu_start = time.perf_counter(), time.process_time()
     fed = fed or build_federation(config.data, config.seed)
