@@ -201,11 +201,11 @@ def audit_run(run_dir: str | Path, *, attacks: tuple[str, ...] | None = None, n_
 BENCH_ATTACKS = ("membership", "inversion", "adversarial", "poisoning")
 
 
-def bench_audit(config, fed, result) -> AuditResult:
+def bench_audit(config, fed, result, attacks: tuple[str, ...] = BENCH_ATTACKS) -> AuditResult:
     """The bench's per-row audit (kept cheap: loss-threshold MIA, one 1-image IG, PGD at 8/255, the backdoor as run)."""
     from privmed.attacks.harness import Target
     from privmed.run import model_spec
 
     target = Target(config, fed, model_spec(config, fed), result.predictor, hides_updates=hides_updates(result.privacy))
-    attacks = tuple(a for a in BENCH_ATTACKS if not not_applicable(a, protocol=config.protocol, task=config.task, privacy=result.privacy))
+    attacks = tuple(a for a in attacks if not not_applicable(a, protocol=config.protocol, task=config.task, privacy=result.privacy))
     return run_attacks(target, result.to_dict(), attacks=attacks, batch_sizes=(1,), inversion_iterations=100, cheap=True)

@@ -152,12 +152,12 @@ def bench(
     resume: bool = typer.Option(False, "--resume", help="keep the rows an interrupted bench finished; run the rest"),
 ) -> None:
     """Run every protocol on the default phantom split; write results.json, report.md and plots."""
-    from privmed.bench.suite import run_suite, suite_rows
+    from privmed.bench.suite import run_suite, suite_attacks, suite_rows
 
     with user_errors():
         try:
             out = run_suite(runs_dir=runs_dir, seed=seed, rounds=rounds, console=console, rows=suite_rows(suite, seed=seed, rounds=rounds),
-                            resume=resume)
+                            resume=resume, attacks=suite_attacks(suite))
         except KeyboardInterrupt:
             console.print(f"interrupted: finished rows are kept in {runs_dir / '.bench.partial'}; "
                           "run the same command with --resume to continue")

@@ -53,6 +53,11 @@ def encrypted_rows(base: RunConfig) -> list[tuple[str, RunConfig]]:
     ]
 
 
+def suite_attacks(suite: str) -> tuple[str, ...] | None:
+    """The privacy sweep audits leakage only (its plot is leakage and utility against ε); the default suite audits all."""
+    return ("membership", "inversion") if suite == "privacy" else None
+
+
 def suite_rows(suite: str, *, seed: int = 0, rounds: int | None = None) -> list[tuple[str, RunConfig]]:
     """``default`` (every protocol, DP rows) or ``privacy`` (the privacy–utility sweep)."""
     from privmed.errors import unknown_name
@@ -65,15 +70,17 @@ def suite_rows(suite: str, *, seed: int = 0, rounds: int | None = None) -> list[
 
 
 def run_suite(*, runs_dir: str | Path = "runs", seed: int = 0, rounds: int | None = None,
-              console: Console | None = None, rows: list[tuple[str, RunConfig]] | None = None, resume: bool = False) -> Path:
+              console: Console | None = None, rows: list[tuple[str, RunConfig]] | None = None, resume: bool = False,
+              attacks: tuple[str, ...] | None = None) -> Path:
     """Run ``rows`` (default: :func:`default_suite`) and write the bench directory atomically.
 
     Finished rows stay in ``<runs_dir>/.bench.partial`` until the whole suite
     is done; ``resume`` keeps those whose config matches and runs the rest. A
     row whose audit fails keeps its result, with the error in place of the
-    audit's columns.
+    audit's columns. ``attacks`` narrows each row's audit (default: all of
+    :data:`privmed.audit.BENCH_ATTACKS`).
     """
-    from privmed.audit import bench_audit
+    from privmed.audit import BENCH_ATTACKS, bench_audit
     from privmed.cli import round_progress
     from privmed.errors import PrivmedError
     from privmed.run import build_federation, execute
@@ -98,7 +105,7 @@ def run_suite(*, runs_dir: str | Path = "runs", seed: int = 0, rounds: int | Non
         with round_progress(f"{label:<14}") as update:
             result = execute(cfg, progress=update, fed=row_fed)
         try:
-            audit = bench_audit(cfg, row_fed, result)  # Privacy and Security columns, measured
+            audit = bench_audit(cfg, row_fed, result, attacks or BENCH_ATTACKS)  # Privacy and Security columns, measured
         except PrivmedError as exc:
             console.print(f"[yellow]warning[/]: {label}: the audit failed ({exc}); the row is kept without its attack columns")
             result.privacy["audit_error"] = str(exc)

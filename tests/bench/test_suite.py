@@ -19,10 +19,10 @@ ROWS = [("centralised", RunConfig(**{**TINY.__dict__, "protocol": "centralised",
 def test_a_failed_audit_keeps_its_row_with_the_error(tmp_path, monkeypatch):
     real = privmed.audit.bench_audit
 
-    def audit(cfg, fed, result):
+    def audit(cfg, fed, result, attacks):
         if cfg.protocol == "fedavg":
             raise PrivmedError("probe exploded")
-        return real(cfg, fed, result)
+        return real(cfg, fed, result, attacks)
 
     monkeypatch.setattr(privmed.audit, "bench_audit", audit)
     bigger = RunConfig(protocol="fedavg", name="c", data=DataConfig(image_size=16, patients_scale=2), train=TrainSettings(rounds=1),
@@ -68,3 +68,12 @@ def test_an_interrupted_bench_resumes_without_rerunning_finished_rows(tmp_path, 
     # a kept row whose config changed is run again
     out = run_suite(runs_dir=tmp_path, rows=[(ROWS[0][0], RunConfig(**{**ROWS[0][1].__dict__, "seed": 2}))], resume=True)
     assert calls[-1] == "a"
+
+
+def test_the_privacy_sweep_audits_leakage_only(tmp_path):
+    from privmed.bench.suite import suite_attacks
+
+    out = run_suite(runs_dir=tmp_path, rows=ROWS[:1], attacks=suite_attacks("privacy"))
+    (r,) = json.loads((out / "results.json").read_text())
+    assert set(r["privacy"]["leakage"]) == {"MIA AUC", "MIA AUC (patient)"}  # inversion does not apply to centralised
+    assert not r["security"]["attacks"] and suite_attacks("default") is None
