@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import os
 import sys
 import time
 from collections.abc import Iterator
@@ -150,6 +151,7 @@ def bench(
     rounds: Optional[int] = typer.Option(None, help="override the suite's number of rounds"),
     suite: str = typer.Option("default", help="default (every protocol + DP rows) | privacy (ε sweep, DSSGD θu)"),
     resume: bool = typer.Option(False, "--resume", help="keep the rows an interrupted bench finished; run the rest"),
+    jobs: int = typer.Option(min(2, os.cpu_count() or 1), min=1, help="rows run at once, each in its own process"),
 ) -> None:
     """Run every protocol on the default phantom split; write results.json, report.md and plots."""
     from privmed.bench.suite import run_suite, suite_attacks, suite_rows
@@ -157,7 +159,7 @@ def bench(
     with user_errors():
         try:
             out = run_suite(runs_dir=runs_dir, seed=seed, rounds=rounds, console=console, rows=suite_rows(suite, seed=seed, rounds=rounds),
-                            resume=resume, attacks=suite_attacks(suite))
+                            resume=resume, attacks=suite_attacks(suite), jobs=jobs)
         except KeyboardInterrupt:
             console.print(f"interrupted: finished rows are kept in {runs_dir / '.bench.partial'}; "
                           "run the same command with --resume to continue")

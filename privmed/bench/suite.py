@@ -71,52 +71,42 @@ def suite_rows(suite: str, *, seed: int = 0, rounds: int | None = None) -> list[
 
 def run_suite(*, runs_dir: str | Path = "runs", seed: int = 0, rounds: int | None = None,
               console: Console | None = None, rows: list[tuple[str, RunConfig]] | None = None, resume: bool = False,
-              attacks: tuple[str, ...] | None = None) -> Path:
+              attacks: tuple[str, ...] | None = None, jobs: int = 1) -> Path:
     """Run ``rows`` (default: :func:`default_suite`) and write the bench directory atomically.
 
     Finished rows stay in ``<runs_dir>/.bench.partial`` until the whole suite
     is done; ``resume`` keeps those whose config matches and runs the rest. A
     row whose audit fails keeps its result, with the error in place of the
     audit's columns. ``attacks`` narrows each row's audit (default: all of
-    :data:`privmed.audit.BENCH_ATTACKS`).
+    :data:`privmed.audit.BENCH_ATTACKS`). ``jobs`` > 1 runs that many rows at
+    once, each in its own process (every row is seeded, so its numbers do not
+    depend on what runs beside it; its wall time may, a little).
     """
-    from privmed.audit import BENCH_ATTACKS, bench_audit
-    from privmed.cli import round_progress
-    from privmed.errors import PrivmedError
-    from privmed.run import build_federation, execute
-
     rows = rows or default_suite(seed=seed, rounds=rounds)
     out = Path(runs_dir) / "bench"
     work = Path(runs_dir) / ".bench.partial"
     if not resume:
         shutil.rmtree(work, ignore_errors=True)
     console = console or Console(stderr=True)
-    feds: dict[tuple, Any] = {}  # rows on the same data share one federation
-    results: list[dict[str, Any]] = []
-    for label, cfg in rows:
+    by_index: dict[int, dict[str, Any]] = {}
+    todo = []
+    for i, (label, cfg) in enumerate(rows):
         done = _finished_row(work / cfg.run_name, cfg) if resume else None
         if done is not None:
             console.print(f"{label}: finished before the interruption, kept")
-            results.append({"label": label, **done})
-            continue
-        if (cfg.data, cfg.seed) not in feds:
-            feds[cfg.data, cfg.seed] = build_federation(cfg.data, cfg.seed)
-        row_fed = feds[cfg.data, cfg.seed]
-        with round_progress(f"{label:<14}") as update:
-            result = execute(cfg, progress=update, fed=row_fed)
-        try:
-            audit = bench_audit(cfg, row_fed, result, attacks or BENCH_ATTACKS)  # Privacy and Security columns, measured
-        except PrivmedError as exc:
-            console.print(f"[yellow]warning[/]: {label}: the audit failed ({exc}); the row is kept without its attack columns")
-            result.privacy["audit_error"] = str(exc)
-            audit = None
-        if audit is not None:
-            result.privacy["leakage"], result.security["attacks"] = audit.leakage(), audit.security()
-        (work / cfg.run_name).mkdir(parents=True, exist_ok=True)
-        if audit is not None:
-            (work / cfg.run_name / "audit.json").write_text(json.dumps(audit.to_dict(), indent=2, default=float))
-        result.save(work / cfg.run_name)  # result.json last: it marks the row finished
-        results.append({"label": label, **json.loads((work / cfg.run_name / "result.json").read_text())})
+            by_index[i] = {"label": label, **done}
+        else:
+            todo.append(i)
+    if jobs > 1 and len(todo) > 1:
+        by_index.update(_run_parallel(rows, todo, work, attacks, jobs, console))
+    else:
+        from privmed.cli import round_progress
+
+        for i in todo:
+            label, cfg = rows[i]
+            with round_progress(f"{label:<14}") as update:
+                by_index[i] = run_row(label, cfg, work, attacks, progress=update, console=console)
+    results = [by_index[i] for i in range(len(rows))]
     (work / "results.json").write_text(json.dumps(results, indent=2))
     write_report(results, work / "report.md", plot_name="validation.png")
     write_plot(results, work / "validation.png")
@@ -126,6 +116,58 @@ def run_suite(*, runs_dir: str | Path = "runs", seed: int = 0, rounds: int | Non
             f.write("\n".join(privacy_section(results, "epsilon_utility.png")) + "\n")
     shutil.rmtree(out, ignore_errors=True)
     os.replace(work, out)
+    return out
+
+
+_FEDERATIONS: dict[tuple, Any] = {}  # rows on the same data share one federation (per process)
+
+
+def run_row(label: str, cfg: RunConfig, work: Path, attacks: tuple[str, ...] | None, *, progress=None,
+            console: Console | None = None) -> dict[str, Any]:
+    """Train one row, audit it, write ``work/<run>/`` (result.json last) and return its result dict."""
+    from privmed.audit import BENCH_ATTACKS, bench_audit
+    from privmed.errors import PrivmedError
+    from privmed.run import build_federation, execute
+
+    if (cfg.data, cfg.seed) not in _FEDERATIONS:
+        _FEDERATIONS[cfg.data, cfg.seed] = build_federation(cfg.data, cfg.seed)
+    fed = _FEDERATIONS[cfg.data, cfg.seed]
+    result = execute(cfg, progress=progress, fed=fed)
+    try:
+        audit = bench_audit(cfg, fed, result, attacks or BENCH_ATTACKS)  # Privacy and Security columns, measured
+    except PrivmedError as exc:
+        (console or Console(stderr=True)).print(f"[yellow]warning[/]: {label}: the audit failed ({exc}); "
+                                                "the row is kept without its attack columns")
+        result.privacy["audit_error"] = str(exc)
+        audit = None
+    row_dir = work / cfg.run_name
+    row_dir.mkdir(parents=True, exist_ok=True)
+    if audit is not None:
+        result.privacy["leakage"], result.security["attacks"] = audit.leakage(), audit.security()
+        (row_dir / "audit.json").write_text(json.dumps(audit.to_dict(), indent=2, default=float))
+    result.save(row_dir)  # result.json last: it marks the row finished
+    return {"label": label, **json.loads((row_dir / "result.json").read_text())}
+
+
+def _run_parallel(rows: list[tuple[str, RunConfig]], todo: list[int], work: Path, attacks: tuple[str, ...] | None,
+                  jobs: int, console: Console) -> dict[int, dict[str, Any]]:
+    """Rows ``todo`` in ``jobs`` worker processes (spawned: a forked torch can hang); a line per finished row."""
+    import multiprocessing
+    from concurrent.futures import ProcessPoolExecutor, as_completed
+
+    out: dict[int, dict[str, Any]] = {}
+    with ProcessPoolExecutor(max_workers=jobs, mp_context=multiprocessing.get_context("spawn")) as pool:
+        futures = {pool.submit(run_row, *rows[i], work, attacks): i for i in todo}
+        try:
+            for n, fut in enumerate(as_completed(futures), 1):
+                i = futures[fut]
+                out[i] = r = fut.result()
+                m = r["performance"]["metric"]
+                console.print(f"[{n}/{len(todo)}] {rows[i][0]}: {m} {r['performance']['final'].get(m, float('nan')):.3f}, "
+                              f"{r['runtime']['wall_seconds']:.1f} s")
+        except BaseException:
+            pool.shutdown(wait=False, cancel_futures=True)
+            raise
     return out
 
 

@@ -77,3 +77,12 @@ def test_the_privacy_sweep_audits_leakage_only(tmp_path):
     (r,) = json.loads((out / "results.json").read_text())
     assert set(r["privacy"]["leakage"]) == {"MIA AUC", "MIA AUC (patient)"}  # inversion does not apply to centralised
     assert not r["security"]["attacks"] and suite_attacks("default") is None
+
+
+def test_rows_run_in_parallel_give_the_same_numbers(tmp_path):
+    serial = json.loads((run_suite(runs_dir=tmp_path / "s", rows=ROWS) / "results.json").read_text())
+    parallel = json.loads((run_suite(runs_dir=tmp_path / "p", rows=ROWS, jobs=2) / "results.json").read_text())
+    assert [r["label"] for r in parallel] == [r["label"] for r in serial]
+    for a, b in zip(serial, parallel):
+        assert a["performance"]["final"] == b["performance"]["final"]
+        assert a["privacy"]["leakage"] == b["privacy"]["leakage"]
