@@ -193,12 +193,12 @@ def execute(config: RunConfig, *, progress: Progress | None = None, fed: Federat
                           seed=config.seed, evaluate_fn=lambda r, p: None, options=dict(config.options),
                           wrap_strategy=mechanism.wrap_strategy)
 
-    def evaluate_fn(rnd: int, predictor: Predictor) -> dict:
+    def evaluate_fn(rnd: int, predictor: Predictor) -> dict:  # predictor: as the sites see it
         now = time.perf_counter()
         rejected = [r for r in ctx.rejections if r["round"] == rnd]
         if rejected and len(rejected) >= _trained_in_round(grid, rnd):
             raise PrivmedError(f"round {rnd}: every site's update was rejected ({rejected[0]['reason']})")
-        metrics = evaluate_predictor(spec, reveal(predictor), val)
+        metrics = evaluate_predictor(spec, predictor, val)
         history.append({"round": rnd, "seconds": now - last[0], "val": finite_metrics(metrics)})
         last[0] = time.perf_counter()
         return metrics
@@ -206,6 +206,9 @@ def execute(config: RunConfig, *, progress: Progress | None = None, fed: Federat
     prior_wall = ckpt.restore(saved, ctx, grid, history, mechanism) if saved else 0.0
 
     def evaluate_and_checkpoint(rnd: int, predictor: Predictor) -> dict:
+        # the checkpoint keeps the model as the sites see it (decrypted), as model.pt will at the end:
+        # a resumed encrypted run sets up new keys and starts from it as from public initial weights
+        predictor = reveal(predictor)
         metrics = evaluate_fn(rnd, predictor)
         if ckpt:
             ckpt.save(config, rnd, predictor, ctx, grid, history, mechanism, prior_wall + time.perf_counter() - t_start)
@@ -319,6 +322,7 @@ class Checkpoint:
             "ensemble": isinstance(predictor, list), "members": [m.to_torch_state_dict() for m in members],
             "history": json.dumps(history), "rejections": json.dumps(ctx.rejections),
             "traffic": json.dumps(grid.traffic.records), "site_seconds": json.dumps(grid.site_seconds),
+            "protocol_state": json.dumps(ctx.state, default=_json_default),
             "mechanism": json.dumps(mechanism.state_dict(), default=_json_default), "wall": wall,
         }
         self.path.parent.mkdir(parents=True, exist_ok=True)
@@ -345,6 +349,7 @@ class Checkpoint:
         ctx.start_round = state["round"] + 1
         history[:] = json.loads(state["history"])
         ctx.rejections[:] = json.loads(state["rejections"])
+        ctx.state.update(json.loads(state.get("protocol_state", "{}")))
         grid.traffic.records[:] = json.loads(state["traffic"])
         grid.site_seconds.update({int(k): v for k, v in json.loads(state["site_seconds"]).items()})
         mechanism.load_state_dict(json.loads(state["mechanism"]))

@@ -51,8 +51,10 @@ class ProtocolContext:  # pylint: disable=too-many-instance-attributes
     # a privacy mechanism's wrapper around Flower strategies (identity by default)
     wrap_strategy: Callable[[Strategy], Strategy] = lambda s: s
     # first round to run: > 1 when resuming an interrupted run from its checkpoint,
-    # in which case ``initial`` is the checkpointed predictor
+    # in which case ``initial`` is the checkpointed predictor (as the sites see it: decrypted)
     start_round: int = 1
+    # a protocol's own coordinator state between rounds (JSON-able), kept by the checkpoint
+    state: dict = field(default_factory=dict)
 
     def round_config(self, rnd: int, *, epochs: int | None = None) -> ConfigRecord:
         return ConfigRecord({

@@ -19,7 +19,11 @@ Lap(4cΔ/ε1), release noise Lap(cΔ/ε2), ε1 = 8ε/9 and ε2 = ε/9 — provab
 ε-DP per upload for the whole site, composed over uploads with RDP; the SVT
 ε is reported in result.json but not charged to the patient ledger.
 Uploads and downloads travel as (index, value) pairs, so the engine counts
-the bytes actually saved. Options: theta_u, theta_d, selection
+the bytes actually saved. A resumed run (``--resume``) restores the global
+parameters, update counts and upload counts from the checkpoint, but the
+sites' own models died with the interrupted process: each site's first
+visit after the resume downloads the whole global model again, so a
+resumed run is not bit-identical to an uninterrupted one. Options: theta_u, theta_d, selection
 ("largest" | "random"), tau, gamma, dp_epsilon.
 The site half (``site_mod``) runs at each site as a Flower client mod.
 """
@@ -157,16 +161,15 @@ class DSSGDOutput(ProtocolOutput):
 
 def run(ctx: ProtocolContext) -> DSSGDOutput:
     opts = DSSGDOptions.from_options(ctx.options)
-    if ctx.start_round > 1:
-        raise PrivmedError("DSSGD cannot resume: each site's own model lives at the site and is not checkpointed; run it again without --resume")
     nodes = node_ids(ctx)
-    template = ctx.initial
+    template = ctx.initial  # on a resume: the checkpointed global parameters
     glob = _flat(template)
-    counts = np.zeros(glob.size, dtype=np.int64)
-    seen: set[int] = set()
-    uploads = dict.fromkeys(nodes, 0)
+    # update counts per parameter and uploads per site: the coordinator's state, kept by the checkpoint (ctx.state)
+    counts = np.asarray(ctx.state.get("counts", np.zeros(glob.size)), dtype=np.int64)
+    uploads = {node: int(ctx.state.get("uploads", {}).get(str(node), 0)) for node in nodes}
+    seen: set[int] = set()  # sites holding a local model; after a resume none does (it died with the process)
     n_down = max(1, int(np.ceil(opts.theta_d * glob.size)))
-    for rnd in range(1, ctx.settings.rounds + 1):
+    for rnd in range(ctx.start_round, ctx.settings.rounds + 1):
         for node in nodes:
             cfg = ctx.round_config(rnd)
             cfg.update({"dssgd": 1, **{k: v for k, v in opts.__dict__.items() if v is not None}})
@@ -187,6 +190,7 @@ def run(ctx: ProtocolContext) -> DSSGDOutput:
             np.add.at(glob, idx, val)
             np.add.at(counts, idx, 1)
             uploads[node] += 1
+        ctx.state.update(counts=counts, uploads={str(k): v for k, v in uploads.items()})
         ctx.evaluate_fn(rnd, _unflat(glob, template))
     return DSSGDOutput(_unflat(glob, template), privacy=_privacy(opts, max(uploads.values(), default=0)))
 

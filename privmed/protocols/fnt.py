@@ -30,7 +30,7 @@ from flwr.app import ConfigRecord, Message, RecordDict
 from privmed.errors import PrivmedError
 from privmed.privacy.sealed import seal_predictor
 from privmed.protocols.base import ProtocolContext, node_ids
-from privmed.protocols.measured import MeasuredOutput, refuse_resume
+from privmed.protocols.measured import MeasuredOutput
 
 
 def _ask(ctx: ProtocolContext, node: int, route: dict, rnd: int, arrays=None) -> tuple[Message | None, str | None]:
@@ -48,7 +48,6 @@ def _ask(ctx: ProtocolContext, node: int, route: dict, rnd: int, arrays=None) ->
 
 
 def run(ctx: ProtocolContext) -> MeasuredOutput:
-    refuse_resume(ctx)
     nodes = node_ids(ctx)
     names = {}
     for node in nodes:
@@ -57,7 +56,8 @@ def run(ctx: ProtocolContext) -> MeasuredOutput:
             raise PrivmedError(f"FNT set-up failed at node {node}: {problem}")
         names[node] = str(reply.content["fnt"]["site"])
     rounds, holder, peer_bytes = ctx.settings.rounds, None, 0  # holder: the node that has the current model
-    for rnd in range(1, rounds + 1):
+    # a resumed run hands the checkpointed model (as the sites saw it) to the first site, like round 1's initial weights
+    for rnd in range(ctx.start_round, rounds + 1):
         for i, node in enumerate(nodes):
             final = rnd == rounds and i == len(nodes) - 1
             nxt = "" if final else names[nodes[(i + 1) % len(nodes)]]
@@ -76,4 +76,4 @@ def run(ctx: ProtocolContext) -> MeasuredOutput:
             raise PrivmedError(f"round {rnd}: every site failed; no site holds a model")
         ctx.evaluate_fn(rnd, seal_predictor(ConfigRecord({"holder": names[holder]})))
     return MeasuredOutput(seal_predictor(ConfigRecord({"holder": names[holder]})), measured={"communication": {
-        "peer_link_bytes": peer_bytes, "peer_bytes_per_site_per_round": peer_bytes / len(nodes) / rounds}})
+        "peer_link_bytes": peer_bytes, "peer_bytes_per_site_per_round": peer_bytes / len(nodes) / (rounds - ctx.start_round + 1)}})

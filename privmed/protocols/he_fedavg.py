@@ -15,7 +15,10 @@ Set-up (round 0): every site sends the public key material and its
 training-set size; a site that does not answer stops the run before
 training (the weights ``n_i / N`` need every site's count).
 Rounds: round 1 sends the public initial weights; later rounds send the
-encrypted sum of the previous round. A reply that is an error, carries no
+encrypted sum of the previous round. A resumed run (``--resume``) sets up
+new keys (the old ones died with the interrupted process) and starts from
+the checkpointed model, which the sites had decrypted, as from public
+weights. A reply that is an error, carries no
 ciphertext, names another key, or whose ciphertext is truncated or
 malformed is rejected (recorded; the round goes on without that site); the
 sum then covers the remaining sites and says so (``count``, ``weight-sum``).
@@ -34,7 +37,7 @@ from privmed.privacy.he import make_aggregator
 from privmed.privacy.he_mechanism import SETUP
 from privmed.privacy.sealed import layout_of, n_values, seal_predictor
 from privmed.protocols.base import ProtocolContext, node_ids
-from privmed.protocols.measured import MeasuredOutput, refuse_resume
+from privmed.protocols.measured import MeasuredOutput
 
 
 def setup(ctx: ProtocolContext, nodes: list[int]) -> tuple[str, bytes, dict[int, int]]:
@@ -69,17 +72,16 @@ def ciphertext_problem(reply: Message, aggregator, n: int) -> str | None:
 
 def run(ctx: ProtocolContext) -> MeasuredOutput:
     nodes = node_ids(ctx)
-    refuse_resume(ctx)
-    scheme, public, counts = setup(ctx, nodes)
+    scheme, public, counts = setup(ctx, nodes)  # a resumed run sets up new keys: the old ones died with the process
     aggregator = make_aggregator(scheme, public)
     layout = layout_of(ctx.initial)
     n = n_values(layout)
     total = sum(counts.values())
-    content: dict = {"arrays": ctx.initial}
+    content: dict = {"arrays": ctx.initial}  # public initial weights, or a resumed run's checkpointed model
     predictor = ctx.initial
     t_add, t_enc, t_dec, ct_bytes = 0.0, 0.0, 0.0, []
-    decrypting_rounds = 0  # rounds whose sites decrypted a sum: not round 1 (public weights); the last sum is the harness's
-    for rnd in range(1, ctx.settings.rounds + 1):
+    decrypting_rounds = 0  # rounds whose sites decrypted a sum: not the first (public weights); the last sum is the harness's
+    for rnd in range(ctx.start_round, ctx.settings.rounds + 1):
         cfg = ctx.round_config(rnd)
         cfg["he-total-examples"] = total
         msgs = [Message(RecordDict({**content, "config": cfg}), node, "train", group_id=str(rnd)) for node in nodes]
@@ -104,7 +106,7 @@ def run(ctx: ProtocolContext) -> MeasuredOutput:
                                 "layout": layout, "key-id": aggregator.key_id})
             content, predictor = {"he": rec}, seal_predictor(rec)
         ctx.evaluate_fn(rnd, predictor)
-    rounds, n_sites = ctx.settings.rounds, len(nodes)
+    rounds, n_sites = ctx.settings.rounds - ctx.start_round + 1, len(nodes)  # rounds run by this process
     mean_ct = sum(ct_bytes) / max(len(ct_bytes), 1)
     return MeasuredOutput(predictor, measured={
         "communication": {"he_scheme": scheme, "ciphertext_bytes_per_site_per_round": mean_ct,
@@ -112,6 +114,6 @@ def run(ctx: ProtocolContext) -> MeasuredOutput:
         "runtime": {"encrypt_seconds_per_round": t_enc / rounds, "aggregate_seconds_per_round": t_add / rounds,
                     "decrypt_seconds_per_round": t_dec / max(decrypting_rounds, 1),
                     "note": f"encrypt/decrypt summed over {n_sites} sites (sequential in-process); aggregate at the coordinator; "
-                            f"decrypt per round in which the sites decrypted a sum ({decrypting_rounds}: round 1 starts from the "
+                            f"decrypt per round in which the sites decrypted a sum ({decrypting_rounds}: the first round starts from the "
                             "public weights and the last sum is decrypted by the harness, untimed)"},
     })

@@ -46,39 +46,38 @@ from flwr.server.workflow import DefaultWorkflow, SecAggPlusWorkflow
 from privmed.errors import PrivmedError
 from privmed.privacy.secagg import KEYS
 from privmed.protocols.base import ProtocolContext, ProtocolOutput, node_ids
-from privmed.protocols.measured import refuse_resume
 
 
 def run(ctx: ProtocolContext) -> ProtocolOutput:
-    refuse_resume(ctx)  # Flower's legacy workflow numbers rounds from 1; resuming would misfile the traffic
     n = len(node_ids(ctx))
+    done = ctx.start_round - 1  # rounds run before a resume: Flower's workflow numbers its rounds from 1
     threshold, top = ctx.options.get("threshold", max(2, n - 1)), max(2, n - 1)
     if isinstance(threshold, bool) or not isinstance(threshold, int) or not 2 <= threshold <= top:
         raise PrivmedError(f"SecAgg+ threshold must be a whole number from 2 to {top} with {n} sites (at least 2, and below "
                            f"the number of sites when there are 3 or more), got {threshold!r}; e.g. --opt threshold={top}")
     keys = list(ctx.initial.keys())
-    grid = WatchedGrid(ctx.grid)
+    grid = WatchedGrid(ctx.grid, rounds_done=done)
     latest = {"arrays": ctx.initial}
 
     def to_record(ndarrays) -> ArrayRecord:
         return ArrayRecord({k: Array(a) for k, a in zip(keys, ndarrays, strict=True)})
 
     def fit_config(rnd: int) -> dict:
-        return {**dict(ctx.round_config(rnd)), KEYS: json.dumps(keys)}
+        return {**dict(ctx.round_config(done + rnd)), KEYS: json.dumps(keys)}
 
     def evaluate(rnd: int, ndarrays, config) -> None:
         if rnd > 0:
             latest["arrays"] = to_record(ndarrays)
-            for node, reason in sorted(grid.excluded.get(rnd, {}).items()):
-                ctx.reject(rnd, node, reason)
-            ctx.evaluate_fn(rnd, latest["arrays"])
+            for node, reason in sorted(grid.excluded.get(done + rnd, {}).items()):
+                ctx.reject(done + rnd, node, reason)
+            ctx.evaluate_fn(done + rnd, latest["arrays"])
         return None
 
     strategy = FedAvg(fraction_fit=1.0, fraction_evaluate=0.0, min_fit_clients=n, min_available_clients=n,
                       initial_parameters=ndarrays_to_parameters([a.numpy() for a in ctx.initial.values()]),
                       on_fit_config_fn=fit_config, evaluate_fn=evaluate)
     context = LegacyContext(Context(run_id=1, node_id=0, node_config={}, state=RecordDict(), run_config={}),
-                            config=ServerConfig(num_rounds=ctx.settings.rounds), strategy=strategy)
+                            config=ServerConfig(num_rounds=ctx.settings.rounds - done), strategy=strategy)
     workflow = DefaultWorkflow(fit_workflow=SecAggPlusWorkflow(num_shares=1.0, reconstruction_threshold=threshold,
                                                                clipping_range=float(ctx.options.get("clip", 8.0))))
     workflow(grid, context)
@@ -90,10 +89,13 @@ def run(ctx: ProtocolContext) -> ProtocolOutput:
 
 
 class WatchedGrid(Grid):
-    """Delegates to the run's Grid and notes, per round, which sites dropped out or failed in any stage."""
+    """Delegates to the run's Grid and notes, per round, which sites dropped out or failed in any stage.
 
-    def __init__(self, grid: Grid) -> None:
-        self.grid = grid
+    Messages carry the run's round number (Flower's plus ``rounds_done`` on a resume), so bytes are filed by it.
+    """
+
+    def __init__(self, grid: Grid, rounds_done: int = 0) -> None:
+        self.grid, self.offset = grid, rounds_done
         self.excluded: dict[int, dict[int, str]] = {}
 
     def set_run(self, run) -> None:
@@ -109,14 +111,21 @@ class WatchedGrid(Grid):
     def get_node_ids(self):
         return self.grid.get_node_ids()
 
+    def _renumber(self, messages) -> list:
+        messages = list(messages)
+        for m in messages:
+            if self.offset and m.metadata.group_id.isdigit() and int(m.metadata.group_id) > 0:
+                m.metadata.group_id = str(int(m.metadata.group_id) + self.offset)
+        return messages
+
     def push_messages(self, messages):
-        return self.grid.push_messages(messages)
+        return self.grid.push_messages(self._renumber(messages))
 
     def pull_messages(self, message_ids):
         return self.grid.pull_messages(message_ids)
 
     def send_and_receive(self, messages, *, timeout=None):
-        messages = list(messages)
+        messages = self._renumber(messages)
         replies = list(self.grid.send_and_receive(messages, timeout=timeout))
         answered = {r.metadata.src_node_id: r for r in replies}
         for m in messages:
