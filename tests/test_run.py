@@ -126,22 +126,11 @@ class Interrupt(Exception):
 
 
 @pytest.mark.parametrize("protocol", ["fedavg", "cwt", "ensemble"])
-def test_an_interrupted_run_resumes_to_the_same_result(tmp_path, protocol, monkeypatch):
+def test_an_interrupted_run_resumes_to_the_same_result(tmp_path, protocol):
     """Stop a run after round 2 of 3, resume it: the result equals an uninterrupted run's."""
-    import privmed.run as runmod
-
     cfg = dataclasses.replace(tiny(protocol), train=TrainSettings(rounds=3), name="r", options={"order": "shuffled"} if protocol == "cwt" else {})
-    full, _ = run(dataclasses.replace(cfg, name="full"), runs_dir=tmp_path)
-
-    def stop_after_2(rnd, total, metrics):
-        if rnd == 2:
-            raise Interrupt
-    with pytest.raises(Interrupt):
-        run(cfg, runs_dir=tmp_path, progress=stop_after_2)
-    assert (tmp_path / "r" / "checkpoint.pt").exists() and not (tmp_path / "r" / "result.json").exists()
-    resumed, path = run(cfg, runs_dir=tmp_path, resume=True)
+    full, resumed = _interrupted_then_resumed(cfg, tmp_path)
     assert not (tmp_path / "r" / "checkpoint.pt").exists()
-    assert [h["round"] for h in resumed.performance["history"]] == [1, 2, 3]
     for a, b in zip(full.performance["history"], resumed.performance["history"]):
         assert a["val"]["accuracy"] == pytest.approx(b["val"]["accuracy"], abs=1e-9)
     assert resumed.performance["final"]["accuracy"] == pytest.approx(full.performance["final"]["accuracy"], abs=1e-9)
@@ -157,6 +146,7 @@ def _interrupted_then_resumed(cfg, tmp_path):
             raise Interrupt
     with pytest.raises(Interrupt):
         run(cfg, runs_dir=tmp_path, progress=stop_after_2)
+    assert (tmp_path / cfg.name / "checkpoint.pt").exists() and not (tmp_path / cfg.name / "result.json").exists()
     resumed, _ = run(cfg, runs_dir=tmp_path, resume=True)
     assert [h["round"] for h in resumed.performance["history"]] == [1, 2, 3]
     return full, resumed
