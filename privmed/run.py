@@ -322,7 +322,7 @@ class Checkpoint:
             "ensemble": isinstance(predictor, list), "members": [m.to_torch_state_dict() for m in members],
             "history": json.dumps(history), "rejections": json.dumps(ctx.rejections),
             "traffic": json.dumps(grid.traffic.records), "site_seconds": json.dumps(grid.site_seconds),
-            "protocol_state": json.dumps(ctx.state, default=_json_default),
+            "protocol_state": json.dumps(ctx.state, default=_json_default), "global_rng": global_rng_state(),
             "mechanism": json.dumps(mechanism.state_dict(), default=_json_default), "wall": wall,
         }
         self.path.parent.mkdir(parents=True, exist_ok=True)
@@ -350,6 +350,8 @@ class Checkpoint:
         history[:] = json.loads(state["history"])
         ctx.rejections[:] = json.loads(state["rejections"])
         ctx.state.update(json.loads(state.get("protocol_state", "{}")))
+        if "global_rng" in state:  # checkpoints made before it was kept lack it
+            set_global_rng_state(state["global_rng"])
         grid.traffic.records[:] = json.loads(state["traffic"])
         grid.site_seconds.update({int(k): v for k, v in json.loads(state["site_seconds"]).items()})
         mechanism.load_state_dict(json.loads(state["mechanism"]))
@@ -359,6 +361,23 @@ class Checkpoint:
         self.path.unlink(missing_ok=True)
         with contextlib.suppress(OSError):
             self.path.parent.rmdir()  # only if the run left nothing else there
+
+
+def global_rng_state() -> dict[str, Any]:
+    """The global generators :func:`execute` seeds, as plain values and a tensor (``torch.load(weights_only=True)`` reads them).
+
+    Flower draws from them (SecAgg+'s stochastic rounding from NumPy's, node
+    sampling from ``random``): a resumed run that continues their streams
+    computes what the uninterrupted run would have.
+    """
+    name, keys, pos, has_gauss, gauss = np.random.get_state()
+    return {"numpy": [name, torch.from_numpy(keys.astype(np.int64)), pos, has_gauss, gauss], "python": random.getstate()}
+
+
+def set_global_rng_state(state: dict[str, Any]) -> None:
+    name, keys, pos, has_gauss, gauss = state["numpy"]
+    np.random.set_state((name, keys.numpy().astype(np.uint32), pos, has_gauss, gauss))
+    random.setstate(state["python"])
 
 
 def set_threads() -> None:

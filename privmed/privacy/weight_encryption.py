@@ -151,6 +151,13 @@ class WeightEncryption(Mechanism):
             return self.links.latest[str(rec["holder"])]
         return from_bytes(open_sealed(bytes(rec["blob"]), key=self._shared, receiver="harness"))
 
+    def state_dict(self) -> dict[str, Any]:
+        """The bytes counted on each peer link, so a resumed FNT run reports the whole run's; keys are never saved."""
+        return {"peer_link_bytes": dict(self.links.bytes)}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.links.bytes.update(state.get("peer_link_bytes", {}))
+
     def report(self) -> dict[str, Any]:
         return {"epsilon": None, "delta": None, "unit": None, "encryption": "AES-256-GCM", "individual_updates_visible": False,
                 "key": "key file" if self.key_file else "generated in memory",

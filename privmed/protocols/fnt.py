@@ -55,7 +55,8 @@ def run(ctx: ProtocolContext) -> MeasuredOutput:
         if problem:
             raise PrivmedError(f"FNT set-up failed at node {node}: {problem}")
         names[node] = str(reply.content["fnt"]["site"])
-    rounds, holder, peer_bytes = ctx.settings.rounds, None, 0  # holder: the node that has the current model
+    # holder: the node that has the current model; peer bytes carry over a resume (checkpointed in ctx.state)
+    rounds, holder, peer_bytes = ctx.settings.rounds, None, int(ctx.state.get("peer_bytes", 0))
     # a resumed run hands the checkpointed model (as the sites saw it) to the first site, like round 1's initial weights
     for rnd in range(ctx.start_round, rounds + 1):
         for i, node in enumerate(nodes):
@@ -74,6 +75,7 @@ def run(ctx: ProtocolContext) -> MeasuredOutput:
                 peer_bytes += int(reply.content["fnt"]["sent-bytes"])
         if holder is None:
             raise PrivmedError(f"round {rnd}: every site failed; no site holds a model")
+        ctx.state["peer_bytes"] = peer_bytes
         ctx.evaluate_fn(rnd, seal_predictor(ConfigRecord({"holder": names[holder]})))
     return MeasuredOutput(seal_predictor(ConfigRecord({"holder": names[holder]})), measured={"communication": {
-        "peer_link_bytes": peer_bytes, "peer_bytes_per_site_per_round": peer_bytes / len(nodes) / (rounds - ctx.start_round + 1)}})
+        "peer_link_bytes": peer_bytes, "peer_bytes_per_site_per_round": peer_bytes / len(nodes) / rounds}})
