@@ -22,9 +22,11 @@ Uploads and downloads travel as (index, value) pairs, so the engine counts
 the bytes actually saved. A resumed run (``--resume``) restores the global
 parameters, update counts and upload counts from the checkpoint, but the
 sites' own models died with the interrupted process: each site's first
-visit after the resume downloads the whole global model again, so a
-resumed run is not bit-identical to an uninterrupted one. Options: theta_u, theta_d, selection
-("largest" | "random"), tau, gamma, dp_epsilon.
+visit after the resume downloads the whole global model again. At θd = 1
+that is what every visit downloads anyway (same result as an uninterrupted
+run); at θd < 1 the site's other parameters become the global ones.
+Options: theta_u, theta_d, selection ("largest" | "random"), tau, gamma,
+dp_epsilon.
 The site half (``site_mod``) runs at each site as a Flower client mod.
 """
 
