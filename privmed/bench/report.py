@@ -7,7 +7,6 @@ measured says "not measured yet".
 from __future__ import annotations
 
 import json
-
 from pathlib import Path
 from typing import Any
 
