@@ -16,6 +16,7 @@ import torch
 
 from privmed.config import RunConfig
 from privmed.data.base import ArraySet, Federation, SiteData
+from privmed.engine.session import plan_of
 from privmed.models import build_model
 from privmed.privacy.registry import make_mechanism
 from privmed.protocols.base import TrainSettings
@@ -51,7 +52,7 @@ def main() -> None:
                         ("dp-sgd ew", {"mechanism": "dp-sgd", "grad_sample_mode": "ew"}),
                         ("p3sgd (patient)", {"mechanism": "p3sgd"})]:
         mech = make_mechanism({**opts, "noise_multiplier": 1.0, "delta": 1e-5})
-        mech.check(fed, cfg)
+        mech.check(plan_of(cfg, fed))
         variants[label] = (lambda train: lambda m: train(m, ds, **kw))(mech.trainer(0))
     # interleave the variants in each repeat so load on a shared machine hits them alike; keep each one's best
     best = {k: float("inf") for k in variants}

@@ -17,14 +17,12 @@ import logging
 import time
 
 import torch
-from flwr.app import ArrayRecord
 
+from privmed.config import DataConfig, RunConfig, TrainSettings
 from privmed.data.partition import partition
 from privmed.data.phantom import PhantomConfig, make_phantom
-from privmed.engine.grid import InProcessGrid
-from privmed.protocols import fedavg
-from privmed.protocols.base import ProtocolContext, TrainSettings
-from privmed.site import ModelSpec, make_client_app
+from privmed.engine.session import assemble
+from privmed.site import ModelSpec
 from privmed.tasks import batches
 
 
@@ -42,13 +40,11 @@ def plain_loop(spec: ModelSpec, data, epochs: int, lr: float, batch_size: int) -
     return time.perf_counter() - t0
 
 
-def engine_fedavg(spec: ModelSpec, site, epochs: int, lr: float, batch_size: int) -> float:
+def engine_fedavg(fed, epochs: int, lr: float, batch_size: int) -> float:
     t0 = time.perf_counter()
-    grid = InProcessGrid({2: make_client_app(site, spec, site_index=0)})
-    ctx = ProtocolContext(grid=grid, initial=ArrayRecord(spec.build(0).state_dict()),
-                          settings=TrainSettings(rounds=epochs, local_epochs=1, lr=lr, batch_size=batch_size),
-                          seed=0, evaluate_fn=lambda r, p: None)
-    fedavg.run(ctx)
+    train = TrainSettings(rounds=epochs, local_epochs=1, lr=lr, batch_size=batch_size)
+    session = assemble(RunConfig(protocol="fedavg", data=DataConfig(sites=1), train=train), fed=fed)
+    session.protocol.run(session.ctx)
     return time.perf_counter() - t0
 
 
@@ -67,7 +63,7 @@ def main() -> None:
     plain, engine = [], []
     for _ in range(args.repeats):  # interleaved so machine noise hits both alike
         plain.append(plain_loop(spec, site.train, args.epochs, 1e-3, 32))
-        engine.append(engine_fedavg(spec, site, args.epochs, 1e-3, 32))
+        engine.append(engine_fedavg(fed, args.epochs, 1e-3, 32))
     p, e = min(plain), min(engine)
     print(f"plain PyTorch loop : {p:.3f} s")
     print(f"FedAvg on the grid : {e:.3f} s")

@@ -19,10 +19,12 @@ import dataclasses
 import torch
 
 from privmed.config import RunConfig
-from privmed.protocols.base import TrainSettings
+from privmed.engine.result import evaluate_predictor
+from privmed.engine.session import build_federation, model_spec
 from privmed.privacy.he import dequantise, quantise
 from privmed.privacy.sealed import flatten, layout_of, unflatten
-from privmed.run import build_federation, evaluate_predictor, execute, model_spec
+from privmed.protocols.base import TrainSettings
+from privmed.run import execute
 
 ROWS = [  # (label, protocol, privacy, baseline label)
     ("fedavg", "fedavg", {}, None),

@@ -16,14 +16,12 @@ import resource
 import time
 
 import torch
-from flwr.app import ArrayRecord
 
+from privmed.config import DataConfig, RunConfig, TrainSettings
 from privmed.data.partition import partition
 from privmed.data.phantom import PhantomConfig, make_phantom
-from privmed.engine.grid import InProcessGrid, setup_frozen
-from privmed.protocols import fedavg
-from privmed.protocols.base import ProtocolContext, TrainSettings
-from privmed.site import ModelSpec, make_client_app
+from privmed.engine.grid import setup_frozen
+from privmed.engine.session import assemble
 
 
 def main() -> None:
@@ -35,8 +33,8 @@ def main() -> None:
     logging.getLogger("flwr").setLevel(logging.ERROR)
     ds = make_phantom(PhantomConfig(n_sites=args.sites, patients_per_site=(8,) * args.sites, images_per_patient=4, seed=0))
     fed = partition(ds, n_sites=args.sites, split="natural", seed=0)
-    spec = ModelSpec("cnn", 1, 2, "classification")
-    grid = InProcessGrid({2 + i: make_client_app(s, spec, site_index=i) for i, s in enumerate(fed.sites)})
+    session = assemble(RunConfig(protocol="fedavg", data=DataConfig(sites=args.sites), train=TrainSettings(rounds=args.rounds)), fed=fed)
+    grid = session.grid
     marks = [time.perf_counter()]
     site_marks = [0.0]
 
@@ -44,10 +42,9 @@ def main() -> None:
         marks.append(time.perf_counter())
         site_marks.append(sum(grid.site_seconds.values()))
 
-    ctx = ProtocolContext(grid=grid, initial=ArrayRecord(spec.build(0).state_dict()), settings=TrainSettings(rounds=args.rounds),
-                          seed=0, evaluate_fn=on_round)
+    session.ctx.evaluate_fn = on_round
     with setup_frozen():  # as privmed.run.execute does
-        fedavg.run(ctx)
+        session.protocol.run(session.ctx)
     imgs = sum(len(s.train) for s in fed.sites) / args.sites
     print(f"{args.sites} sites, {imgs:.1f} training images per site, {args.rounds} rounds")
     for r in range(1, len(marks)):

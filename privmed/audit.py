@@ -45,21 +45,19 @@ def hides_updates(privacy: dict[str, Any]) -> bool:
 
 def not_applicable(attack: str, *, protocol: str, task: str, privacy: dict[str, Any], has_metadata: bool = True,
                    dataset: str = "phantom") -> str | None:
-    """Why ``attack`` does not apply to a run, or None if it does."""
+    """Why ``attack`` does not apply to a run, or None if it does (the protocol's spec declares its own reasons)."""
+    from privmed.protocols.registry import get_protocol
+
     if attack == "lira" and dataset != "phantom":
         return f"LiRA's shadow models train on a fresh phantom cohort; {dataset!r} has no same-distribution generator for them"
     if attack == "linkage" and not has_metadata:
         return "the data set carries no patient metadata (age, sex, dates) to link"
-    if attack in ("inversion", "dlg"):
-        if protocol == "centralised":
-            return "the coordinator already receives every site's raw images; there is no update to invert (leakage is total)"
-        if protocol == "single":
-            return "one site trains alone and sends nothing; there is no update to invert"
+    declared = get_protocol(protocol).not_applicable
+    if attack in ("inversion", "dlg") and attack in declared:
+        return declared[attack]
     if task != "classification" and attack != "linkage":
         return f"privmed's {attack} attack targets classifiers; this run is {task}"
-    if attack == "poisoning" and protocol == "single":
-        return "one site trains alone; there are no other sites to poison it"
-    return None
+    return declared.get(attack)
 
 
 @dataclass
@@ -114,7 +112,8 @@ def load_target(run_dir: Path):
     """The run rebuilt from ``result.json`` and ``model.pt`` (clear errors when either is missing)."""
     from privmed.attacks.harness import Target
     from privmed.config import from_dict
-    from privmed.run import build_federation, load_predictor, model_spec
+    from privmed.engine.result import load_predictor
+    from privmed.engine.session import build_federation, model_spec
 
     run_dir = Path(run_dir)
     if not run_dir.is_dir():
@@ -204,7 +203,7 @@ BENCH_ATTACKS = ("membership", "inversion", "adversarial", "poisoning")
 def bench_audit(config, fed, result, attacks: tuple[str, ...] = BENCH_ATTACKS) -> AuditResult:
     """The bench's per-row audit (kept cheap: loss-threshold MIA, one 1-image IG, PGD at 8/255, the backdoor as run)."""
     from privmed.attacks.harness import Target
-    from privmed.run import model_spec
+    from privmed.engine.session import model_spec
 
     target = Target(config, fed, model_spec(config, fed), result.predictor, hides_updates=hides_updates(result.privacy))
     attacks = tuple(a for a in attacks if not not_applicable(a, protocol=config.protocol, task=config.task, privacy=result.privacy))

@@ -8,7 +8,6 @@ import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Optional
 
 import typer
 from rich.console import Console
@@ -63,33 +62,34 @@ def parse_key_values(items: list[str]) -> dict:
 
 @app.command()
 def train(
-    protocol: Optional[str] = typer.Option(None, help="centralised | single | ensemble | swt | cwt | fedavg | dssgd | he-fedavg | secagg-fedavg | snt | fnt"),
-    sites: Optional[int] = typer.Option(None, help="number of sites (hospitals)"),
-    split: Optional[str] = typer.Option(None, help="natural | iid | dirichlet:<alpha> | quantity:<beta>"),
-    rounds: Optional[int] = typer.Option(None, help="rounds (cycles for CWT)"),
-    epochs: Optional[int] = typer.Option(None, help="local epochs per round / per site visit"),
-    lr: Optional[float] = typer.Option(None, help="learning rate (Adam)"),
-    batch_size: Optional[int] = typer.Option(None, help="batch size"),
-    seed: Optional[int] = typer.Option(None, help="run seed (same config + seed = same metrics)"),
-    model: Optional[str] = typer.Option(None, help="cnn | densenet121 | unet | seg-cnn"),
-    task: Optional[str] = typer.Option(None, help="classification | segmentation"),
-    dataset: Optional[str] = typer.Option(None, help="phantom | medmnist:<path.npz>"),
-    image_size: Optional[int] = typer.Option(None, help="phantom image size"),
-    patients_scale: Optional[int] = typer.Option(None, help="phantom: multiply each site's patient count (default 60, 45, 30, 15)"),
-    order: Optional[str] = typer.Option(None, help="CWT visiting order: fixed | shuffled"),
-    site: Optional[int] = typer.Option(None, help="which site trains alone (protocol single)"),
+    protocol: str | None = typer.Option(None, help="centralised | single | ensemble | swt | cwt | fedavg | dssgd | he-fedavg | secagg-fedavg | snt | fnt"),
+    sites: int | None = typer.Option(None, help="number of sites (hospitals)"),
+    split: str | None = typer.Option(None, help="natural | iid | dirichlet:<alpha> | quantity:<beta>"),
+    rounds: int | None = typer.Option(None, help="rounds (cycles for CWT)"),
+    epochs: int | None = typer.Option(None, help="local epochs per round / per site visit"),
+    lr: float | None = typer.Option(None, help="learning rate (Adam)"),
+    batch_size: int | None = typer.Option(None, help="batch size"),
+    seed: int | None = typer.Option(None, help="run seed (same config + seed = same metrics)"),
+    model: str | None = typer.Option(None, help="cnn | densenet121 | unet | seg-cnn"),
+    task: str | None = typer.Option(None, help="classification | segmentation"),
+    dataset: str | None = typer.Option(None, help="phantom | medmnist:<path.npz>"),
+    image_size: int | None = typer.Option(None, help="phantom image size"),
+    patients_scale: int | None = typer.Option(None, help="phantom: multiply each site's patient count (default 60, 45, 30, 15)"),
+    order: str | None = typer.Option(None, help="CWT visiting order: fixed | shuffled"),
+    site: int | None = typer.Option(None, help="which site trains alone (protocol single)"),
     opt: list[str] = typer.Option([], "--opt", help="protocol option key=value (repeatable), e.g. theta_u=0.1 for dssgd, threshold=3 for secagg-fedavg"),
-    privacy: Optional[str] = typer.Option(None, help="privacy mechanism (see `privmed mechanisms`); default none"),
+    privacy: str | None = typer.Option(None, help="privacy mechanism (see `privmed mechanisms`); default none"),
     privacy_opt: list[str] = typer.Option([], "--privacy-opt", help="mechanism parameter key=value (repeatable)"),
-    epsilon: Optional[float] = typer.Option(None, help="DP target ε (noise calibrated for the planned steps); same as --privacy-opt epsilon=<ε>"),
-    noise_multiplier: Optional[float] = typer.Option(None, help="DP noise multiplier σ; same as --privacy-opt noise_multiplier=<σ>"),
-    name: Optional[str] = typer.Option(None, help="run name (directory under --runs-dir)"),
-    config: Optional[Path] = typer.Option(None, "--config", help="TOML run config; flags override it"),
+    epsilon: float | None = typer.Option(None, help="DP target ε (noise calibrated for the planned steps); same as --privacy-opt epsilon=<ε>"),
+    noise_multiplier: float | None = typer.Option(None, help="DP noise multiplier σ; same as --privacy-opt noise_multiplier=<σ>"),
+    name: str | None = typer.Option(None, help="run name (directory under --runs-dir)"),
+    config: Path | None = typer.Option(None, "--config", help="TOML run config; flags override it"),
     runs_dir: Path = typer.Option(Path("runs"), help="where runs are written"),
     resume: bool = typer.Option(False, "--resume", help="continue an interrupted run from its last finished round"),
 ) -> None:
     """Train one protocol and write runs/<name>/result.json."""
     from privmed import config as cfgmod
+    from privmed.engine.session import resolve
     from privmed.run import run
 
     with user_errors():
@@ -111,7 +111,7 @@ def train(
                "data.patients_scale": patients_scale,
                "train.rounds": rounds, "train.local_epochs": epochs, "train.lr": lr, "train.batch_size": batch_size},
         )
-        cfgmod.RunConfig.__post_init__(cfg)  # re-validate the combination
+        resolve(cfg)  # names, options and the protocol–mechanism pairing, before anything is written
         try:
             with round_progress(f"{cfg.protocol} ({cfg.data.split}, {cfg.data.sites} sites)") as update:
                 result, path = run(cfg, runs_dir=runs_dir, progress=update, resume=resume)
@@ -137,10 +137,16 @@ def train(
 @app.command()
 def mechanisms() -> None:
     """List the protocols and privacy mechanisms by name."""
+    from privmed.options import describe
     from privmed.privacy.registry import MECHANISMS
     from privmed.protocols.registry import PROTOCOLS
 
-    Console().print("protocols: " + ", ".join(PROTOCOLS))
+    table = Table(title="protocols (--protocol NAME --opt KEY=VALUE)")
+    for col in ("protocol", "review key", "schedule", "options"):
+        table.add_column(col)
+    for name, spec in PROTOCOLS.items():
+        table.add_row(name, spec.technique, spec.schedule, describe(spec.options))
+    Console().print(table)
     Console().print("privacy mechanisms: " + ", ".join(MECHANISMS))
 
 
@@ -148,7 +154,7 @@ def mechanisms() -> None:
 def bench(
     runs_dir: Path = typer.Option(Path("runs"), help="results go to <runs-dir>/bench"),
     seed: int = typer.Option(0, help="seed for every run of the suite"),
-    rounds: Optional[int] = typer.Option(None, help="override the suite's number of rounds"),
+    rounds: int | None = typer.Option(None, help="override the suite's number of rounds"),
     suite: str = typer.Option("default", help="default (every protocol + DP rows) | privacy (ε sweep, DSSGD θu)"),
     resume: bool = typer.Option(False, "--resume", help="keep the rows an interrupted bench finished; run the rest"),
     jobs: int = typer.Option(min(2, os.cpu_count() or 1), min=1, help="rows run at once, each in its own process"),
@@ -159,7 +165,7 @@ def bench(
     with user_errors():
         try:
             out = run_suite(runs_dir=runs_dir, seed=seed, rounds=rounds, console=console, rows=suite_rows(suite, seed=seed, rounds=rounds),
-                            resume=resume, attacks=suite_attacks(suite), jobs=jobs)
+                            resume=resume, attacks=suite_attacks(suite), jobs=jobs, row_progress=round_progress)
         except KeyboardInterrupt:
             console.print(f"interrupted: finished rows are kept in {runs_dir / '.bench.partial'}; "
                           "run the same command with --resume to continue")
@@ -205,11 +211,11 @@ def audit(
 @app.command()
 def budget(
     ledger: str = typer.Option("sqlite:///runs/ledger.db", help="the budget ledger's URL"),
-    limit: Optional[float] = typer.Option(None, help="ε limit per patient: show what is left"),
+    limit: float | None = typer.Option(None, help="ε limit per patient: show what is left"),
     delta: float = typer.Option(1e-5, help="δ at which spent ε is stated"),
     top: int = typer.Option(20, help="patients listed (most spent first)"),
-    new_key: Optional[Path] = typer.Option(None, "--new-key", help="create the hospitals' shared pseudonym key file and exit"),
-    release: Optional[str] = typer.Option(None, "--release", help="drop the budget hold a killed run left (its run name) and exit"),
+    new_key: Path | None = typer.Option(None, "--new-key", help="create the hospitals' shared pseudonym key file and exit"),
+    release: str | None = typer.Option(None, "--release", help="drop the budget hold a killed run left (its run name) and exit"),
 ) -> None:
     """Per-patient privacy spent across all DP runs and hospitals, and what is left under --limit."""
     from privmed.privacy.ledger import Ledger, budget_report, sqlite_path

@@ -1,7 +1,10 @@
-"""Run configuration: frozen dataclasses, validated on construction.
+"""Run configuration: the schema only — frozen dataclasses, each field checked on construction.
 
 TOML <-> dataclass conversion happens only here (the CLI edge). A key that
-does not exist is an error naming the valid keys.
+does not exist is an error naming the valid keys. Names (protocol, model,
+task, privacy mechanism), protocol and mechanism options and their
+compatibility are checked by :func:`privmed.engine.session.resolve`, which
+knows the registries; this module imports none of them.
 """
 
 from __future__ import annotations
@@ -13,7 +16,20 @@ from pathlib import Path
 from typing import Any
 
 from privmed.errors import PrivmedError
-from privmed.protocols.base import TrainSettings
+
+
+@dataclass(frozen=True)
+class TrainSettings:
+    rounds: int = 10
+    local_epochs: int = 1
+    lr: float = 1e-3
+    batch_size: int = 32
+
+    def __post_init__(self) -> None:
+        if self.rounds < 1 or self.local_epochs < 1 or self.batch_size < 1:
+            raise PrivmedError("rounds, local epochs and batch size must be at least 1")
+        if not self.lr > 0:
+            raise PrivmedError(f"learning rate must be > 0, got {self.lr}")
 
 
 @dataclass(frozen=True)
@@ -46,20 +62,6 @@ class RunConfig:
     train: TrainSettings = field(default_factory=TrainSettings)
     options: dict[str, Any] = field(default_factory=dict)  # protocol options, e.g. order, site
     privacy: dict[str, Any] = field(default_factory=dict)  # {"mechanism": name, **its parameters}
-
-    def __post_init__(self) -> None:
-        from privmed.models import model_task
-        from privmed.protocols.registry import get_protocol
-        from privmed.tasks import TASKS
-
-        from privmed.privacy.registry import make_mechanism
-
-        get_protocol(self.protocol)
-        make_mechanism(self.privacy)  # validates the mechanism name and its parameters
-        if self.task not in TASKS:
-            raise PrivmedError(f"unknown task {self.task!r}; valid tasks: {', '.join(TASKS)}")
-        if model_task(self.model) != self.task:
-            raise PrivmedError(f"model {self.model!r} is for {model_task(self.model)}, not {self.task}; pick a {self.task} model")
 
     @property
     def run_name(self) -> str:

@@ -48,7 +48,7 @@ def loss_fn(task: str) -> nn.Module:
     return nn.CrossEntropyLoss()
 
 
-def _loss(criterion: nn.Module, out: torch.Tensor, y: torch.Tensor, task: str) -> torch.Tensor:
+def batch_loss(criterion: nn.Module, out: torch.Tensor, y: torch.Tensor, task: str) -> torch.Tensor:
     return criterion(out, y.unsqueeze(1) if task == "segmentation" else y)
 
 
@@ -85,7 +85,7 @@ def train_local(
     for _ in range(epochs):
         for x, y in batches(data, task, batch_size, gen):
             opt.zero_grad(set_to_none=True)
-            loss = _loss(criterion, model(x), y, task)
+            loss = batch_loss(criterion, model(x), y, task)
             if not torch.isfinite(loss):
                 raise DivergedError("training diverged (non-finite loss); lower the learning rate (--lr)")
             loss.backward()

@@ -7,10 +7,12 @@ import numpy as np
 import pytest
 
 from privmed.config import DataConfig, RunConfig
+from privmed.engine.result import load_predictor
 from privmed.errors import PrivmedError
 from privmed.models import build_model
 from privmed.protocols.base import TrainSettings
-from privmed.run import execute, load_predictor, run
+from privmed.engine.session import resolve
+from privmed.run import execute, run
 
 TINY = DataConfig(image_size=16)
 
@@ -62,7 +64,8 @@ def test_result_has_the_review_attributes(tmp_path, small_fed):
     assert data["communication"]["bytes_up"] > 0 and data["communication"]["bytes_down"] > 0
     assert data["model"]["parameters"] > 1000
     # the saved model reproduces the reported accuracy
-    from privmed.run import build_federation, evaluate_predictor, model_spec
+    from privmed.engine.result import evaluate_predictor
+    from privmed.engine.session import build_federation, model_spec
 
     cfg = result.config
     fed = build_federation(DataConfig(**cfg["data"]), cfg["seed"])
@@ -103,7 +106,7 @@ def test_segmentation_trains_on_lesion_masks(small_fed, protocol, model):
 
 def test_model_task_mismatch_is_a_user_error():
     with pytest.raises(PrivmedError, match="segmentation"):
-        RunConfig(model="unet", task="classification")
+        resolve(RunConfig(model="unet", task="classification"))
 
 
 def test_all_updates_diverging_stops_the_run_with_a_fix(small_fed):
@@ -199,7 +202,7 @@ def test_resume_refuses_a_different_config_or_a_missing_checkpoint(tmp_path):
 
 
 def test_patients_scale_multiplies_each_sites_patients_and_is_checked():
-    from privmed.run import build_federation
+    from privmed.engine.session import build_federation
 
     one = build_federation(DataConfig(image_size=16), seed=0).distribution()
     two = build_federation(DataConfig(image_size=16, patients_scale=2), seed=0).distribution()

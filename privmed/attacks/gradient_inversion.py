@@ -223,16 +223,16 @@ def observe_site_update(site_batch: ArraySet, spec: ModelSpec, weights: ArrayRec
     Grid, so every transformation a mechanism applies to the reply applies
     here. Returns the (sent, received) state dicts.
     """
-    from flwr.app import ConfigRecord, Message, RecordDict
+    from flwr.app import Message, RecordDict
 
     from privmed.data.base import SiteData
-    from privmed.engine.grid import InProcessGrid
-    from privmed.site import make_client_app
+    from privmed.engine.session import FIRST_NODE_ID, one_site_grid
+    from privmed.protocols.base import TrainInstruction
 
     site = SiteData("victim", site_batch, site_batch.subset([]), site_batch.subset([]))
-    grid = InProcessGrid({2: make_client_app(site, spec, site_index=0, mods=mods, trainer=trainer)})
-    config = ConfigRecord({"local-epochs": 1, "lr": float(lr), "batch-size": len(site_batch), "seed": int(seed), "server-round": 1})
-    msg = Message(RecordDict({"arrays": weights, "config": config}), 2, "train", group_id="audit")
+    grid = one_site_grid(site, spec, mods=mods, trainer=trainer)
+    config = TrainInstruction(local_epochs=1, lr=lr, batch_size=len(site_batch), seed=seed, server_round=1).to_record()
+    msg = Message(RecordDict({"arrays": weights, "config": config}), FIRST_NODE_ID, "train", group_id="audit")
     reply = list(grid.send_and_receive([msg]))[0]
     if reply.has_error():
         raise PrivmedError(f"the victim site could not train for the inversion probe: {reply.error.reason}")

@@ -16,12 +16,19 @@ import numpy as np
 import torch
 from torch import nn
 
-from privmed.attacks import adversarial, gradient_inversion as gi, linkage, membership, model_inversion, poisoning
+from privmed.attacks import adversarial, linkage, membership, model_inversion, poisoning
+from privmed.attacks import gradient_inversion as gi
 from privmed.attacks.metrics import mia_metrics, per_patient
 from privmed.config import RunConfig
 from privmed.data.base import ArraySet, Federation
+from privmed.engine.result import predict
+from privmed.engine.session import plan_of, resolve
 from privmed.protocols.base import Predictor
 from privmed.site import ModelSpec, load_arrays
+
+# Seed salts: each keeps one of the harness's draws apart from the others made from the same run seed.
+SHADOW_DATA_SALT = 10_007  # LiRA's attacker cohort: a fresh phantom, data seed = run seed + this
+PROBE_BATCH_SALT = 29  # which training images the inversion probe's victim batch holds
 
 
 @dataclass
@@ -56,8 +63,6 @@ def released_model(t: Target) -> nn.Module:
 
 
 def _proba(t: Target, data: ArraySet) -> np.ndarray:
-    from privmed.run import predict
-
     return predict(t.spec, t.predictor, data)
 
 
@@ -66,8 +71,9 @@ def _mia(scores: np.ndarray, is_member: np.ndarray, pids: np.ndarray) -> dict[st
 
 
 def _candidates(t: Target) -> tuple[ArraySet, np.ndarray]:
-    """Members: the training images of the sites that trained (one site for ``single``); non-members: held-out images."""
-    sites = [t.fed.sites[int(t.config.options.get("site", 0))]] if t.config.protocol == "single" else t.fed.sites
+    """Members: the training images of the sites that trained (the protocol's ``trainers``); non-members: held-out images."""
+    r = resolve(t.config)
+    sites = [t.fed.sites[i] for i in r.protocol.trainers(r.options, len(t.fed.sites))]
     members = ArraySet.concat([s.train for s in sites])
     non_members = ArraySet.concat([s.val for s in sites] + [s.test for s in sites])
     return membership.candidates(members, non_members, seed=t.config.seed)
@@ -84,7 +90,7 @@ def measure_lira(t: Target, *, n_shadows: int) -> dict[str, Any]:
     from privmed.data.phantom import PhantomConfig, make_phantom
 
     d = t.config.data
-    aux = make_phantom(PhantomConfig(n_sites=d.sites, image_size=d.image_size, n_classes=d.n_classes, seed=t.config.seed + 10_007)).data
+    aux = make_phantom(PhantomConfig(n_sites=d.sites, image_size=d.image_size, n_classes=d.n_classes, seed=t.config.seed + SHADOW_DATA_SALT)).data
     epochs = min(10, t.config.train.rounds * t.config.train.local_epochs)
     cfg = membership.LiraConfig(n_shadows=n_shadows, epochs=epochs, seed=t.config.seed)
     shadows = membership.train_shadows(t.spec.build, aux, config=cfg, batch_size=t.config.train.batch_size, lr=t.config.train.lr)
@@ -104,23 +110,23 @@ def measure_inversion(t: Target, *, batch_sizes: tuple[int, ...], method: str = 
     own ``select``, SVT noise included when on); the attacker matches those
     coordinates only.
     """
-    from privmed.privacy.registry import make_mechanism
-
     preset = gi.PRESETS[method]
     config = dataclasses.replace(preset, iterations=iterations or preset.iterations, seed=t.config.seed)
     weights = t.predictor[0] if isinstance(t.predictor, list) else t.predictor
     # the probe is the attacker's simulation, not a release: prepare the mechanism (per-site noise, clipping)
     # as the run did, but without its budget ledger, so the probe neither charges nor is refused
-    mech = make_mechanism({k: v for k, v in t.config.privacy.items() if k not in ("ledger", "ledger_key", "budget", "budget_delta")})
-    mech.check(t.fed, t.config)
-    if hasattr(mech, "one_step_per_call"):  # DP-SGD, P3SGD: the victim takes one noisy step on its batch
-        mech.one_step_per_call()
+    probe = dataclasses.replace(t.config, privacy={k: v for k, v in t.config.privacy.items()
+                                                   if k not in ("ledger", "ledger_key", "budget", "budget_delta")})
+    r = resolve(probe)
+    mech = r.mechanism
+    mech.check(plan_of(probe, t.fed, r))
+    mech.one_step_per_call()  # DP-SGD, P3SGD: the victim takes one noisy step on its batch
     model = t.spec.build()
     load_arrays(model, weights)
     lr = t.config.train.lr
     out: dict[str, Any] = {"attack": f"{method.upper()} ({'Zhu 2019' if method == 'dlg' else 'Geiping 2020'})",
                            "observed": "aggregate of all sites" if t.hides_updates else "one site's update", "per_batch_size": {}}
-    rng = np.random.default_rng([t.config.seed, 29])
+    rng = np.random.default_rng([t.config.seed, PROBE_BATCH_SALT])
     sites = list(range(len(t.fed.sites))) if t.hides_updates else [0]
     mask = None
     for b in batch_sizes:
@@ -130,8 +136,8 @@ def measure_inversion(t: Target, *, batch_sizes: tuple[int, ...], method: str = 
             batch = train.subset(np.sort(rng.choice(len(train), size=min(b, len(train)), replace=False)))
             mods = [] if t.hides_updates else mech.client_mods(i)
             sent, received = gi.observe_site_update(batch, t.spec, weights, mods=mods, trainer=mech.trainer(i), lr=lr, seed=t.config.seed)
-            if t.config.protocol == "dssgd":
-                received, mask = _dssgd_upload(model, sent, received, t.config, site=i)
+            if r.protocol.probe_upload:  # DSSGD: the site uploads only its θu selection
+                received, mask = r.protocol.probe_upload(model, sent, received, r.options, seed=t.config.seed, site=i)
                 out["observed"] = f"one site's DSSGD upload ({sum(int(m.sum()) for m in mask) / sum(m.numel() for m in mask):.1%} of the update)"
             grads.append(gi.update_to_gradient(model, sent, received, lr))
             truth.append(torch.from_numpy(batch.images))
@@ -143,29 +149,11 @@ def measure_inversion(t: Target, *, batch_sizes: tuple[int, ...], method: str = 
         recon = gi.reconstruct(model, gradient, shape=tuple(x.shape[1:]), labels=labels, config=config, mask=mask)
         row = {**gi.score_reconstruction(recon, x), "seconds": time.perf_counter() - start}
         # Reference, computed by the harness: the same attack had the site sent its raw gradient (FedSGD / DSSGD).
-        y = torch.from_numpy(np.concatenate([l for l in truth_labels]))
+        y = torch.from_numpy(np.concatenate(list(truth_labels)))
         raw = gi.reconstruct(model, gi.model_gradient(model, x, y), shape=tuple(x.shape[1:]), labels=y, config=config)
         row["psnr_if_raw_gradient_sent"] = gi.score_reconstruction(raw, x)["psnr"]
         out["per_batch_size"][str(len(x))] = row
     return out
-
-
-def _dssgd_upload(model: nn.Module, sent: dict, received: dict, config: RunConfig, *, site: int) -> tuple[dict, list[torch.Tensor]]:
-    """What a DSSGD site uploads of ``received - sent``, as (sent + sparse update, observed masks per parameter)."""
-    from privmed.protocols import dssgd
-
-    names = [n for n, _ in model.named_parameters()]
-    delta = np.concatenate([(received[n].float() - sent[n].float()).numpy().ravel() for n in names])
-    idx, val = dssgd.select(delta, dssgd.DSSGDOptions.from_options(config.options), np.random.default_rng([config.seed, site, 17]))
-    sparse, seen = np.zeros_like(delta), np.zeros(delta.size, dtype=bool)
-    sparse[idx], seen[idx] = val, True
-    out, masks, start = dict(sent), [], 0
-    for n in names:
-        size = sent[n].numel()
-        out[n] = sent[n].float() + torch.from_numpy(sparse[start:start + size]).reshape(sent[n].shape)
-        masks.append(torch.from_numpy(seen[start:start + size]).reshape(sent[n].shape))
-        start += size
-    return out, masks
 
 
 def measure_model_inversion(t: Target) -> dict[str, Any]:
@@ -184,7 +172,8 @@ def measure_adversarial(t: Target, *, eps: tuple[float, ...] = (0.0, 2 / 255, 8 
 
 def measure_backdoor(t: Target, cfg: poisoning.PoisonConfig) -> dict[str, float]:
     """The run's own protocol and mechanism, re-run with malicious sites (:func:`privmed.run.execute`)."""
-    from privmed.run import execute, model_spec, predict
+    from privmed.engine.session import model_spec
+    from privmed.run import execute
 
     poisoned, bad = poisoning.poison_federation(t.fed, cfg)
     result = execute(t.config, fed=poisoned)
@@ -200,7 +189,8 @@ def measure_poisoning(t: Target, *, n_malicious: int = 1, kinds: tuple[str, ...]
     for kind in kinds or poisoning.KINDS:
         cfg = poisoning.PoisonConfig(kind=kind, n_malicious=n_malicious, seed=t.config.seed)
         out[kind] = {"as_run": measure_backdoor(t, cfg)}
-        if aggregators and kind == "backdoor" and t.config.protocol == "fedavg" and t.config.privacy.get("mechanism", "none") == "none":
+        pluggable = resolve(t.config).protocol.pluggable_strategy  # FedAvg: Flower's strategy can be swapped
+        if aggregators and kind == "backdoor" and pluggable and t.config.privacy.get("mechanism", "none") == "none":
             out[kind]["aggregators"] = poisoning.poisoning_experiment(t.config, t.fed, cfg)["results"]
     return out
 

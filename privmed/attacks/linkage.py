@@ -20,10 +20,13 @@ import numpy as np
 from privmed.data.base import PatientMeta
 from privmed.data.deid import QUASI_IDENTIFIERS, Generalisation, generalise
 
+# Seed salt of the outside register's look-alike people: apart from other draws of the same seed
+REGISTER_SALT = 19
+
 
 def outside_table(patients: dict[str, PatientMeta], *, extra_people: int, seed: int) -> list[dict]:
     """A register (name -> exact quasi-identifiers): every patient plus ``extra_people`` look-alikes."""
-    rng = np.random.default_rng([seed, 19])
+    rng = np.random.default_rng([seed, REGISTER_SALT])
     rows = [{"name": f"person:{p.patient_id}", "age": p.age, "sex": p.sex, "date": p.acquisition_date, "site": p.site}
             for p in patients.values()]
     metas = list(patients.values())

@@ -34,6 +34,10 @@ from torch import nn
 from privmed.data.base import ArraySet
 from privmed.errors import PrivmedError
 
+# Seed salts, each keeping one draw apart from the others made from the same seed:
+SHADOW_SPLIT_SALT = 7  # the shadow models' halves of the attacker's data and their initialisations
+CANDIDATE_SALT = 11  # which members and non-members are candidates
+
 
 @dataclass(frozen=True)
 class LiraConfig:
@@ -76,10 +80,10 @@ def train_shadows(build: Callable[[int], nn.Module], aux: ArraySet, *, config: L
     """Shadow models on random halves of the attacker's own data, by the target's training recipe."""
     from privmed.tasks import train_local
 
-    rng = np.random.default_rng([config.seed, 7])
+    rng = np.random.default_rng([config.seed, SHADOW_SPLIT_SALT])
     n_take = max(1, int(round(config.shadow_fraction * len(aux))))
     shadows = []
-    for k in range(config.n_shadows):
+    for _ in range(config.n_shadows):
         model = build(int(rng.integers(2**31)))
         idx = rng.choice(len(aux), size=n_take, replace=False)
         train_local(model, aux.subset(idx), task=task, epochs=config.epochs, batch_size=batch_size, lr=lr,
@@ -98,7 +102,7 @@ def lira(target_proba: np.ndarray, candidates: ArraySet, shadows: list[nn.Module
 
 def candidates(members: ArraySet, non_members: ArraySet, *, seed: int, max_per_side: int = 500) -> tuple[ArraySet, np.ndarray]:
     """A balanced candidate set (harness side): equal numbers of members and non-members, by patient."""
-    rng = np.random.default_rng([seed, 11])
+    rng = np.random.default_rng([seed, CANDIDATE_SALT])
 
     def take(data: ArraySet, n: int) -> ArraySet:
         pids = rng.permutation(np.unique(data.patient_ids))

@@ -19,14 +19,19 @@ as the target; label flip: test images classified as their flipped label).
 from __future__ import annotations
 
 import dataclasses
-import random
 from dataclasses import dataclass
 
 import numpy as np
-import torch
 from flwr.app import ArrayRecord
-from flwr.serverapp.strategy import (DifferentialPrivacyServerSideFixedClipping, FedAvg, FedMedian, FedTrimmedAvg, Krum,
-                                     MultiKrum, Strategy)
+from flwr.serverapp.strategy import (
+    DifferentialPrivacyServerSideFixedClipping,
+    FedAvg,
+    FedMedian,
+    FedTrimmedAvg,
+    Krum,
+    MultiKrum,
+    Strategy,
+)
 
 from privmed.config import RunConfig
 from privmed.data.base import ArraySet, Federation
@@ -34,6 +39,10 @@ from privmed.errors import PrivmedError, unknown_name
 
 KINDS = ("backdoor", "label-flip")
 AGGREGATORS = ("fedavg", "fedmedian", "fedtrimmedavg", "krum", "multikrum", "norm-bound")
+
+
+# Seed salt of which sites are malicious and which images are poisoned: apart from other draws of the same seed
+MALICIOUS_SALT = 23
 
 
 @dataclass(frozen=True)
@@ -78,7 +87,7 @@ def poison_federation(fed: Federation, cfg: PoisonConfig) -> tuple[Federation, l
         raise PrivmedError(f"{cfg.n_malicious} malicious sites requested but the federation has {len(fed.sites)}")
     if cfg.kind == "backdoor" and not 0 <= cfg.target_class < fed.n_classes:
         raise PrivmedError(f"backdoor target class {cfg.target_class} is not one of the {fed.n_classes} classes")
-    rng = np.random.default_rng([cfg.seed, 23])
+    rng = np.random.default_rng([cfg.seed, MALICIOUS_SALT])
     bad = set(rng.choice(len(fed.sites), size=cfg.n_malicious, replace=False).tolist())
     sites = tuple(dataclasses.replace(s, train=poison_arrays(s.train, cfg, fed.n_classes, rng)) if i in bad else s
                   for i, s in enumerate(fed.sites))
@@ -123,25 +132,18 @@ def make_aggregator(name: str, *, n_sites: int, n_malicious: int, clip_norm: flo
 
 def train_fedavg(config: RunConfig, fed: Federation, strategy: Strategy) -> ArrayRecord:
     """Flower's round loop (privmed's FedAvg protocol) on the in-process Grid with ``strategy`` aggregating."""
-    from privmed.engine.grid import InProcessGrid
+    from privmed.engine.session import assemble
     from privmed.protocols import fedavg
-    from privmed.protocols.base import ProtocolContext
-    from privmed.run import FIRST_NODE_ID, model_spec
-    from privmed.site import make_client_app
 
-    random.seed(config.seed)  # as privmed.run.execute: Flower samples nodes with the global `random`
-    torch.manual_seed(config.seed)
-    spec = model_spec(config, fed)
-    grid = InProcessGrid({FIRST_NODE_ID + i: make_client_app(s, spec, site_index=i) for i, s in enumerate(fed.sites)})
-    ctx = ProtocolContext(grid=grid, initial=ArrayRecord(spec.build(seed=config.seed).state_dict()), settings=config.train,
-                          seed=config.seed, evaluate_fn=lambda r, p: {})
-    return fedavg.run(ctx, strategy=strategy).predictor
+    session = assemble(dataclasses.replace(config, protocol=fedavg.SPEC.name, options={}, privacy={}), fed=fed)
+    return fedavg.run(session.ctx, strategy=strategy).predictor
 
 
 def poisoning_experiment(config: RunConfig, fed: Federation, cfg: PoisonConfig, *, aggregators: tuple[str, ...] = AGGREGATORS,
                          clip_norm: float = 1.0) -> dict[str, dict[str, float]]:
     """Clean accuracy and attack success of FedAvg under each aggregator, with the malicious sites poisoned."""
-    from privmed.run import model_spec, predict
+    from privmed.engine.result import predict
+    from privmed.engine.session import model_spec
 
     poisoned, bad = poison_federation(fed, cfg)
     spec = model_spec(config, fed)
@@ -151,5 +153,5 @@ def poisoning_experiment(config: RunConfig, fed: Federation, cfg: PoisonConfig, 
         weights = train_fedavg(config, poisoned, make_aggregator(name, n_sites=len(fed.sites), n_malicious=cfg.n_malicious, clip_norm=clip_norm))
         proba = predict(spec, weights, test)
         out[name] = {"clean_accuracy": float((proba.argmax(1) == test.labels).mean()),
-                     **attack_success(lambda d: predict(spec, weights, d), test, cfg, fed.n_classes)}
+                     **attack_success(lambda d, w=weights: predict(spec, w, d), test, cfg, fed.n_classes)}
     return {"malicious_sites": bad, "kind": cfg.kind, "results": out}

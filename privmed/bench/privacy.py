@@ -85,7 +85,8 @@ def _setting(r: dict[str, Any]) -> str:
 def curves(results: list[dict[str, Any]]) -> dict[str, list[tuple[float, float]]]:
     """(protocol, unit) -> [(ε, performance)], with ε = inf for the protocol's non-private run on the same setting."""
     out: dict[str, list[tuple[float, float]]] = {}
-    plain = {_setting(r): _score(r) for r in results if r["privacy"].get("epsilon") is None and r["protocol"] != "dssgd"}
+    # non-private runs by setting (protocol included: a DP row finds its own protocol's reference)
+    plain = {_setting(r): _score(r) for r in results if r["privacy"].get("epsilon") is None}
     reference: dict[str, float | None] = {}
     for r in results:
         p = r["privacy"]

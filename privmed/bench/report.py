@@ -10,8 +10,11 @@ import json
 from pathlib import Path
 from typing import Any
 
+from privmed.protocols import fedavg
+
 COLUMNS = ("Technique", "Dataset", "Model", "Performance", "Communication", "Scalability", "Reliability", "Runtime", "Privacy", "Security")
 NOT_YET = "not measured yet"
+WALL_REFERENCE = fedavg.SPEC.name  # the "x FedAvg wall" ratio's reference: plain FedAvg on the same data
 
 
 def _bytes(n: float) -> str:
@@ -100,7 +103,7 @@ def _data_key(r: dict[str, Any]) -> str:
 
 
 def row(r: dict[str, Any], baseline_wall: float | None = None) -> list[str]:
-    d, m = r["dataset"], r["model"]
+    m = r["model"]
     return [
         f"{r.get('label', r['protocol'])} (`{r['technique']}`)",
         _dataset(r),
@@ -133,7 +136,7 @@ def write_report(results: list[dict[str, Any]], path: Path, *, plot_name: str | 
     datasets: dict[str, dict[str, Any]] = {}  # the first row on each data set
     for r in results:
         datasets.setdefault(_data_key(r), r)
-        if r["protocol"] == "fedavg" and r["privacy"].get("mechanism") == "none":
+        if r["protocol"] == WALL_REFERENCE and r["privacy"].get("mechanism") == "none":
             fedavg.setdefault(_data_key(r), r["runtime"]["wall_seconds"] / r["config"]["train"]["rounds"])
     lines += ["| " + " | ".join(row(r, fedavg.get(_data_key(r)))) + " |" for r in results]
     lines += ["", "## Data distribution (per site)"]

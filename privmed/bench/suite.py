@@ -7,10 +7,13 @@ rows here rather than new code paths.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
 import os
 import shutil
+from collections.abc import Callable
+from contextlib import AbstractContextManager
 from pathlib import Path
 from typing import Any
 
@@ -18,10 +21,12 @@ from rich.console import Console
 
 from privmed.bench.privacy import dp_rows, privacy_section, privacy_suite, write_epsilon_plot
 from privmed.bench.report import write_plot, write_privacy_plot, write_report
-from privmed.config import RunConfig
-from privmed.protocols.base import TrainSettings
+from privmed.config import RunConfig, TrainSettings
+from privmed.engine.result import Progress, json_default
 
 DEFAULT_ROUNDS = 10
+# A progress display for one row: label -> context manager yielding the row's Progress callback (or None)
+RowProgress = Callable[[str], AbstractContextManager[Progress | None]]
 
 
 def default_suite(*, seed: int = 0, rounds: int | None = None, n_sites: int = 4) -> list[tuple[str, RunConfig]]:
@@ -71,7 +76,7 @@ def suite_rows(suite: str, *, seed: int = 0, rounds: int | None = None) -> list[
 
 def run_suite(*, runs_dir: str | Path = "runs", seed: int = 0, rounds: int | None = None,
               console: Console | None = None, rows: list[tuple[str, RunConfig]] | None = None, resume: bool = False,
-              attacks: tuple[str, ...] | None = None, jobs: int = 1) -> Path:
+              attacks: tuple[str, ...] | None = None, jobs: int = 1, row_progress: RowProgress | None = None) -> Path:
     """Run ``rows`` (default: :func:`default_suite`) and write the bench directory atomically.
 
     Finished rows stay in ``<runs_dir>/.bench.partial`` until the whole suite
@@ -80,7 +85,8 @@ def run_suite(*, runs_dir: str | Path = "runs", seed: int = 0, rounds: int | Non
     audit's columns. ``attacks`` narrows each row's audit (default: all of
     :data:`privmed.audit.BENCH_ATTACKS`). ``jobs`` > 1 runs that many rows at
     once, each in its own process (every row is seeded, so its numbers do not
-    depend on what runs beside it; its wall time may, a little).
+    depend on what runs beside it; its wall time may, a little). ``row_progress``
+    shows a serial row's rounds (the CLI passes a progress bar).
     """
     rows = rows or default_suite(seed=seed, rounds=rounds)
     out = Path(runs_dir) / "bench"
@@ -100,11 +106,9 @@ def run_suite(*, runs_dir: str | Path = "runs", seed: int = 0, rounds: int | Non
     if jobs > 1 and len(todo) > 1:
         by_index.update(_run_parallel(rows, todo, work, attacks, jobs, console))
     else:
-        from privmed.cli import round_progress
-
         for i in todo:
             label, cfg = rows[i]
-            with round_progress(f"{label:<14}") as update:
+            with (row_progress or _no_progress)(f"{label:<14}") as update:
                 by_index[i] = run_row(label, cfg, work, attacks, progress=update, console=console)
     results = [by_index[i] for i in range(len(rows))]
     (work / "results.json").write_text(json.dumps(results, indent=2))
@@ -119,6 +123,11 @@ def run_suite(*, runs_dir: str | Path = "runs", seed: int = 0, rounds: int | Non
     return out
 
 
+@contextlib.contextmanager
+def _no_progress(label: str):
+    yield None
+
+
 _FEDERATIONS: dict[tuple, Any] = {}  # rows on the same data share one federation (per process)
 
 
@@ -126,8 +135,9 @@ def run_row(label: str, cfg: RunConfig, work: Path, attacks: tuple[str, ...] | N
             console: Console | None = None) -> dict[str, Any]:
     """Train one row, audit it, write ``work/<run>/`` (result.json last) and return its result dict."""
     from privmed.audit import BENCH_ATTACKS, bench_audit
+    from privmed.engine.session import build_federation
     from privmed.errors import PrivmedError
-    from privmed.run import build_federation, execute
+    from privmed.run import execute
 
     if (cfg.data, cfg.seed) not in _FEDERATIONS:
         _FEDERATIONS[cfg.data, cfg.seed] = build_federation(cfg.data, cfg.seed)
@@ -173,11 +183,9 @@ def _run_parallel(rows: list[tuple[str, RunConfig]], todo: list[int], work: Path
 
 def _finished_row(row_dir: Path, cfg: RunConfig) -> dict[str, Any] | None:
     """A row's saved result if it finished with this very config, else None."""
-    from privmed.run import _json_default
-
     try:
         saved = json.loads((row_dir / "result.json").read_text())
     except (OSError, ValueError):
         return None
-    config = json.loads(json.dumps(cfg.to_dict(), default=_json_default))  # as result.json wrote it
+    config = json.loads(json.dumps(cfg.to_dict(), default=json_default))  # as result.json wrote it
     return saved if saved.get("config") == config else None

@@ -25,6 +25,10 @@ from privmed.errors import PrivmedError
 QUASI_IDENTIFIERS = ("age", "sex", "date", "site")
 
 
+# Seed salt of the release order (which pseudonym goes to whom): apart from other draws of the same seed
+RELEASE_SALT = 17
+
+
 @dataclass(frozen=True)
 class Generalisation:
     """How coarsely each quasi-identifier is released (age band in years; date precision; site kept?)."""
@@ -53,7 +57,7 @@ def generalise(age: int, sex: str, date: str, site: int, g: Generalisation) -> t
 
 def release(patients: dict[str, PatientMeta], g: Generalisation, *, seed: int) -> tuple[list[dict], dict[str, str]]:
     """Pseudonymised, generalised records and the key (pseudonym -> patient id) the releaser keeps."""
-    rng = np.random.default_rng([seed, 17])
+    rng = np.random.default_rng([seed, RELEASE_SALT])
     ids = sorted(patients)
     order = rng.permutation(len(ids))
     records, key = [], {}

@@ -35,30 +35,25 @@ What differs from the in-process engine:
 
 from __future__ import annotations
 
+import contextlib
 import json
-import random
 import time
 from collections.abc import Mapping
 from functools import lru_cache
 from pathlib import Path
 from typing import Any
 
-import torch
-from flwr.app import ArrayRecord, Context, Message
+from flwr.app import Context, Message
 from flwr.clientapp import ClientApp
 from flwr.serverapp import Grid, ServerApp
 
 from privmed.config import RunConfig, from_dict
+from privmed.engine.result import Monitor, RunResult, build_result
+from privmed.engine.session import assemble, build_federation, model_spec, resolve
 from privmed.errors import PrivmedError
-from privmed.models import n_parameters
-from privmed.privacy.registry import make_mechanism
-from privmed.protocols.base import Predictor, ProtocolContext
-from privmed.protocols.registry import get_protocol
-from privmed.run import (
-    RunResult, finite_metrics, library_versions, build_federation, evaluate_predictor, model_spec, set_threads,
-)
+from privmed.protocols.registry import PROTOCOLS
+from privmed.run import set_threads
 from privmed.site import make_client_app
-from privmed.tasks import PRIMARY_METRIC
 
 RESULT_DIR = "result-dir"
 WAIT_NODES = "wait-nodes-s"
@@ -98,8 +93,10 @@ def config_of(run_config: Mapping[str, Any]) -> tuple[RunConfig, dict[str, Any]]
 
 
 def _check_protocol(config: RunConfig) -> None:
-    if config.protocol != "fedavg":
-        raise PrivmedError(f"a Flower deployment runs protocol 'fedavg' only, not {config.protocol!r}; "
+    protocol = resolve(config).protocol
+    if not protocol.deployable:
+        deployable = [name for name, spec in PROTOCOLS.items() if spec.deployable]
+        raise PrivmedError(f"a Flower deployment runs protocol {' or '.join(map(repr, deployable))} only, not {config.protocol!r}; "
                            "the SuperLink's random node ids would reorder the sites of order-dependent protocols")
 
 
@@ -163,53 +160,17 @@ def wait_for_nodes(grid: Grid, n: int, timeout_s: float) -> list[int]:
 
 
 def serve(grid: Grid, config: RunConfig, *, wait_nodes_s: float = 120.0) -> RunResult:
-    """The coordinator's side of :func:`privmed.run.execute`, on any Flower Grid."""
+    """The coordinator's side of :func:`privmed.run.execute`, on any Flower Grid: the same session, monitor and result."""
     set_threads()
-    random.seed(config.seed)  # Flower's node sampling uses the global `random`
-    torch.manual_seed(config.seed)
-    t_start, cpu_start = time.perf_counter(), time.process_time()
-    fed = build_federation(config.data, config.seed)
-    spec = model_spec(config, fed)
-    fn, technique, coordinator_sees = get_protocol(config.protocol)
-    mechanism = make_mechanism(config.privacy)
-    mechanism.check(fed, config)
-    nodes = wait_for_nodes(grid, config.data.sites, wait_nodes_s)
-
-    initial_model = spec.build(seed=config.seed)
-    val = fed.pooled("val")
-    history: list[dict[str, Any]] = []
-    last = [time.perf_counter()]
-
-    def evaluate_fn(rnd: int, predictor: Predictor) -> dict:
-        now = time.perf_counter()
-        metrics = evaluate_predictor(spec, predictor, val)
-        history.append({"round": rnd, "seconds": now - last[0], "val": finite_metrics(metrics)})
-        last[0] = time.perf_counter()
-        return metrics
-
-    ctx = ProtocolContext(grid=grid, initial=ArrayRecord(initial_model.state_dict()), settings=config.train,
-                          seed=config.seed, evaluate_fn=evaluate_fn, options=dict(config.options),
-                          wrap_strategy=mechanism.wrap_strategy)
-    output = fn(ctx)
-    wall = time.perf_counter() - t_start
-    final = finite_metrics(evaluate_predictor(spec, output.predictor, fed.pooled("test")))
-    return RunResult(
-        technique=technique, protocol=config.protocol, config=config.to_dict(), seed=config.seed,
-        versions=library_versions(),
-        dataset={"name": fed.dataset_name, "task": config.task, "image_shape": list(fed.image_shape),
-                 "n_classes": fed.n_classes, "split": fed.split, "distribution": fed.distribution()},
-        model={"name": config.model, "parameters": n_parameters(initial_model)},
-        performance={"metric": PRIMARY_METRIC[config.task], "final": final, "history": history},
-        communication={"note": "not measured: Flower's deployed Grid does not report bytes"},
-        runtime={"wall_seconds": wall, "cpu_seconds": time.process_time() - cpu_start,
-                 "per_round_seconds": [h["seconds"] for h in history], "engine": "flower-deployment"},
-        privacy={"coordinator_sees": coordinator_sees, "mechanism": mechanism.name, "leakage": "not measured yet",
-                 **mechanism.report()},
-        scalability={"note": "not measured: the sites' training time is spent on the SuperNodes"},
-        security={"attacks": "not measured yet"},
-        reliability={"rejected_updates": ctx.rejections, "faults_injected": [], "completed": True, "nodes": nodes},
-        predictor=output.predictor,
-    )
+    started, cpu_start = time.perf_counter(), time.process_time()
+    session = assemble(config, grid=grid)
+    wait_for_nodes(grid, config.data.sites, wait_nodes_s)
+    monitor = Monitor(session, started=started)
+    session.ctx.evaluate_fn = monitor
+    with contextlib.closing(session.mechanism):
+        output = session.protocol.run(session.ctx)
+    output.predictor = session.reveal(output.predictor)
+    return build_result(session, output, monitor, cpu_start=cpu_start, engine="flower-deployment")
 
 
 # ----------------------------------------------------------------------------- ClientApp
@@ -225,9 +186,10 @@ def _site_app(run_config: tuple[tuple[str, Any], ...], partition_id: int) -> Cli
     fed = build_federation(config.data, config.seed)
     if not 0 <= partition_id < len(fed.sites):
         raise PrivmedError(f"partition-id {partition_id} out of range: this federation has sites 0..{len(fed.sites) - 1}")
-    mechanism = make_mechanism(config.privacy)
+    r = resolve(config)
+    own = [r.protocol.site_mod(partition_id, r.options)] if r.protocol.site_mod else []
     return make_client_app(fed.sites[partition_id], model_spec(config, fed), site_index=partition_id,
-                           mods=mechanism.client_mods(partition_id), trainer=mechanism.trainer(partition_id))
+                           mods=[*r.mechanism.client_mods(partition_id), *own], trainer=r.mechanism.trainer(partition_id))
 
 
 def _delegate(msg: Message, context: Context) -> Message:

@@ -15,10 +15,9 @@ from __future__ import annotations
 
 import gc
 import time
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
-from typing import Callable
 
 from flwr.app import Context, Error, Message, RecordDict
 from flwr.clientapp import ClientApp

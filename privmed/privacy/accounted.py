@@ -11,7 +11,6 @@ before anything trains, and nothing is written for a refused run.
 
 from __future__ import annotations
 
-import dataclasses
 import time
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
@@ -19,12 +18,13 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from privmed.errors import PrivmedError
+from privmed.options import describe, option_types
+from privmed.options import parse_options as typed_options
 from privmed.privacy.accounting import epsilon_from_rdp
-from privmed.privacy.base import Mechanism
+from privmed.privacy.base import Mechanism, Plan
 
 if TYPE_CHECKING:
-    from privmed.config import RunConfig
-    from privmed.data.base import ArraySet, Federation
+    from privmed.data.base import ArraySet
 
 
 @dataclass(frozen=True)
@@ -44,31 +44,15 @@ class BudgetOptions:
 
 
 def parse_options(cls: type, options: dict[str, Any], mechanism: str) -> tuple[Any, BudgetOptions]:
-    """Split a mechanism's options into its own frozen config and the ledger options; unknown keys are errors."""
-    own = {f.name for f in dataclasses.fields(cls)}
-    ledger = {f.name for f in dataclasses.fields(BudgetOptions)}
-    unknown = sorted(set(options) - own - ledger)
+    """Split a mechanism's options into its own frozen config and the ledger options; unknown keys and wrong types are errors."""
+    own, ledger = option_types(cls), option_types(BudgetOptions)
+    unknown = sorted(set(options) - set(own) - set(ledger))
     if unknown:
-        raise PrivmedError(f"unknown option {unknown[0]!r} for privacy mechanism {mechanism}; valid options: {', '.join(sorted(own | ledger))}")
-    try:
-        return (cls(**{k: v for k, v in options.items() if k in own}),
-                BudgetOptions(**{k: v for k, v in options.items() if k in ledger}))
-    except TypeError as exc:
-        raise PrivmedError(f"bad option for privacy mechanism {mechanism}: {exc}") from None
-
-
-def planned_epochs(config: RunConfig, site_index: int) -> int:
-    """Epochs a site trains under the run's plan (every protocol: rounds x local epochs; single: one site)."""
-    if config.protocol == "single" and int(config.options.get("site", 0)) != site_index:
-        return 0
-    return config.train.rounds * config.train.local_epochs
-
-
-def training_sets(fed: Federation, config: RunConfig) -> list[tuple[str, ArraySet]]:
-    """(name, training images) of each party that trains, as the harness builds them."""
-    if config.protocol == "centralised":
-        return [("pooled", fed.pooled("train"))]
-    return [(s.name, s.train) for s in fed.sites]
+        raise PrivmedError(f"unknown option {unknown[0]!r} for privacy mechanism {mechanism}; "
+                           f"valid options: {describe(cls)}, {describe(BudgetOptions)}")
+    owner = f"privacy mechanism {mechanism}"
+    return (typed_options(cls, {k: v for k, v in options.items() if k in own}, owner=owner),
+            typed_options(BudgetOptions, {k: v for k, v in options.items() if k in ledger}, owner=owner))
 
 
 class AccountedMechanism(Mechanism):
@@ -85,7 +69,7 @@ class AccountedMechanism(Mechanism):
         self.charged: dict[str, np.ndarray] = {}
 
     # --- subclasses ---
-    def prepare(self, fed: Federation, config: RunConfig) -> None:
+    def prepare(self, plan: Plan) -> None:
         """Validate targets and fix per-site parameters (noise levels) for the plan."""
 
     def planned_rdp(self, site_index: int) -> dict[str, np.ndarray]:
@@ -93,9 +77,10 @@ class AccountedMechanism(Mechanism):
         raise NotImplementedError
 
     # --- shared ---
-    def check(self, fed: Federation, config: RunConfig) -> None:
-        self.sites = training_sets(fed, config)
-        self.prepare(fed, config)
+    def check(self, plan: Plan) -> None:
+        config = plan.config
+        self.sites = list(plan.sites)
+        self.prepare(plan)
         if self.budget.ledger is None:
             return
         from privmed.privacy.ledger import Ledger

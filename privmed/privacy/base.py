@@ -1,19 +1,27 @@
 """The one interface every privacy mechanism implements.
 
-A mechanism composes with protocols through four hooks, each optional:
+A mechanism composes with protocols through these hooks, each optional (the
+base class is the identity, so the harness calls every hook unconditionally):
+- ``check(plan)``: prepare for the run's plan, or refuse it before training
+  starts (budgets); ``close()`` when it ends;
 - ``trainer(site_index)``: replaces a site's local training (DP-SGD, P3SGD);
 - ``client_mods(site_index)``: Flower client mods around a site's ClientApp
   (clip-and-noise, encryption of what leaves the site);
 - ``wrap_strategy(strategy)``: a Flower strategy wrapper for FedAvg-style
   protocols (server-side DP, robust or encrypted aggregation);
-- ``check(fed, config)``: refuse a run before training starts (budgets);
-  ``close()`` when it ends.
+- ``reveal(predictor)``: the model as the sites see it (decrypted), for the
+  harness's evaluation; the coordinator's view may be ciphertext;
+- ``one_step_per_call()``: the inversion probe's view of a DP trainer;
+- ``state_dict`` / ``load_state_dict``: what a checkpoint keeps.
 ``report()`` gives the result's privacy section (ε, δ and their unit).
+Which protocols a mechanism works with is data (``protocols``; None: any),
+checked by :func:`privmed.engine.session.resolve` before anything runs.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from flwr.clientapp.typing import Mod
@@ -21,19 +29,35 @@ from flwr.serverapp.strategy import Strategy
 
 if TYPE_CHECKING:
     from privmed.config import RunConfig
-    from privmed.data.base import Federation
+    from privmed.data.base import ArraySet
+    from privmed.site import ModelSpec
 
 # trainer(model, data, *, task, epochs, batch_size, lr, seed) -> metrics dict (must hold "num-examples")
 Trainer = Callable[..., dict[str, float]]
+
+
+@dataclass(frozen=True)
+class Plan:
+    """What a mechanism is told about the run it protects (built by :func:`privmed.engine.session.plan_of`)."""
+
+    config: RunConfig
+    # (name, training images) of each party that holds training data, as the harness builds them
+    # (centralised: one party holding the pooled data)
+    sites: tuple[tuple[str, ArraySet], ...]
+    # epochs each of those parties trains under the plan (0: it does not train)
+    epochs: tuple[int, ...]
+    model: ModelSpec
 
 
 class Mechanism:
     """No privacy mechanism: every hook is the identity."""
 
     name = "none"
+    protocols: tuple[str, ...] | None = None  # the protocols it works with; None: any
+    purpose = ""  # what it does, for the error when the protocol does not fit ("masks FedAvg updates")
 
-    def check(self, fed: Federation, config: RunConfig) -> None:
-        """Raise PrivmedError if the run must not start."""
+    def check(self, plan: Plan) -> None:
+        """Prepare for ``plan``; raise PrivmedError if the run must not start."""
 
     def trainer(self, site_index: int) -> Trainer | None:
         return None
@@ -43,6 +67,13 @@ class Mechanism:
 
     def wrap_strategy(self, strategy: Strategy) -> Strategy:
         return strategy
+
+    def reveal(self, predictor: Any) -> Any:
+        """The model as a site sees it (the harness's view); encrypting mechanisms decrypt here."""
+        return predictor
+
+    def one_step_per_call(self) -> None:
+        """Make each training call one step over the data it is given (the inversion probe's victim); DP trainers only."""
 
     def report(self) -> dict[str, Any]:
         return {"epsilon": None, "delta": None, "unit": None}

@@ -34,9 +34,18 @@ import numpy as np
 import torch
 
 from privmed.errors import PrivmedError
-from privmed.privacy.accounted import AccountedMechanism, BudgetOptions, parse_options, planned_epochs
-from privmed.privacy.accounting import ACCOUNTANTS, calibrate, check_dp_settings, check_reachable, check_target, history_epsilon, rdp_group_gaussian, rdp_sgm
-from privmed.privacy.base import Trainer
+from privmed.privacy.accounted import AccountedMechanism, BudgetOptions, parse_options
+from privmed.privacy.accounting import (
+    ACCOUNTANTS,
+    calibrate,
+    check_dp_settings,
+    check_reachable,
+    check_target,
+    history_epsilon,
+    rdp_group_gaussian,
+    rdp_sgm,
+)
+from privmed.privacy.base import Plan, Trainer
 
 GRAD_SAMPLE_MODES = ("hooks", "functorch", "ew")
 
@@ -94,18 +103,17 @@ class DPSGD(AccountedMechanism):
         self.planned_steps: list[int] = []
         self.accountants: list[Any] = []
 
-    def prepare(self, fed: Any, config: Any) -> None:
+    def prepare(self, plan: Plan) -> None:
         from opacus.accountants import create_accountant
 
-        from privmed.run import model_spec
-
-        check_model(model_spec(config, fed).build(), config.model)
+        config = plan.config
+        check_model(plan.model.build(), config.model)
         cfg = self.cfg
         self.sigma, self.sample_rate, self.planned_steps, self.accountants = [], [], [], []
         for i, (name, data) in enumerate(self.sites):
             n, unit, q = self.sampling(data, config.train.batch_size)
             check_target(delta=cfg.delta, n=n, unit=unit, site=name)
-            steps = round(1 / q) * planned_epochs(config, i)
+            steps = round(1 / q) * plan.epochs[i]
             sigma = cfg.noise_multiplier
             if sigma is None:
                 sigma = calibrate(epsilon=cfg.epsilon, delta=cfg.delta, q=q, steps=max(steps, 1), accountant=cfg.accountant)
@@ -142,7 +150,7 @@ class DPSGD(AccountedMechanism):
 
     def trainer(self, site_index: int) -> Trainer:
         if not self.accountants:
-            raise PrivmedError("DP-SGD was not prepared: call check(fed, config) before building the sites")
+            raise PrivmedError("DP-SGD was not prepared: call check(plan) before building the sites")
 
         def train(model: torch.nn.Module, data: Any, *, task: str, epochs: int, batch_size: int, lr: float, seed: int) -> dict[str, float]:
             return self._train(site_index, model, data, task=task, epochs=epochs, batch_size=batch_size, lr=lr, seed=seed)
@@ -154,7 +162,7 @@ class DPSGD(AccountedMechanism):
         from opacus.data_loader import DPDataLoader
         from torch.utils.data import DataLoader, TensorDataset
 
-        from privmed.tasks import DivergedError, _loss, loss_fn, targets
+        from privmed.tasks import DivergedError, batch_loss, loss_fn, targets
 
         gen = torch.Generator().manual_seed(seed)
         dataset = TensorDataset(torch.from_numpy(data.images), torch.from_numpy(targets(data, task)))
@@ -180,7 +188,7 @@ class DPSGD(AccountedMechanism):
                     for x, y in loader:
                         opt.zero_grad(set_to_none=True)
                         out = module(x)  # also on an empty Poisson batch: Opacus needs its (empty) per-sample gradients
-                        loss = _loss(criterion, out, y, task) if len(x) else out.sum() * 0
+                        loss = batch_loss(criterion, out, y, task) if len(x) else out.sum() * 0
                         if not torch.isfinite(loss):
                             raise DivergedError("DP training diverged (non-finite loss); lower the learning rate (--lr)")
                         loss.backward()

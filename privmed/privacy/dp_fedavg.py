@@ -36,7 +36,15 @@ from flwr.serverapp.strategy import Strategy
 
 from privmed.errors import PrivmedError
 from privmed.privacy.accounted import AccountedMechanism, BudgetOptions, parse_options
-from privmed.privacy.accounting import calibrate, check_dp_settings, check_reachable, check_target, epsilon_from_rdp, rdp_sgm
+from privmed.privacy.accounting import (
+    calibrate,
+    check_dp_settings,
+    check_reachable,
+    check_target,
+    epsilon_from_rdp,
+    rdp_sgm,
+)
+from privmed.privacy.base import Plan
 
 SIDES = ("server", "client")
 CLIPPINGS = ("fixed", "adaptive")
@@ -81,9 +89,11 @@ class DPFedAvg(AccountedMechanism):
         self.n_sites = 0
         self.rounds_done: dict[int, int] = {}
 
-    def prepare(self, fed: Any, config: Any) -> None:
-        if config.protocol != "fedavg":
-            raise PrivmedError(f"dp-fedavg wraps Flower's FedAvg strategy; use --protocol fedavg (got {config.protocol})")
+    protocols = ("fedavg",)
+    purpose = "wraps Flower's FedAvg strategy"
+
+    def prepare(self, plan: Plan) -> None:
+        config = plan.config
         cfg, self.n_sites = self.cfg, len(self.sites)
         check_target(delta=cfg.delta, n=self.n_sites, unit="site")
         rounds = config.train.rounds
@@ -112,7 +122,7 @@ class DPFedAvg(AccountedMechanism):
 
         cfg, n = self.cfg, self.n_sites
         if not n:
-            raise PrivmedError("dp-fedavg was not prepared: call check(fed, config) first")
+            raise PrivmedError("dp-fedavg was not prepared: call check(plan) first")
         cls = getattr(s, f"DifferentialPrivacy{cfg.side.title()}Side{cfg.clipping.title()}Clipping")
         if cfg.clipping == "fixed":
             return cls(strategy, noise_multiplier=self.sigma, clipping_norm=cfg.clipping_norm, num_sampled_clients=n)

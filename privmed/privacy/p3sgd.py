@@ -32,6 +32,7 @@ import torch
 from privmed.errors import PrivmedError
 from privmed.privacy.accounted import parse_options
 from privmed.privacy.accounting import rdp_sgm
+from privmed.privacy.base import Plan
 from privmed.privacy.dp import DPSGD, DPSGDConfig
 
 
@@ -85,10 +86,10 @@ class P3SGD(DPSGD):
     name = "p3sgd"
     unit = "patient"
 
-    def prepare(self, fed: Any, config: Any) -> None:
-        if config.task != "classification":
+    def prepare(self, plan: Plan) -> None:
+        if plan.config.task != "classification":
             raise PrivmedError("p3sgd needs a per-image loss: it supports --task classification only (use dp-sgd for segmentation)")
-        super().prepare(fed, config)
+        super().prepare(plan)
 
     def sampling(self, data: Any, batch_size: int) -> tuple[int, str, float]:
         """Patients, sampled at q = 1/ceil(patients / patients per batch)."""

@@ -8,9 +8,9 @@ from typing import Any
 from privmed.errors import PrivmedError, unknown_name
 from privmed.privacy import dp, dp_fedavg, p3sgd
 from privmed.privacy.base import Mechanism
-from privmed.privacy.he_mechanism import HEMechanism
-from privmed.privacy.secagg import SecAggMechanism
-from privmed.privacy.weight_encryption import WeightEncryption
+from privmed.protocols.he_fedavg import HEMechanism
+from privmed.protocols.secagg_fedavg import SecAggMechanism
+from privmed.protocols.weight_transmission.site import WeightEncryption
 
 # name -> factory(options) -> Mechanism
 MECHANISMS: dict[str, Callable[[dict[str, Any]], Mechanism]] = {

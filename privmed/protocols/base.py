@@ -1,52 +1,88 @@
-"""What every protocol gets and returns, and the one helper they share.
+"""What a protocol is, what it gets and returns, and the helpers protocols share.
 
-A protocol is a function ``run(ctx: ProtocolContext) -> ProtocolOutput``. It
-sees the Grid, the initial weights and the hyper-parameters, never a site's
-data. Measurement (validation after each round) is the harness's
-``evaluate_fn``: the harness holds the ground truth, the coordinator does not.
+A protocol is declared once, as a :class:`ProtocolSpec` exported by its
+module (``SPEC``): its name and review key, its round function
+``run(ctx: ProtocolContext) -> ProtocolOutput``, its options dataclass, its
+schedule, what the coordinator sees, its site-side mod if it has one, and
+how the harness measures it. The registry, the session, the audit, the
+accounting and the deployment read the spec; nothing else tests a
+protocol's name.
+
+``run`` sees the Grid, the initial weights, the hyper-parameters and its
+typed options, never a site's data. Measurement (validation after each
+round) is the harness's ``evaluate_fn``: the harness holds the ground truth,
+the coordinator does not.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import Any
 
 import numpy as np
 from flwr.app import ArrayRecord, ConfigRecord, Message, RecordDict
+from flwr.clientapp.typing import Mod
 from flwr.serverapp import Grid
 from flwr.serverapp.strategy import Strategy
 
+from privmed.config import TrainSettings
 from privmed.engine.validate import reply_problem
+from privmed.options import NoOptions
+
+__all__ = ["TrainSettings", "TrainInstruction", "ProtocolSpec", "ProtocolContext", "ProtocolOutput", "Predictor"]
 
 # A model the harness can evaluate: one set of weights, or an ensemble of them.
 Predictor = ArrayRecord | list[ArrayRecord]
 
+# The coordinator's per-round seed for the sites' local shuffling: seed * ROUND_SEED_STRIDE + round.
+# A prime larger than any round count, so (seed, round) pairs never collide.
+ROUND_SEED_STRIDE = 100_003
+
+SCHEDULES = ("sequential", "parallel", "one trainer")
+# How the coordinator's traffic is measured: every message on the grid; the raw data uploaded once
+# (centralised); nothing (a site alone); each site's model once, at the end (ensemble).
+TRAFFIC = ("messages", "raw data", "none", "final upload")
+
 
 @dataclass(frozen=True)
-class TrainSettings:
-    rounds: int = 10
+class TrainInstruction:
+    """The training instruction a coordinator sends a site in a ``train`` message (its ``config`` record).
+
+    One typed record for both parties: the coordinator builds it with
+    :meth:`to_record`, the site reads it with :meth:`from_record` (a protocol
+    may add keys of its own to the record; the site ignores them here).
+    """
+
     local_epochs: int = 1
     lr: float = 1e-3
     batch_size: int = 32
+    seed: int = 0  # the round's seed for the site's local shuffling (not privacy randomness)
+    server_round: int = 0
 
-    def __post_init__(self) -> None:
-        from privmed.errors import PrivmedError
+    KEYS = {"local_epochs": "local-epochs", "lr": "lr", "batch_size": "batch-size", "seed": "seed", "server_round": "server-round"}
 
-        if self.rounds < 1 or self.local_epochs < 1 or self.batch_size < 1:
-            raise PrivmedError("rounds, local epochs and batch size must be at least 1")
-        if not self.lr > 0:
-            raise PrivmedError(f"learning rate must be > 0, got {self.lr}")
+    def to_record(self) -> ConfigRecord:
+        return ConfigRecord({
+            "local-epochs": int(self.local_epochs), "lr": float(self.lr), "batch-size": int(self.batch_size),
+            "seed": int(self.seed), "server-round": int(self.server_round),
+        })
+
+    @classmethod
+    def from_record(cls, record: ConfigRecord) -> TrainInstruction:
+        default = cls()
+        return cls(**{f: type(getattr(default, f))(record.get(k, getattr(default, f))) for f, k in cls.KEYS.items()})
 
 
 @dataclass
 class ProtocolContext:  # pylint: disable=too-many-instance-attributes
     grid: Grid
-    initial: ArrayRecord
+    initial: Predictor
     settings: TrainSettings
     seed: int
     # called after each round with (round, predictor); returns the validation metrics
     evaluate_fn: Callable[[int, Predictor], dict]
-    options: dict = field(default_factory=dict)
+    options: Any = field(default_factory=NoOptions)  # the protocol's options dataclass
     rejections: list[dict] = field(default_factory=list)
     # a privacy mechanism's wrapper around Flower strategies (identity by default)
     wrap_strategy: Callable[[Strategy], Strategy] = lambda s: s
@@ -56,11 +92,13 @@ class ProtocolContext:  # pylint: disable=too-many-instance-attributes
     # a protocol's own coordinator state between rounds (JSON-able), kept by the checkpoint
     state: dict = field(default_factory=dict)
 
+    def round_seed(self, rnd: int) -> int:
+        return int(self.seed * ROUND_SEED_STRIDE + rnd)
+
     def round_config(self, rnd: int, *, epochs: int | None = None) -> ConfigRecord:
-        return ConfigRecord({
-            "local-epochs": int(epochs or self.settings.local_epochs), "lr": float(self.settings.lr),
-            "batch-size": int(self.settings.batch_size), "seed": int(self.seed * 100_003 + rnd), "server-round": int(rnd),
-        })
+        s = self.settings
+        return TrainInstruction(local_epochs=int(epochs or s.local_epochs), lr=s.lr, batch_size=s.batch_size,
+                                seed=self.round_seed(rnd), server_round=rnd).to_record()
 
     def reject(self, rnd: int, node: int, reason: str) -> None:
         self.rejections.append({"round": rnd, "node": int(node), "reason": reason})
@@ -72,6 +110,50 @@ class ProtocolContext:  # pylint: disable=too-many-instance-attributes
 @dataclass
 class ProtocolOutput:
     predictor: Predictor
+    # a protocol's own figures merged into result.json: section ("communication", "runtime", "privacy") -> keys
+    measured: dict[str, dict] = field(default_factory=dict)
+
+
+def _every_site(options: Any, n_sites: int) -> tuple[int, ...]:
+    return tuple(range(n_sites))
+
+
+def _rounds(settings: TrainSettings, n_sites: int) -> int:
+    return settings.rounds
+
+
+@dataclass(frozen=True)
+class ProtocolSpec:
+    """A protocol, declared once: the registry, session, audit, accounting and deployment read this."""
+
+    name: str
+    technique: str  # the review's key, e.g. "chang2018-cwt"
+    run: Callable[[ProtocolContext], ProtocolOutput]
+    coordinator_sees: str
+    schedule: str  # one of SCHEDULES: how the sites' training adds up in a deployment
+    options: type = NoOptions  # frozen dataclass of the protocol's options, parsed strictly
+    # the protocol's own site half, as a Flower client mod: (site index, options) -> Mod
+    site_mod: Callable[[int, Any], Mod] | None = None
+    pooled: bool = False  # the harness trains one party holding every site's data (centralised)
+    traffic: str = "messages"  # one of TRAFFIC
+    # which sites train under the plan (privacy accounting, membership candidates): (options, n_sites) -> indices
+    trainers: Callable[[Any, int], tuple[int, ...]] = _every_site
+    # how many times the protocol calls ``evaluate_fn`` (SWT: one stage per site)
+    rounds: Callable[[TrainSettings, int], int] = _rounds
+    # attack -> why it does not apply to this protocol (e.g. no update reaches the coordinator)
+    not_applicable: dict[str, str] = field(default_factory=dict)
+    # what a site uploads of a one-step update, for the inversion probe: (model, sent, received, options, seed, site)
+    probe_upload: Callable[..., tuple[dict, list]] | None = None
+    # runs on a Flower deployment (its result does not depend on the SuperLink's node ids)
+    deployable: bool = False
+    # the coordinator's Flower strategy can be swapped (robust aggregators in the poisoning audit)
+    pluggable_strategy: bool = False
+
+    def __post_init__(self) -> None:
+        if self.schedule not in SCHEDULES:
+            raise ValueError(f"{self.name}: schedule must be one of {SCHEDULES}, got {self.schedule!r}")
+        if self.traffic not in TRAFFIC:
+            raise ValueError(f"{self.name}: traffic must be one of {TRAFFIC}, got {self.traffic!r}")
 
 
 def train_at(ctx: ProtocolContext, node: int, arrays: ArrayRecord, rnd: int, *, epochs: int | None = None) -> ArrayRecord | None:

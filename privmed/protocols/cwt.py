@@ -16,16 +16,25 @@ visit; the model carries on from the previous site.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 from privmed.errors import PrivmedError
-from privmed.protocols.base import ProtocolContext, ProtocolOutput, node_ids, train_at
+from privmed.protocols.base import ProtocolContext, ProtocolOutput, ProtocolSpec, node_ids, train_at
 
 ORDERS = ("fixed", "shuffled")
 
 
+@dataclass(frozen=True)
+class CWTOptions:
+    order: str = "fixed"
+
+    def __post_init__(self) -> None:
+        if self.order not in ORDERS:
+            raise PrivmedError(f"unknown CWT order {self.order!r}; valid orders: {', '.join(ORDERS)}")
+
+
 def run(ctx: ProtocolContext) -> ProtocolOutput:
-    order = ctx.options.get("order", "fixed")
-    if order not in ORDERS:
-        raise PrivmedError(f"unknown CWT order {order!r}; valid orders: {', '.join(ORDERS)}")
+    order = ctx.options.order
     nodes = node_ids(ctx)
     arrays = ctx.initial
     for rnd in range(ctx.start_round, ctx.settings.rounds + 1):
@@ -34,3 +43,7 @@ def run(ctx: ProtocolContext) -> ProtocolOutput:
             arrays = train_at(ctx, int(node), arrays, rnd) or arrays
         ctx.evaluate_fn(rnd, arrays)
     return ProtocolOutput(arrays)
+
+
+SPEC = ProtocolSpec(name="cwt", technique="chang2018-cwt", run=run, coordinator_sees="the model weights after every site visit",
+                    schedule="sequential", options=CWTOptions)

@@ -32,16 +32,20 @@ The site half (``site_mod``) runs at each site as a Flower client mod.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import numpy as np
+import torch
 from flwr.app import Array, ArrayRecord, ConfigRecord, Context, Message, RecordDict
 from flwr.clientapp.typing import ClientAppCallable
 
 from privmed.errors import PrivmedError
-from privmed.protocols.base import ProtocolContext, ProtocolOutput, node_ids
+from privmed.protocols.base import ProtocolContext, ProtocolOutput, ProtocolSpec, node_ids
 
 SELECTIONS = ("largest", "random")
+# Salt of a site's selection generator, np.random.default_rng([round seed, site, SELECTION_SALT]):
+# keeps its stream apart from the other draws seeded by the same round seed.
+SELECTION_SALT = 17
 
 
 @dataclass(frozen=True)
@@ -64,9 +68,10 @@ class DSSGDOptions:
             raise PrivmedError("dp_epsilon must be > 0 and needs gamma (the truncation bounds the sensitivity, 2γ)")
 
     @staticmethod
-    def from_options(options: dict) -> DSSGDOptions:
+    def from_record(record: dict) -> DSSGDOptions:
+        """The options the coordinator put into a train message (beside the training instruction's keys)."""
         keys = set(DSSGDOptions.__dataclass_fields__)
-        return DSSGDOptions(**{k: v for k, v in options.items() if k in keys})
+        return DSSGDOptions(**{k: v for k, v in record.items() if k in keys})
 
 
 def select(delta: np.ndarray, opts: DSSGDOptions, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
@@ -125,7 +130,7 @@ class SiteState:
     local: np.ndarray | None = None
 
 
-def site_mod(site_index: int):
+def site_mod(site_index: int, options: DSSGDOptions | None = None):
     """The site half of DSSGD as a Flower client mod: download θd, train, upload θu of Δw."""
     state = SiteState()
 
@@ -133,7 +138,7 @@ def site_mod(site_index: int):
         cfg = msg.content.config_records.get("config")
         if msg.metadata.message_type != "train" or cfg is None or "dssgd" not in cfg:
             return call_next(msg, ctx)
-        opts = DSSGDOptions.from_options(dict(cfg))
+        opts = DSSGDOptions.from_record(dict(cfg))  # as the coordinator sent them
         if "full" in msg.content.array_records:  # first visit: the whole global model
             state.template = msg.content["full"]
             state.local = _flat(state.template)
@@ -148,7 +153,7 @@ def site_mod(site_index: int):
         if reply.has_error():
             return reply
         new = _flat(reply.content["arrays"])
-        rng = np.random.default_rng([int(cfg.get("seed", 0)), site_index, 17])
+        rng = selection_rng(int(cfg.get("seed", 0)), site_index)
         idx, val = select(new - state.local, opts, rng)
         state.local = new
         return Message(RecordDict({"up": _sparse(idx, val), "metrics": reply.content["metrics"]}), reply_to=msg)
@@ -156,13 +161,12 @@ def site_mod(site_index: int):
     return mod
 
 
-@dataclass
-class DSSGDOutput(ProtocolOutput):
-    privacy: dict = field(default_factory=dict)
+def selection_rng(round_seed: int, site_index: int) -> np.random.Generator:
+    return np.random.default_rng([round_seed, site_index, SELECTION_SALT])
 
 
-def run(ctx: ProtocolContext) -> DSSGDOutput:
-    opts = DSSGDOptions.from_options(ctx.options)
+def run(ctx: ProtocolContext) -> ProtocolOutput:
+    opts = ctx.options
     nodes = node_ids(ctx)
     template = ctx.initial  # on a resume: the checkpointed global parameters
     glob = _flat(template)
@@ -194,7 +198,7 @@ def run(ctx: ProtocolContext) -> DSSGDOutput:
             uploads[node] += 1
         ctx.state.update(counts=counts, uploads={str(k): v for k, v in uploads.items()})
         ctx.evaluate_fn(rnd, _unflat(glob, template))
-    return DSSGDOutput(_unflat(glob, template), privacy=_privacy(opts, max(uploads.values(), default=0)))
+    return ProtocolOutput(_unflat(glob, template), measured={"privacy": _privacy(opts, max(uploads.values(), default=0))})
 
 
 def _reply_problem(replies: list[Message], size: int) -> str | None:
@@ -223,3 +227,28 @@ def _privacy(opts: DSSGDOptions, per_site: int) -> dict:
                 "epsilon": min(per_site * opts.dp_epsilon, epsilon_from_rdp(rdp_pure(epsilon=opts.dp_epsilon, releases=per_site), delta=delta)),
                 "composition": "per site over its uploads: min(basic, RDP of pure-DP releases)"})
     return out
+
+
+def probe_upload(model: torch.nn.Module, sent: dict, received: dict, options: DSSGDOptions, *, seed: int,
+                 site: int) -> tuple[dict, list[torch.Tensor]]:
+    """What a DSSGD site uploads of ``received - sent`` (its own ``select``), as (sent + sparse update, masks per parameter).
+
+    The inversion probe's view: the attacker sees only the θu selection.
+    """
+    names = [n for n, _ in model.named_parameters()]
+    delta = np.concatenate([(received[n].float() - sent[n].float()).numpy().ravel() for n in names])
+    idx, val = select(delta, options, selection_rng(seed, site))
+    sparse, seen = np.zeros_like(delta), np.zeros(delta.size, dtype=bool)
+    sparse[idx], seen[idx] = val, True
+    out, masks, start = dict(sent), [], 0
+    for n in names:
+        size = sent[n].numel()
+        out[n] = sent[n].float() + torch.from_numpy(sparse[start : start + size]).reshape(sent[n].shape)
+        masks.append(torch.from_numpy(seen[start : start + size]).reshape(sent[n].shape))
+        start += size
+    return out, masks
+
+
+SPEC = ProtocolSpec(name="dssgd", technique="shokri2015-dssgd", run=run,
+                    coordinator_sees="a fraction theta_u of each site's update (index, value) at every visit",
+                    schedule="sequential", options=DSSGDOptions, site_mod=site_mod, probe_upload=probe_upload)

@@ -10,7 +10,7 @@ others.
 
 from __future__ import annotations
 
-from privmed.protocols.base import ProtocolContext, ProtocolOutput, node_ids, train_at
+from privmed.protocols.base import ProtocolContext, ProtocolOutput, ProtocolSpec, node_ids, train_at
 
 
 def run(ctx: ProtocolContext) -> ProtocolOutput:
@@ -22,3 +22,7 @@ def run(ctx: ProtocolContext) -> ProtocolOutput:
             models[n] = train_at(ctx, n, models[n], rnd) or models[n]
         ctx.evaluate_fn(rnd, list(models.values()))
     return ProtocolOutput(list(models.values()))
+
+
+SPEC = ProtocolSpec(name="ensemble", technique="chang2018-me", run=run, coordinator_sees="each site's own model weights",
+                    schedule="parallel", traffic="final upload")

@@ -19,7 +19,7 @@ from flwr.serverapp import Grid
 from flwr.serverapp.strategy import FedAvg, Strategy
 
 from privmed.engine.validate import reply_problem
-from privmed.protocols.base import ProtocolContext, ProtocolOutput, node_ids
+from privmed.protocols.base import ProtocolContext, ProtocolOutput, ProtocolSpec, node_ids
 
 
 class RejectInvalidUpdates(Strategy):
@@ -71,8 +71,13 @@ def run(ctx: ProtocolContext, strategy: Strategy | None = None) -> ProtocolOutpu
     def evaluate_fn(rnd: int, arrays: ArrayRecord) -> MetricRecord | None:
         if rnd > 0:
             ctx.evaluate_fn(done + rnd, arrays)
-        config["seed"] = int(ctx.seed * 100_003 + done + rnd + 1)  # next round's local shuffling
+        config["seed"] = ctx.round_seed(done + rnd + 1)  # next round's local shuffling
         return None
 
     result = wrapped.start(ctx.grid, ctx.initial, num_rounds=ctx.settings.rounds - done, train_config=config, evaluate_fn=evaluate_fn)
     return ProtocolOutput(result.arrays if result.arrays is not None else ctx.initial)
+
+
+SPEC = ProtocolSpec(name="fedavg", technique="mcmahan2017-fedavg", run=run,
+                    coordinator_sees="each site's model weights after local training, every round",
+                    schedule="parallel", deployable=True, pluggable_strategy=True)

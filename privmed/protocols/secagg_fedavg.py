@@ -30,31 +30,58 @@ clipping range, default 8.0). A site that fails or drops in any stage is
 recorded as excluded for that round (``WatchedGrid`` notes it as the
 workflow's messages pass); below the threshold Flower halts the round and
 the model is kept.
+
+The site half (privacy name ``secagg``: :class:`SecAggMechanism` below) is
+Flower's ``secaggplus_mod`` with ``legacy_train_bridge`` inside it: a mod
+that turns the legacy fit instructions (``fitins.*`` records with unnamed
+arrays; the names come in the fit config as ``privmed-keys``) into privmed's
+``{"arrays", "config"}`` train message, refuses a NaN or wrong-shaped update
+before it is masked (this project's check, not the paper's), and turns the
+reply back into a legacy ``FitRes`` for masking. In-process the sites' key
+pairs live in one process; a deployment runs one ``secaggplus_mod`` per site.
 """
 
 from __future__ import annotations
 
 import json
+from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
-from flwr.app import Array, ArrayRecord, Context, RecordDict
-from flwr.common import ndarrays_to_parameters
+from flwr.app import Array, ArrayRecord, ConfigRecord, Context, Message, RecordDict
+from flwr.client.mod import secaggplus_mod
+from flwr.common import Code, FitRes, Status, ndarrays_to_parameters, parameters_to_ndarrays
+from flwr.compat.common import recorddict_compat as compat
 from flwr.server import Grid, LegacyContext, ServerConfig
 from flwr.server.strategy import FedAvg
 from flwr.server.workflow import DefaultWorkflow, SecAggPlusWorkflow
 
+from privmed.engine.validate import update_problem
 from privmed.errors import PrivmedError
-from privmed.privacy.secagg import KEYS
-from privmed.protocols.base import ProtocolContext, ProtocolOutput, node_ids
+from privmed.privacy.base import Mechanism
+from privmed.protocols.base import ProtocolContext, ProtocolOutput, ProtocolSpec, node_ids
 
+KEYS = "privmed-keys"
+
+
+@dataclass(frozen=True)
+class SecAggOptions:
+    threshold: int | None = None  # shares needed to rebuild a mask; default max(2, n_sites - 1)
+    clip: float = 8.0  # Flower's clipping range before quantisation
+
+    def check_sites(self, n_sites: int) -> None:
+        top = max(2, n_sites - 1)
+        if self.threshold is not None and not 2 <= self.threshold <= top:
+            raise PrivmedError(f"SecAgg+ threshold must be a whole number from 2 to {top} with {n_sites} sites (at least 2, and below "
+                               f"the number of sites when there are 3 or more), got {self.threshold!r}; e.g. --opt threshold={top}")
+        if not self.clip > 0:
+            raise PrivmedError(f"SecAgg+ clip (Flower's clipping range) must be > 0, got {self.clip}")
 
 def run(ctx: ProtocolContext) -> ProtocolOutput:
     n = len(node_ids(ctx))
     done = ctx.start_round - 1  # rounds run before a resume: Flower's workflow numbers its rounds from 1
-    threshold, top = ctx.options.get("threshold", max(2, n - 1)), max(2, n - 1)
-    if isinstance(threshold, bool) or not isinstance(threshold, int) or not 2 <= threshold <= top:
-        raise PrivmedError(f"SecAgg+ threshold must be a whole number from 2 to {top} with {n} sites (at least 2, and below "
-                           f"the number of sites when there are 3 or more), got {threshold!r}; e.g. --opt threshold={top}")
+    ctx.options.check_sites(n)
+    threshold = ctx.options.threshold or max(2, n - 1)
     keys = list(ctx.initial.keys())
     grid = WatchedGrid(ctx.grid, rounds_done=done)
     latest = {"arrays": ctx.initial}
@@ -79,7 +106,7 @@ def run(ctx: ProtocolContext) -> ProtocolOutput:
     context = LegacyContext(Context(run_id=1, node_id=0, node_config={}, state=RecordDict(), run_config={}),
                             config=ServerConfig(num_rounds=ctx.settings.rounds - done), strategy=strategy)
     workflow = DefaultWorkflow(fit_workflow=SecAggPlusWorkflow(num_shares=1.0, reconstruction_threshold=threshold,
-                                                               clipping_range=float(ctx.options.get("clip", 8.0))))
+                                                               clipping_range=ctx.options.clip))
     workflow(grid, context)
     unchanged = all(np.array_equal(a.numpy(), b.numpy()) for a, b in zip(latest["arrays"].values(), ctx.initial.values()))
     if unchanged:
@@ -134,3 +161,60 @@ class WatchedGrid(Grid):
                 reason = "dropped out during secure aggregation (no reply)" if reply is None else f"site error: {reply.error.reason}"
                 self.excluded.setdefault(int(m.metadata.group_id), {}).setdefault(m.metadata.dst_node_id, reason)
         return replies
+
+
+# ----------------------------------------------------------------------------- the site half
+
+
+def legacy_train_bridge(site: str):
+    def mod(msg: Message, context: Context, call_next) -> Message:
+        if msg.metadata.message_type != "train" or "fitins.parameters" not in msg.content.array_records:
+            return call_next(msg, context)
+        fitins = compat.recorddict_to_fitins(msg.content, keep_input=True)
+        config = dict(fitins.config)
+        keys = json.loads(str(config.pop(KEYS)))
+        arrays = ArrayRecord({k: Array(a) for k, a in zip(keys, parameters_to_ndarrays(fitins.parameters), strict=True)})
+        msg.content = RecordDict({"arrays": arrays, "config": ConfigRecord(config)})
+        reply = call_next(msg, context)
+        if reply.has_error():
+            return reply
+        update = reply.content["arrays"]
+        problem = update_problem(update, arrays)
+        if problem:
+            raise PrivmedError(f"{site}: local update {problem}; not masked")
+        metrics = dict(reply.content["metrics"])
+        fitres = FitRes(Status(Code.OK, ""), ndarrays_to_parameters([a.numpy() for a in update.values()]),
+                        int(metrics["num-examples"]), metrics)
+        return Message(compat.fitres_to_recorddict(fitres, keep_input=True), reply_to=msg)
+
+    return mod
+
+
+class SecAggMechanism(Mechanism):
+    name = "secagg"
+
+    protocols = ("secagg-fedavg",)
+    purpose = "masks FedAvg updates"
+
+    def __init__(self, options: dict[str, Any]) -> None:
+        if options:
+            raise PrivmedError(f"secagg takes no parameters (got {sorted(options)}); set threshold and clip as "
+                               "protocol options: --opt threshold=3")
+        self._names: list[str] = []
+
+    def check(self, plan) -> None:
+        self._names = [name for name, _ in plan.sites]
+
+    def client_mods(self, site_index: int) -> list:
+        if not self._names:
+            raise PrivmedError("secagg: call check(fed, config) before building the sites")
+        return [secaggplus_mod, legacy_train_bridge(self._names[site_index])]
+
+    def report(self) -> dict[str, Any]:
+        return {"epsilon": None, "delta": None, "unit": None, "masking": "SecAgg+ (Flower secaggplus_mod)",
+                "individual_updates_visible": False}
+
+
+SPEC = ProtocolSpec(name="secagg-fedavg", technique="bell2020-secaggplus", run=run,
+                    coordinator_sees="only the sum of the sites' masked, quantised weights",
+                    schedule="parallel", options=SecAggOptions)

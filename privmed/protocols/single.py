@@ -9,17 +9,46 @@ data's bytes as communication). Option ``site``: which site trains alone.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 from privmed.errors import PrivmedError
-from privmed.protocols.base import ProtocolContext, ProtocolOutput, node_ids, train_at
+from privmed.protocols.base import ProtocolContext, ProtocolOutput, ProtocolSpec, node_ids, train_at
+
+
+@dataclass(frozen=True)
+class SingleOptions:
+    site: int = 0  # which site trains alone
+
+    def __post_init__(self) -> None:
+        if self.site < 0:
+            raise PrivmedError(f"site index must be >= 0, got {self.site}")
+
+    def check_sites(self, n_sites: int) -> None:
+        if self.site >= n_sites:
+            raise PrivmedError(f"site index {self.site} out of range: this run has sites 0..{n_sites - 1}")
 
 
 def run(ctx: ProtocolContext) -> ProtocolOutput:
+    """Train at one site: the only node of a centralised run's grid, or the ``site``-th of a single-site run."""
     nodes = node_ids(ctx)
-    site = int(ctx.options.get("site", 0))
-    if not 0 <= site < len(nodes):
-        raise PrivmedError(f"site index {site} out of range: this run has sites 0..{len(nodes) - 1}")
+    site = getattr(ctx.options, "site", 0)
     arrays = ctx.initial
     for rnd in range(ctx.start_round, ctx.settings.rounds + 1):
         arrays = train_at(ctx, nodes[site], arrays, rnd) or arrays
         ctx.evaluate_fn(rnd, arrays)
     return ProtocolOutput(arrays)
+
+
+NO_UPDATE = "the coordinator already receives every site's raw images; there is no update to invert (leakage is total)"
+ALONE = "one site trains alone and sends nothing; there is no update to invert"
+
+CENTRALISED = ProtocolSpec(
+    name="centralised", technique="centralised", run=run, coordinator_sees="every site's raw images and labels",
+    schedule="one trainer", pooled=True, traffic="raw data",
+    not_applicable={"inversion": NO_UPDATE, "dlg": NO_UPDATE},
+)
+SINGLE = ProtocolSpec(
+    name="single", technique="single-site", run=run, coordinator_sees="nothing (one site trains alone)",
+    schedule="one trainer", options=SingleOptions, traffic="none", trainers=lambda o, n: (o.site,),
+    not_applicable={"inversion": ALONE, "dlg": ALONE, "poisoning": "one site trains alone; there are no other sites to poison it"},
+)

@@ -11,7 +11,7 @@ coordinator. One "round" in the history is one institution's stage.
 
 from __future__ import annotations
 
-from privmed.protocols.base import ProtocolContext, ProtocolOutput, node_ids, train_at
+from privmed.protocols.base import ProtocolContext, ProtocolOutput, ProtocolSpec, node_ids, train_at
 
 
 def run(ctx: ProtocolContext) -> ProtocolOutput:
@@ -23,3 +23,7 @@ def run(ctx: ProtocolContext) -> ProtocolOutput:
         arrays = train_at(ctx, node, arrays, stage, epochs=budget) or arrays
         ctx.evaluate_fn(stage, arrays)
     return ProtocolOutput(arrays)
+
+
+SPEC = ProtocolSpec(name="swt", technique="chang2018-swt", run=run, coordinator_sees="the model weights after each site's stage",
+                    schedule="sequential", rounds=lambda settings, n_sites: n_sites)

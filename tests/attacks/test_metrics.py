@@ -2,7 +2,8 @@
 
 import numpy as np
 import torch
-from hypothesis import given, settings, strategies as st
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from privmed.attacks.metrics import correlation, mia_metrics, per_patient, psnr, ssim
 

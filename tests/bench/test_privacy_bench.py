@@ -1,9 +1,16 @@
 """The privacy–utility table and plot are computed from result dicts: ε series per protocol and DP unit, ∞ = no DP."""
 
-import dataclasses
 import math
 
-from privmed.bench.privacy import DP_SCALE, curves, dp_rows, dssgd_points, privacy_section, privacy_suite, write_epsilon_plot
+from privmed.bench.privacy import (
+    DP_SCALE,
+    curves,
+    dp_rows,
+    dssgd_points,
+    privacy_section,
+    privacy_suite,
+    write_epsilon_plot,
+)
 from privmed.config import RunConfig
 from privmed.protocols.base import TrainSettings
 from privmed.run import execute

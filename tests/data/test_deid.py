@@ -1,7 +1,8 @@
 """k-anonymity: the release's smallest quasi-identifier group has k records; linkage then fails."""
 
 import pytest
-from hypothesis import given, settings, strategies as st
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from privmed.attacks.linkage import link, outside_table, reidentification_rate
 from privmed.data.base import PatientMeta

@@ -33,8 +33,10 @@ import privmed
 from privmed.config import from_dict, replace
 from privmed.engine.deploy import client_app, config_of, run_config_of, wait_for_nodes, write_app
 from privmed.engine.grid import InProcessGrid
+from privmed.engine.result import load_predictor
+from privmed.engine.session import build_federation, model_spec
 from privmed.errors import PrivmedError
-from privmed.run import build_federation, execute, load_predictor, model_spec
+from privmed.run import execute
 
 BIN = Path(sys.executable).parent
 STARTUP_S = 60  # a loaded 2-core machine can take long to import Flower

@@ -5,7 +5,7 @@ import json
 import pytest
 from typer.testing import CliRunner
 
-import privmed.run
+import privmed.engine.session
 from privmed.cli import app
 from tests.privacy.conftest import make_fed
 
@@ -13,7 +13,7 @@ from tests.privacy.conftest import make_fed
 @pytest.fixture
 def toy_data(monkeypatch):
     fed = make_fed(n_sites=2)
-    monkeypatch.setattr(privmed.run, "build_federation", lambda cfg, seed: fed)
+    monkeypatch.setattr(privmed.engine.session, "build_federation", lambda cfg, seed: fed)
     return fed
 
 

@@ -9,6 +9,7 @@ import torch
 from opacus.accountants import RDPAccountant
 
 from privmed.config import RunConfig
+from privmed.engine.session import plan_of
 from privmed.errors import PrivmedError
 from privmed.models import build_model
 from privmed.privacy.p3sgd import per_patient_clip
@@ -111,13 +112,13 @@ def test_patient_gradients_match_autograd_per_patient():
 def test_impossible_settings_refused_before_training(toy_fed, opts, match):
     with pytest.raises(PrivmedError, match=match):
         cfg = RunConfig(protocol="fedavg", train=TRAIN, privacy={"mechanism": "dp-sgd", **opts})
-        make_mechanism(cfg.privacy).check(toy_fed, cfg)
+        make_mechanism(cfg.privacy).check(plan_of(cfg, toy_fed))
 
 
 def test_model_opacus_cannot_fix_without_changing_weights_is_refused(toy_fed):
     cfg = RunConfig(protocol="fedavg", model="densenet121", train=TRAIN, privacy={"mechanism": "dp-sgd", "noise_multiplier": 1.0, "delta": 1e-3})
     with pytest.raises(PrivmedError, match="BatchNorm"):
-        make_mechanism(cfg.privacy).check(toy_fed, cfg)
+        make_mechanism(cfg.privacy).check(plan_of(cfg, toy_fed))
 
 
 class Interrupt(Exception):
@@ -126,6 +127,7 @@ class Interrupt(Exception):
 
 @pytest.mark.parametrize("mechanism", ["dp-sgd", "dp-fedavg"])
 def test_resumed_dp_run_reports_the_same_epsilon(toy_fed, tmp_path, mechanism, monkeypatch):
+    import privmed.engine.session as sessionmod
     import privmed.run as runmod
 
     cfg = RunConfig(protocol="fedavg", train=TrainSettings(rounds=3, batch_size=4), name="r",
@@ -135,7 +137,7 @@ def test_resumed_dp_run_reports_the_same_epsilon(toy_fed, tmp_path, mechanism, m
     def stop_after_2(rnd, total, metrics):
         if rnd == 2:
             raise Interrupt
-    monkeypatch.setattr(runmod, "build_federation", lambda c, s: toy_fed)
+    monkeypatch.setattr(sessionmod, "build_federation", lambda c, s: toy_fed)
     with pytest.raises(Interrupt):
         runmod.run(cfg, runs_dir=tmp_path, progress=stop_after_2)
     resumed, _ = runmod.run(cfg, runs_dir=tmp_path, resume=True)
@@ -144,6 +146,7 @@ def test_resumed_dp_run_reports_the_same_epsilon(toy_fed, tmp_path, mechanism, m
 
 def test_a_resumed_run_under_a_budget_counts_its_own_spend_once(toy_fed, tmp_path, monkeypatch):
     """The interrupted rounds are in the ledger and in the plan: a budget the whole run fits is not refused on resume."""
+    import privmed.engine.session as sessionmod
     import privmed.run as runmod
     from privmed.privacy.pseudonym import new_key
 
@@ -157,7 +160,7 @@ def test_a_resumed_run_under_a_budget_counts_its_own_spend_once(toy_fed, tmp_pat
     def stop_after_2(rnd, total, metrics):
         if rnd == 2:
             raise Interrupt
-    monkeypatch.setattr(runmod, "build_federation", lambda c, s: toy_fed)
+    monkeypatch.setattr(sessionmod, "build_federation", lambda c, s: toy_fed)
     budgeted = dataclasses.replace(cfg, privacy={**base, "budget": budget})
     with pytest.raises(Interrupt):
         runmod.run(budgeted, runs_dir=tmp_path, progress=stop_after_2)
@@ -184,7 +187,7 @@ def test_poisson_batches_match_the_accounted_rate_and_empty_batches_train():
 def test_the_inversion_probe_takes_one_noisy_step_on_the_whole_victim_batch(toy_fed, mechanism):
     # the site's own q (1/3 here) on a 2-image victim set would take 3 near-empty steps normalised by q·2
     mech = make_mechanism({"mechanism": mechanism, "noise_multiplier": 1.0, "delta": 1e-3})
-    mech.check(toy_fed, RunConfig(protocol="fedavg", train=TRAIN))
+    mech.check(plan_of(RunConfig(protocol="fedavg", train=TRAIN), toy_fed))
     assert mech.sample_rate[0] < 1
     mech.one_step_per_call()
     victim = toy_fed.sites[0].train.subset(np.arange(2))

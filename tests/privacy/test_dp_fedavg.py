@@ -5,6 +5,7 @@ import pytest
 from opacus.accountants import RDPAccountant
 
 from privmed.config import RunConfig
+from privmed.engine.session import plan_of
 from privmed.errors import PrivmedError
 from privmed.models import build_model
 from privmed.privacy.registry import make_mechanism
@@ -39,4 +40,4 @@ def test_site_level_epsilon_matches_opacus(toy_fed):
 def test_needs_fedavg(toy_fed):
     c = RunConfig(protocol="cwt", privacy={"mechanism": "dp-fedavg", "noise_multiplier": 1.0})
     with pytest.raises(PrivmedError, match="protocol fedavg"):
-        make_mechanism(c.privacy).check(toy_fed, c)
+        make_mechanism(c.privacy).check(plan_of(c, toy_fed))

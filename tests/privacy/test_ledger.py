@@ -10,6 +10,7 @@ from typer.testing import CliRunner
 
 from privmed.cli import app
 from privmed.config import RunConfig
+from privmed.engine.session import plan_of
 from privmed.errors import PrivmedError
 from privmed.models import build_model
 from privmed.privacy.accounting import ORDERS, epsilon_from_rdp
@@ -54,7 +55,7 @@ def test_over_budget_run_refused_before_training_and_records_nothing(toy_fed, le
     cfg = p3(ledger_opts, budget=(eps_now + eps_twice) / 2)  # a second identical run would push the most-charged over
     mech = make_mechanism(cfg.privacy)
     with pytest.raises(PrivmedError, match=r"refused before training: \d+ of \d+ patients would exceed .* by up to"):
-        mech.check(toy_fed, cfg)
+        mech.check(plan_of(cfg, toy_fed))
     assert sum(ledger.runs().values()) == before
     # a budget high enough lets it run
     execute(p3(ledger_opts, budget=eps_twice * 1.01), fed=toy_fed)
@@ -64,7 +65,7 @@ def test_over_budget_run_refused_before_training_and_records_nothing(toy_fed, le
 def test_missing_key_is_a_clear_error(toy_fed, tmp_path):
     cfg = p3({"ledger": f"sqlite:///{tmp_path / 'l.db'}", "ledger_key": str(tmp_path / "nope.bin")})
     with pytest.raises(PrivmedError, match="key file .* not found"):
-        make_mechanism(cfg.privacy).check(toy_fed, cfg)
+        make_mechanism(cfg.privacy).check(plan_of(cfg, toy_fed))
     assert not (tmp_path / "l.db").exists()
 
 
@@ -85,7 +86,7 @@ class CrashAfter(torch.nn.Module):
 def test_crashed_training_records_what_it_spent(toy_fed, ledger_opts):
     cfg = RunConfig(protocol="fedavg", train=TRAIN, privacy={"mechanism": "dp-sgd", "noise_multiplier": 1.5, "delta": 1e-3, **ledger_opts})
     mech = make_mechanism(cfg.privacy)
-    mech.check(toy_fed, cfg)
+    mech.check(plan_of(cfg, toy_fed))
     site = toy_fed.sites[2].train  # no shared patient here
     with pytest.raises(RuntimeError, match="crashed"):
         mech.trainer(2)(CrashAfter(), site, task="classification", epochs=5, batch_size=4, lr=1e-3, seed=0)
@@ -176,13 +177,13 @@ def test_a_hold_counts_only_what_its_run_has_not_yet_charged(tmp_path):
 
 def test_a_killed_runs_hold_is_dropped_by_its_next_attempt_or_by_hand(toy_fed, ledger_opts):
     cfg = p3(ledger_opts, budget=100.0)
-    make_mechanism(cfg.privacy).check(toy_fed, cfg)  # the process "dies": check() held, close() never came
+    make_mechanism(cfg.privacy).check(plan_of(cfg, toy_fed))  # the process "dies": check() held, close() never came
     ledger = Ledger(ledger_opts["ledger"])
     assert set(ledger.holds()) == {cfg.run_name}
     res = CliRunner().invoke(app, ["budget", "--ledger", ledger_opts["ledger"]])
     assert res.exit_code == 0 and f"hold: run '{cfg.run_name}'" in res.output
     again = make_mechanism(cfg.privacy)
-    again.check(toy_fed, cfg)  # the next attempt replaces the stale hold instead of adding to it
+    again.check(plan_of(cfg, toy_fed))  # the next attempt replaces the stale hold instead of adding to it
     assert len({r for (r,) in sqlite3.connect(ledger_opts["ledger"][len("sqlite:///"):]).execute("SELECT run_id FROM holds")}) == 1
     res = CliRunner().invoke(app, ["budget", "--ledger", ledger_opts["ledger"], "--release", "nope"])
     assert res.exit_code == 2 and cfg.run_name in res.output

@@ -11,28 +11,23 @@ from flwr.app import ArrayRecord, ConfigRecord
 from flwr.common.secure_aggregation.secaggplus_constants import RECORD_KEY_CONFIGS, Key, Stage
 
 from privmed.config import RunConfig
-from privmed.engine.grid import InProcessGrid
+from privmed.engine.result import evaluate_predictor
+from privmed.engine.session import FIRST_NODE_ID, assemble, model_spec, resolve
 from privmed.errors import PrivmedError
 from privmed.privacy.registry import make_mechanism
-from privmed.protocols import cwt, fedavg, fnt, he_fedavg, secagg_fedavg, snt
-from privmed.protocols.base import ProtocolContext, TrainSettings
-from privmed.run import FIRST_NODE_ID, evaluate_predictor, model_spec
-from privmed.site import make_client_app
+from privmed.protocols import cwt, fedavg, he_fedavg, secagg_fedavg
+from privmed.protocols.base import TrainSettings
+from privmed.protocols.weight_transmission import fnt, snt
 
 
-def run_protocol(fed, fn, protocol, privacy=None, *, rounds=2, fault=None, options=None, evaluated=None):
-    """Run ``fn``; with ``evaluated`` (a list), reveal each round's predictor into it, as the harness does."""
-    cfg = RunConfig(protocol=protocol, privacy=privacy or {}, train=TrainSettings(rounds=rounds))
-    mech = make_mechanism(cfg.privacy)
-    mech.check(fed, cfg)
-    spec = model_spec(cfg, fed)
-    apps = {FIRST_NODE_ID + i: make_client_app(s, spec, site_index=i, mods=mech.client_mods(i)) for i, s in enumerate(fed.sites)}
-    reveal = getattr(mech, "reveal", lambda p: p)
-    evaluate = (lambda r, p: None) if evaluated is None else (lambda r, p: evaluated.append((r, reveal(p))))
-    ctx = ProtocolContext(grid=InProcessGrid(apps, fault=fault), initial=ArrayRecord(spec.build(0).state_dict()),
-                          settings=cfg.train, seed=0, evaluate_fn=evaluate, options=options or {})
-    out = fn(ctx)
-    return reveal(out.predictor), ctx, out, mech
+def run_protocol(fed, fn, protocol, privacy=None, *, rounds=2, fault=None, options=None, evaluated=None, site_mods=None):
+    """Run ``fn`` on the session privmed assembles; with ``evaluated`` (a list), reveal each round's predictor into it, as the harness does."""
+    cfg = RunConfig(protocol=protocol, privacy=privacy or {}, options=options or {}, train=TrainSettings(rounds=rounds))
+    session = assemble(cfg, fed=fed, fault=fault, site_mods=site_mods)
+    if evaluated is not None:
+        session.ctx.evaluate_fn = lambda r, p: evaluated.append((r, session.reveal(p)))
+    out = fn(session.ctx)
+    return session.reveal(out.predictor), session.ctx, out, session.mechanism
 
 
 def dropping(*visits):
@@ -126,22 +121,16 @@ def test_he_site_refuses_to_encrypt_a_nan_update(small_fed):
             arrays[first] = type(arrays[first])(np.full(arrays[first].shape, np.nan, dtype=np.float32))
         return reply
 
-    cfg = RunConfig(protocol="he-fedavg", privacy={"mechanism": "he-ckks"}, train=TrainSettings(rounds=1))
-    mech = make_mechanism(cfg.privacy)
-    mech.check(small_fed, cfg)
-    spec = model_spec(cfg, small_fed)
-    apps = {FIRST_NODE_ID + i: make_client_app(s, spec, site_index=i, mods=mech.client_mods(i) + ([poison] if i == 2 else []))
-            for i, s in enumerate(small_fed.sites)}
-    ctx = ProtocolContext(grid=InProcessGrid(apps), initial=ArrayRecord(spec.build(0).state_dict()), settings=cfg.train,
-                          seed=0, evaluate_fn=lambda r, p: None)
-    he_fedavg.run(ctx)
+    _, ctx, _, _ = run_protocol(small_fed, he_fedavg.run, "he-fedavg", {"mechanism": "he-ckks"}, rounds=1, site_mods={2: [poison]})
     assert [r["node"] for r in ctx.rejections] == [FIRST_NODE_ID + 2]
     assert "NaN" in ctx.rejections[0]["reason"] and small_fed.sites[2].name in ctx.rejections[0]["reason"]
 
 
 def test_encrypting_mechanisms_refuse_the_wrong_protocol_and_protocols_need_them(small_fed):
-    with pytest.raises(PrivmedError, match="he-fedavg"):
-        make_mechanism({"mechanism": "he-paillier"}).check(small_fed, RunConfig(protocol="fedavg"))
+    with pytest.raises(PrivmedError, match="he-paillier encrypts FedAvg updates; use it with --protocol he-fedavg, not fedavg"):
+        resolve(RunConfig(protocol="fedavg", privacy={"mechanism": "he-paillier"}))
+    with pytest.raises(PrivmedError, match="aes-gcm seals transmitted weights; use it with --protocol snt or fnt, not cwt"):
+        resolve(RunConfig(protocol="cwt", privacy={"mechanism": "aes-gcm"}))
     with pytest.raises(PrivmedError, match="no HE keys"):
         run_protocol(small_fed, he_fedavg.run, "he-fedavg")
     with pytest.raises(PrivmedError, match="unknown he-ckks parameter"):
@@ -221,9 +210,11 @@ def test_snt_tampered_upload_of_the_last_round_is_not_the_final_model(small_fed)
     assert np.array_equal(flat(model), flat(run_protocol(small_fed, cwt.run, "cwt", rounds=1, fault=dropping((1, last)))[0]))
 
 
-@pytest.mark.parametrize("threshold", [1, 4, 2.5, "3"])
-def test_secagg_threshold_must_be_a_whole_number_from_2_to_one_below_the_sites(small_fed, threshold):
-    with pytest.raises(PrivmedError, match="threshold must be a whole number from 2 to 3 with 4 sites"):
+@pytest.mark.parametrize(("threshold", "why"), [(1, "whole number from 2 to 3 with 4 sites"), (4, "whole number from 2 to 3 with 4 sites"),
+                                               (2.5, r"'threshold' for protocol secagg-fedavg must be int or none, got 2.5"),
+                                               ("3", r"'threshold' for protocol secagg-fedavg must be int or none, got '3'")])
+def test_secagg_threshold_must_be_a_whole_number_from_2_to_one_below_the_sites(small_fed, threshold, why):
+    with pytest.raises(PrivmedError, match=why):
         run_protocol(small_fed, secagg_fedavg.run, "secagg-fedavg", {"mechanism": "secagg"}, rounds=1,
                      options={"threshold": threshold})
 
@@ -234,7 +225,8 @@ def test_secagg_fedavg_without_the_secagg_mods_fails_loudly(small_fed):
 
 
 def test_harness_measures_an_encrypted_run_and_saves_the_decrypted_model(small_fed, plain, tmp_path):
-    from privmed.run import execute, load_predictor
+    from privmed.engine.result import load_predictor
+    from privmed.run import execute
 
     result = execute(RunConfig(protocol="he-fedavg", privacy={"mechanism": "he-ckks"}, train=TrainSettings(rounds=2)), fed=small_fed)
     assert result.communication["expansion_factor"] > 1 and result.runtime["encrypt_seconds_per_round"] > 0

@@ -5,23 +5,19 @@ import pytest
 import torch
 from flwr.app import ArrayRecord, Message, RecordDict
 
-from privmed.engine.grid import InProcessGrid
+from privmed.config import RunConfig
+from privmed.engine.session import FIRST_NODE_ID, assemble
 from privmed.errors import PrivmedError
 from privmed.protocols import cwt, ensemble, fedavg, single, swt
-from privmed.protocols.base import ProtocolContext, TrainSettings
-from privmed.run import FIRST_NODE_ID, model_spec
-from privmed.config import RunConfig
-from privmed.site import make_client_app
+from privmed.protocols.base import TrainSettings
 
 
-def make_ctx(fed, rounds=2, fault=None, options=None):
-    spec = model_spec(RunConfig(), fed)
-    apps = {FIRST_NODE_ID + i: make_client_app(s, spec, site_index=i) for i, s in enumerate(fed.sites)}
-    grid = InProcessGrid(apps, fault=fault)
+def make_ctx(fed, rounds=2, fault=None, options=None, protocol="fedavg"):
+    """The session's context for ``protocol`` on ``fed`` (built by privmed's one assembly), recording each evaluation."""
+    session = assemble(RunConfig(protocol=protocol, options=options or {}, train=TrainSettings(rounds=rounds)), fed=fed, fault=fault)
     seen = []
-    ctx = ProtocolContext(grid=grid, initial=ArrayRecord(spec.build(0).state_dict()), settings=TrainSettings(rounds=rounds),
-                          seed=0, evaluate_fn=lambda r, p: seen.append((r, p)), options=options or {})
-    return ctx, seen
+    session.ctx.evaluate_fn = lambda r, p: seen.append((r, p))
+    return session.ctx, seen
 
 
 def flat(arrays: ArrayRecord) -> np.ndarray:
@@ -33,7 +29,7 @@ def train_order(grid) -> list[int]:
 
 
 def test_cwt_visits_every_site_in_fixed_order_each_round(small_fed):
-    ctx, seen = make_ctx(small_fed, rounds=2)
+    ctx, seen = make_ctx(small_fed, rounds=2, protocol="cwt")
     out = cwt.run(ctx)
     nodes = [FIRST_NODE_ID + i for i in range(4)]
     assert train_order(ctx.grid) == nodes * 2
@@ -46,7 +42,7 @@ def test_cwt_visits_every_site_in_fixed_order_each_round(small_fed):
 def test_cwt_shuffled_order_changes_between_rounds_and_repeats_with_seed(small_fed):
     orders = []
     for _ in range(2):
-        ctx, _ = make_ctx(small_fed, rounds=4, options={"order": "shuffled"})
+        ctx, _ = make_ctx(small_fed, rounds=4, options={"order": "shuffled"}, protocol="cwt")
         cwt.run(ctx)
         orders.append(train_order(ctx.grid))
     assert orders[0] == orders[1]
@@ -54,33 +50,33 @@ def test_cwt_shuffled_order_changes_between_rounds_and_repeats_with_seed(small_f
     assert len(set(per_round)) > 1 and all(sorted(r) == sorted(per_round[0]) for r in per_round)
 
 
-def test_cwt_rejects_unknown_order(small_fed):
-    ctx, _ = make_ctx(small_fed, options={"order": "random-walk"})
+def test_cwt_rejects_unknown_order_and_misspelt_option_before_running(small_fed):
     with pytest.raises(PrivmedError, match="fixed, shuffled"):
-        cwt.run(ctx)
+        make_ctx(small_fed, options={"order": "random-walk"}, protocol="cwt")
+    with pytest.raises(PrivmedError, match=r"unknown option 'oder' for protocol cwt; valid options: order \(str\)"):
+        make_ctx(small_fed, options={"oder": "shuffled"}, protocol="cwt")
 
 
 def test_swt_passes_the_model_once_with_the_whole_budget(small_fed):
-    ctx, seen = make_ctx(small_fed, rounds=3)
+    ctx, seen = make_ctx(small_fed, rounds=3, protocol="swt")
     swt.run(ctx)
     assert train_order(ctx.grid) == [FIRST_NODE_ID + i for i in range(4)]
     assert len(seen) == 4
 
 
 def test_ensemble_keeps_one_model_per_site(small_fed):
-    ctx, seen = make_ctx(small_fed, rounds=1)
+    ctx, seen = make_ctx(small_fed, rounds=1, protocol="ensemble")
     out = ensemble.run(ctx)
     assert isinstance(out.predictor, list) and len(out.predictor) == 4
     assert not np.allclose(flat(out.predictor[0]), flat(out.predictor[1]))
 
 
 def test_single_trains_only_the_chosen_site(small_fed):
-    ctx, _ = make_ctx(small_fed, rounds=2, options={"site": 2})
+    ctx, _ = make_ctx(small_fed, rounds=2, options={"site": 2}, protocol="single")
     single.run(ctx)
     assert set(train_order(ctx.grid)) == {FIRST_NODE_ID + 2}
-    ctx, _ = make_ctx(small_fed, options={"site": 7})
     with pytest.raises(PrivmedError, match="out of range"):
-        single.run(ctx)
+        make_ctx(small_fed, options={"site": 7}, protocol="single")
 
 
 def test_fedavg_is_the_example_weighted_mean_of_site_updates(small_fed):
@@ -115,7 +111,7 @@ def _poison(kind):
 @pytest.mark.parametrize("kind", ["nan", "shape"])
 @pytest.mark.parametrize("protocol", [fedavg, cwt])
 def test_bad_update_is_rejected_and_the_round_goes_on(small_fed, kind, protocol):
-    ctx, seen = make_ctx(small_fed, rounds=2, fault=_poison(kind))
+    ctx, seen = make_ctx(small_fed, rounds=2, fault=_poison(kind), protocol=protocol.SPEC.name)
     out = protocol.run(ctx)
     assert np.isfinite(flat(out.predictor)).all()
     assert len(seen) == 2

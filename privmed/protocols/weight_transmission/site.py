@@ -38,10 +38,9 @@ from flwr.app import ArrayRecord, ConfigRecord, Context, Message, MetricRecord, 
 from privmed.engine.validate import update_problem
 from privmed.errors import PrivmedError
 from privmed.privacy.aes_keys import PairwiseKeys, load_key, open_sealed, seal
-from privmed.privacy.base import Mechanism
+from privmed.privacy.base import Mechanism, Plan
 from privmed.privacy.sealed import from_bytes, sealed_record, to_bytes
 
-PROTOCOLS = ("snt", "fnt")
 VERIFY = "snt-verify"  # an SNT "evaluate" message carrying this record: open the blob, do not train
 
 
@@ -116,6 +115,9 @@ def weight_mod(site: str, *, shared: bytes, pairwise: PairwiseKeys, links: PeerL
 
 
 class WeightEncryption(Mechanism):
+    protocols = ("snt", "fnt")
+    purpose = "seals transmitted weights"
+
     name = "aes-gcm"
 
     def __init__(self, options: dict[str, Any]) -> None:
@@ -128,18 +130,16 @@ class WeightEncryption(Mechanism):
         self._pairwise: PairwiseKeys | None = None
         self._names: list[str] = []
 
-    def check(self, fed, config) -> None:
+    def check(self, plan: Plan) -> None:
         from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
-        if config.protocol not in PROTOCOLS:
-            raise PrivmedError(f"aes-gcm seals transmitted weights; use it with --protocol snt or fnt, not {config.protocol}")
         self._shared = load_key(self.key_file) if self.key_file else AESGCM.generate_key(bit_length=256)
-        self._names = [s.name for s in fed.sites]
+        self._names = [name for name, _ in plan.sites]
         self._pairwise = PairwiseKeys(self._names)
 
     def client_mods(self, site_index: int) -> list:
         if not self._names:
-            raise PrivmedError("aes-gcm has no keys yet: call check(fed, config) before building the sites")
+            raise PrivmedError("aes-gcm has no keys yet: call check(plan) before building the sites")
         return [weight_mod(self._names[site_index], shared=self._shared, pairwise=self._pairwise, links=self.links)]
 
     def reveal(self, predictor):

@@ -12,7 +12,7 @@ Grid carries the blobs (a Flower deployment adds TLS). After each round the
 next site in the cycle is sent the round's last blob once more, only to open
 it (an ``evaluate`` message answered by its mod, no training): one extra
 download per round, so that a round is never evaluated on a blob no site has
-opened. The site side is :mod:`privmed.privacy.weight_encryption`
+opened. The site side is :mod:`privmed.protocols.weight_transmission.site`
 (``--privacy aes-gcm``).
 
 A blob that fails authentication (tampered, or sealed under another key) is
@@ -31,9 +31,8 @@ from flwr.app import ConfigRecord, Message, RecordDict
 
 from privmed.errors import PrivmedError
 from privmed.privacy.sealed import layout_of, n_values, seal_predictor
-from privmed.privacy.weight_encryption import VERIFY
-from privmed.protocols.base import ProtocolContext, node_ids
-from privmed.protocols.measured import MeasuredOutput
+from privmed.protocols.base import ProtocolContext, ProtocolOutput, ProtocolSpec, node_ids
+from privmed.protocols.weight_transmission.site import VERIFY
 
 AUTH_FAILURE = "failed authentication"
 
@@ -72,7 +71,7 @@ def predictor_of(content: dict):
     return seal_predictor(content["sealed"]) if "sealed" in content else content["arrays"]
 
 
-def run(ctx: ProtocolContext) -> MeasuredOutput:
+def run(ctx: ProtocolContext) -> ProtocolOutput:
     nodes = node_ids(ctx)
     good: dict = {"arrays": ctx.initial}  # a resumed run starts from its checkpointed (decrypted) model, in the clear like round 1  # the last content a site opened successfully: what a rollback forwards
     content, uploader, sizes = good, None, []
@@ -98,5 +97,9 @@ def run(ctx: ProtocolContext) -> MeasuredOutput:
         ctx.evaluate_fn(rnd, predictor_of(content))
     plain = 4 * n_values(layout_of(ctx.initial))
     mean = sum(sizes) / max(len(sizes), 1)
-    return MeasuredOutput(predictor_of(content), measured={"communication": {
+    return ProtocolOutput(predictor_of(content), measured={"communication": {
         "sealed_blob_bytes": mean, "plaintext_float32_bytes": plain, "expansion_factor": mean / plain}})
+
+
+SPEC = ProtocolSpec(name="snt", technique="phuong2019-snt", run=run,
+                    coordinator_sees="opaque AES-GCM blobs of the weights after every site visit", schedule="sequential")

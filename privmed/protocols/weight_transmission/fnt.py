@@ -11,7 +11,7 @@ What Flower can and cannot express: Flower has no client-to-client channel;
 every Message goes between the ServerApp and one SuperNode. Here the Grid
 carries only the *schedule* (which site trains, whom it receives from and
 sends to) and tiny replies (metrics, bytes sent), while the weights move on
-in-process peer links (:class:`privmed.privacy.weight_encryption.PeerLinks`,
+in-process peer links (:class:`privmed.protocols.weight_transmission.site.PeerLinks`,
 bytes counted per link, reported in the result's privacy section as
 ``peer_link_bytes``). A Flower deployment could run the same schedule from a
 ServerApp, but the site-to-site transfer would have to leave Flower (e.g. a
@@ -29,8 +29,7 @@ from flwr.app import ConfigRecord, Message, RecordDict
 
 from privmed.errors import PrivmedError
 from privmed.privacy.sealed import seal_predictor
-from privmed.protocols.base import ProtocolContext, node_ids
-from privmed.protocols.measured import MeasuredOutput
+from privmed.protocols.base import ProtocolContext, ProtocolOutput, ProtocolSpec, node_ids
 
 
 def _ask(ctx: ProtocolContext, node: int, route: dict, rnd: int, arrays=None) -> tuple[Message | None, str | None]:
@@ -47,7 +46,7 @@ def _ask(ctx: ProtocolContext, node: int, route: dict, rnd: int, arrays=None) ->
     return replies[0], None
 
 
-def run(ctx: ProtocolContext) -> MeasuredOutput:
+def run(ctx: ProtocolContext) -> ProtocolOutput:
     nodes = node_ids(ctx)
     names = {}
     for node in nodes:
@@ -77,5 +76,9 @@ def run(ctx: ProtocolContext) -> MeasuredOutput:
             raise PrivmedError(f"round {rnd}: every site failed; no site holds a model")
         ctx.state["peer_bytes"] = peer_bytes
         ctx.evaluate_fn(rnd, seal_predictor(ConfigRecord({"holder": names[holder]})))
-    return MeasuredOutput(seal_predictor(ConfigRecord({"holder": names[holder]})), measured={"communication": {
+    return ProtocolOutput(seal_predictor(ConfigRecord({"holder": names[holder]})), measured={"communication": {
         "peer_link_bytes": peer_bytes, "peer_bytes_per_site_per_round": peer_bytes / len(nodes) / rounds}})
+
+
+SPEC = ProtocolSpec(name="fnt", technique="phuong2019-fnt", run=run,
+                    coordinator_sees="nothing but the visiting schedule (weights go site to site)", schedule="sequential")

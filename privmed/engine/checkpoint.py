@@ -1,0 +1,114 @@
+"""A run's state after a round, saved atomically: enough to resume it where it stopped.
+
+The checkpoint keeps the model as the sites see it (decrypted), the history,
+rejections, the grid's byte and time counts, the protocol's own coordinator
+state (``ctx.state``), the mechanism's state (an accountant's history; never
+keys) and the global generators' streams, so a resumed run computes what the
+uninterrupted one would have. It is read with ``torch.load(weights_only=True)``:
+a malicious pickle is refused.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import random
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+import torch
+from flwr.app import ArrayRecord
+
+from privmed.config import RunConfig
+from privmed.engine.result import json_default
+from privmed.errors import PrivmedError
+from privmed.protocols.base import Predictor
+
+if TYPE_CHECKING:
+    from privmed.engine.session import Session
+
+
+def config_key(config: RunConfig) -> str:
+    """The config as saved (a checkpoint belongs to exactly one config)."""
+    return json.dumps(config.to_dict(), sort_keys=True, default=json_default)
+
+
+class Checkpoint:
+    """The state of a run after a round: enough to resume it where it stopped."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+
+    def save(self, session: Session, rnd: int, predictor: Predictor, history: list, wall: float) -> None:
+        ctx, grid = session.ctx, session.grid
+        members = predictor if isinstance(predictor, list) else [predictor]
+        state = {
+            "config": config_key(session.config), "round": rnd,
+            "ensemble": isinstance(predictor, list), "members": [m.to_torch_state_dict() for m in members],
+            "history": json.dumps(history), "rejections": json.dumps(ctx.rejections),
+            "traffic": json.dumps(grid.traffic.records), "site_seconds": json.dumps(grid.site_seconds),
+            "protocol_state": json.dumps(ctx.state, default=json_default), "global_rng": global_rng_state(),
+            "mechanism": json.dumps(session.mechanism.state_dict(), default=json_default), "wall": wall,
+        }
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = self.path.with_suffix(".tmp")
+        torch.save(state, tmp)
+        os.replace(tmp, self.path)
+
+    def load(self, config: RunConfig) -> dict[str, Any]:
+        """The saved state, checked to belong to ``config``."""
+        if not self.path.exists():
+            raise PrivmedError(f"nothing to resume: no checkpoint at {self.path} (run without --resume)")
+        try:
+            state = torch.load(self.path, weights_only=True)
+        except Exception as exc:  # a truncated or foreign file
+            raise PrivmedError(f"checkpoint {self.path} is unreadable ({type(exc).__name__}); delete it and start again") from None
+        if state["config"] != config_key(config):
+            raise PrivmedError(f"checkpoint {self.path} was made with a different config; use the same config or run without --resume")
+        return state
+
+    @staticmethod
+    def mechanism_state(state: dict[str, Any]) -> dict[str, Any]:
+        return json.loads(state["mechanism"])
+
+    @staticmethod
+    def restore(state: dict[str, Any], session: Session, history: list) -> float:
+        """Load a saved state (:meth:`load`) into a fresh session; return the wall seconds already spent."""
+        ctx, grid = session.ctx, session.grid
+        members = [ArrayRecord(sd) for sd in state["members"]]
+        ctx.initial = members if state["ensemble"] else members[0]
+        ctx.start_round = state["round"] + 1
+        history[:] = json.loads(state["history"])
+        ctx.rejections[:] = json.loads(state["rejections"])
+        ctx.state.update(json.loads(state.get("protocol_state", "{}")))
+        if "global_rng" in state:  # checkpoints made before it was kept lack it
+            set_global_rng_state(state["global_rng"])
+        grid.traffic.records[:] = json.loads(state["traffic"])
+        grid.site_seconds.update({int(k): v for k, v in json.loads(state["site_seconds"]).items()})
+        session.mechanism.load_state_dict(json.loads(state["mechanism"]))
+        return float(state["wall"])
+
+    def discard(self) -> None:
+        self.path.unlink(missing_ok=True)
+        with contextlib.suppress(OSError):
+            self.path.parent.rmdir()  # only if the run left nothing else there
+
+
+def global_rng_state() -> dict[str, Any]:
+    """The global generators :func:`privmed.engine.session.seed_globals` seeds, as plain values and a tensor.
+
+    ``torch.load(weights_only=True)`` reads them back. Flower draws from them
+    (SecAgg+'s stochastic rounding from NumPy's, node sampling from
+    ``random``): a resumed run that continues their streams computes what the
+    uninterrupted run would have.
+    """
+    name, keys, pos, has_gauss, gauss = np.random.get_state()
+    return {"numpy": [name, torch.from_numpy(keys.astype(np.int64)), pos, has_gauss, gauss], "python": random.getstate()}
+
+
+def set_global_rng_state(state: dict[str, Any]) -> None:
+    name, keys, pos, has_gauss, gauss = state["numpy"]
+    np.random.set_state((name, keys.numpy().astype(np.uint32), pos, has_gauss, gauss))
+    random.setstate(state["python"])

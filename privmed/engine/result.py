@@ -1,0 +1,267 @@
+"""Measurement: the harness's evaluation after every round, and the one place a :class:`RunResult` is built.
+
+Used by the in-process run (:mod:`privmed.run`) and the Flower deployment
+(:mod:`privmed.engine.deploy`) alike. The harness, not the coordinator, holds
+the ground truth: it evaluates the model as the sites see it (decrypted) on
+the pooled validation split after each round and, at the end, on every
+site's test split. How traffic and scalability are measured follows the
+protocol's spec (``traffic``, ``schedule``), never its name.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import platform
+import time
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+import torch
+from flwr.app import ArrayRecord
+
+from privmed import __version__
+from privmed.data.base import ArraySet, Federation
+from privmed.errors import PrivmedError
+from privmed.protocols.base import Predictor, ProtocolOutput, ProtocolSpec
+from privmed.site import ModelSpec, load_arrays
+from privmed.tasks import PRIMARY_METRIC, metrics_from_proba, predict_proba
+
+if TYPE_CHECKING:
+    from privmed.engine.checkpoint import Checkpoint
+    from privmed.engine.session import Session
+
+# Progress callback: (round, total rounds, validation metrics)
+Progress = Callable[[int, int, dict[str, float]], None]
+
+
+def predict(spec: ModelSpec, predictor: Predictor, data: ArraySet) -> np.ndarray:
+    """Probabilities of one model, or the mean of an ensemble's."""
+    members = predictor if isinstance(predictor, list) else [predictor]
+    out = None
+    for arrays in members:
+        model = spec.build()
+        load_arrays(model, arrays)
+        p = predict_proba(model, data)
+        out = p if out is None else out + p
+    return out / len(members)
+
+
+def evaluate_predictor(spec: ModelSpec, predictor: Predictor, data: ArraySet) -> dict[str, float]:
+    return metrics_from_proba(data, predict(spec, predictor, data), task=spec.task)
+
+
+def finite_metrics(d: dict[str, float]) -> dict[str, float | None]:
+    return {k: (float(v) if np.isfinite(v) else None) for k, v in d.items()}
+
+
+def json_default(o: Any) -> Any:
+    """How result.json and checkpoints write NumPy values (and anything else: its str)."""
+    if isinstance(o, (np.floating, np.integer)):
+        return o.item()
+    if isinstance(o, np.ndarray):
+        return o.tolist()
+    return str(o)
+
+
+@dataclass
+class RunResult:
+    """One run, measured; ``result.json`` is its serialisation (schema in DESIGN.md)."""
+
+    technique: str
+    protocol: str
+    config: dict[str, Any]
+    seed: int
+    versions: dict[str, str]
+    dataset: dict[str, Any]
+    model: dict[str, Any]
+    performance: dict[str, Any]
+    communication: dict[str, Any]
+    runtime: dict[str, Any]
+    privacy: dict[str, Any]
+    scalability: dict[str, Any]
+    security: dict[str, Any]
+    reliability: dict[str, Any]
+    extra: dict[str, Any] = field(default_factory=dict)
+    # the final model (weights, or an ensemble's list of weights); saved as model.pt, not in JSON
+    predictor: Predictor | None = field(default=None, repr=False)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {k: v for k, v in self.__dict__.items() if k != "predictor"}
+
+    def save(self, run_dir: Path) -> Path:
+        """Write model.pt then result.json, each atomically; result.json last marks the run complete."""
+        run_dir.mkdir(parents=True, exist_ok=True)
+        if self.predictor is not None:
+            members = self.predictor if isinstance(self.predictor, list) else [self.predictor]
+            tmp = run_dir / "model.pt.tmp"
+            torch.save({"ensemble": isinstance(self.predictor, list), "members": [m.to_torch_state_dict() for m in members]}, tmp)
+            os.replace(tmp, run_dir / "model.pt")
+        path = run_dir / "result.json"
+        tmp = path.with_suffix(".json.tmp")
+        tmp.write_text(json.dumps(self.to_dict(), indent=2, default=json_default))
+        os.replace(tmp, path)
+        return path
+
+
+def load_predictor(run_dir: Path) -> Predictor:
+    """The final model saved by :meth:`RunResult.save`."""
+    saved = torch.load(Path(run_dir) / "model.pt", weights_only=True)
+    members = [ArrayRecord(sd) for sd in saved["members"]]
+    return members if saved["ensemble"] else members[0]
+
+
+class Monitor:
+    """The harness's ``evaluate_fn``: after every round, validate the model as the sites see it, checkpoint, report progress.
+
+    A round in which every site's update was rejected stops the run (on an
+    in-process grid, which counts who was asked to train).
+    """
+
+    def __init__(self, session: Session, *, progress: Progress | None = None, checkpoint: Checkpoint | None = None,
+                 started: float | None = None) -> None:
+        self.session, self.progress, self.checkpoint = session, progress, checkpoint
+        self.history: list[dict[str, Any]] = []
+        self.started = time.perf_counter() if started is None else started
+        self.prior_wall = 0.0  # wall seconds an interrupted run had spent before its resume
+        self._last = time.perf_counter()
+        self._val = session.fed.pooled("val")
+
+    def __call__(self, rnd: int, predictor: Predictor) -> dict:
+        s = self.session
+        # the checkpoint keeps the model as the sites see it (decrypted), as model.pt will at the end:
+        # a resumed encrypted run sets up new keys and starts from it as from public initial weights
+        predictor = s.reveal(predictor)
+        now = time.perf_counter()
+        rejected = [r for r in s.ctx.rejections if r["round"] == rnd]
+        if rejected and len(rejected) >= _trained_in_round(s.grid, rnd):
+            raise PrivmedError(f"round {rnd}: every site's update was rejected ({rejected[0]['reason']})")
+        metrics = evaluate_predictor(s.model, predictor, self._val)
+        self.history.append({"round": rnd, "seconds": now - self._last, "val": finite_metrics(metrics)})
+        self._last = time.perf_counter()
+        if self.checkpoint:
+            self.checkpoint.save(s, rnd, predictor, self.history, self.wall())
+        if self.progress:
+            self.progress(rnd, s.rounds, metrics)
+        return metrics
+
+    def wall(self) -> float:
+        return self.prior_wall + time.perf_counter() - self.started
+
+
+def _trained_in_round(grid: Any, rnd: int) -> int:
+    """Sites asked to train in round ``rnd`` (in-process grid; a deployed Grid does not count: never all rejected)."""
+    records = getattr(getattr(grid, "traffic", None), "records", None)
+    if records is None:
+        return 1 << 30
+    return sum(1 for r in records if r["round"] == str(rnd) and r["direction"] == "down" and r["type"] == "train")
+
+
+def build_result(session: Session, output: ProtocolOutput, monitor: Monitor, *, cpu_start: float,
+                 engine: str = "in-process") -> RunResult:
+    """The run's result.json, from the session, the protocol's output (already revealed) and the monitor's history.
+
+    Wall time stops here, before the final test evaluation; CPU time (from ``cpu_start``) includes it.
+    """
+    wall = monitor.wall()
+    s, config = session, session.config
+    fed, spec = s.fed, s.protocol
+    final = finite_metrics(evaluate_predictor(s.model, output.predictor, fed.pooled("test")))
+    per_site = {site.name: finite_metrics(evaluate_predictor(s.model, output.predictor, site.test)) for site in fed.sites if len(site.test)}
+    in_process = hasattr(s.grid, "traffic")
+    measured = output.measured  # a protocol's own figures (ciphertext sizes, phase timings, DSSGD's ε)
+    if in_process:
+        communication = measure_communication(spec, s.grid.traffic, s.node_site, fed, s.rounds)
+        scalability = measure_scalability(spec, s.grid.site_seconds.values(), communication, s.rounds)
+        site_seconds = {"site_seconds": {s.node_site[n]: sec for n, sec in s.grid.site_seconds.items()}}
+    else:
+        communication = {"note": "not measured: Flower's deployed Grid does not report bytes"}
+        scalability = {"note": "not measured: the sites' training time is spent on the SuperNodes"}
+        site_seconds = {}
+    communication.update(measured.get("communication", {}))
+    history = monitor.history
+    return RunResult(
+        technique=spec.technique,
+        protocol=spec.name,
+        config=config.to_dict(),
+        seed=config.seed,
+        versions=library_versions(),
+        dataset={
+            "name": fed.dataset_name, "task": config.task, "image_shape": list(fed.image_shape),
+            "n_classes": fed.n_classes, "split": fed.split, "distribution": fed.distribution(),
+        },
+        model={"name": config.model, "parameters": s.n_parameters},
+        performance={"metric": PRIMARY_METRIC[config.task], "final": final, "per_site": per_site, "history": history},
+        communication=communication,
+        runtime={
+            "wall_seconds": wall, "cpu_seconds": time.process_time() - cpu_start, "per_round_seconds": [h["seconds"] for h in history],
+            **site_seconds, **({} if in_process else {"engine": engine}), **measured.get("runtime", {}),
+        },
+        privacy={"coordinator_sees": spec.coordinator_sees, "mechanism": s.mechanism.name, "leakage": "not measured yet",
+                 **s.mechanism.report(), **measured.get("privacy", {})},
+        scalability=scalability,
+        security={"attacks": "not measured yet"},
+        reliability={"rejected_updates": s.ctx.rejections, "faults_injected": [], "completed": True,
+                     **({} if in_process else {"nodes": sorted(s.grid.get_node_ids())})},
+        predictor=output.predictor,
+    )
+
+
+def measure_scalability(spec: ProtocolSpec, site_seconds: Iterable[float], communication: dict[str, Any], rounds: int) -> dict[str, Any]:
+    """How the run's cost grows with the number of sites, from its own measurements.
+
+    In-process every site runs in turn; in a deployment the sites of a
+    parallel protocol (FedAvg and its variants, ensembling) train at once, so
+    a round waits for the slowest site, while a sequential protocol (SWT, CWT,
+    SNT, FNT, DSSGD) waits for every site in turn: its training time grows
+    with the number of sites. The coordinator's traffic grows linearly with
+    sites for every protocol. ``benchmarks/scale.py`` measures FedAvg at 100 sites.
+    """
+    seconds = list(site_seconds)
+    if spec.schedule == "one trainer":
+        return {"schedule": "one trainer", "sites_training": 1, "training_seconds": sum(seconds)}
+    total = communication.get("bytes_up", 0) + communication.get("bytes_down", 0)
+    return {
+        "schedule": spec.schedule, "sites_training": len(seconds),
+        "site_seconds_sum": sum(seconds), "site_seconds_max": max(seconds),
+        # the sites' share of a deployment's wall time: sequential = all of them in turn, parallel = the slowest
+        "deployment_training_seconds": sum(seconds) if spec.schedule == "sequential" else max(seconds),
+        "coordinator_bytes_per_round": total / max(rounds, 1),
+    }
+
+
+def measure_communication(spec: ProtocolSpec, traffic: Any, node_site: dict[int, str], fed: Federation, rounds: int) -> dict[str, Any]:
+    """Bytes the protocol itself sends, from the engine's counts.
+
+    The harness talks to every site every round so it can measure; where the
+    protocol would not (a site alone sends nothing; an ensemble uploads each
+    site's model once, at the end), only the protocol's own traffic counts.
+    """
+    if spec.traffic == "raw data":
+        raw = sum(s.train.nbytes + s.val.nbytes for s in fed.sites)
+        return {"raw_data_bytes_up": raw, "bytes_up": raw, "bytes_down": 0, "per_site": {}, "per_round": {},
+                "note": "every site uploads its raw training data once"}
+    if spec.traffic == "none":
+        return {"bytes_up": 0, "bytes_down": 0, "per_site": {}, "per_round": {}, "bytes_per_site_per_round": 0,
+                "note": "a site training alone sends nothing"}
+    per_round = traffic.by_round()
+    if spec.traffic == "final upload":
+        last = per_round[max(per_round, key=int)]["up"]
+        return {"bytes_up": last, "bytes_down": 0, "per_site": {}, "per_round": {}, "bytes_per_site_per_round": last / len(node_site) / rounds,
+                "note": "each site uploads its own model once, at the end"}
+    return {
+        "bytes_up": traffic.total("up"), "bytes_down": traffic.total("down"),
+        "per_site": {node_site[n]: v for n, v in traffic.by_node().items()}, "per_round": per_round,
+        "bytes_per_site_per_round": traffic.total() / max(len(node_site), 1) / max(rounds, 1),
+    }
+
+
+def library_versions() -> dict[str, str]:
+    import flwr
+    import monai
+
+    return {"privmed": __version__, "python": platform.python_version(), "torch": torch.__version__,
+            "flwr": flwr.__version__, "monai": monai.__version__, "numpy": np.__version__}
