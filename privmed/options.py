@@ -74,5 +74,13 @@ def _coerce(kind: Any, value: Any) -> Any:
 
 
 @dataclasses.dataclass(frozen=True)
-class NoOptions:
-    """The options of a protocol or mechanism that takes none."""
+class Options:
+    """Base of every protocol's options dataclass (frozen; fields checked in ``__post_init__``)."""
+
+    def check_sites(self, n_sites: int) -> None:
+        """Refuse values that do not fit a federation of ``n_sites`` (a site index, a threshold)."""
+
+
+@dataclasses.dataclass(frozen=True)
+class NoOptions(Options):
+    """The options of a protocol that takes none."""

@@ -20,6 +20,7 @@ from flwr.clientapp.typing import Mod
 from privmed.data.base import SiteData
 from privmed.models import build_model
 from privmed.privacy.base import Trainer
+from privmed.protocols.base import TrainInstruction
 from privmed.tasks import evaluate, train_local
 
 
@@ -65,14 +66,11 @@ def make_client_app(site: SiteData, spec: ModelSpec, *, site_index: int, mods: S
 
     @app.train()
     def _train(msg: Message, context: Context) -> Message:
-        cfg = msg.content["config"]
+        todo = TrainInstruction.from_record(msg.content["config"])
         model = spec.build()
         load_arrays(model, msg.content["arrays"])
-        stats = local_train(
-            model, site.train, task=spec.task, epochs=int(cfg.get("local-epochs", 1)),
-            batch_size=int(cfg.get("batch-size", 32)), lr=float(cfg.get("lr", 1e-3)),
-            seed=site_seed(int(cfg.get("seed", 0)), site_index),
-        )
+        stats = local_train(model, site.train, task=spec.task, epochs=todo.local_epochs, batch_size=todo.batch_size,
+                            lr=todo.lr, seed=site_seed(todo.seed, site_index))
         return Message(RecordDict({"arrays": ArrayRecord(model.state_dict()), "metrics": MetricRecord(stats)}), reply_to=msg)
 
     @app.evaluate()

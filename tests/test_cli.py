@@ -49,6 +49,25 @@ def test_unknown_names_list_the_valid_ones(tmp_path):
     assert not any(tmp_path.iterdir())
 
 
+def test_protocol_options_are_strict_and_typed(tmp_path):
+    """A misspelt or mistyped protocol option is refused before anything runs, naming the valid keys and types."""
+    assert_one_line_error(invoke("train", "--protocol", "cwt", "--opt", "oder=shuffled", *SMALL, tmp=tmp_path),
+                          "unknown option 'oder' for protocol cwt", "valid options: order (str)")
+    assert_one_line_error(invoke("train", "--protocol", "dssgd", "--opt", "theta_u=abc", *SMALL, tmp=tmp_path),
+                          "option 'theta_u' for protocol dssgd must be float, got 'abc'", "theta_d (float)", "selection (str)")
+    assert_one_line_error(invoke("train", "--protocol", "fedavg", "--order", "shuffled", *SMALL, tmp=tmp_path),
+                          "unknown option 'order' for protocol fedavg", "valid options: none")
+    assert_one_line_error(invoke("train", "--protocol", "cwt", "--privacy", "secagg", *SMALL, tmp=tmp_path),
+                          "secagg masks FedAvg updates; use it with --protocol secagg-fedavg, not cwt")
+    assert not any(tmp_path.iterdir())
+
+
+def test_mechanisms_lists_each_protocol_with_its_options():
+    res = runner.invoke(app, ["mechanisms"])
+    assert res.exit_code == 0, res.output
+    assert "shokri2015-dssgd" in res.output and "theta_u (float)" in res.output and "dp-sgd" in res.output
+
+
 def test_impossible_splits_are_refused(tmp_path):
     assert_one_line_error(invoke("train", "--split", "dirichlet:0", *SMALL, tmp=tmp_path), "alpha")
     assert_one_line_error(invoke("train", "--split", "iid", "--sites", "5000", *SMALL, tmp=tmp_path), "patients")

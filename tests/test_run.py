@@ -8,10 +8,10 @@ import pytest
 
 from privmed.config import DataConfig, RunConfig
 from privmed.engine.result import load_predictor
+from privmed.engine.session import resolve
 from privmed.errors import PrivmedError
 from privmed.models import build_model
 from privmed.protocols.base import TrainSettings
-from privmed.engine.session import resolve
 from privmed.run import execute, run
 
 TINY = DataConfig(image_size=16)

@@ -19,6 +19,7 @@ as the target; label flip: test images classified as their flipped label).
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import numpy as np
@@ -114,20 +115,19 @@ def attack_success(proba_fn, test: ArraySet, cfg: PoisonConfig, n_classes: int) 
 def make_aggregator(name: str, *, n_sites: int, n_malicious: int, clip_norm: float = 1.0) -> Strategy:
     """A Flower strategy by name; Krum assumes the number of malicious sites is known (its paper's f)."""
     common = {"fraction_train": 1.0, "fraction_evaluate": 0.0, "min_train_nodes": n_sites, "min_available_nodes": n_sites}
-    if name == "fedavg":
-        return FedAvg(**common)
-    if name == "fedmedian":
-        return FedMedian(**common)
-    if name == "fedtrimmedavg":
-        return FedTrimmedAvg(**common, beta=0.25)
-    if name == "krum":
-        return Krum(**common, num_malicious_nodes=n_malicious)
-    if name == "multikrum":
-        return MultiKrum(**common, num_malicious_nodes=n_malicious, num_nodes_to_select=max(1, n_sites - n_malicious))
-    if name == "norm-bound":
-        return DifferentialPrivacyServerSideFixedClipping(FedAvg(**common), noise_multiplier=0.0, clipping_norm=clip_norm,
-                                                          num_sampled_clients=n_sites)
-    raise unknown_name("aggregator", name, AGGREGATORS)
+    builders: dict[str, Callable[[], Strategy]] = {
+        "fedavg": lambda: FedAvg(**common),
+        "fedmedian": lambda: FedMedian(**common),
+        "fedtrimmedavg": lambda: FedTrimmedAvg(**common, beta=0.25),
+        "krum": lambda: Krum(**common, num_malicious_nodes=n_malicious),
+        "multikrum": lambda: MultiKrum(**common, num_malicious_nodes=n_malicious,
+                                       num_nodes_to_select=max(1, n_sites - n_malicious)),
+        "norm-bound": lambda: DifferentialPrivacyServerSideFixedClipping(
+            FedAvg(**common), noise_multiplier=0.0, clipping_norm=clip_norm, num_sampled_clients=n_sites),
+    }
+    if name not in builders:
+        raise unknown_name("aggregator", name, AGGREGATORS)
+    return builders[name]()
 
 
 def train_fedavg(config: RunConfig, fed: Federation, strategy: Strategy) -> ArrayRecord:

@@ -118,7 +118,7 @@ class Monitor:
     """The harness's ``evaluate_fn``: after every round, validate the model as the sites see it, checkpoint, report progress.
 
     A round in which every site's update was rejected stops the run (on an
-    in-process grid, which counts who was asked to train).
+    in-process grid, which counts who was asked to train; not yet in a deployment).
     """
 
     def __init__(self, session: Session, *, progress: Progress | None = None, checkpoint: Checkpoint | None = None,
@@ -137,7 +137,7 @@ class Monitor:
         predictor = s.reveal(predictor)
         now = time.perf_counter()
         rejected = [r for r in s.ctx.rejections if r["round"] == rnd]
-        if rejected and len(rejected) >= _trained_in_round(s.grid, rnd):
+        if rejected and s.in_process and len(rejected) >= _trained_in_round(s.grid, rnd):
             raise PrivmedError(f"round {rnd}: every site's update was rejected ({rejected[0]['reason']})")
         metrics = evaluate_predictor(s.model, predictor, self._val)
         self.history.append({"round": rnd, "seconds": now - self._last, "val": finite_metrics(metrics)})
@@ -153,11 +153,8 @@ class Monitor:
 
 
 def _trained_in_round(grid: Any, rnd: int) -> int:
-    """Sites asked to train in round ``rnd`` (in-process grid; a deployed Grid does not count: never all rejected)."""
-    records = getattr(getattr(grid, "traffic", None), "records", None)
-    if records is None:
-        return 1 << 30
-    return sum(1 for r in records if r["round"] == str(rnd) and r["direction"] == "down" and r["type"] == "train")
+    """Sites asked to train in round ``rnd``, from an in-process grid's traffic records."""
+    return sum(1 for r in grid.traffic.records if r["round"] == str(rnd) and r["direction"] == "down" and r["type"] == "train")
 
 
 def build_result(session: Session, output: ProtocolOutput, monitor: Monitor, *, cpu_start: float,
@@ -171,7 +168,7 @@ def build_result(session: Session, output: ProtocolOutput, monitor: Monitor, *, 
     fed, spec = s.fed, s.protocol
     final = finite_metrics(evaluate_predictor(s.model, output.predictor, fed.pooled("test")))
     per_site = {site.name: finite_metrics(evaluate_predictor(s.model, output.predictor, site.test)) for site in fed.sites if len(site.test)}
-    in_process = hasattr(s.grid, "traffic")
+    in_process = s.in_process
     measured = output.measured  # a protocol's own figures (ciphertext sizes, phase timings, DSSGD's ε)
     if in_process:
         communication = measure_communication(spec, s.grid.traffic, s.node_site, fed, s.rounds)

@@ -59,8 +59,7 @@ def resolve(config: RunConfig) -> Resolved:
 
     protocol = get_protocol(config.protocol)
     options = parse_options(protocol.options, dict(config.options), owner=f"protocol {protocol.name}")
-    if hasattr(options, "check_sites"):
-        options.check_sites(config.data.sites)
+    options.check_sites(config.data.sites)
     if config.task not in TASKS:
         raise PrivmedError(f"unknown task {config.task!r}; valid tasks: {', '.join(TASKS)}")
     if model_task(config.model) != config.task:
@@ -137,6 +136,7 @@ class Session:
     mechanism: Mechanism
     grid: Grid
     node_site: dict[int, str]  # in-process: node id -> site name (a deployment learns it as nodes join)
+    in_process: bool  # an InProcessGrid, which counts bytes and site seconds (Flower's deployed Grid does not)
     ctx: ProtocolContext
     n_parameters: int
 
@@ -188,4 +188,4 @@ def assemble(config: RunConfig, *, fed: Federation | None = None, grid: Grid | N
                           evaluate_fn=evaluate_fn or (lambda rnd, predictor: {}), options=r.options,
                           wrap_strategy=mechanism.wrap_strategy)
     return Session(config=config, protocol=r.protocol, fed=fed, model=model, mechanism=mechanism, grid=grid,
-                   node_site=node_site, ctx=ctx, n_parameters=n_parameters(initial))
+                   node_site=node_site, in_process=isinstance(grid, InProcessGrid), ctx=ctx, n_parameters=n_parameters(initial))

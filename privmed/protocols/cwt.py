@@ -19,13 +19,14 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from privmed.errors import PrivmedError
+from privmed.options import Options
 from privmed.protocols.base import ProtocolContext, ProtocolOutput, ProtocolSpec, node_ids, train_at
 
 ORDERS = ("fixed", "shuffled")
 
 
 @dataclass(frozen=True)
-class CWTOptions:
+class CWTOptions(Options):
     order: str = "fixed"
 
     def __post_init__(self) -> None:

@@ -40,6 +40,7 @@ from flwr.app import Array, ArrayRecord, ConfigRecord, Context, Message, RecordD
 from flwr.clientapp.typing import ClientAppCallable
 
 from privmed.errors import PrivmedError
+from privmed.options import Options
 from privmed.protocols.base import ProtocolContext, ProtocolOutput, ProtocolSpec, node_ids
 
 SELECTIONS = ("largest", "random")
@@ -49,7 +50,7 @@ SELECTION_SALT = 17
 
 
 @dataclass(frozen=True)
-class DSSGDOptions:
+class DSSGDOptions(Options):
     theta_u: float = 0.1
     theta_d: float = 1.0
     selection: str = "largest"

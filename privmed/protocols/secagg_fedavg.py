@@ -58,6 +58,7 @@ from flwr.server.workflow import DefaultWorkflow, SecAggPlusWorkflow
 
 from privmed.engine.validate import update_problem
 from privmed.errors import PrivmedError
+from privmed.options import Options
 from privmed.privacy.base import Mechanism
 from privmed.protocols.base import ProtocolContext, ProtocolOutput, ProtocolSpec, node_ids
 
@@ -65,7 +66,7 @@ KEYS = "privmed-keys"
 
 
 @dataclass(frozen=True)
-class SecAggOptions:
+class SecAggOptions(Options):
     threshold: int | None = None  # shares needed to rebuild a mask; default max(2, n_sites - 1)
     clip: float = 8.0  # Flower's clipping range before quantisation
 

@@ -12,11 +12,12 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from privmed.errors import PrivmedError
+from privmed.options import Options
 from privmed.protocols.base import ProtocolContext, ProtocolOutput, ProtocolSpec, node_ids, train_at
 
 
 @dataclass(frozen=True)
-class SingleOptions:
+class SingleOptions(Options):
     site: int = 0  # which site trains alone
 
     def __post_init__(self) -> None:
@@ -28,22 +29,29 @@ class SingleOptions:
             raise PrivmedError(f"site index {self.site} out of range: this run has sites 0..{n_sites - 1}")
 
 
-def run(ctx: ProtocolContext) -> ProtocolOutput:
-    """Train at one site: the only node of a centralised run's grid, or the ``site``-th of a single-site run."""
-    nodes = node_ids(ctx)
-    site = getattr(ctx.options, "site", 0)
+def _train_alone(ctx: ProtocolContext, node: int) -> ProtocolOutput:
     arrays = ctx.initial
     for rnd in range(ctx.start_round, ctx.settings.rounds + 1):
-        arrays = train_at(ctx, nodes[site], arrays, rnd) or arrays
+        arrays = train_at(ctx, node, arrays, rnd) or arrays
         ctx.evaluate_fn(rnd, arrays)
     return ProtocolOutput(arrays)
+
+
+def run(ctx: ProtocolContext) -> ProtocolOutput:
+    """One site, the ``site``-th, trains alone."""
+    return _train_alone(ctx, node_ids(ctx)[ctx.options.site])
+
+
+def run_centralised(ctx: ProtocolContext) -> ProtocolOutput:
+    """The one party of a pooled grid trains on everyone's data."""
+    return _train_alone(ctx, node_ids(ctx)[0])
 
 
 NO_UPDATE = "the coordinator already receives every site's raw images; there is no update to invert (leakage is total)"
 ALONE = "one site trains alone and sends nothing; there is no update to invert"
 
 CENTRALISED = ProtocolSpec(
-    name="centralised", technique="centralised", run=run, coordinator_sees="every site's raw images and labels",
+    name="centralised", technique="centralised", run=run_centralised, coordinator_sees="every site's raw images and labels",
     schedule="one trainer", pooled=True, traffic="raw data",
     not_applicable={"inversion": NO_UPDATE, "dlg": NO_UPDATE},
 )
