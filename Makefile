@@ -5,7 +5,7 @@ PY ?= python3.11
 VENV := .venv
 STAMP := $(VENV)/.installed
 
-.PHONY: bench test setup clean
+.PHONY: bench test lint format setup clean
 
 $(STAMP): requirements.txt pyproject.toml
 	test -d $(VENV) || $(PY) -m venv $(VENV)
@@ -19,7 +19,16 @@ setup: $(STAMP)
 bench: $(STAMP)
 	$(VENV)/bin/privmed bench
 
-test: $(STAMP)
+# ruff (pinned in requirements.txt, configured in pyproject.toml) runs first: CI enforces the style
+lint: $(STAMP)
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/ruff format --check .
+
+format: $(STAMP)
+	$(VENV)/bin/ruff format .
+	$(VENV)/bin/ruff check --fix .
+
+test: lint
 	$(VENV)/bin/python -m pytest
 
 clean:

@@ -38,14 +38,26 @@ def main() -> None:
         x = torch.from_numpy(target.fed.sites[0].train.images[:1])
         y = torch.from_numpy(target.fed.sites[0].train.labels[:1])
         cnn = target.spec.build(0)
-        t_ig, _ = timed(lambda: gi.reconstruct(cnn, gi.model_gradient(cnn, x, y), shape=(1, 32, 32), labels=y, config=gi.PRESETS["ig"]))
+        t_ig, _ = timed(
+            lambda: gi.reconstruct(
+                cnn, gi.model_gradient(cnn, x, y), shape=(1, 32, 32), labels=y, config=gi.PRESETS["ig"]
+            )
+        )
         lenet = gi.LeNetZhu(1, 2, 32)
-        t_dlg, _ = timed(lambda: gi.reconstruct(lenet, gi.model_gradient(lenet, x, y), shape=(1, 32, 32), labels=y, config=gi.PRESETS["dlg"]))
+        t_dlg, _ = timed(
+            lambda: gi.reconstruct(
+                lenet, gi.model_gradient(lenet, x, y), shape=(1, 32, 32), labels=y, config=gi.PRESETS["dlg"]
+            )
+        )
         t_lira, _ = timed(lambda: measure_lira(target, n_shadows=8))
         t_audit, (audit, _) = timed(lambda: audit_run(path.parent))
     print(f"baseline: default FedAvg run                {t_run:7.1f} s")
-    for name, t in (("IG reconstruction, 32x32, 300 it", t_ig), ("DLG reconstruction, 32x32, 4 restarts", t_dlg),
-                    ("LiRA audit, 8 shadow models", t_lira), ("whole default audit", t_audit)):
+    for name, t in (
+        ("IG reconstruction, 32x32, 300 it", t_ig),
+        ("DLG reconstruction, 32x32, 4 restarts", t_dlg),
+        ("LiRA audit, 8 shadow models", t_lira),
+        ("whole default audit", t_audit),
+    ):
         print(f"{name:<43} {t:7.1f} s  = {t / t_run:5.2f} x the run")
     print("per attack in the audit: " + ", ".join(f"{k} {v:.1f} s" for k, v in audit.seconds.items()))
     print(f"whole audit under 5 minutes: {'yes' if t_audit < 300 else 'NO'}")

@@ -42,15 +42,19 @@ def timed(fn, seed: int) -> float:
 def main() -> None:
     torch.set_num_threads(1)
     ds = data()
-    fed = Federation("bench", 2, (1, 32, 32), "iid", (SiteData("s0", ds, ds.subset(np.arange(4)), ds.subset(np.arange(4))),))
+    fed = Federation(
+        "bench", 2, (1, 32, 32), "iid", (SiteData("s0", ds, ds.subset(np.arange(4)), ds.subset(np.arange(4))),)
+    )
     cfg = RunConfig(protocol="single", train=TrainSettings(rounds=1, local_epochs=EPOCHS, batch_size=BATCH))
     steps = EPOCHS * int(np.ceil(N / BATCH))
     kw = dict(task="classification", epochs=EPOCHS, batch_size=BATCH, lr=1e-3, seed=0)
     variants = {"non-private": lambda m: train_local(m, ds, **kw)}
-    for label, opts in [("dp-sgd hooks", {"mechanism": "dp-sgd", "grad_sample_mode": "hooks"}),
-                        ("dp-sgd functorch", {"mechanism": "dp-sgd", "grad_sample_mode": "functorch"}),
-                        ("dp-sgd ew", {"mechanism": "dp-sgd", "grad_sample_mode": "ew"}),
-                        ("p3sgd (patient)", {"mechanism": "p3sgd"})]:
+    for label, opts in [
+        ("dp-sgd hooks", {"mechanism": "dp-sgd", "grad_sample_mode": "hooks"}),
+        ("dp-sgd functorch", {"mechanism": "dp-sgd", "grad_sample_mode": "functorch"}),
+        ("dp-sgd ew", {"mechanism": "dp-sgd", "grad_sample_mode": "ew"}),
+        ("p3sgd (patient)", {"mechanism": "p3sgd"}),
+    ]:
         mech = make_mechanism({**opts, "noise_multiplier": 1.0, "delta": 1e-5})
         mech.check(plan_of(cfg, fed))
         variants[label] = (lambda train: lambda m: train(m, ds, **kw))(mech.trainer(0))
@@ -63,6 +67,7 @@ def main() -> None:
     print(f"non-private step: {base * 1e3:.2f} ms (batch {BATCH}, cnn, 32x32, best of {REPEATS})")
     for label, t in best.items():
         print(f"{label}: {t * 1e3:.2f} ms/step, ratio {t / base:.2f}")
+
 
 if __name__ == "__main__":
     main()

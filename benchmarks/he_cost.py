@@ -47,8 +47,10 @@ def main() -> None:
     fed = build_federation(base.data, base.seed)
     execute(dataclasses.replace(base, train=TrainSettings(rounds=1)), fed=fed)  # warm-up
     results = {}
-    print(f"{'row':<20} {'acc':>6} {'bytes/site/rnd':>15} {'expansion':>9} {'enc s/rnd':>9} {'agg s/rnd':>9} "
-          f"{'dec s/rnd':>9} {'wall s':>7} {'wall ratio':>10}")
+    print(
+        f"{'row':<20} {'acc':>6} {'bytes/site/rnd':>15} {'expansion':>9} {'enc s/rnd':>9} {'agg s/rnd':>9} "
+        f"{'dec s/rnd':>9} {'wall s':>7} {'wall ratio':>10}"
+    )
     for label, protocol, privacy, baseline in ROWS:
         r = execute(dataclasses.replace(base, protocol=protocol, privacy=privacy), fed=fed)
         results[label] = r
@@ -56,20 +58,32 @@ def main() -> None:
         ratio = t["wall_seconds"] / results[baseline].runtime["wall_seconds"] if baseline else 1.0
         expansion = c.get("expansion_factor")
         phases = [t.get(f"{p}_seconds_per_round") for p in ("encrypt", "aggregate", "decrypt")]
-        print(f"{label:<20} {r.performance['final']['accuracy']:>6.3f} {c['bytes_per_site_per_round']:>15,.0f} "
-              f"{'' if expansion is None else f'{expansion:.2f}x':>9} "
-              + " ".join(f"{'' if p is None else f'{p:.3f}':>9}" for p in phases)
-              + f" {t['wall_seconds']:>7.1f} {f'{ratio:.2f}x vs {baseline}' if baseline else 'baseline':>10}")
+        print(
+            f"{label:<20} {r.performance['final']['accuracy']:>6.3f} {c['bytes_per_site_per_round']:>15,.0f} "
+            f"{'' if expansion is None else f'{expansion:.2f}x':>9} "
+            + " ".join(f"{'' if p is None else f'{p:.3f}':>9}" for p in phases)
+            + f" {t['wall_seconds']:>7.1f} {f'{ratio:.2f}x vs {baseline}' if baseline else 'baseline':>10}"
+        )
     acc = {k: r.performance["final"]["accuracy"] for k, r in results.items()}
-    print("accuracy change vs FedAvg after training (includes trajectory divergence from any tiny perturbation): "
-          + ", ".join(f"{k} {100 * (acc[k] - acc['fedavg']):+.2f} points" for k in ("he-fedavg ckks", "he-fedavg paillier", "secagg-fedavg")))
+    print(
+        "accuracy change vs FedAvg after training (includes trajectory divergence from any tiny perturbation): "
+        + ", ".join(
+            f"{k} {100 * (acc[k] - acc['fedavg']):+.2f} points"
+            for k in ("he-fedavg ckks", "he-fedavg paillier", "secagg-fedavg")
+        )
+    )
     # The quantisation alone: FedAvg's final model through Paillier's quantise/dequantise (20 bits, clip 2.0).
     spec = model_spec(base, fed)
     model = results["fedavg"].predictor
-    quantised = unflatten(dequantise(quantise(flatten(model), clip=2.0, bits=20), clip=2.0, bits=20, count=1), layout_of(model))
+    quantised = unflatten(
+        dequantise(quantise(flatten(model), clip=2.0, bits=20), clip=2.0, bits=20, count=1), layout_of(model)
+    )
     test = fed.pooled("test")
     d = evaluate_predictor(spec, quantised, test)["accuracy"] - evaluate_predictor(spec, model, test)["accuracy"]
-    print(f"quantisation alone (20 bits, clip 2.0) on FedAvg's final model: accuracy change {100 * d:+.2f} points (goal < 0.5)")
+    print(
+        f"quantisation alone (20 bits, clip 2.0) on FedAvg's final model: accuracy change {100 * d:+.2f} points "
+        "(goal < 0.5)"
+    )
 
 
 if __name__ == "__main__":

@@ -31,9 +31,14 @@ def main() -> None:
     args = ap.parse_args()
     torch.set_num_threads(1)
     logging.getLogger("flwr").setLevel(logging.ERROR)
-    ds = make_phantom(PhantomConfig(n_sites=args.sites, patients_per_site=(8,) * args.sites, images_per_patient=4, seed=0))
+    ds = make_phantom(
+        PhantomConfig(n_sites=args.sites, patients_per_site=(8,) * args.sites, images_per_patient=4, seed=0)
+    )
     fed = partition(ds, n_sites=args.sites, split="natural", seed=0)
-    session = assemble(RunConfig(protocol="fedavg", data=DataConfig(sites=args.sites), train=TrainSettings(rounds=args.rounds)), fed=fed)
+    session = assemble(
+        RunConfig(protocol="fedavg", data=DataConfig(sites=args.sites), train=TrainSettings(rounds=args.rounds)),
+        fed=fed,
+    )
     grid = session.grid
     marks = [time.perf_counter()]
     site_marks = [0.0]

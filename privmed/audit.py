@@ -43,13 +43,23 @@ def hides_updates(privacy: dict[str, Any]) -> bool:
     return any(t in HIDING_TOKENS for t in tokens)
 
 
-def not_applicable(attack: str, *, protocol: str, task: str, privacy: dict[str, Any], has_metadata: bool = True,
-                   dataset: str = "phantom") -> str | None:
+def not_applicable(
+    attack: str,
+    *,
+    protocol: str,
+    task: str,
+    privacy: dict[str, Any],
+    has_metadata: bool = True,
+    dataset: str = "phantom",
+) -> str | None:
     """Why ``attack`` does not apply to a run, or None if it does (the protocol's spec declares its own reasons)."""
     from privmed.protocols.registry import get_protocol
 
     if attack == "lira" and dataset != "phantom":
-        return f"LiRA's shadow models train on a fresh phantom cohort; {dataset!r} has no same-distribution generator for them"
+        return (
+            "LiRA's shadow models train on a fresh phantom cohort; "
+            f"{dataset!r} has no same-distribution generator for them"
+        )
     if attack == "linkage" and not has_metadata:
         return "the data set carries no patient metadata (age, sex, dates) to link"
     declared = get_protocol(protocol).not_applicable
@@ -117,23 +127,43 @@ def load_target(run_dir: Path):
 
     run_dir = Path(run_dir)
     if not run_dir.is_dir():
-        raise PrivmedError(f"run directory {run_dir} does not exist; give a directory written by `privmed train` (runs/<name>)")
+        raise PrivmedError(
+            f"run directory {run_dir} does not exist; give a directory written by `privmed train` (runs/<name>)"
+        )
     for name in ("result.json", "model.pt"):
         if not (run_dir / name).is_file():
-            raise PrivmedError(f"run directory {run_dir} is incomplete: no {name} (the run did not finish); re-run `privmed train`")
+            raise PrivmedError(
+                f"run directory {run_dir} is incomplete: no {name} (the run did not finish); re-run `privmed train`"
+            )
     try:
         result = json.loads((run_dir / "result.json").read_text())
         config = from_dict(result["config"])
     except (json.JSONDecodeError, KeyError, TypeError) as exc:
-        raise PrivmedError(f"{run_dir / 'result.json'} is not a privmed result ({exc}); re-run `privmed train`") from None
+        raise PrivmedError(
+            f"{run_dir / 'result.json'} is not a privmed result ({exc}); re-run `privmed train`"
+        ) from None
     fed = build_federation(config.data, config.seed)
-    target = Target(config, fed, model_spec(config, fed), load_predictor(run_dir), hides_updates=hides_updates(result.get("privacy", {})))
+    target = Target(
+        config,
+        fed,
+        model_spec(config, fed),
+        load_predictor(run_dir),
+        hides_updates=hides_updates(result.get("privacy", {})),
+    )
     return target, result
 
 
-def run_attacks(target, result: dict[str, Any], *, attacks: tuple[str, ...] | None = None, n_shadows: int = 8,
-                batch_sizes: tuple[int, ...] = (1, 4), inversion_iterations: int | None = None,
-                run_name: str = "", cheap: bool = False) -> AuditResult:
+def run_attacks(
+    target,
+    result: dict[str, Any],
+    *,
+    attacks: tuple[str, ...] | None = None,
+    n_shadows: int = 8,
+    batch_sizes: tuple[int, ...] = (1, 4),
+    inversion_iterations: int | None = None,
+    run_name: str = "",
+    cheap: bool = False,
+) -> AuditResult:
     """Run ``attacks`` (None: every attack that applies) against an in-memory target.
 
     ``cheap`` (the bench's per-row audit): PGD at one ε on 100 images, and the
@@ -150,21 +180,34 @@ def run_attacks(target, result: dict[str, Any], *, attacks: tuple[str, ...] | No
     LiraConfig(n_shadows=n_shadows)  # refuse a bad shadow count before any attack runs
     cfg = target.config
     privacy = result.get("privacy", {})
-    audit = AuditResult(run=run_name or cfg.run_name, protocol=cfg.protocol, mechanism=str(privacy.get("mechanism", "none")),
-                        seed=cfg.seed, coordinator_sees=str(privacy.get("coordinator_sees", "")))
+    audit = AuditResult(
+        run=run_name or cfg.run_name,
+        protocol=cfg.protocol,
+        mechanism=str(privacy.get("mechanism", "none")),
+        seed=cfg.seed,
+        coordinator_sees=str(privacy.get("coordinator_sees", "")),
+    )
     measures: dict[str, Callable[[], dict[str, Any]]] = {
         "membership": lambda: h.measure_loss_threshold(target),
         "lira": lambda: h.measure_lira(target, n_shadows=n_shadows),
         "inversion": lambda: h.measure_inversion(target, batch_sizes=batch_sizes, iterations=inversion_iterations),
         "dlg": lambda: h.measure_inversion(target, batch_sizes=(1,), method="dlg", iterations=inversion_iterations),
         "model-inversion": lambda: h.measure_model_inversion(target),
-        "adversarial": lambda: h.measure_adversarial(target, **({"eps": (0.0, 8 / 255), "max_images": 100} if cheap else {})),
+        "adversarial": lambda: h.measure_adversarial(
+            target, **({"eps": (0.0, 8 / 255), "max_images": 100} if cheap else {})
+        ),
         "poisoning": lambda: h.measure_poisoning(target, kinds=("backdoor",) if cheap else None, aggregators=not cheap),
         "linkage": lambda: h.measure_linkage(target),
     }
     for name in attacks or ATTACKS:
-        why = not_applicable(name, protocol=cfg.protocol, task=cfg.task, privacy=privacy, has_metadata=bool(target.fed.patients),
-                             dataset=cfg.data.dataset)
+        why = not_applicable(
+            name,
+            protocol=cfg.protocol,
+            task=cfg.task,
+            privacy=privacy,
+            has_metadata=bool(target.fed.patients),
+            dataset=cfg.data.dataset,
+        )
         if why:
             if explicit:
                 raise PrivmedError(f"attack {name!r} does not apply to run {audit.run}: {why}")
@@ -174,12 +217,16 @@ def run_attacks(target, result: dict[str, Any], *, attacks: tuple[str, ...] | No
         audit.results[name] = measures[name]()
         audit.seconds[name] = time.perf_counter() - start
     if target.hides_updates and "inversion" in audit.results:
-        audit.results["inversion"]["note"] = ("the coordinator sees no individual update under this mechanism (HE / secure aggregation); "
-                                              "the attack inverts the aggregate of all sites instead")
+        audit.results["inversion"]["note"] = (
+            "the coordinator sees no individual update under this mechanism (HE / secure aggregation); "
+            "the attack inverts the aggregate of all sites instead"
+        )
     return audit
 
 
-def audit_run(run_dir: str | Path, *, attacks: tuple[str, ...] | None = None, n_shadows: int = 8) -> tuple[AuditResult, Path]:
+def audit_run(
+    run_dir: str | Path, *, attacks: tuple[str, ...] | None = None, n_shadows: int = 8
+) -> tuple[AuditResult, Path]:
     """Audit a run directory and write ``audit.json`` beside ``result.json`` (atomically)."""
     from privmed.run import set_threads
 
@@ -206,5 +253,9 @@ def bench_audit(config, fed, result, attacks: tuple[str, ...] = BENCH_ATTACKS) -
     from privmed.engine.session import model_spec
 
     target = Target(config, fed, model_spec(config, fed), result.predictor, hides_updates=hides_updates(result.privacy))
-    attacks = tuple(a for a in attacks if not not_applicable(a, protocol=config.protocol, task=config.task, privacy=result.privacy))
-    return run_attacks(target, result.to_dict(), attacks=attacks, batch_sizes=(1,), inversion_iterations=100, cheap=True)
+    attacks = tuple(
+        a for a in attacks if not not_applicable(a, protocol=config.protocol, task=config.task, privacy=result.privacy)
+    )
+    return run_attacks(
+        target, result.to_dict(), attacks=attacks, batch_sizes=(1,), inversion_iterations=100, cheap=True
+    )

@@ -16,7 +16,11 @@ from rich.table import Table
 
 from privmed.errors import PrivmedError
 
-app = typer.Typer(add_completion=False, no_args_is_help=True, help="Privacy-preserving deep learning across hospitals: train, measure, audit.")
+app = typer.Typer(
+    add_completion=False,
+    no_args_is_help=True,
+    help="Privacy-preserving deep learning across hospitals: train, measure, audit.",
+)
 console = Console(stderr=True)
 
 
@@ -33,8 +37,15 @@ def user_errors() -> Iterator[None]:
 @contextlib.contextmanager
 def round_progress(label: str) -> Iterator:
     """A rich progress bar; yields a callback (round, total, metrics)."""
-    with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TextColumn("{task.fields[m]}"),
-                  TimeElapsedColumn(), console=console, transient=True) as bar:
+    with Progress(
+        TextColumn("{task.description}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TextColumn("{task.fields[m]}"),
+        TimeElapsedColumn(),
+        console=console,
+        transient=True,
+    ) as bar:
         task = bar.add_task(label, total=None, m="")
 
         def update(rnd: int, total: int, metrics: dict) -> None:
@@ -62,7 +73,10 @@ def parse_key_values(items: list[str]) -> dict:
 
 @app.command()
 def train(
-    protocol: str | None = typer.Option(None, help="centralised | single | ensemble | swt | cwt | fedavg | dssgd | he-fedavg | secagg-fedavg | snt | fnt"),
+    protocol: str | None = typer.Option(
+        None,
+        help="centralised | single | ensemble | swt | cwt | fedavg | dssgd | he-fedavg | secagg-fedavg | snt | fnt",
+    ),
     sites: int | None = typer.Option(None, help="number of sites (hospitals)"),
     split: str | None = typer.Option(None, help="natural | iid | dirichlet:<alpha> | quantity:<beta>"),
     rounds: int | None = typer.Option(None, help="rounds (cycles for CWT)"),
@@ -74,14 +88,24 @@ def train(
     task: str | None = typer.Option(None, help="classification | segmentation"),
     dataset: str | None = typer.Option(None, help="phantom | medmnist:<path.npz>"),
     image_size: int | None = typer.Option(None, help="phantom image size"),
-    patients_scale: int | None = typer.Option(None, help="phantom: multiply each site's patient count (default 60, 45, 30, 15)"),
+    patients_scale: int | None = typer.Option(
+        None, help="phantom: multiply each site's patient count (default 60, 45, 30, 15)"
+    ),
     order: str | None = typer.Option(None, help="CWT visiting order: fixed | shuffled"),
     site: int | None = typer.Option(None, help="which site trains alone (protocol single)"),
-    opt: list[str] = typer.Option([], "--opt", help="protocol option key=value (repeatable), e.g. theta_u=0.1 for dssgd, threshold=3 for secagg-fedavg"),
+    opt: list[str] = typer.Option(
+        [],
+        "--opt",
+        help="protocol option key=value (repeatable), e.g. theta_u=0.1 for dssgd, threshold=3 for secagg-fedavg",
+    ),
     privacy: str | None = typer.Option(None, help="privacy mechanism (see `privmed mechanisms`); default none"),
     privacy_opt: list[str] = typer.Option([], "--privacy-opt", help="mechanism parameter key=value (repeatable)"),
-    epsilon: float | None = typer.Option(None, help="DP target ε (noise calibrated for the planned steps); same as --privacy-opt epsilon=<ε>"),
-    noise_multiplier: float | None = typer.Option(None, help="DP noise multiplier σ; same as --privacy-opt noise_multiplier=<σ>"),
+    epsilon: float | None = typer.Option(
+        None, help="DP target ε (noise calibrated for the planned steps); same as --privacy-opt epsilon=<ε>"
+    ),
+    noise_multiplier: float | None = typer.Option(
+        None, help="DP noise multiplier σ; same as --privacy-opt noise_multiplier=<σ>"
+    ),
     name: str | None = typer.Option(None, help="run name (directory under --runs-dir)"),
     config: Path | None = typer.Option(None, "--config", help="TOML run config; flags override it"),
     runs_dir: Path = typer.Option(Path("runs"), help="where runs are written"),
@@ -106,18 +130,35 @@ def train(
         priv.update(parse_key_values(privacy_opt))
         priv.update({k: v for k, v in (("epsilon", epsilon), ("noise_multiplier", noise_multiplier)) if v is not None})
         cfg = cfgmod.replace(
-            base, protocol=protocol, seed=seed, model=model, task=task, name=name, options=options, privacy=priv,
-            **{"data.sites": sites, "data.split": split, "data.dataset": dataset, "data.image_size": image_size,
-               "data.patients_scale": patients_scale,
-               "train.rounds": rounds, "train.local_epochs": epochs, "train.lr": lr, "train.batch_size": batch_size},
+            base,
+            protocol=protocol,
+            seed=seed,
+            model=model,
+            task=task,
+            name=name,
+            options=options,
+            privacy=priv,
+            **{
+                "data.sites": sites,
+                "data.split": split,
+                "data.dataset": dataset,
+                "data.image_size": image_size,
+                "data.patients_scale": patients_scale,
+                "train.rounds": rounds,
+                "train.local_epochs": epochs,
+                "train.lr": lr,
+                "train.batch_size": batch_size,
+            },
         )
         resolve(cfg)  # names, options and the protocol–mechanism pairing, before anything is written
         try:
             with round_progress(f"{cfg.protocol} ({cfg.data.split}, {cfg.data.sites} sites)") as update:
                 result, path = run(cfg, runs_dir=runs_dir, progress=update, resume=resume)
         except KeyboardInterrupt:
-            console.print(f"interrupted: finished rounds are checkpointed in {runs_dir / cfg.run_name}; "
-                          "run the same command with --resume to continue")
+            console.print(
+                f"interrupted: finished rounds are checkpointed in {runs_dir / cfg.run_name}; "
+                "run the same command with --resume to continue"
+            )
             raise typer.Exit(130) from None
     table = Table(title=f"{cfg.run_name}: final test metrics")
     table.add_column("metric")
@@ -126,7 +167,10 @@ def train(
         table.add_row(k, "n/a" if v is None else f"{v:.4f}")
     table.add_row("bytes up / down", f"{result.communication['bytes_up']:,} / {result.communication['bytes_down']:,}")
     if result.privacy.get("epsilon") is not None:
-        table.add_row(f"ε ({result.privacy.get('unit', '?')}-level, δ={result.privacy.get('delta', 0):g})", f"{result.privacy['epsilon']:.3f}")
+        table.add_row(
+            f"ε ({result.privacy.get('unit', '?')}-level, δ={result.privacy.get('delta', 0):g})",
+            f"{result.privacy['epsilon']:.3f}",
+        )
     table.add_row("wall seconds", f"{result.runtime['wall_seconds']:.1f}")
     if result.reliability["rejected_updates"]:
         table.add_row("rejected updates", str(len(result.reliability["rejected_updates"])))
@@ -164,11 +208,22 @@ def bench(
 
     with user_errors():
         try:
-            out = run_suite(runs_dir=runs_dir, seed=seed, rounds=rounds, console=console, rows=suite_rows(suite, seed=seed, rounds=rounds),
-                            resume=resume, attacks=suite_attacks(suite), jobs=jobs, row_progress=round_progress)
+            out = run_suite(
+                runs_dir=runs_dir,
+                seed=seed,
+                rounds=rounds,
+                console=console,
+                rows=suite_rows(suite, seed=seed, rounds=rounds),
+                resume=resume,
+                attacks=suite_attacks(suite),
+                jobs=jobs,
+                row_progress=round_progress,
+            )
         except KeyboardInterrupt:
-            console.print(f"interrupted: finished rows are kept in {runs_dir / '.bench.partial'}; "
-                          "run the same command with --resume to continue")
+            console.print(
+                f"interrupted: finished rows are kept in {runs_dir / '.bench.partial'}; "
+                "run the same command with --resume to continue"
+            )
             raise typer.Exit(130) from None
     import json
 
@@ -179,7 +234,13 @@ def bench(
         f, m = r["performance"]["final"], r["performance"]["metric"]
         perf = f"{m} {f[m]:.3f}" + (f", AUROC {f['auroc']:.3f}" if f.get("auroc") is not None else "")
         per = r["communication"].get("bytes_per_site_per_round")
-        table.add_row(r["label"], r["technique"], perf, "raw data" if per is None else f"{per / 1000:,.1f} kB", f"{r['runtime']['wall_seconds']:.1f}")
+        table.add_row(
+            r["label"],
+            r["technique"],
+            perf,
+            "raw data" if per is None else f"{per / 1000:,.1f} kB",
+            f"{r['runtime']['wall_seconds']:.1f}",
+        )
     Console().print(table)
     console.print(f"wrote {out / 'report.md'}, {out / 'results.json'}, {out / 'validation.png'}")
 
@@ -187,7 +248,9 @@ def bench(
 @app.command()
 def audit(
     run_dir: Path = typer.Argument(..., help="a run directory written by `privmed train` (runs/<name>)"),
-    attack: list[str] = typer.Option([], "--attack", help="attack to run (repeatable; default: every attack that applies)"),
+    attack: list[str] = typer.Option(
+        [], "--attack", help="attack to run (repeatable; default: every attack that applies)"
+    ),
     shadows: int = typer.Option(8, help="LiRA shadow models"),
 ) -> None:
     """Run the attacks that apply to a run; write audit.json beside its result.json."""
@@ -214,8 +277,12 @@ def budget(
     limit: float | None = typer.Option(None, help="ε limit per patient: show what is left"),
     delta: float = typer.Option(1e-5, help="δ at which spent ε is stated"),
     top: int = typer.Option(20, help="patients listed (most spent first)"),
-    new_key: Path | None = typer.Option(None, "--new-key", help="create the hospitals' shared pseudonym key file and exit"),
-    release: str | None = typer.Option(None, "--release", help="drop the budget hold a killed run left (its run name) and exit"),
+    new_key: Path | None = typer.Option(
+        None, "--new-key", help="create the hospitals' shared pseudonym key file and exit"
+    ),
+    release: str | None = typer.Option(
+        None, "--release", help="drop the budget hold a killed run left (its run name) and exit"
+    ),
 ) -> None:
     """Per-patient privacy spent across all DP runs and hospitals, and what is left under --limit."""
     from privmed.privacy.ledger import Ledger, budget_report, sqlite_path
@@ -228,8 +295,10 @@ def budget(
         rep = budget_report(ledger, limit=limit, delta=delta)
         if release is not None:
             if release not in rep["holds"]:
-                raise PrivmedError(f"no run {release!r} holds budget in {sqlite_path(ledger)}; "
-                                   f"holding: {', '.join(rep['holds']) or 'none'}")
+                raise PrivmedError(
+                    f"no run {release!r} holds budget in {sqlite_path(ledger)}; "
+                    f"holding: {', '.join(rep['holds']) or 'none'}"
+                )
             Ledger(ledger).release(run=release)
             console.print(f"dropped the hold of {release!r} (its charges stay)")
             return
@@ -238,7 +307,13 @@ def budget(
     for col in ("patient (pseudonym)", "ε spent", "left", "runs", "sites"):
         table.add_column(col, justify="left" if col.startswith("patient") else "right")
     for r in rep["patients"][:top]:
-        table.add_row(r["patient"][:16], f"{r['epsilon']:.3f}", "-" if r["remaining"] is None else f"{r['remaining']:.3f}", str(r["runs"]), str(r["sites"]))
+        table.add_row(
+            r["patient"][:16],
+            f"{r['epsilon']:.3f}",
+            "-" if r["remaining"] is None else f"{r['remaining']:.3f}",
+            str(r["runs"]),
+            str(r["sites"]),
+        )
     Console().print(table)
     line = f"total: {t['patients']} patients, ε max {t['epsilon_max']:.3f}, mean {t['epsilon_mean']:.3f}"
     if limit is not None:

@@ -75,7 +75,10 @@ def _build(cls: type, values: dict[str, Any], where: str) -> Any:
     fields = {f.name: f for f in dataclasses.fields(cls)}
     unknown = sorted(set(values) - set(fields))
     if unknown:
-        raise PrivmedError(f"unknown config key {where}{unknown[0]!r}; valid keys{' in [' + where.rstrip('.') + ']' if where else ''}: {', '.join(fields)}")
+        raise PrivmedError(
+            f"unknown config key {where}{unknown[0]!r}; valid "
+            f"keys{' in [' + where.rstrip('.') + ']' if where else ''}: {', '.join(fields)}"
+        )
     return values
 
 

@@ -24,9 +24,7 @@ class SmallCNN(nn.Module):
         super().__init__()
 
         def block(cin: int, cout: int) -> nn.Sequential:
-            return nn.Sequential(
-                nn.Conv2d(cin, cout, 3, padding=1), nn.GroupNorm(4, cout), nn.ReLU(), nn.MaxPool2d(2)
-            )
+            return nn.Sequential(nn.Conv2d(cin, cout, 3, padding=1), nn.GroupNorm(4, cout), nn.ReLU(), nn.MaxPool2d(2))
 
         self.features = nn.Sequential(block(in_channels, width), block(width, 2 * width), block(2 * width, 2 * width))
         self.head = nn.Sequential(nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(2 * width, n_classes))
@@ -41,9 +39,13 @@ class SegCNN(nn.Module):
     def __init__(self, in_channels: int, n_classes: int, width: int = 16) -> None:
         super().__init__()
         self.enc = nn.Sequential(nn.Conv2d(in_channels, width, 3, padding=1), nn.GroupNorm(4, width), nn.ReLU())
-        self.down = nn.Sequential(nn.MaxPool2d(2), nn.Conv2d(width, 2 * width, 3, padding=1), nn.GroupNorm(4, 2 * width), nn.ReLU())
+        self.down = nn.Sequential(
+            nn.MaxPool2d(2), nn.Conv2d(width, 2 * width, 3, padding=1), nn.GroupNorm(4, 2 * width), nn.ReLU()
+        )
         self.up = nn.ConvTranspose2d(2 * width, width, 2, stride=2)
-        self.dec = nn.Sequential(nn.Conv2d(2 * width, width, 3, padding=1), nn.GroupNorm(4, width), nn.ReLU(), nn.Conv2d(width, n_classes, 1))
+        self.dec = nn.Sequential(
+            nn.Conv2d(2 * width, width, 3, padding=1), nn.GroupNorm(4, width), nn.ReLU(), nn.Conv2d(width, n_classes, 1)
+        )
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         e = self.enc(x)
@@ -60,8 +62,13 @@ def _unet(in_channels: int, n_classes: int) -> nn.Module:
     from monai.networks.nets import UNet
 
     return UNet(
-        spatial_dims=2, in_channels=in_channels, out_channels=n_classes,
-        channels=(16, 32, 64), strides=(2, 2), num_res_units=1, norm="instance",
+        spatial_dims=2,
+        in_channels=in_channels,
+        out_channels=n_classes,
+        channels=(16, 32, 64),
+        strides=(2, 2),
+        num_res_units=1,
+        norm="instance",
     )
 
 

@@ -61,8 +61,10 @@ def parse_options(cls: type[T], values: dict[str, Any], *, owner: str) -> T:
         if key not in kinds:
             raise PrivmedError(f"unknown option {key!r} for {owner}; valid options: {describe(cls)}")
         if not _accepts(kinds[key], value):
-            raise PrivmedError(f"option {key!r} for {owner} must be {_type_name(kinds[key])}, got {value!r}; "
-                               f"valid options: {describe(cls)}")
+            raise PrivmedError(
+                f"option {key!r} for {owner} must be {_type_name(kinds[key])}, got {value!r}; "
+                f"valid options: {describe(cls)}"
+            )
     return cls(**{k: _coerce(kinds[k], v) for k, v in values.items()})
 
 

@@ -26,8 +26,14 @@ from privmed.engine.session import assemble
 from privmed.errors import PrivmedError
 
 
-def execute(config: RunConfig, *, progress: Progress | None = None, fed: Federation | None = None,
-            checkpoint_dir: Path | None = None, resume: bool = False) -> RunResult:
+def execute(
+    config: RunConfig,
+    *,
+    progress: Progress | None = None,
+    fed: Federation | None = None,
+    checkpoint_dir: Path | None = None,
+    resume: bool = False,
+) -> RunResult:
     """Run one configuration and measure it.
 
     With ``checkpoint_dir``, the state after every round is saved there
@@ -61,8 +67,9 @@ def set_threads() -> None:
     logging.getLogger("flwr").setLevel(logging.ERROR)  # Flower logs every round at INFO
 
 
-def run(config: RunConfig, *, runs_dir: str | Path = "runs", progress: Progress | None = None,
-        resume: bool = False) -> tuple[RunResult, Path]:
+def run(
+    config: RunConfig, *, runs_dir: str | Path = "runs", progress: Progress | None = None, resume: bool = False
+) -> tuple[RunResult, Path]:
     """Execute ``config`` and write ``<runs_dir>/<name>/result.json`` (and model.pt).
 
     A checkpoint is kept in the run directory while the run goes; if the run

@@ -46,7 +46,9 @@ def load_arrays(model: torch.nn.Module, arrays: ArrayRecord) -> None:
         raise ValueError(f"received weights do not fit the model (missing {missing[:3]}, unexpected {extra[:3]})")
     for k, v in state.items():
         if tuple(v.shape) != tuple(own[k].shape):
-            raise ValueError(f"received weights do not fit the model: {k} has shape {tuple(v.shape)}, expected {tuple(own[k].shape)}")
+            raise ValueError(
+                f"received weights do not fit the model: {k} has shape {tuple(v.shape)}, expected {tuple(own[k].shape)}"
+            )
     model.load_state_dict(state)
 
 
@@ -55,7 +57,9 @@ def site_seed(config_seed: int, site_index: int) -> int:
     return int(np.random.SeedSequence([config_seed, site_index]).generate_state(1)[0])
 
 
-def make_client_app(site: SiteData, spec: ModelSpec, *, site_index: int, mods: Sequence[Mod] = (), trainer: Trainer | None = None) -> ClientApp:
+def make_client_app(
+    site: SiteData, spec: ModelSpec, *, site_index: int, mods: Sequence[Mod] = (), trainer: Trainer | None = None
+) -> ClientApp:
     """The ClientApp of one site.
 
     ``mods`` wrap it (privacy mechanisms, fault injection); ``trainer`` replaces
@@ -69,9 +73,18 @@ def make_client_app(site: SiteData, spec: ModelSpec, *, site_index: int, mods: S
         todo = TrainInstruction.from_record(msg.content["config"])
         model = spec.build()
         load_arrays(model, msg.content["arrays"])
-        stats = local_train(model, site.train, task=spec.task, epochs=todo.local_epochs, batch_size=todo.batch_size,
-                            lr=todo.lr, seed=site_seed(todo.seed, site_index))
-        return Message(RecordDict({"arrays": ArrayRecord(model.state_dict()), "metrics": MetricRecord(stats)}), reply_to=msg)
+        stats = local_train(
+            model,
+            site.train,
+            task=spec.task,
+            epochs=todo.local_epochs,
+            batch_size=todo.batch_size,
+            lr=todo.lr,
+            seed=site_seed(todo.seed, site_index),
+        )
+        return Message(
+            RecordDict({"arrays": ArrayRecord(model.state_dict()), "metrics": MetricRecord(stats)}), reply_to=msg
+        )
 
     @app.evaluate()
     def _evaluate(msg: Message, context: Context) -> Message:

@@ -52,7 +52,9 @@ def batch_loss(criterion: nn.Module, out: torch.Tensor, y: torch.Tensor, task: s
     return criterion(out, y.unsqueeze(1) if task == "segmentation" else y)
 
 
-def batches(data: ArraySet, task: str, batch_size: int, generator: torch.Generator | None) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+def batches(
+    data: ArraySet, task: str, batch_size: int, generator: torch.Generator | None
+) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
     """Mini-batches as tensors; shuffled when a generator is given."""
     x_all = torch.from_numpy(data.images)
     y_all = torch.from_numpy(targets(data, task))
@@ -99,7 +101,10 @@ def train_local(
 def predict_proba(model: nn.Module, data: ArraySet, *, batch_size: int = 256) -> np.ndarray:
     """Softmax outputs, [N, K] (classification) or [N, K, H, W] (segmentation)."""
     model.eval()
-    outs = [torch.softmax(model(torch.from_numpy(data.images[i : i + batch_size])), dim=1) for i in range(0, len(data), batch_size)]
+    outs = [
+        torch.softmax(model(torch.from_numpy(data.images[i : i + batch_size])), dim=1)
+        for i in range(0, len(data), batch_size)
+    ]
     return torch.cat(outs).numpy()
 
 
@@ -128,7 +133,11 @@ def _classification_metrics(y_true: np.ndarray, proba: np.ndarray, pred: np.ndar
         "macro_f1": float(f1_score(y_true, pred, average="macro", labels=list(range(k)), zero_division=0)),
     }
     try:
-        out["auroc"] = float(roc_auc_score(y_true, proba[:, 1]) if k == 2 else roc_auc_score(y_true, proba, multi_class="ovr", labels=list(range(k))))
+        out["auroc"] = float(
+            roc_auc_score(y_true, proba[:, 1])
+            if k == 2
+            else roc_auc_score(y_true, proba, multi_class="ovr", labels=list(range(k)))
+        )
     except ValueError:
         out["auroc"] = float("nan")
     pos_true, pos_pred = y_true > 0, pred > 0

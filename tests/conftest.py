@@ -12,5 +12,7 @@ def small_fed():
     from privmed.data.partition import partition
     from privmed.data.phantom import PhantomConfig, make_phantom
 
-    ds = make_phantom(PhantomConfig(n_sites=4, patients_per_site=(8, 6, 5, 4), images_per_patient=2, image_size=16, seed=3))
+    ds = make_phantom(
+        PhantomConfig(n_sites=4, patients_per_site=(8, 6, 5, 4), images_per_patient=2, image_size=16, seed=3)
+    )
     return partition(ds, n_sites=4, split="natural", seed=3)

@@ -26,10 +26,15 @@ def _modules() -> dict[str, pathlib.Path]:
 
 
 def _runtime_imports(path: pathlib.Path, modules: dict[str, pathlib.Path]) -> set[str]:
-    """privmed modules ``path`` imports when it runs (anywhere in it, lazy imports too; not ``if TYPE_CHECKING:`` blocks)."""
+    """privmed modules ``path`` imports when it runs (anywhere in it, lazy imports too; not ``if TYPE_CHECKING:``
+    blocks)."""
     tree = ast.parse(path.read_text())
-    typing_only = {id(n) for node in ast.walk(tree) if isinstance(node, ast.If) and "TYPE_CHECKING" in ast.unparse(node.test)
-                   for n in ast.walk(node)}
+    typing_only = {
+        id(n)
+        for node in ast.walk(tree)
+        if isinstance(node, ast.If) and "TYPE_CHECKING" in ast.unparse(node.test)
+        for n in ast.walk(node)
+    }
     out = set()
     for node in ast.walk(tree):
         if id(node) in typing_only:
@@ -80,8 +85,15 @@ def _cycles(graph: dict[str, set[str]]) -> list[set[str]]:
 def test_config_registries_and_run_are_in_no_import_cycle():
     modules = _modules()
     graph = {m: _runtime_imports(p, modules) - {m} for m, p in modules.items()}
-    core = {"privmed.config", "privmed.protocols.registry", "privmed.privacy.registry", "privmed.run",
-            "privmed.engine.session", "privmed.cli", "privmed.bench.suite"}
+    core = {
+        "privmed.config",
+        "privmed.protocols.registry",
+        "privmed.privacy.registry",
+        "privmed.run",
+        "privmed.engine.session",
+        "privmed.cli",
+        "privmed.bench.suite",
+    }
     tangled = [sorted(c) for c in _cycles(graph) if c & core]
     assert not tangled, tangled
     assert graph["privmed.config"] <= {"privmed.errors"}, "config is the schema only"
@@ -91,7 +103,8 @@ PROTOCOL_NAMES = set(PROTOCOLS)
 
 
 def _compares_a_protocol_name(node: ast.Compare) -> bool:
-    """``x == "cwt"``, ``"cwt" != x``, ``x in ("swt", "cwt")``: a literal protocol name on either side of a comparison."""
+    """``x == "cwt"``, ``"cwt" != x``, ``x in ("swt", "cwt")``: a literal protocol name on either side of a
+    comparison."""
     for side in (node.left, *node.comparators):
         consts = [side] if isinstance(side, ast.Constant) else list(getattr(side, "elts", []))
         if any(isinstance(c, ast.Constant) and c.value in PROTOCOL_NAMES for c in consts):
@@ -116,7 +129,11 @@ def test_no_private_helper_is_imported_across_modules():
     for path in _modules().values():
         for node in ast.walk(ast.parse(path.read_text())):
             if isinstance(node, ast.ImportFrom) and node.module and node.module.startswith("privmed"):
-                offenders += [f"{path.name}: {node.module}.{a.name}" for a in node.names if a.name.startswith("_") and not a.name.startswith("__")]
+                offenders += [
+                    f"{path.name}: {node.module}.{a.name}"
+                    for a in node.names
+                    if a.name.startswith("_") and not a.name.startswith("__")
+                ]
     assert not offenders, offenders
 
 
@@ -149,15 +166,20 @@ def _mechanism_for(protocol: str) -> dict:
 def test_mechanisms_declare_the_protocols_they_fit():
     with pytest.raises(PrivmedError, match="use it with --protocol fedavg, not cwt"):
         resolve(RunConfig(protocol="cwt", privacy={"mechanism": "dp-fedavg", "epsilon": 3.0}))
-    assert resolve(RunConfig(protocol="cwt", privacy={"mechanism": "dp-sgd", "epsilon": 3.0})).mechanism.protocols is None
+    assert (
+        resolve(RunConfig(protocol="cwt", privacy={"mechanism": "dp-sgd", "epsilon": 3.0})).mechanism.protocols is None
+    )
 
 
-@pytest.mark.parametrize(("options", "message"), [
-    ({"theta_u": "abc"}, "option 'theta_u' for protocol dssgd must be float, got 'abc'"),
-    ({"theta_u": True}, "option 'theta_u' for protocol dssgd must be float, got True"),
-    ({"gamma": "1"}, "option 'gamma' for protocol dssgd must be float or none"),
-    ({"theta_u": 2.0}, "theta_u and theta_d must be in"),
-])
+@pytest.mark.parametrize(
+    ("options", "message"),
+    [
+        ({"theta_u": "abc"}, "option 'theta_u' for protocol dssgd must be float, got 'abc'"),
+        ({"theta_u": True}, "option 'theta_u' for protocol dssgd must be float, got True"),
+        ({"gamma": "1"}, "option 'gamma' for protocol dssgd must be float or none"),
+        ({"theta_u": 2.0}, "theta_u and theta_d must be in"),
+    ],
+)
 def test_protocol_options_are_type_checked_then_validated(options, message):
     with pytest.raises(PrivmedError, match=message):
         resolve(RunConfig(protocol="dssgd", options=options))

@@ -25,8 +25,12 @@ def test_applicability_follows_protocol_mechanism_and_task():
     assert "sends nothing" in not_applicable("dlg", protocol="single", task="classification", privacy=plain)
     assert "classifiers" in not_applicable("membership", protocol="fedavg", task="segmentation", privacy=plain)
     assert not_applicable("linkage", protocol="fedavg", task="segmentation", privacy=plain) is None
-    assert "no patient metadata" in not_applicable("linkage", protocol="fedavg", task="classification", privacy=plain, has_metadata=False)
-    assert "shadow" in not_applicable("lira", protocol="fedavg", task="classification", privacy=plain, dataset="medmnist:x.npz")
+    assert "no patient metadata" in not_applicable(
+        "linkage", protocol="fedavg", task="classification", privacy=plain, has_metadata=False
+    )
+    assert "shadow" in not_applicable(
+        "lira", protocol="fedavg", task="classification", privacy=plain, dataset="medmnist:x.npz"
+    )
     assert hides_updates({"mechanism": "secagg+"}) and hides_updates({"mechanism": "he-ckks"})
     assert hides_updates({"mechanism": "x", "individual_updates_visible": False})
     assert not hides_updates({"mechanism": "dp-sgd"}) and not hides_updates({})
@@ -38,14 +42,21 @@ def test_audit_writes_audit_json_with_the_attacks_numbers(fedavg_run):
     assert saved["protocol"] == "fedavg" and set(saved["results"]) == {"membership", "linkage"}
     assert 0 <= saved["results"]["membership"]["image"]["auc"] <= 1
     assert saved["results"]["linkage"]["pseudonymised"]["reidentified"] > 0.9
-    assert set(audit.leakage()) == {"MIA AUC", "MIA AUC (patient)", "re-identified (pseudonymised)", "re-identified (5-anonymous)"}
+    assert set(audit.leakage()) == {
+        "MIA AUC",
+        "MIA AUC (patient)",
+        "re-identified (pseudonymised)",
+        "re-identified (5-anonymous)",
+    }
 
 
 def test_inversion_and_adversarial_against_the_saved_model_are_reproducible(fedavg_run):
     target, result = load_target(fedavg_run)
     kw = dict(attacks=("inversion", "adversarial"), batch_sizes=(1,), inversion_iterations=20)
     a, b = run_attacks(target, result, **kw), run_attacks(target, result, **kw)
-    assert a.results["inversion"]["per_batch_size"]["1"]["psnr"] == b.results["inversion"]["per_batch_size"]["1"]["psnr"]
+    assert (
+        a.results["inversion"]["per_batch_size"]["1"]["psnr"] == b.results["inversion"]["per_batch_size"]["1"]["psnr"]
+    )
     assert a.results["inversion"]["observed"] == "one site's update"
     assert a.results["adversarial"]["pgd"] == b.results["adversarial"]["pgd"]
 
@@ -77,9 +88,17 @@ def test_single_site_run_refuses_inversion(tmp_path):
 
 
 def test_inversion_of_a_dssgd_run_sees_only_the_uploaded_fraction(tmp_path):
-    cfg = RunConfig(protocol="dssgd", name="d", options={"theta_u": 0.1}, data=DataConfig(image_size=16), train=TrainSettings(rounds=1))
+    cfg = RunConfig(
+        protocol="dssgd",
+        name="d",
+        options={"theta_u": 0.1},
+        data=DataConfig(image_size=16),
+        train=TrainSettings(rounds=1),
+    )
     _, path = run(cfg, runs_dir=tmp_path)
     target, result = load_target(path.parent)
-    inv = run_attacks(target, result, attacks=("inversion",), batch_sizes=(1,), inversion_iterations=10).results["inversion"]
+    inv = run_attacks(target, result, attacks=("inversion",), batch_sizes=(1,), inversion_iterations=10).results[
+        "inversion"
+    ]
     assert inv["observed"] == "one site's DSSGD upload (10.0% of the update)"
     assert inv["per_batch_size"]["1"]["psnr"] > 0

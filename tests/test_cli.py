@@ -15,7 +15,9 @@ def invoke(*args, tmp):
 
 
 def test_train_writes_result_json(tmp_path):
-    res = invoke("train", "--protocol", "cwt", "--split", "dirichlet:0.5", "--seed", "0", "--name", "t1", *SMALL, tmp=tmp_path)
+    res = invoke(
+        "train", "--protocol", "cwt", "--split", "dirichlet:0.5", "--seed", "0", "--name", "t1", *SMALL, tmp=tmp_path
+    )
     assert res.exit_code == 0, res.output
     data = json.loads((tmp_path / "t1" / "result.json").read_text())
     assert data["protocol"] == "cwt" and data["dataset"]["split"] == "dirichlet:0.5"
@@ -51,14 +53,26 @@ def test_unknown_names_list_the_valid_ones(tmp_path):
 
 def test_protocol_options_are_strict_and_typed(tmp_path):
     """A misspelt or mistyped protocol option is refused before anything runs, naming the valid keys and types."""
-    assert_one_line_error(invoke("train", "--protocol", "cwt", "--opt", "oder=shuffled", *SMALL, tmp=tmp_path),
-                          "unknown option 'oder' for protocol cwt", "valid options: order (str)")
-    assert_one_line_error(invoke("train", "--protocol", "dssgd", "--opt", "theta_u=abc", *SMALL, tmp=tmp_path),
-                          "option 'theta_u' for protocol dssgd must be float, got 'abc'", "theta_d (float)", "selection (str)")
-    assert_one_line_error(invoke("train", "--protocol", "fedavg", "--order", "shuffled", *SMALL, tmp=tmp_path),
-                          "unknown option 'order' for protocol fedavg", "valid options: none")
-    assert_one_line_error(invoke("train", "--protocol", "cwt", "--privacy", "secagg", *SMALL, tmp=tmp_path),
-                          "secagg masks FedAvg updates; use it with --protocol secagg-fedavg, not cwt")
+    assert_one_line_error(
+        invoke("train", "--protocol", "cwt", "--opt", "oder=shuffled", *SMALL, tmp=tmp_path),
+        "unknown option 'oder' for protocol cwt",
+        "valid options: order (str)",
+    )
+    assert_one_line_error(
+        invoke("train", "--protocol", "dssgd", "--opt", "theta_u=abc", *SMALL, tmp=tmp_path),
+        "option 'theta_u' for protocol dssgd must be float, got 'abc'",
+        "theta_d (float)",
+        "selection (str)",
+    )
+    assert_one_line_error(
+        invoke("train", "--protocol", "fedavg", "--order", "shuffled", *SMALL, tmp=tmp_path),
+        "unknown option 'order' for protocol fedavg",
+        "valid options: none",
+    )
+    assert_one_line_error(
+        invoke("train", "--protocol", "cwt", "--privacy", "secagg", *SMALL, tmp=tmp_path),
+        "secagg masks FedAvg updates; use it with --protocol secagg-fedavg, not cwt",
+    )
     assert not any(tmp_path.iterdir())
 
 
@@ -91,5 +105,8 @@ def test_missing_medmnist_file_says_where_and_how(tmp_path):
 
 
 def test_nan_loss_is_a_one_line_error_and_nothing_is_written(tmp_path):
-    assert_one_line_error(invoke("train", "--protocol", "fedavg", "--lr", "1e12", "--rounds", "2", "--image-size", "16", tmp=tmp_path), "--lr")
+    assert_one_line_error(
+        invoke("train", "--protocol", "fedavg", "--lr", "1e12", "--rounds", "2", "--image-size", "16", tmp=tmp_path),
+        "--lr",
+    )
     assert not any(tmp_path.iterdir())

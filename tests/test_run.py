@@ -37,7 +37,10 @@ def test_secagg_runs_are_reproducible_too(small_fed):
     cfg = tiny("secagg-fedavg", privacy={"mechanism": "secagg"})
     a, b = execute(cfg, fed=small_fed), execute(cfg, fed=small_fed)
     assert a.performance["final"] == b.performance["final"]
-    assert a.predictor.to_torch_state_dict()["head.2.bias"].tolist() == b.predictor.to_torch_state_dict()["head.2.bias"].tolist()
+    assert (
+        a.predictor.to_torch_state_dict()["head.2.bias"].tolist()
+        == b.predictor.to_torch_state_dict()["head.2.bias"].tolist()
+    )
 
 
 def test_same_seed_is_deterministic_from_data_generation_on():
@@ -51,8 +54,22 @@ def test_same_seed_is_deterministic_from_data_generation_on():
 def test_result_has_the_review_attributes(tmp_path, small_fed):
     result, path = run(dataclasses.replace(tiny("cwt"), name="r1"), runs_dir=tmp_path)
     data = json.loads(path.read_text())
-    for key in ("technique", "protocol", "config", "seed", "versions", "dataset", "model", "performance",
-                "communication", "runtime", "privacy", "scalability", "security", "reliability"):
+    for key in (
+        "technique",
+        "protocol",
+        "config",
+        "seed",
+        "versions",
+        "dataset",
+        "model",
+        "performance",
+        "communication",
+        "runtime",
+        "privacy",
+        "scalability",
+        "security",
+        "reliability",
+    ):
         assert key in data, key
     assert data["technique"] == "chang2018-cwt"
     dist = data["dataset"]["distribution"]
@@ -79,9 +96,14 @@ def test_scalability_separates_sequential_from_parallel_protocols(small_fed):
     cwt, fedavg = execute(tiny("cwt"), fed=small_fed), execute(tiny("fedavg"), fed=small_fed)
     s, p = cwt.scalability, fedavg.scalability
     assert s["schedule"] == "sequential" and s["deployment_training_seconds"] == s["site_seconds_sum"]
-    assert p["schedule"] == "parallel" and p["deployment_training_seconds"] == p["site_seconds_max"] < p["site_seconds_sum"]
+    assert (
+        p["schedule"] == "parallel"
+        and p["deployment_training_seconds"] == p["site_seconds_max"] < p["site_seconds_sum"]
+    )
     assert p["sites_training"] == 4
-    assert p["coordinator_bytes_per_round"] == pytest.approx((fedavg.communication["bytes_up"] + fedavg.communication["bytes_down"]) / 2)
+    assert p["coordinator_bytes_per_round"] == pytest.approx(
+        (fedavg.communication["bytes_up"] + fedavg.communication["bytes_down"]) / 2
+    )
     assert row(fedavg.to_dict())[5].startswith("parallel: deployed, sites train at once")
 
 
@@ -131,7 +153,12 @@ class Interrupt(Exception):
 @pytest.mark.parametrize("protocol", ["fedavg", "cwt", "ensemble"])
 def test_an_interrupted_run_resumes_to_the_same_result(tmp_path, protocol):
     """Stop a run after round 2 of 3, resume it: the result equals an uninterrupted run's."""
-    cfg = dataclasses.replace(tiny(protocol), train=TrainSettings(rounds=3), name="r", options={"order": "shuffled"} if protocol == "cwt" else {})
+    cfg = dataclasses.replace(
+        tiny(protocol),
+        train=TrainSettings(rounds=3),
+        name="r",
+        options={"order": "shuffled"} if protocol == "cwt" else {},
+    )
     full, resumed = _interrupted_then_resumed(cfg, tmp_path)
     assert not (tmp_path / "r" / "checkpoint.pt").exists()
     for a, b in zip(full.performance["history"], resumed.performance["history"]):
@@ -147,6 +174,7 @@ def _interrupted_then_resumed(cfg, tmp_path):
     def stop_after_2(rnd, total, metrics):
         if rnd == 2:
             raise Interrupt
+
     with pytest.raises(Interrupt):
         run(cfg, runs_dir=tmp_path, progress=stop_after_2)
     assert (tmp_path / cfg.name / "checkpoint.pt").exists() and not (tmp_path / cfg.name / "result.json").exists()
@@ -155,8 +183,10 @@ def _interrupted_then_resumed(cfg, tmp_path):
     return full, resumed
 
 
-@pytest.mark.parametrize("protocol,mechanism,tol", [("he-fedavg", "he-ckks", 0.1), ("secagg-fedavg", "secagg", 0.0),
-                                                    ("snt", "aes-gcm", 0.0), ("fnt", "aes-gcm", 0.0)])
+@pytest.mark.parametrize(
+    "protocol,mechanism,tol",
+    [("he-fedavg", "he-ckks", 0.1), ("secagg-fedavg", "secagg", 0.0), ("snt", "aes-gcm", 0.0), ("fnt", "aes-gcm", 0.0)],
+)
 def test_an_encrypted_run_resumes_with_new_keys_from_the_model_the_sites_had(tmp_path, protocol, mechanism, tol):
     cfg = dataclasses.replace(tiny(protocol, privacy={"mechanism": mechanism}), train=TrainSettings(rounds=3), name="r")
     full, resumed = _interrupted_then_resumed(cfg, tmp_path)
@@ -165,6 +195,7 @@ def test_an_encrypted_run_resumes_with_new_keys_from_the_model_the_sites_had(tmp
 
     def dist(x, y):
         return float(sum(((x[k].float() - y[k].float()) ** 2).sum() for k in x if x[k].is_floating_point()) ** 0.5)
+
     if tol == 0.0:  # AES-GCM hands over the exact weights; SecAgg+'s rounding stream continues from the checkpoint
         assert dist(a, b) == 0.0 and resumed.performance["final"] == full.performance["final"]
         # FNT's peer-link bytes cover the whole run (per link and in total)
@@ -195,6 +226,7 @@ def test_resume_refuses_a_different_config_or_a_missing_checkpoint(tmp_path):
 
     def stop(rnd, total, metrics):
         raise Interrupt
+
     with pytest.raises(Interrupt):
         run(cfg, runs_dir=tmp_path, progress=stop)
     with pytest.raises(PrivmedError, match="different config"):

@@ -32,7 +32,9 @@ def fgsm(model: nn.Module, x: torch.Tensor, y: torch.Tensor, *, eps: float) -> t
     return (x + eps * _input_grad(model, x, y).sign()).clamp(0, 1).detach()
 
 
-def pgd(model: nn.Module, x: torch.Tensor, y: torch.Tensor, *, eps: float, steps: int = 10, seed: int = 0) -> torch.Tensor:
+def pgd(
+    model: nn.Module, x: torch.Tensor, y: torch.Tensor, *, eps: float, steps: int = 10, seed: int = 0
+) -> torch.Tensor:
     if eps == 0:
         return x.clone()
     alpha = 2.5 * eps / steps
@@ -49,8 +51,9 @@ def _accuracy(model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> float:
     return float((model(x).argmax(1) == y).float().mean())
 
 
-def robust_accuracy(model: nn.Module, data: ArraySet, *, eps: tuple[float, ...], attack: str = "pgd",
-                    steps: int = 10, seed: int = 0) -> dict[str, float]:
+def robust_accuracy(
+    model: nn.Module, data: ArraySet, *, eps: tuple[float, ...], attack: str = "pgd", steps: int = 10, seed: int = 0
+) -> dict[str, float]:
     """Accuracy on ``data`` perturbed by ``attack`` ("fgsm" | "pgd") at each ε; keys ``"eps=<ε>"``."""
     model.eval()
     x, y = torch.from_numpy(data.images), torch.from_numpy(data.labels)

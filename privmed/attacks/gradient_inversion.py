@@ -68,8 +68,10 @@ class InversionConfig:
             raise PrivmedError("inversion needs iterations >= 1, lr > 0, tv_weight >= 0 and restarts >= 1")
 
 
-PRESETS = {"dlg": InversionConfig(method="dlg", iterations=300, lr=1.0, tv_weight=0.0, restarts=4),
-           "ig": InversionConfig(method="ig", iterations=300, lr=0.1, tv_weight=1e-2)}
+PRESETS = {
+    "dlg": InversionConfig(method="dlg", iterations=300, lr=1.0, tv_weight=0.0, restarts=4),
+    "ig": InversionConfig(method="ig", iterations=300, lr=0.1, tv_weight=1e-2),
+}
 
 
 class LeNetZhu(nn.Module):
@@ -82,9 +84,12 @@ class LeNetZhu(nn.Module):
     def __init__(self, in_channels: int, n_classes: int, image_size: int, *, seed: int = 0) -> None:
         super().__init__()
         self.body = nn.Sequential(
-            nn.Conv2d(in_channels, 12, 5, padding=2, stride=2), nn.Sigmoid(),
-            nn.Conv2d(12, 12, 5, padding=2, stride=2), nn.Sigmoid(),
-            nn.Conv2d(12, 12, 5, padding=2, stride=1), nn.Sigmoid(),
+            nn.Conv2d(in_channels, 12, 5, padding=2, stride=2),
+            nn.Sigmoid(),
+            nn.Conv2d(12, 12, 5, padding=2, stride=2),
+            nn.Sigmoid(),
+            nn.Conv2d(12, 12, 5, padding=2, stride=1),
+            nn.Sigmoid(),
         )
         self.fc = nn.Linear(12 * ((image_size + 3) // 4) ** 2, n_classes)
         gen = torch.Generator().manual_seed(seed)
@@ -96,13 +101,17 @@ class LeNetZhu(nn.Module):
         return self.fc(self.body(x).flatten(1))
 
 
-def model_gradient(model: nn.Module, x: torch.Tensor, y: torch.Tensor, *, create_graph: bool = False) -> list[torch.Tensor]:
+def model_gradient(
+    model: nn.Module, x: torch.Tensor, y: torch.Tensor, *, create_graph: bool = False
+) -> list[torch.Tensor]:
     """Gradient of the mean cross-entropy w.r.t. every parameter (what FedSGD would send)."""
     loss = F.cross_entropy(model(x), y)
     return list(torch.autograd.grad(loss, list(model.parameters()), create_graph=create_graph))
 
 
-def update_to_gradient(model: nn.Module, sent: dict[str, torch.Tensor], received: dict[str, torch.Tensor], lr: float) -> list[torch.Tensor]:
+def update_to_gradient(
+    model: nn.Module, sent: dict[str, torch.Tensor], received: dict[str, torch.Tensor], lr: float
+) -> list[torch.Tensor]:
     """The coordinator's reading of an update as a gradient: ``(sent - received) / lr`` per parameter."""
     return [(sent[name].float() - received[name].float()) / lr for name, _ in model.named_parameters()]
 
@@ -139,8 +148,15 @@ def _cosine_distance(g: list[torch.Tensor], target: list[torch.Tensor]) -> torch
     return 1 - dot / norm.clamp_min(1e-12)
 
 
-def reconstruct(model: nn.Module, gradient: list[torch.Tensor], *, shape: tuple[int, ...], labels: torch.Tensor,
-                config: InversionConfig, mask: list[torch.Tensor] | None = None) -> torch.Tensor:
+def reconstruct(
+    model: nn.Module,
+    gradient: list[torch.Tensor],
+    *,
+    shape: tuple[int, ...],
+    labels: torch.Tensor,
+    config: InversionConfig,
+    mask: list[torch.Tensor] | None = None,
+) -> torch.Tensor:
     """Images [B, *shape] in [0, 1] whose gradient matches ``gradient`` (the attacker's whole work).
 
     Several restarts (DLG's L-BFGS diverges from some starts); the attacker
@@ -162,19 +178,37 @@ def reconstruct(model: nn.Module, gradient: list[torch.Tensor], *, shape: tuple[
     return best
 
 
-def _match_loss(model: nn.Module, x: torch.Tensor, labels: torch.Tensor, target: list[torch.Tensor], config: InversionConfig,
-                mask: list[torch.Tensor] | None = None) -> torch.Tensor:
+def _match_loss(
+    model: nn.Module,
+    x: torch.Tensor,
+    labels: torch.Tensor,
+    target: list[torch.Tensor],
+    config: InversionConfig,
+    mask: list[torch.Tensor] | None = None,
+) -> torch.Tensor:
     g = model_gradient(model, x, labels, create_graph=x.requires_grad)
     if mask is not None:
         g = [a[m] for a, m in zip(g, mask)]
-    if config.method == "dlg":  # DLG's squared L2 distance, divided by the constant ||target||^2 so L-BFGS's tolerances are scale-free
-        return sum(((a - b) ** 2).sum() for a, b in zip(g, target)) / sum((b * b).sum() for b in target).clamp_min(1e-30)
+    if (
+        config.method == "dlg"
+    ):  # DLG's squared L2 distance, divided by the constant ||target||^2 so L-BFGS's tolerances are scale-free
+        return sum(((a - b) ** 2).sum() for a, b in zip(g, target)) / sum((b * b).sum() for b in target).clamp_min(
+            1e-30
+        )
     return _cosine_distance(g, target) + config.tv_weight * total_variation(x)
 
 
-def _dlg(model: nn.Module, target: list[torch.Tensor], dummy: torch.Tensor, labels: torch.Tensor, config: InversionConfig,
-         mask: list[torch.Tensor] | None) -> torch.Tensor:
-    opt = torch.optim.LBFGS([dummy], lr=config.lr, max_iter=config.iterations, history_size=100, line_search_fn="strong_wolfe")
+def _dlg(
+    model: nn.Module,
+    target: list[torch.Tensor],
+    dummy: torch.Tensor,
+    labels: torch.Tensor,
+    config: InversionConfig,
+    mask: list[torch.Tensor] | None,
+) -> torch.Tensor:
+    opt = torch.optim.LBFGS(
+        [dummy], lr=config.lr, max_iter=config.iterations, history_size=100, line_search_fn="strong_wolfe"
+    )
 
     def closure() -> torch.Tensor:
         opt.zero_grad()
@@ -186,11 +220,19 @@ def _dlg(model: nn.Module, target: list[torch.Tensor], dummy: torch.Tensor, labe
     return torch.nan_to_num(dummy.detach(), nan=0.5).clamp(0, 1)
 
 
-def _ig(model: nn.Module, target: list[torch.Tensor], dummy: torch.Tensor, labels: torch.Tensor, config: InversionConfig,
-        mask: list[torch.Tensor] | None) -> torch.Tensor:
+def _ig(
+    model: nn.Module,
+    target: list[torch.Tensor],
+    dummy: torch.Tensor,
+    labels: torch.Tensor,
+    config: InversionConfig,
+    mask: list[torch.Tensor] | None,
+) -> torch.Tensor:
     opt = torch.optim.Adam([dummy], lr=config.lr)
     n = config.iterations
-    sched = torch.optim.lr_scheduler.MultiStepLR(opt, milestones=[int(n * 0.375), int(n * 0.625), int(n * 0.875)], gamma=0.1)
+    sched = torch.optim.lr_scheduler.MultiStepLR(
+        opt, milestones=[int(n * 0.375), int(n * 0.625), int(n * 0.875)], gamma=0.1
+    )
     for _ in range(n):
         opt.zero_grad()
         loss = _match_loss(model, dummy, labels, target, config, mask)
@@ -214,8 +256,16 @@ def match_to_truth(recon: torch.Tensor, truth: torch.Tensor) -> torch.Tensor:
     return out
 
 
-def observe_site_update(site_batch: ArraySet, spec: ModelSpec, weights: ArrayRecord, *, mods: Sequence[Mod] = (),
-                        trainer: Trainer | None = None, lr: float = 1e-3, seed: int = 0) -> tuple[dict, dict]:
+def observe_site_update(
+    site_batch: ArraySet,
+    spec: ModelSpec,
+    weights: ArrayRecord,
+    *,
+    mods: Sequence[Mod] = (),
+    trainer: Trainer | None = None,
+    lr: float = 1e-3,
+    seed: int = 0,
+) -> tuple[dict, dict]:
     """What the coordinator receives when a site trains one local step on ``site_batch``.
 
     The site is the real privmed ClientApp (with the run's privacy mods and

@@ -71,7 +71,8 @@ def _mia(scores: np.ndarray, is_member: np.ndarray, pids: np.ndarray) -> dict[st
 
 
 def _candidates(t: Target) -> tuple[ArraySet, np.ndarray]:
-    """Members: the training images of the sites that trained (the protocol's ``trainers``); non-members: held-out images."""
+    """Members: the training images of the sites that trained (the protocol's ``trainers``); non-members: held-out
+    images."""
     r = resolve(t.config)
     sites = [t.fed.sites[i] for i in r.protocol.trainers(r.options, len(t.fed.sites))]
     members = ArraySet.concat([s.train for s in sites])
@@ -82,7 +83,11 @@ def _candidates(t: Target) -> tuple[ArraySet, np.ndarray]:
 def measure_loss_threshold(t: Target) -> dict[str, Any]:
     cand, is_member = _candidates(t)
     scores = membership.loss_threshold_scores(_proba(t, cand), cand.labels)
-    return {"attack": "loss threshold (Yeom 2018)", "candidates": len(cand), **_mia(scores, is_member, cand.patient_ids)}
+    return {
+        "attack": "loss threshold (Yeom 2018)",
+        "candidates": len(cand),
+        **_mia(scores, is_member, cand.patient_ids),
+    }
 
 
 def measure_lira(t: Target, *, n_shadows: int) -> dict[str, Any]:
@@ -90,17 +95,30 @@ def measure_lira(t: Target, *, n_shadows: int) -> dict[str, Any]:
     from privmed.data.phantom import PhantomConfig, make_phantom
 
     d = t.config.data
-    aux = make_phantom(PhantomConfig(n_sites=d.sites, image_size=d.image_size, n_classes=d.n_classes, seed=t.config.seed + SHADOW_DATA_SALT)).data
+    aux = make_phantom(
+        PhantomConfig(
+            n_sites=d.sites, image_size=d.image_size, n_classes=d.n_classes, seed=t.config.seed + SHADOW_DATA_SALT
+        )
+    ).data
     epochs = min(10, t.config.train.rounds * t.config.train.local_epochs)
     cfg = membership.LiraConfig(n_shadows=n_shadows, epochs=epochs, seed=t.config.seed)
-    shadows = membership.train_shadows(t.spec.build, aux, config=cfg, batch_size=t.config.train.batch_size, lr=t.config.train.lr)
+    shadows = membership.train_shadows(
+        t.spec.build, aux, config=cfg, batch_size=t.config.train.batch_size, lr=t.config.train.lr
+    )
     cand, is_member = _candidates(t)
     scores = membership.lira(_proba(t, cand), cand, shadows)
-    return {"attack": "LiRA offline (Carlini 2022)", "shadows": n_shadows, "shadow_epochs": epochs, "candidates": len(cand),
-            **_mia(scores, is_member, cand.patient_ids)}
+    return {
+        "attack": "LiRA offline (Carlini 2022)",
+        "shadows": n_shadows,
+        "shadow_epochs": epochs,
+        "candidates": len(cand),
+        **_mia(scores, is_member, cand.patient_ids),
+    }
 
 
-def measure_inversion(t: Target, *, batch_sizes: tuple[int, ...], method: str = "ig", iterations: int | None = None) -> dict[str, Any]:
+def measure_inversion(
+    t: Target, *, batch_sizes: tuple[int, ...], method: str = "ig", iterations: int | None = None
+) -> dict[str, Any]:
     """Gradient inversion of the update the coordinator gets for a probe round from the final global model.
 
     Without secure aggregation: one site (the first) trains one local step on
@@ -115,8 +133,12 @@ def measure_inversion(t: Target, *, batch_sizes: tuple[int, ...], method: str = 
     weights = t.predictor[0] if isinstance(t.predictor, list) else t.predictor
     # the probe is the attacker's simulation, not a release: prepare the mechanism (per-site noise, clipping)
     # as the run did, but without its budget ledger, so the probe neither charges nor is refused
-    probe = dataclasses.replace(t.config, privacy={k: v for k, v in t.config.privacy.items()
-                                                   if k not in ("ledger", "ledger_key", "budget", "budget_delta")})
+    probe = dataclasses.replace(
+        t.config,
+        privacy={
+            k: v for k, v in t.config.privacy.items() if k not in ("ledger", "ledger_key", "budget", "budget_delta")
+        },
+    )
     r = resolve(probe)
     mech = r.mechanism
     mech.check(plan_of(probe, t.fed, r))
@@ -124,8 +146,11 @@ def measure_inversion(t: Target, *, batch_sizes: tuple[int, ...], method: str = 
     model = t.spec.build()
     load_arrays(model, weights)
     lr = t.config.train.lr
-    out: dict[str, Any] = {"attack": f"{method.upper()} ({'Zhu 2019' if method == 'dlg' else 'Geiping 2020'})",
-                           "observed": "aggregate of all sites" if t.hides_updates else "one site's update", "per_batch_size": {}}
+    out: dict[str, Any] = {
+        "attack": f"{method.upper()} ({'Zhu 2019' if method == 'dlg' else 'Geiping 2020'})",
+        "observed": "aggregate of all sites" if t.hides_updates else "one site's update",
+        "per_batch_size": {},
+    }
     rng = np.random.default_rng([t.config.seed, PROBE_BATCH_SALT])
     sites = list(range(len(t.fed.sites))) if t.hides_updates else [0]
     mask = None
@@ -135,10 +160,15 @@ def measure_inversion(t: Target, *, batch_sizes: tuple[int, ...], method: str = 
             train = t.fed.sites[i].train
             batch = train.subset(np.sort(rng.choice(len(train), size=min(b, len(train)), replace=False)))
             mods = [] if t.hides_updates else mech.client_mods(i)
-            sent, received = gi.observe_site_update(batch, t.spec, weights, mods=mods, trainer=mech.trainer(i), lr=lr, seed=t.config.seed)
+            sent, received = gi.observe_site_update(
+                batch, t.spec, weights, mods=mods, trainer=mech.trainer(i), lr=lr, seed=t.config.seed
+            )
             if r.protocol.probe_upload:  # DSSGD: the site uploads only its θu selection
                 received, mask = r.protocol.probe_upload(model, sent, received, r.options, seed=t.config.seed, site=i)
-                out["observed"] = f"one site's DSSGD upload ({sum(int(m.sum()) for m in mask) / sum(m.numel() for m in mask):.1%} of the update)"
+                out["observed"] = (
+                    f"one site's DSSGD upload ({sum(int(m.sum()) for m in mask) / sum(m.numel() for m in mask):.1%} "
+                    "of the update)"
+                )
             grads.append(gi.update_to_gradient(model, sent, received, lr))
             truth.append(torch.from_numpy(batch.images))
             truth_labels.append(batch.labels)
@@ -161,13 +191,17 @@ def measure_model_inversion(t: Target) -> dict[str, Any]:
     return {"attack": "model inversion (Fredrikson 2015)", **sim}
 
 
-def measure_adversarial(t: Target, *, eps: tuple[float, ...] = (0.0, 2 / 255, 8 / 255), max_images: int = 200) -> dict[str, Any]:
+def measure_adversarial(
+    t: Target, *, eps: tuple[float, ...] = (0.0, 2 / 255, 8 / 255), max_images: int = 200
+) -> dict[str, Any]:
     test = t.fed.pooled("test")
     test = test.subset(np.arange(min(len(test), max_images)))
     model = released_model(t)
-    return {"attack": "FGSM (Goodfellow 2015) and PGD-10 (Madry 2018), L-inf",
-            "fgsm": adversarial.robust_accuracy(model, test, eps=eps, attack="fgsm"),
-            "pgd": adversarial.robust_accuracy(model, test, eps=eps, attack="pgd", seed=t.config.seed)}
+    return {
+        "attack": "FGSM (Goodfellow 2015) and PGD-10 (Madry 2018), L-inf",
+        "fgsm": adversarial.robust_accuracy(model, test, eps=eps, attack="fgsm"),
+        "pgd": adversarial.robust_accuracy(model, test, eps=eps, attack="pgd", seed=t.config.seed),
+    }
 
 
 def measure_backdoor(t: Target, cfg: poisoning.PoisonConfig) -> dict[str, float]:
@@ -179,11 +213,16 @@ def measure_backdoor(t: Target, cfg: poisoning.PoisonConfig) -> dict[str, float]
     result = execute(t.config, fed=poisoned)
     spec = model_spec(t.config, t.fed)
     test = t.fed.pooled("test")
-    return {"malicious_sites": bad, "clean_accuracy": float((predict(spec, result.predictor, test).argmax(1) == test.labels).mean()),
-            **poisoning.attack_success(lambda d: predict(spec, result.predictor, d), test, cfg, t.fed.n_classes)}
+    return {
+        "malicious_sites": bad,
+        "clean_accuracy": float((predict(spec, result.predictor, test).argmax(1) == test.labels).mean()),
+        **poisoning.attack_success(lambda d: predict(spec, result.predictor, d), test, cfg, t.fed.n_classes),
+    }
 
 
-def measure_poisoning(t: Target, *, n_malicious: int = 1, kinds: tuple[str, ...] | None = None, aggregators: bool = True) -> dict[str, Any]:
+def measure_poisoning(
+    t: Target, *, n_malicious: int = 1, kinds: tuple[str, ...] | None = None, aggregators: bool = True
+) -> dict[str, Any]:
     """Each poisoning kind through the run's own protocol; for plain FedAvg also under each robust aggregator."""
     out: dict[str, Any] = {"attack": "label flip and trigger backdoor (Chen 2017)", "n_malicious": n_malicious}
     for kind in kinds or poisoning.KINDS:
@@ -202,7 +241,12 @@ def measure_linkage(t: Target, *, k: int = 5) -> dict[str, Any]:
     outside = linkage.outside_table(t.fed.patients, extra_people=4 * len(t.fed.patients), seed=t.config.seed)
     raw, key = release(t.fed.patients, LEVELS[0], seed=t.config.seed)
     anon, akey, g = k_anonymise(t.fed.patients, k=k, seed=t.config.seed)
-    return {"attack": "linkage on quasi-identifiers (Sweeney 2002)", "outside_table_rows": len(outside),
-            "pseudonymised": linkage.reidentification_rate(linkage.link(raw, outside, LEVELS[0]), key),
-            f"{k}-anonymous": {**linkage.reidentification_rate(linkage.link(anon, outside, g), akey), "generalisation": dataclasses.asdict(g)}}
-
+    return {
+        "attack": "linkage on quasi-identifiers (Sweeney 2002)",
+        "outside_table_rows": len(outside),
+        "pseudonymised": linkage.reidentification_rate(linkage.link(raw, outside, LEVELS[0]), key),
+        f"{k}-anonymous": {
+            **linkage.reidentification_rate(linkage.link(anon, outside, g), akey),
+            "generalisation": dataclasses.asdict(g),
+        },
+    }

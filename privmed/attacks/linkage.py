@@ -27,15 +27,23 @@ REGISTER_SALT = 19
 def outside_table(patients: dict[str, PatientMeta], *, extra_people: int, seed: int) -> list[dict]:
     """A register (name -> exact quasi-identifiers): every patient plus ``extra_people`` look-alikes."""
     rng = np.random.default_rng([seed, REGISTER_SALT])
-    rows = [{"name": f"person:{p.patient_id}", "age": p.age, "sex": p.sex, "date": p.acquisition_date, "site": p.site}
-            for p in patients.values()]
+    rows = [
+        {"name": f"person:{p.patient_id}", "age": p.age, "sex": p.sex, "date": p.acquisition_date, "site": p.site}
+        for p in patients.values()
+    ]
     metas = list(patients.values())
     for i in range(extra_people):
         like = metas[int(rng.integers(len(metas)))]
         y, m, d = like.acquisition_date.split("-")
-        rows.append({"name": f"person:X{i:05d}", "age": int(np.clip(like.age + rng.integers(-10, 11), 18, 95)),
-                     "sex": str(rng.choice(["F", "M"])), "date": f"{int(y) + int(rng.integers(-1, 2))}-{m}-{int(rng.integers(1, 29)):02d}",
-                     "site": int(rng.integers(max(p.site for p in metas) + 1))})
+        rows.append(
+            {
+                "name": f"person:X{i:05d}",
+                "age": int(np.clip(like.age + rng.integers(-10, 11), 18, 95)),
+                "sex": str(rng.choice(["F", "M"])),
+                "date": f"{int(y) + int(rng.integers(-1, 2))}-{m}-{int(rng.integers(1, 29)):02d}",
+                "site": int(rng.integers(max(p.site for p in metas) + 1)),
+            }
+        )
     return rows
 
 
@@ -55,4 +63,8 @@ def link(released: list[dict], outside: list[dict], g: Generalisation) -> dict[s
 def reidentification_rate(claims: dict[str, str], key: dict[str, str]) -> dict[str, float]:
     """Harness side: the fraction of released records correctly re-identified, and the claims' precision."""
     correct = sum(1 for pseudo, name in claims.items() if name == f"person:{key[pseudo]}")
-    return {"reidentified": correct / max(len(key), 1), "precision": correct / max(len(claims), 1), "records": float(len(key))}
+    return {
+        "reidentified": correct / max(len(key), 1),
+        "precision": correct / max(len(claims), 1),
+        "records": float(len(key)),
+    }

@@ -75,8 +75,15 @@ def lira_offline_scores(target_phi: np.ndarray, shadow_out_phi: np.ndarray) -> n
     return (target_phi - mu) / sd
 
 
-def train_shadows(build: Callable[[int], nn.Module], aux: ArraySet, *, config: LiraConfig, batch_size: int, lr: float,
-                  task: str = "classification") -> list[nn.Module]:
+def train_shadows(
+    build: Callable[[int], nn.Module],
+    aux: ArraySet,
+    *,
+    config: LiraConfig,
+    batch_size: int,
+    lr: float,
+    task: str = "classification",
+) -> list[nn.Module]:
     """Shadow models on random halves of the attacker's own data, by the target's training recipe."""
     from privmed.tasks import train_local
 
@@ -86,8 +93,15 @@ def train_shadows(build: Callable[[int], nn.Module], aux: ArraySet, *, config: L
     for _ in range(config.n_shadows):
         model = build(int(rng.integers(2**31)))
         idx = rng.choice(len(aux), size=n_take, replace=False)
-        train_local(model, aux.subset(idx), task=task, epochs=config.epochs, batch_size=batch_size, lr=lr,
-                    seed=int(rng.integers(2**31)))
+        train_local(
+            model,
+            aux.subset(idx),
+            task=task,
+            epochs=config.epochs,
+            batch_size=batch_size,
+            lr=lr,
+            seed=int(rng.integers(2**31)),
+        )
         shadows.append(model)
     return shadows
 
@@ -100,7 +114,9 @@ def lira(target_proba: np.ndarray, candidates: ArraySet, shadows: list[nn.Module
     return lira_offline_scores(logit_confidence(target_proba, candidates.labels), out_phi)
 
 
-def candidates(members: ArraySet, non_members: ArraySet, *, seed: int, max_per_side: int = 500) -> tuple[ArraySet, np.ndarray]:
+def candidates(
+    members: ArraySet, non_members: ArraySet, *, seed: int, max_per_side: int = 500
+) -> tuple[ArraySet, np.ndarray]:
     """A balanced candidate set (harness side): equal numbers of members and non-members, by patient."""
     rng = np.random.default_rng([seed, CANDIDATE_SALT])
 

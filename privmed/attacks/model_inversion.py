@@ -32,7 +32,9 @@ class InversionPrior:
     tv_weight: float = 0.05
 
 
-def invert_class(model: nn.Module, target: int, *, shape: tuple[int, ...], prior: InversionPrior = InversionPrior()) -> torch.Tensor:
+def invert_class(
+    model: nn.Module, target: int, *, shape: tuple[int, ...], prior: InversionPrior = InversionPrior()
+) -> torch.Tensor:
     """An input [1, *shape] in [0, 1] the model assigns to class ``target`` with high confidence."""
     model.eval()
     x = torch.full((1, *shape), 0.5, requires_grad=True)
@@ -50,11 +52,19 @@ def invert_class(model: nn.Module, target: int, *, shape: tuple[int, ...], prior
 
 def class_means(data: ArraySet, n_classes: int) -> np.ndarray:
     """The harness's ground truth: mean training image per class [K, C, H, W] (NaN for absent classes)."""
-    return np.stack([data.images[data.labels == c].mean(0) if (data.labels == c).any() else np.full(data.images.shape[1:], np.nan)
-                     for c in range(n_classes)])
+    return np.stack(
+        [
+            data.images[data.labels == c].mean(0)
+            if (data.labels == c).any()
+            else np.full(data.images.shape[1:], np.nan)
+            for c in range(n_classes)
+        ]
+    )
 
 
-def inversion_similarity(model: nn.Module, train: ArraySet, n_classes: int, *, prior: InversionPrior = InversionPrior()) -> dict[str, float]:
+def inversion_similarity(
+    model: nn.Module, train: ArraySet, n_classes: int, *, prior: InversionPrior = InversionPrior()
+) -> dict[str, float]:
     """Per class: correlation and SSIM of the inversion with its own class mean, correlation with the others'."""
     means = class_means(train, n_classes)
     out: dict[str, float] = {}

@@ -90,8 +90,10 @@ def poison_federation(fed: Federation, cfg: PoisonConfig) -> tuple[Federation, l
         raise PrivmedError(f"backdoor target class {cfg.target_class} is not one of the {fed.n_classes} classes")
     rng = np.random.default_rng([cfg.seed, MALICIOUS_SALT])
     bad = set(rng.choice(len(fed.sites), size=cfg.n_malicious, replace=False).tolist())
-    sites = tuple(dataclasses.replace(s, train=poison_arrays(s.train, cfg, fed.n_classes, rng)) if i in bad else s
-                  for i, s in enumerate(fed.sites))
+    sites = tuple(
+        dataclasses.replace(s, train=poison_arrays(s.train, cfg, fed.n_classes, rng)) if i in bad else s
+        for i, s in enumerate(fed.sites)
+    )
     return dataclasses.replace(fed, sites=sites), [fed.sites[i].name for i in sorted(bad)]
 
 
@@ -107,23 +109,35 @@ def attack_success(proba_fn, test: ArraySet, cfg: PoisonConfig, n_classes: int) 
         if not len(clean):
             return {"attack_success": float("nan"), "without_trigger": float("nan")}
         triggered = dataclasses.replace(clean, images=add_trigger(clean.images, cfg.patch))
-        return {"attack_success": float((proba_fn(triggered).argmax(1) == cfg.target_class).mean()),
-                "without_trigger": float((proba_fn(clean).argmax(1) == cfg.target_class).mean())}
-    return {"attack_success": float((proba_fn(test).argmax(1) == (test.labels + 1) % n_classes).mean()), "chance": 1.0 / n_classes}
+        return {
+            "attack_success": float((proba_fn(triggered).argmax(1) == cfg.target_class).mean()),
+            "without_trigger": float((proba_fn(clean).argmax(1) == cfg.target_class).mean()),
+        }
+    return {
+        "attack_success": float((proba_fn(test).argmax(1) == (test.labels + 1) % n_classes).mean()),
+        "chance": 1.0 / n_classes,
+    }
 
 
 def make_aggregator(name: str, *, n_sites: int, n_malicious: int, clip_norm: float = 1.0) -> Strategy:
     """A Flower strategy by name; Krum assumes the number of malicious sites is known (its paper's f)."""
-    common = {"fraction_train": 1.0, "fraction_evaluate": 0.0, "min_train_nodes": n_sites, "min_available_nodes": n_sites}
+    common = {
+        "fraction_train": 1.0,
+        "fraction_evaluate": 0.0,
+        "min_train_nodes": n_sites,
+        "min_available_nodes": n_sites,
+    }
     builders: dict[str, Callable[[], Strategy]] = {
         "fedavg": lambda: FedAvg(**common),
         "fedmedian": lambda: FedMedian(**common),
         "fedtrimmedavg": lambda: FedTrimmedAvg(**common, beta=0.25),
         "krum": lambda: Krum(**common, num_malicious_nodes=n_malicious),
-        "multikrum": lambda: MultiKrum(**common, num_malicious_nodes=n_malicious,
-                                       num_nodes_to_select=max(1, n_sites - n_malicious)),
+        "multikrum": lambda: MultiKrum(
+            **common, num_malicious_nodes=n_malicious, num_nodes_to_select=max(1, n_sites - n_malicious)
+        ),
         "norm-bound": lambda: DifferentialPrivacyServerSideFixedClipping(
-            FedAvg(**common), noise_multiplier=0.0, clipping_norm=clip_norm, num_sampled_clients=n_sites),
+            FedAvg(**common), noise_multiplier=0.0, clipping_norm=clip_norm, num_sampled_clients=n_sites
+        ),
     }
     if name not in builders:
         raise unknown_name("aggregator", name, AGGREGATORS)
@@ -139,8 +153,14 @@ def train_fedavg(config: RunConfig, fed: Federation, strategy: Strategy) -> Arra
     return fedavg.run(session.ctx, strategy=strategy).predictor
 
 
-def poisoning_experiment(config: RunConfig, fed: Federation, cfg: PoisonConfig, *, aggregators: tuple[str, ...] = AGGREGATORS,
-                         clip_norm: float = 1.0) -> dict[str, dict[str, float]]:
+def poisoning_experiment(
+    config: RunConfig,
+    fed: Federation,
+    cfg: PoisonConfig,
+    *,
+    aggregators: tuple[str, ...] = AGGREGATORS,
+    clip_norm: float = 1.0,
+) -> dict[str, dict[str, float]]:
     """Clean accuracy and attack success of FedAvg under each aggregator, with the malicious sites poisoned."""
     from privmed.engine.result import predict
     from privmed.engine.session import model_spec
@@ -150,8 +170,14 @@ def poisoning_experiment(config: RunConfig, fed: Federation, cfg: PoisonConfig, 
     test = fed.pooled("test")
     out = {}
     for name in aggregators:
-        weights = train_fedavg(config, poisoned, make_aggregator(name, n_sites=len(fed.sites), n_malicious=cfg.n_malicious, clip_norm=clip_norm))
+        weights = train_fedavg(
+            config,
+            poisoned,
+            make_aggregator(name, n_sites=len(fed.sites), n_malicious=cfg.n_malicious, clip_norm=clip_norm),
+        )
         proba = predict(spec, weights, test)
-        out[name] = {"clean_accuracy": float((proba.argmax(1) == test.labels).mean()),
-                     **attack_success(lambda d, w=weights: predict(spec, w, d), test, cfg, fed.n_classes)}
+        out[name] = {
+            "clean_accuracy": float((proba.argmax(1) == test.labels).mean()),
+            **attack_success(lambda d, w=weights: predict(spec, w, d), test, cfg, fed.n_classes),
+        }
     return {"malicious_sites": bad, "kind": cfg.kind, "results": out}

@@ -35,25 +35,42 @@ DP_LR, DP_BATCH = 1e-2, 64  # tuned for centralised DP-SGD at ε=3 (Adam; 1e-3/3
 
 def dp_base(base: RunConfig) -> RunConfig:
     """``base`` on DP_SCALE times the patients, with DP-SGD's step size and batch."""
-    return dataclasses.replace(base, data=dataclasses.replace(base.data, patients_scale=DP_SCALE),
-                               train=dataclasses.replace(base.train, lr=DP_LR, batch_size=DP_BATCH))
+    return dataclasses.replace(
+        base,
+        data=dataclasses.replace(base.data, patients_scale=DP_SCALE),
+        train=dataclasses.replace(base.train, lr=DP_LR, batch_size=DP_BATCH),
+    )
 
 
 def _dp(base: RunConfig, protocol: str, mechanism: str, epsilon: float, **extra: Any) -> tuple[RunConfig, str]:
     unit = {"dp-sgd": "sample", "p3sgd": "patient", "dp-fedavg": "site"}[mechanism]
-    return dataclasses.replace(base, protocol=protocol, name=f"{protocol}-{mechanism}-eps{epsilon:g}",
-                               privacy={"mechanism": mechanism, "epsilon": epsilon, "delta": DELTA, **extra}), unit
+    return dataclasses.replace(
+        base,
+        protocol=protocol,
+        name=f"{protocol}-{mechanism}-eps{epsilon:g}",
+        privacy={"mechanism": mechanism, "epsilon": epsilon, "delta": DELTA, **extra},
+    ), unit
 
 
 def dp_rows(base: RunConfig) -> list[tuple[str, RunConfig]]:
     """The default suite's DP rows (ε = 3, on :func:`dp_base`'s data and settings, with its no-DP reference); DSSGD."""
     dp = dp_base(base)
-    rows = [(f"centralised, {DP_SCALE}x patients (no DP)", dataclasses.replace(dp, protocol="centralised", name=f"centralised-x{DP_SCALE}"))]
-    for protocol, mech, label in (("fedavg", "dp-fedavg", "fedavg + DP (site"), ("cwt", "dp-sgd", "cwt + DP-SGD (sample"),
-                                  ("centralised", "p3sgd", "centralised P3SGD (patient")):
+    rows = [
+        (
+            f"centralised, {DP_SCALE}x patients (no DP)",
+            dataclasses.replace(dp, protocol="centralised", name=f"centralised-x{DP_SCALE}"),
+        )
+    ]
+    for protocol, mech, label in (
+        ("fedavg", "dp-fedavg", "fedavg + DP (site"),
+        ("cwt", "dp-sgd", "cwt + DP-SGD (sample"),
+        ("centralised", "p3sgd", "centralised P3SGD (patient"),
+    ):
         cfg, _ = _dp(dp, protocol, mech, 3.0)
         rows.append((f"{label}, ε=3, {DP_SCALE}x patients)", cfg))
-    rows.append(("dssgd θu=0.1", dataclasses.replace(base, protocol="dssgd", options={"theta_u": 0.1}, name="dssgd-tu0.1")))
+    rows.append(
+        ("dssgd θu=0.1", dataclasses.replace(base, protocol="dssgd", options={"theta_u": 0.1}, name="dssgd-tu0.1"))
+    )
     return rows
 
 
@@ -63,13 +80,19 @@ def privacy_suite(base: RunConfig) -> list[tuple[str, RunConfig]]:
     Every row runs on :func:`dp_base`'s data and settings.
     """
     base = dp_base(base)
-    rows = [(f"{p} (ε=∞)", dataclasses.replace(base, protocol=p, name=f"{p}-nodp")) for p in ("centralised", "fedavg", "cwt")]
+    rows = [
+        (f"{p} (ε=∞)", dataclasses.replace(base, protocol=p, name=f"{p}-nodp"))
+        for p in ("centralised", "fedavg", "cwt")
+    ]
     for eps in EPSILONS:
         for protocol in ("centralised", "fedavg", "cwt"):
             for mech in ("dp-sgd", "p3sgd"):
                 cfg, unit = _dp(base, protocol, mech, eps)
                 rows.append((f"{protocol} {mech} ({unit}, ε={eps:g})", cfg))
-    rows += [(f"dssgd θu={t:g}", dataclasses.replace(base, protocol="dssgd", options={"theta_u": t}, name=f"dssgd-tu{t:g}")) for t in THETA_U]
+    rows += [
+        (f"dssgd θu={t:g}", dataclasses.replace(base, protocol="dssgd", options={"theta_u": t}, name=f"dssgd-tu{t:g}"))
+        for t in THETA_U
+    ]
     return rows
 
 
@@ -90,7 +113,11 @@ def curves(results: list[dict[str, Any]]) -> dict[str, list[tuple[float, float]]
     reference: dict[str, float | None] = {}
     for r in results:
         p = r["privacy"]
-        if p.get("epsilon") is None or p.get("unit") not in ("sample", "patient", "site") or p.get("mechanism") == "dssgd-svt":
+        if (
+            p.get("epsilon") is None
+            or p.get("unit") not in ("sample", "patient", "site")
+            or p.get("mechanism") == "dssgd-svt"
+        ):
             continue
         key = f"{r['protocol']}, {p['unit']}-level"
         out.setdefault(key, []).append((p.get("target_epsilon") or p["epsilon"], _score(r)))
@@ -104,8 +131,11 @@ def curves(results: list[dict[str, Any]]) -> dict[str, list[tuple[float, float]]
 
 def dssgd_points(results: list[dict[str, Any]]) -> list[tuple[float, float]]:
     """(θu, performance) of the non-DP DSSGD runs."""
-    return sorted((r["privacy"]["shared_fraction_up"], _score(r)) for r in results
-                  if "shared_fraction_up" in r["privacy"] and r["privacy"].get("epsilon") is None)
+    return sorted(
+        (r["privacy"]["shared_fraction_up"], _score(r))
+        for r in results
+        if "shared_fraction_up" in r["privacy"] and r["privacy"].get("epsilon") is None
+    )
 
 
 def write_epsilon_plot(results: list[dict[str, Any]], path: Path) -> bool:
@@ -148,8 +178,16 @@ def write_epsilon_plot(results: list[dict[str, Any]], path: Path) -> bool:
 def privacy_section(results: list[dict[str, Any]], plot_name: str) -> list[str]:
     """Markdown lines: the privacy–utility table (ε, unit, performance) and the plot."""
     series = curves(results)
-    lines = ["", "## Privacy–utility", "", "| protocol, DP unit | " + " | ".join("ε=" + ("∞" if math.isinf(e) else f"{e:g}")
-             for e in sorted({e for pts in series.values() for e, _ in pts})) + " |"]
+    lines = [
+        "",
+        "## Privacy–utility",
+        "",
+        "| protocol, DP unit | "
+        + " | ".join(
+            "ε=" + ("∞" if math.isinf(e) else f"{e:g}") for e in sorted({e for pts in series.values() for e, _ in pts})
+        )
+        + " |",
+    ]
     eps_all = sorted({e for pts in series.values() for e, _ in pts})
     lines.append("|---|" + "---|" * len(eps_all))
     for key, pts in sorted(series.items()):

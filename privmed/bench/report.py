@@ -12,7 +12,18 @@ from typing import Any
 
 from privmed.protocols import fedavg
 
-COLUMNS = ("Technique", "Dataset", "Model", "Performance", "Communication", "Scalability", "Reliability", "Runtime", "Privacy", "Security")
+COLUMNS = (
+    "Technique",
+    "Dataset",
+    "Model",
+    "Performance",
+    "Communication",
+    "Scalability",
+    "Reliability",
+    "Runtime",
+    "Privacy",
+    "Security",
+)
 NOT_YET = "not measured yet"
 WALL_REFERENCE = fedavg.SPEC.name  # the "x FedAvg wall" ratio's reference: plain FedAvg on the same data
 
@@ -35,7 +46,8 @@ def _communication(r: dict[str, Any]) -> str:
     c = r["communication"]
     if "raw_data_bytes_up" in c:
         return f"raw data {_bytes(c['raw_data_bytes_up'])} up"
-    out = f"{_bytes(c['bytes_up'])} up / {_bytes(c['bytes_down'])} down; {_bytes(c.get('bytes_per_site_per_round', 0))}/site/round"
+    per_site = _bytes(c.get("bytes_per_site_per_round", 0))
+    out = f"{_bytes(c['bytes_up'])} up / {_bytes(c['bytes_down'])} down; {per_site}/site/round"
     if c.get("peer_bytes_per_site_per_round") is not None:  # FNT: weights go site to site, not through the Grid
         out += f"; plus {_bytes(c['peer_bytes_per_site_per_round'])}/site/round on peer links"
     if c.get("expansion_factor") is not None:  # encrypted updates: ciphertext / float32 plaintext
@@ -49,7 +61,9 @@ def _runtime(r: dict[str, Any], baseline_wall: float | None) -> str:
     phases = [(p, t.get(f"{p}_seconds_per_round")) for p in ("encrypt", "aggregate", "decrypt")]
     if any(v is not None for _, v in phases):
         out += "; per round " + ", ".join(f"{p} {v:.3f} s" for p, v in phases if v is not None)
-    if baseline_wall and r["privacy"].get("mechanism", "none") != "none":  # per round: rows with fewer rounds compare too
+    if (
+        baseline_wall and r["privacy"].get("mechanism", "none") != "none"
+    ):  # per round: rows with fewer rounds compare too
         out += f"; {t['wall_seconds'] / r['config']['train']['rounds'] / baseline_wall:.2f}x FedAvg wall per round"
     return out
 
@@ -60,9 +74,13 @@ def _scalability(r: dict[str, Any]) -> str:
         return s.get("note", NOT_YET)
     if s["schedule"] == "one trainer":
         return f"one trainer, no coordination ({s['training_seconds']:.1f} s training)"
-    head = (f"sequential: sites train in turn, training time grows with sites ({s['site_seconds_sum']:.1f} s for {s['sites_training']})"
-            if s["schedule"] == "sequential" else
-            f"parallel: deployed, sites train at once (slowest {s['site_seconds_max']:.1f} s of {s['site_seconds_sum']:.1f} s in turn)")
+    head = (
+        f"sequential: sites train in turn, training time grows with sites ({s['site_seconds_sum']:.1f} s for "
+        f"{s['sites_training']})"
+        if s["schedule"] == "sequential"
+        else f"parallel: deployed, sites train at once "
+        f"(slowest {s['site_seconds_max']:.1f} s of {s['site_seconds_sum']:.1f} s in turn)"
+    )
     return f"{head}; coordinator traffic {_bytes(s['coordinator_bytes_per_round'])}/round, linear in sites"
 
 
@@ -83,7 +101,11 @@ def _privacy(r: dict[str, Any]) -> str:
     leak = p.get("leakage")
     if p.get("audit_error"):
         leak = f"audit failed ({p['audit_error']})"
-    parts.append(f"leakage: {leak}" if isinstance(leak, str) else "leakage: " + ", ".join(f"{k} {v:.3f}" for k, v in leak.items()))
+    parts.append(
+        f"leakage: {leak}"
+        if isinstance(leak, str)
+        else "leakage: " + ", ".join(f"{k} {v:.3f}" for k, v in leak.items())
+    )
     return "; ".join(parts)
 
 
@@ -95,7 +117,8 @@ def _security(r: dict[str, Any]) -> str:
 def _dataset(r: dict[str, Any]) -> str:
     d = r["dataset"]
     patients = sum(s["patients"] for s in d["distribution"])
-    return f"{d['name']} {'x'.join(map(str, d['image_shape']))}, {len(d['distribution'])} sites, {d['split']}, {patients:,} patients"
+    shape = "x".join(map(str, d["image_shape"]))
+    return f"{d['name']} {shape}, {len(d['distribution'])} sites, {d['split']}, {patients:,} patients"
 
 
 def _data_key(r: dict[str, Any]) -> str:
@@ -122,15 +145,23 @@ def distribution_table(r: dict[str, Any]) -> list[str]:
     lines = ["| site | patients | train / val / test images | train labels | test labels |", "|---|---|---|---|---|"]
     for s in r["dataset"]["distribution"]:
         im = s["images"]
-        lines.append(f"| {s['site']} | {s['patients']} | {im['train']} / {im['val']} / {im['test']} | {s['labels_train']} | {s['labels_test']} |")
+        lines.append(
+            f"| {s['site']} | {s['patients']} | {im['train']} / {im['val']} / {im['test']} | {s['labels_train']} | "
+            f"{s['labels_test']} |"
+        )
     return lines
 
 
 def write_report(results: list[dict[str, Any]], path: Path, *, plot_name: str | None = None) -> None:
-    lines = ["# privmed bench", "",
-             "Every row: same model, same seed, same machine; the same data unless its Dataset cell says otherwise. "
-             "Performance is on the pooled held-out test split of all sites.", "",
-             "| " + " | ".join(COLUMNS) + " |", "|" + "---|" * len(COLUMNS)]
+    lines = [
+        "# privmed bench",
+        "",
+        "Every row: same model, same seed, same machine; the same data unless its Dataset cell says otherwise. "
+        "Performance is on the pooled held-out test split of all sites.",
+        "",
+        "| " + " | ".join(COLUMNS) + " |",
+        "|" + "---|" * len(COLUMNS),
+    ]
     # the "x FedAvg wall" ratio compares a row with plain FedAvg on the same data
     fedavg: dict[str, float] = {}
     datasets: dict[str, dict[str, Any]] = {}  # the first row on each data set
@@ -142,16 +173,26 @@ def write_report(results: list[dict[str, Any]], path: Path, *, plot_name: str | 
     lines += ["", "## Data distribution (per site)"]
     for key, first in datasets.items():
         rows = [r.get("label", r["protocol"]) for r in results if _data_key(r) == key]
-        lines += ["", f"{_dataset(first)}: {len(rows)} row{'s' * (len(rows) != 1)}" + ("" if len(datasets) == 1 else f" ({', '.join(rows[:4])}{', …' if len(rows) > 4 else ''})"), ""]
+        lines += [
+            "",
+            f"{_dataset(first)}: {len(rows)} row{'s' * (len(rows) != 1)}"
+            + ("" if len(datasets) == 1 else f" ({', '.join(rows[:4])}{', …' if len(rows) > 4 else ''})"),
+            "",
+        ]
         lines += distribution_table(first)
     if plot_name:
         lines += ["", f"![validation metric per round]({plot_name})"]
     if any(isinstance(r["privacy"].get("leakage"), dict) for r in results):
-        lines += ["", "Privacy: MIA AUC is the loss-threshold membership attack (Yeom 2018; 0.5 = chance) at image and patient level; "
-                  "inversion PSNR is Inverting Gradients (Geiping 2020) on one image from one site's one-step update "
-                  "(a flat mean-intensity guess scores ~15 dB). Security: PGD-10 accuracy at ε = 8/255 and the success of a "
-                  "trigger backdoor from 1 malicious site through the row's own protocol. Details per row: <run>/audit.json.",
-                  "", "![leakage against accuracy](privacy_utility.png)"]
+        lines += [
+            "",
+            "Privacy: MIA AUC is the loss-threshold membership attack (Yeom 2018; 0.5 = chance) at image and patient "
+            "level; "
+            "inversion PSNR is Inverting Gradients (Geiping 2020) on one image from one site's one-step update "
+            "(a flat mean-intensity guess scores ~15 dB). Security: PGD-10 accuracy at ε = 8/255 and the success of a "
+            "trigger backdoor from 1 malicious site through the row's own protocol. Details per row: <run>/audit.json.",
+            "",
+            "![leakage against accuracy](privacy_utility.png)",
+        ]
     path.write_text("\n".join(lines) + "\n")
 
 
@@ -165,7 +206,13 @@ def write_plot(results: list[dict[str, Any]], path: Path) -> None:
     for r in results:
         metric = r["performance"]["metric"]
         hist = r["performance"]["history"]
-        ax.plot([h["round"] for h in hist], [h["val"].get(metric) for h in hist], marker="o", ms=3, label=r.get("label", r["protocol"]))
+        ax.plot(
+            [h["round"] for h in hist],
+            [h["val"].get(metric) for h in hist],
+            marker="o",
+            ms=3,
+            label=r.get("label", r["protocol"]),
+        )
     ax.set_xlabel("round (SWT: site stage)")
     ax.set_ylabel(f"validation {results[0]['performance']['metric']}")
     ax.grid(alpha=0.3)
@@ -189,7 +236,9 @@ def write_privacy_plot(results: list[dict[str, Any]], path: Path) -> None:
             if isinstance(leak, dict) and key in leak and perf.get(r["performance"]["metric"]) is not None:
                 x, y = leak[key], perf[r["performance"]["metric"]]
                 ax.scatter(x, y, s=25)
-                ax.annotate(r.get("label", r["protocol"]), (x, y), fontsize=7, xytext=(3, 3), textcoords="offset points")
+                ax.annotate(
+                    r.get("label", r["protocol"]), (x, y), fontsize=7, xytext=(3, 3), textcoords="offset points"
+                )
         if chance is not None:
             ax.axvline(chance, color="grey", ls="--", lw=0.8)
         ax.set_xlabel(key + (" (0.5 = chance)" if chance else ""))

@@ -33,7 +33,10 @@ def default_suite(*, seed: int = 0, rounds: int | None = None, n_sites: int = 4)
     train = TrainSettings(rounds=rounds or DEFAULT_ROUNDS, local_epochs=1)
     base = RunConfig(seed=seed, train=train)
     rows = [("centralised", dataclasses.replace(base, protocol="centralised", name="centralised"))]
-    rows += [(f"single site-{i}", dataclasses.replace(base, protocol="single", options={"site": i}, name=f"single-site{i}")) for i in range(n_sites)]
+    rows += [
+        (f"single site-{i}", dataclasses.replace(base, protocol="single", options={"site": i}, name=f"single-site{i}"))
+        for i in range(n_sites)
+    ]
     rows += [(p, dataclasses.replace(base, protocol=p, name=p)) for p in ("ensemble", "swt", "cwt", "fedavg")]
     rows += encrypted_rows(base)
     rows += dp_rows(base)
@@ -49,17 +52,32 @@ def encrypted_rows(base: RunConfig) -> list[tuple[str, RunConfig]]:
     """Encrypted updates (issue 4): HE-FedAvg, SecAgg+ FedAvg, SNT and FNT on the same data and seed."""
     paillier = dataclasses.replace(base.train, rounds=min(PAILLIER_ROUNDS, base.train.rounds))
     return [
-        ("he-fedavg ckks", dataclasses.replace(base, protocol="he-fedavg", privacy={"mechanism": "he-ckks"}, name="he-fedavg-ckks")),
-        (f"he-fedavg paillier ({paillier.rounds} rounds)", dataclasses.replace(
-            base, protocol="he-fedavg", privacy={"mechanism": "he-paillier"}, train=paillier, name="he-fedavg-paillier")),
-        ("secagg-fedavg", dataclasses.replace(base, protocol="secagg-fedavg", privacy={"mechanism": "secagg"}, name="secagg-fedavg")),
+        (
+            "he-fedavg ckks",
+            dataclasses.replace(base, protocol="he-fedavg", privacy={"mechanism": "he-ckks"}, name="he-fedavg-ckks"),
+        ),
+        (
+            f"he-fedavg paillier ({paillier.rounds} rounds)",
+            dataclasses.replace(
+                base,
+                protocol="he-fedavg",
+                privacy={"mechanism": "he-paillier"},
+                train=paillier,
+                name="he-fedavg-paillier",
+            ),
+        ),
+        (
+            "secagg-fedavg",
+            dataclasses.replace(base, protocol="secagg-fedavg", privacy={"mechanism": "secagg"}, name="secagg-fedavg"),
+        ),
         ("snt", dataclasses.replace(base, protocol="snt", privacy={"mechanism": "aes-gcm"}, name="snt")),
         ("fnt", dataclasses.replace(base, protocol="fnt", privacy={"mechanism": "aes-gcm"}, name="fnt")),
     ]
 
 
 def suite_attacks(suite: str) -> tuple[str, ...] | None:
-    """The privacy sweep audits leakage only (its plot is leakage and utility against ε); the default suite audits all."""
+    """The privacy sweep audits leakage only (its plot is leakage and utility against ε); the default suite audits
+    all."""
     return ("membership", "inversion") if suite == "privacy" else None
 
 
@@ -74,9 +92,18 @@ def suite_rows(suite: str, *, seed: int = 0, rounds: int | None = None) -> list[
     raise unknown_name("suite", suite, ["default", "privacy"])
 
 
-def run_suite(*, runs_dir: str | Path = "runs", seed: int = 0, rounds: int | None = None,
-              console: Console | None = None, rows: list[tuple[str, RunConfig]] | None = None, resume: bool = False,
-              attacks: tuple[str, ...] | None = None, jobs: int = 1, row_progress: RowProgress | None = None) -> Path:
+def run_suite(
+    *,
+    runs_dir: str | Path = "runs",
+    seed: int = 0,
+    rounds: int | None = None,
+    console: Console | None = None,
+    rows: list[tuple[str, RunConfig]] | None = None,
+    resume: bool = False,
+    attacks: tuple[str, ...] | None = None,
+    jobs: int = 1,
+    row_progress: RowProgress | None = None,
+) -> Path:
     """Run ``rows`` (default: :func:`default_suite`) and write the bench directory atomically.
 
     Finished rows stay in ``<runs_dir>/.bench.partial`` until the whole suite
@@ -131,8 +158,15 @@ def _no_progress(label: str):
 _FEDERATIONS: dict[tuple, Any] = {}  # rows on the same data share one federation (per process)
 
 
-def run_row(label: str, cfg: RunConfig, work: Path, attacks: tuple[str, ...] | None, *, progress=None,
-            console: Console | None = None) -> dict[str, Any]:
+def run_row(
+    label: str,
+    cfg: RunConfig,
+    work: Path,
+    attacks: tuple[str, ...] | None,
+    *,
+    progress=None,
+    console: Console | None = None,
+) -> dict[str, Any]:
     """Train one row, audit it, write ``work/<run>/`` (result.json last) and return its result dict."""
     from privmed.audit import BENCH_ATTACKS, bench_audit
     from privmed.engine.session import build_federation
@@ -146,8 +180,9 @@ def run_row(label: str, cfg: RunConfig, work: Path, attacks: tuple[str, ...] | N
     try:
         audit = bench_audit(cfg, fed, result, attacks or BENCH_ATTACKS)  # Privacy and Security columns, measured
     except PrivmedError as exc:
-        (console or Console(stderr=True)).print(f"[yellow]warning[/]: {label}: the audit failed ({exc}); "
-                                                "the row is kept without its attack columns")
+        (console or Console(stderr=True)).print(
+            f"[yellow]warning[/]: {label}: the audit failed ({exc}); the row is kept without its attack columns"
+        )
         result.privacy["audit_error"] = str(exc)
         audit = None
     row_dir = work / cfg.run_name
@@ -159,8 +194,14 @@ def run_row(label: str, cfg: RunConfig, work: Path, attacks: tuple[str, ...] | N
     return {"label": label, **json.loads((row_dir / "result.json").read_text())}
 
 
-def _run_parallel(rows: list[tuple[str, RunConfig]], todo: list[int], work: Path, attacks: tuple[str, ...] | None,
-                  jobs: int, console: Console) -> dict[int, dict[str, Any]]:
+def _run_parallel(
+    rows: list[tuple[str, RunConfig]],
+    todo: list[int],
+    work: Path,
+    attacks: tuple[str, ...] | None,
+    jobs: int,
+    console: Console,
+) -> dict[int, dict[str, Any]]:
     """Rows ``todo`` in ``jobs`` worker processes (spawned: a forked torch can hang); a line per finished row."""
     import multiprocessing
     from concurrent.futures import ProcessPoolExecutor, as_completed
@@ -173,8 +214,10 @@ def _run_parallel(rows: list[tuple[str, RunConfig]], todo: list[int], work: Path
                 i = futures[fut]
                 out[i] = r = fut.result()
                 m = r["performance"]["metric"]
-                console.print(f"[{n}/{len(todo)}] {rows[i][0]}: {m} {r['performance']['final'].get(m, float('nan')):.3f}, "
-                              f"{r['runtime']['wall_seconds']:.1f} s")
+                console.print(
+                    f"[{n}/{len(todo)}] {rows[i][0]}: {m} {r['performance']['final'].get(m, float('nan')):.3f}, "
+                    f"{r['runtime']['wall_seconds']:.1f} s"
+                )
         except BaseException:
             pool.shutdown(wait=False, cancel_futures=True)
             raise

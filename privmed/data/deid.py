@@ -43,9 +43,15 @@ class Generalisation:
 
 
 # Sweeney's lattice, walked as one chain from raw to coarse.
-LEVELS = (Generalisation(1, "day"), Generalisation(5, "month"), Generalisation(10, "year"),
-          Generalisation(20, "year"), Generalisation(20, "none"), Generalisation(20, "none", site=False),
-          Generalisation(100, "none", site=False))
+LEVELS = (
+    Generalisation(1, "day"),
+    Generalisation(5, "month"),
+    Generalisation(10, "year"),
+    Generalisation(20, "year"),
+    Generalisation(20, "none"),
+    Generalisation(20, "none", site=False),
+    Generalisation(100, "none", site=False),
+)
 
 
 def generalise(age: int, sex: str, date: str, site: int, g: Generalisation) -> tuple:
@@ -65,7 +71,12 @@ def release(patients: dict[str, PatientMeta], g: Generalisation, *, seed: int) -
         p = patients[ids[i]]
         pseudo = f"R{n:05d}"
         key[pseudo] = p.patient_id
-        records.append({"pseudonym": pseudo, **dict(zip(QUASI_IDENTIFIERS, generalise(p.age, p.sex, p.acquisition_date, p.site, g)))})
+        records.append(
+            {
+                "pseudonym": pseudo,
+                **dict(zip(QUASI_IDENTIFIERS, generalise(p.age, p.sex, p.acquisition_date, p.site, g))),
+            }
+        )
     return records, key
 
 
@@ -75,8 +86,11 @@ def k_of(records: list[dict]) -> int:
     return min(counts.values()) if counts else 0
 
 
-def k_anonymise(patients: dict[str, PatientMeta], *, k: int, seed: int, max_suppressed: float = 0.1) -> tuple[list[dict], dict[str, str], Generalisation]:
-    """The least generalisation on :data:`LEVELS` that, after suppressing at most ``max_suppressed`` of the records, is k-anonymous."""
+def k_anonymise(
+    patients: dict[str, PatientMeta], *, k: int, seed: int, max_suppressed: float = 0.1
+) -> tuple[list[dict], dict[str, str], Generalisation]:
+    """The least generalisation on :data:`LEVELS` that, after suppressing at most ``max_suppressed`` of the records,
+    is k-anonymous."""
     if k < 1:
         raise PrivmedError(f"k-anonymity needs k >= 1, got {k}")
     for g in LEVELS:

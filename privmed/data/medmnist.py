@@ -22,9 +22,11 @@ from privmed.data.base import ArraySet, Dataset
 from privmed.errors import PrivmedError
 
 KEYS = ("train_images", "train_labels", "val_images", "val_labels", "test_images", "test_labels")
-HOW_TO_GET = ("get it on a machine with internet (`pip install medmnist`, then "
-              "`python -m medmnist save --flag=pneumoniamnist` or download from zenodo.org/records/10519652) "
-              "and pass --dataset medmnist:/path/to/pneumoniamnist.npz")
+HOW_TO_GET = (
+    "get it on a machine with internet (`pip install medmnist`, then "
+    "`python -m medmnist save --flag=pneumoniamnist` or download from zenodo.org/records/10519652) "
+    "and pass --dataset medmnist:/path/to/pneumoniamnist.npz"
+)
 
 
 def load_medmnist(path: str | Path) -> Dataset:
@@ -54,7 +56,9 @@ def load_medmnist(path: str | Path) -> Dataset:
         if len(y) != len(x):
             raise PrivmedError(f"MedMNIST file {p}: {split} has {len(x)} images but {len(y)} labels")
         if y.shape[1] != 1:
-            raise PrivmedError(f"MedMNIST file {p}: {split}_labels has {y.shape[1]} columns; multi-label sets are not supported")
+            raise PrivmedError(
+                f"MedMNIST file {p}: {split}_labels has {y.shape[1]} columns; multi-label sets are not supported"
+            )
         if not np.issubdtype(y.dtype, np.integer) or (len(y) and y.min() < 0):
             raise PrivmedError(f"MedMNIST file {p}: {split}_labels must be non-negative integers")
         x = x.astype(np.float32) / (255.0 if x.dtype == np.uint8 else max(float(x.max()), 1.0))

@@ -45,7 +45,9 @@ def parse_split(split: str) -> tuple[str, float | None]:
         except ValueError:
             raise PrivmedError(f"split {split!r}: {pname} {arg!r} is not a number; write e.g. '{name}:0.5'") from None
         if not np.isfinite(value) or value <= 0:
-            raise PrivmedError(f"split {split!r}: {pname} must be a positive number (small = more skew), e.g. '{name}:0.5'")
+            raise PrivmedError(
+                f"split {split!r}: {pname} must be a positive number (small = more skew), e.g. '{name}:0.5'"
+            )
         return name, value
     if sep:
         raise PrivmedError(f"split {split!r}: {name!r} takes no parameter; write '{name}'")
@@ -70,7 +72,8 @@ def partition(
             raise PrivmedError(f"{what} must be in [0, 1), got {f}")
     if val_fraction + test_fraction >= 1.0:
         raise PrivmedError(
-            f"val_fraction + test_fraction = {val_fraction + test_fraction:g} leaves no patient for training; keep their sum below 1"
+            f"val_fraction + test_fraction = {val_fraction + test_fraction:g} leaves no patient for training; keep "
+            "their sum below 1"
         )
     rng = np.random.default_rng([seed, 0xDA7A])
     data = dataset.data
@@ -82,7 +85,8 @@ def partition(
     else:
         if n_sites > len(pids):
             raise PrivmedError(
-                f"cannot split {len(pids)} patients into {n_sites} sites (each site needs a patient); use fewer sites or more patients"
+                f"cannot split {len(pids)} patients into {n_sites} sites (each site needs a patient); use fewer "
+                "sites or more patients"
             )
         assign = _ASSIGNERS[name](plabels, n_sites, param, rng)
         owner = dict(zip(pids, assign))
@@ -93,7 +97,14 @@ def partition(
     sites = []
     for s, idx in enumerate(site_idx):
         r = np.array([role[p] for p in data.patient_ids[idx]], dtype=np.int64)
-        sites.append(SiteData(name=f"site-{s}", train=data.subset(idx[r == 0]), val=data.subset(idx[r == 1]), test=data.subset(idx[r == 2])))
+        sites.append(
+            SiteData(
+                name=f"site-{s}",
+                train=data.subset(idx[r == 0]),
+                val=data.subset(idx[r == 1]),
+                test=data.subset(idx[r == 2]),
+            )
+        )
     return Federation(
         dataset_name=dataset.name,
         n_classes=dataset.n_classes,
@@ -199,7 +210,9 @@ def _spread(n_items: int, k: int) -> np.ndarray:
     return np.floor((np.arange(k) + 0.5) * n_items / k).astype(int) if k else np.array([], dtype=int)
 
 
-def _roles(data: ArraySet, site_idx: list[np.ndarray], val_fraction: float, test_fraction: float, rng: np.random.Generator) -> dict[str, int]:
+def _roles(
+    data: ArraySet, site_idx: list[np.ndarray], val_fraction: float, test_fraction: float, rng: np.random.Generator
+) -> dict[str, int]:
     """Role of each patient: 0 train, 1 val, 2 test; stratified by label within each site.
 
     A patient held by several sites (phantom referrals under ``natural``) keeps

@@ -95,7 +95,10 @@ class PhantomConfig:
         if not isinstance(self.images_per_patient, int) or self.images_per_patient < 1:
             raise bad(f"images_per_patient must be an integer >= 1, got {self.images_per_patient!r}")
         if self.n_classes not in LESION_CLASSES:
-            raise bad(f"n_classes must be 2 (lesion absent/present) or 3 (none/circumscribed/infiltrative), got {self.n_classes!r}")
+            raise bad(
+                "n_classes must be 2 (lesion absent/present) or 3 (none/circumscribed/infiltrative), got "
+                f"{self.n_classes!r}"
+            )
         if not isinstance(self.seed, int):
             raise bad(f"seed must be an integer, got {self.seed!r}")
 
@@ -104,7 +107,10 @@ class PhantomConfig:
             pps = default_sizes(self.n_sites)
         pps = tuple(pps)
         if len(pps) != self.n_sites:
-            raise bad(f"patients_per_site has {len(pps)} entries but n_sites is {self.n_sites}; give one count per site or leave it out")
+            raise bad(
+                f"patients_per_site has {len(pps)} entries but n_sites is {self.n_sites}; give one count per site or "
+                "leave it out"
+            )
         if any(not isinstance(p, (int, np.integer)) or p < 1 for p in pps):
             raise bad(f"patients_per_site must be integers >= 1, got {pps}")
         object.__setattr__(self, "patients_per_site", tuple(int(p) for p in pps))
@@ -114,7 +120,10 @@ class PhantomConfig:
             prev = tuple(DEFAULT_PREVALENCE[i % len(DEFAULT_PREVALENCE)] for i in range(self.n_sites))
         prev = tuple(float(p) for p in prev)
         if len(prev) != self.n_sites:
-            raise bad(f"prevalence has {len(prev)} entries but n_sites is {self.n_sites}; give one fraction per site or leave it out")
+            raise bad(
+                f"prevalence has {len(prev)} entries but n_sites is {self.n_sites}; give one fraction per site or "
+                "leave it out"
+            )
         if any(not 0.0 <= p <= 1.0 for p in prev):
             raise bad(f"prevalence values must be fractions in [0, 1], got {prev}")
         object.__setattr__(self, "prevalence", prev)
@@ -258,7 +267,9 @@ def _tissue(anat: dict[str, Any], z: float, ux: np.ndarray, uy: np.ndarray, px: 
     return t, mask
 
 
-def _acquire(t: np.ndarray, scanner: dict[str, float], xx: np.ndarray, yy: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+def _acquire(
+    t: np.ndarray, scanner: dict[str, float], xx: np.ndarray, yy: np.ndarray, rng: np.random.Generator
+) -> np.ndarray:
     """What the scanner makes of a tissue image: PSF, contrast curve, bias field, gain, Rician noise."""
     img = gaussian_filter(t, scanner["blur_sigma_px"], mode="constant")
     img = np.clip(img, 0, None) ** scanner["gamma"]
@@ -270,7 +281,9 @@ def _acquire(t: np.ndarray, scanner: dict[str, float], xx: np.ndarray, yy: np.nd
     return np.clip(img / _OUTPUT_SCALE, 0, 1)
 
 
-def _scan(anat: dict[str, Any], scanner: dict[str, float], n_images: int, rng: np.random.Generator, size: int) -> tuple[np.ndarray, np.ndarray]:
+def _scan(
+    anat: dict[str, Any], scanner: dict[str, float], n_images: int, rng: np.random.Generator, size: int
+) -> tuple[np.ndarray, np.ndarray]:
     """``n_images`` slices of one patient on one scanner: images [n,1,H,W] float32, masks uint8."""
     grid = (np.arange(size) + 0.5) / size * 2 - 1
     yy, xx = np.meshgrid(grid, grid, indexing="ij")

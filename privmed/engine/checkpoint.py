@@ -45,12 +45,18 @@ class Checkpoint:
         ctx, grid = session.ctx, session.grid
         members = predictor if isinstance(predictor, list) else [predictor]
         state = {
-            "config": config_key(session.config), "round": rnd,
-            "ensemble": isinstance(predictor, list), "members": [m.to_torch_state_dict() for m in members],
-            "history": json.dumps(history), "rejections": json.dumps(ctx.rejections),
-            "traffic": json.dumps(grid.traffic.records), "site_seconds": json.dumps(grid.site_seconds),
-            "protocol_state": json.dumps(ctx.state, default=json_default), "global_rng": global_rng_state(),
-            "mechanism": json.dumps(session.mechanism.state_dict(), default=json_default), "wall": wall,
+            "config": config_key(session.config),
+            "round": rnd,
+            "ensemble": isinstance(predictor, list),
+            "members": [m.to_torch_state_dict() for m in members],
+            "history": json.dumps(history),
+            "rejections": json.dumps(ctx.rejections),
+            "traffic": json.dumps(grid.traffic.records),
+            "site_seconds": json.dumps(grid.site_seconds),
+            "protocol_state": json.dumps(ctx.state, default=json_default),
+            "global_rng": global_rng_state(),
+            "mechanism": json.dumps(session.mechanism.state_dict(), default=json_default),
+            "wall": wall,
         }
         self.path.parent.mkdir(parents=True, exist_ok=True)
         tmp = self.path.with_suffix(".tmp")
@@ -64,9 +70,13 @@ class Checkpoint:
         try:
             state = torch.load(self.path, weights_only=True)
         except Exception as exc:  # a truncated or foreign file
-            raise PrivmedError(f"checkpoint {self.path} is unreadable ({type(exc).__name__}); delete it and start again") from None
+            raise PrivmedError(
+                f"checkpoint {self.path} is unreadable ({type(exc).__name__}); delete it and start again"
+            ) from None
         if state["config"] != config_key(config):
-            raise PrivmedError(f"checkpoint {self.path} was made with a different config; use the same config or run without --resume")
+            raise PrivmedError(
+                f"checkpoint {self.path} was made with a different config; use the same config or run without --resume"
+            )
         return state
 
     @staticmethod
@@ -105,7 +115,10 @@ def global_rng_state() -> dict[str, Any]:
     uninterrupted run would have.
     """
     name, keys, pos, has_gauss, gauss = np.random.get_state()
-    return {"numpy": [name, torch.from_numpy(keys.astype(np.int64)), pos, has_gauss, gauss], "python": random.getstate()}
+    return {
+        "numpy": [name, torch.from_numpy(keys.astype(np.int64)), pos, has_gauss, gauss],
+        "python": random.getstate(),
+    }
 
 
 def set_global_rng_state(state: dict[str, Any]) -> None:

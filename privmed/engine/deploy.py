@@ -96,8 +96,10 @@ def _check_protocol(config: RunConfig) -> None:
     protocol = resolve(config).protocol
     if not protocol.deployable:
         deployable = [name for name, spec in PROTOCOLS.items() if spec.deployable]
-        raise PrivmedError(f"a Flower deployment runs protocol {' or '.join(map(repr, deployable))} only, not {config.protocol!r}; "
-                           "the SuperLink's random node ids would reorder the sites of order-dependent protocols")
+        raise PrivmedError(
+            f"a Flower deployment runs protocol {' or '.join(map(repr, deployable))} only, not {config.protocol!r}; "
+            "the SuperLink's random node ids would reorder the sites of order-dependent protocols"
+        )
 
 
 def write_app(app_dir: str | Path, config: RunConfig, *, result_dir: str | Path, wait_nodes_s: float = 120.0) -> Path:
@@ -108,12 +110,24 @@ def write_app(app_dir: str | Path, config: RunConfig, *, result_dir: str | Path,
     started with runtime dependency installation off.
     """
     lines = [
-        "[build-system]", 'requires = ["hatchling"]', 'build-backend = "hatchling.build"', "",
-        "[project]", 'name = "privmed-deploy"', 'version = "1.0.0"',
-        'description = "privmed ServerApp and ClientApp"', 'license = "Apache-2.0"', "dependencies = []", "",
-        "[tool.flwr.app]", 'publisher = "privmed"', "",
+        "[build-system]",
+        'requires = ["hatchling"]',
+        'build-backend = "hatchling.build"',
+        "",
+        "[project]",
+        'name = "privmed-deploy"',
+        'version = "1.0.0"',
+        'description = "privmed ServerApp and ClientApp"',
+        'license = "Apache-2.0"',
+        "dependencies = []",
+        "",
+        "[tool.flwr.app]",
+        'publisher = "privmed"',
+        "",
         "[tool.flwr.app.components]",
-        'serverapp = "privmed.engine.deploy:server_app"', 'clientapp = "privmed.engine.deploy:client_app"', "",
+        'serverapp = "privmed.engine.deploy:server_app"',
+        'clientapp = "privmed.engine.deploy:client_app"',
+        "",
         "[tool.flwr.app.config]",
     ]
     for key, value in run_config_of(config, result_dir=result_dir, wait_nodes_s=wait_nodes_s).items():
@@ -131,7 +145,10 @@ def _toml_value(key: str, value: Any) -> str:
         return repr(value)
     if isinstance(value, str):
         return json.dumps(value)  # a JSON string is a TOML basic string
-    raise PrivmedError(f"config key {key!r} has a {type(value).__name__} value; a Flower run config holds only int, float, bool and str")
+    raise PrivmedError(
+        f"config key {key!r} has a {type(value).__name__} value; a Flower run config holds only int, float, bool and "
+        "str"
+    )
 
 
 # ----------------------------------------------------------------------------- ServerApp
@@ -153,14 +170,17 @@ def wait_for_nodes(grid: Grid, n: int, timeout_s: float) -> list[int]:
     deadline = time.monotonic() + timeout_s
     while len(nodes := sorted(grid.get_node_ids())) < n:
         if time.monotonic() > deadline:
-            raise PrivmedError(f"only {len(nodes)} of {n} SuperNodes joined within {timeout_s:.0f} s; "
-                               f"start one flower-supernode per site (partition-id=0..{n - 1})")
+            raise PrivmedError(
+                f"only {len(nodes)} of {n} SuperNodes joined within {timeout_s:.0f} s; "
+                f"start one flower-supernode per site (partition-id=0..{n - 1})"
+            )
         time.sleep(0.5)
     return nodes
 
 
 def serve(grid: Grid, config: RunConfig, *, wait_nodes_s: float = 120.0) -> RunResult:
-    """The coordinator's side of :func:`privmed.run.execute`, on any Flower Grid: the same session, monitor and result."""
+    """The coordinator's side of :func:`privmed.run.execute`, on any Flower Grid: the same session, monitor and
+    result."""
     set_threads()
     started, cpu_start = time.perf_counter(), time.process_time()
     session = assemble(config, grid=grid)
@@ -185,16 +205,25 @@ def _site_app(run_config: tuple[tuple[str, Any], ...], partition_id: int) -> Cli
     config, _ = config_of(dict(run_config))
     fed = build_federation(config.data, config.seed)
     if not 0 <= partition_id < len(fed.sites):
-        raise PrivmedError(f"partition-id {partition_id} out of range: this federation has sites 0..{len(fed.sites) - 1}")
+        raise PrivmedError(
+            f"partition-id {partition_id} out of range: this federation has sites 0..{len(fed.sites) - 1}"
+        )
     r = resolve(config)
     own = [r.protocol.site_mod(partition_id, r.options)] if r.protocol.site_mod else []
-    return make_client_app(fed.sites[partition_id], model_spec(config, fed), site_index=partition_id,
-                           mods=[*r.mechanism.client_mods(partition_id), *own], trainer=r.mechanism.trainer(partition_id))
+    return make_client_app(
+        fed.sites[partition_id],
+        model_spec(config, fed),
+        site_index=partition_id,
+        mods=[*r.mechanism.client_mods(partition_id), *own],
+        trainer=r.mechanism.trainer(partition_id),
+    )
 
 
 def _delegate(msg: Message, context: Context) -> Message:
     if "partition-id" not in context.node_config:
-        raise PrivmedError('this SuperNode has no partition-id; start it with --node-config "partition-id=<site number>"')
+        raise PrivmedError(
+            'this SuperNode has no partition-id; start it with --node-config "partition-id=<site number>"'
+        )
     app = _site_app(tuple(sorted(context.run_config.items())), int(context.node_config["partition-id"]))
     return app(msg, context)
 

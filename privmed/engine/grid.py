@@ -89,7 +89,9 @@ class Traffic:
     records: list[dict] = field(default_factory=list)
 
     def add(self, group: str, node: int, direction: str, nbytes: int, message_type: str) -> None:
-        self.records.append({"round": group, "node": node, "direction": direction, "bytes": nbytes, "type": message_type})
+        self.records.append(
+            {"round": group, "node": node, "direction": direction, "bytes": nbytes, "type": message_type}
+        )
 
     def total(self, direction: str | None = None) -> int:
         return sum(r["bytes"] for r in self.records if direction in (None, r["direction"]))
@@ -116,7 +118,9 @@ FaultHook = Callable[[Message, Message], "Message | None"]
 class InProcessGrid(Grid):
     """Runs each site's ClientApp in this process when its messages are pulled."""
 
-    def __init__(self, apps: dict[int, ClientApp], *, run_config: dict | None = None, fault: FaultHook | None = None) -> None:
+    def __init__(
+        self, apps: dict[int, ClientApp], *, run_config: dict | None = None, fault: FaultHook | None = None
+    ) -> None:
         if not apps:
             raise ValueError("an InProcessGrid needs at least one site")
         self._apps = dict(apps)
@@ -142,7 +146,9 @@ class InProcessGrid(Grid):
     def run(self) -> Run:
         return self._run
 
-    def create_message(self, content: RecordDict, message_type: str, dst_node_id: int, group_id: str, ttl: float | None = None) -> Message:
+    def create_message(
+        self, content: RecordDict, message_type: str, dst_node_id: int, group_id: str, ttl: float | None = None
+    ) -> Message:
         return Message(content, dst_node_id, message_type, ttl=ttl, group_id=group_id)
 
     def get_node_ids(self) -> Iterable[int]:

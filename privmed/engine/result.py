@@ -98,7 +98,10 @@ class RunResult:
         if self.predictor is not None:
             members = self.predictor if isinstance(self.predictor, list) else [self.predictor]
             tmp = run_dir / "model.pt.tmp"
-            torch.save({"ensemble": isinstance(self.predictor, list), "members": [m.to_torch_state_dict() for m in members]}, tmp)
+            torch.save(
+                {"ensemble": isinstance(self.predictor, list), "members": [m.to_torch_state_dict() for m in members]},
+                tmp,
+            )
             os.replace(tmp, run_dir / "model.pt")
         path = run_dir / "result.json"
         tmp = path.with_suffix(".json.tmp")
@@ -115,14 +118,20 @@ def load_predictor(run_dir: Path) -> Predictor:
 
 
 class Monitor:
-    """The harness's ``evaluate_fn``: after every round, validate the model as the sites see it, checkpoint, report progress.
+    """The harness's ``evaluate_fn``: after every round, validate the model as the sites see it, checkpoint, report.
 
     A round in which every site's update was rejected stops the run (on an
     in-process grid, which counts who was asked to train; not yet in a deployment).
     """
 
-    def __init__(self, session: Session, *, progress: Progress | None = None, checkpoint: Checkpoint | None = None,
-                 started: float | None = None) -> None:
+    def __init__(
+        self,
+        session: Session,
+        *,
+        progress: Progress | None = None,
+        checkpoint: Checkpoint | None = None,
+        started: float | None = None,
+    ) -> None:
         self.session, self.progress, self.checkpoint = session, progress, checkpoint
         self.history: list[dict[str, Any]] = []
         self.started = time.perf_counter() if started is None else started
@@ -154,11 +163,14 @@ class Monitor:
 
 def _trained_in_round(grid: Any, rnd: int) -> int:
     """Sites asked to train in round ``rnd``, from an in-process grid's traffic records."""
-    return sum(1 for r in grid.traffic.records if r["round"] == str(rnd) and r["direction"] == "down" and r["type"] == "train")
+    return sum(
+        1 for r in grid.traffic.records if r["round"] == str(rnd) and r["direction"] == "down" and r["type"] == "train"
+    )
 
 
-def build_result(session: Session, output: ProtocolOutput, monitor: Monitor, *, cpu_start: float,
-                 engine: str = "in-process") -> RunResult:
+def build_result(
+    session: Session, output: ProtocolOutput, monitor: Monitor, *, cpu_start: float, engine: str = "in-process"
+) -> RunResult:
     """The run's result.json, from the session, the protocol's output (already revealed) and the monitor's history.
 
     Wall time stops here, before the final test evaluation; CPU time (from ``cpu_start``) includes it.
@@ -167,7 +179,11 @@ def build_result(session: Session, output: ProtocolOutput, monitor: Monitor, *, 
     s, config = session, session.config
     fed, spec = s.fed, s.protocol
     final = finite_metrics(evaluate_predictor(s.model, output.predictor, fed.pooled("test")))
-    per_site = {site.name: finite_metrics(evaluate_predictor(s.model, output.predictor, site.test)) for site in fed.sites if len(site.test)}
+    per_site = {
+        site.name: finite_metrics(evaluate_predictor(s.model, output.predictor, site.test))
+        for site in fed.sites
+        if len(site.test)
+    }
     in_process = s.in_process
     measured = output.measured  # a protocol's own figures (ciphertext sizes, phase timings, DSSGD's ε)
     if in_process:
@@ -187,27 +203,46 @@ def build_result(session: Session, output: ProtocolOutput, monitor: Monitor, *, 
         seed=config.seed,
         versions=library_versions(),
         dataset={
-            "name": fed.dataset_name, "task": config.task, "image_shape": list(fed.image_shape),
-            "n_classes": fed.n_classes, "split": fed.split, "distribution": fed.distribution(),
+            "name": fed.dataset_name,
+            "task": config.task,
+            "image_shape": list(fed.image_shape),
+            "n_classes": fed.n_classes,
+            "split": fed.split,
+            "distribution": fed.distribution(),
         },
         model={"name": config.model, "parameters": s.n_parameters},
         performance={"metric": PRIMARY_METRIC[config.task], "final": final, "per_site": per_site, "history": history},
         communication=communication,
         runtime={
-            "wall_seconds": wall, "cpu_seconds": time.process_time() - cpu_start, "per_round_seconds": [h["seconds"] for h in history],
-            **site_seconds, **({} if in_process else {"engine": engine}), **measured.get("runtime", {}),
+            "wall_seconds": wall,
+            "cpu_seconds": time.process_time() - cpu_start,
+            "per_round_seconds": [h["seconds"] for h in history],
+            **site_seconds,
+            **({} if in_process else {"engine": engine}),
+            **measured.get("runtime", {}),
         },
-        privacy={"coordinator_sees": spec.coordinator_sees, "mechanism": s.mechanism.name, "leakage": "not measured yet",
-                 **s.mechanism.report(), **measured.get("privacy", {})},
+        privacy={
+            "coordinator_sees": spec.coordinator_sees,
+            "mechanism": s.mechanism.name,
+            "leakage": "not measured yet",
+            **s.mechanism.report(),
+            **measured.get("privacy", {}),
+        },
         scalability=scalability,
         security={"attacks": "not measured yet"},
-        reliability={"rejected_updates": s.ctx.rejections, "faults_injected": [], "completed": True,
-                     **({} if in_process else {"nodes": sorted(s.grid.get_node_ids())})},
+        reliability={
+            "rejected_updates": s.ctx.rejections,
+            "faults_injected": [],
+            "completed": True,
+            **({} if in_process else {"nodes": sorted(s.grid.get_node_ids())}),
+        },
         predictor=output.predictor,
     )
 
 
-def measure_scalability(spec: ProtocolSpec, site_seconds: Iterable[float], communication: dict[str, Any], rounds: int) -> dict[str, Any]:
+def measure_scalability(
+    spec: ProtocolSpec, site_seconds: Iterable[float], communication: dict[str, Any], rounds: int
+) -> dict[str, Any]:
     """How the run's cost grows with the number of sites, from its own measurements.
 
     In-process every site runs in turn; in a deployment the sites of a
@@ -222,15 +257,19 @@ def measure_scalability(spec: ProtocolSpec, site_seconds: Iterable[float], commu
         return {"schedule": "one trainer", "sites_training": 1, "training_seconds": sum(seconds)}
     total = communication.get("bytes_up", 0) + communication.get("bytes_down", 0)
     return {
-        "schedule": spec.schedule, "sites_training": len(seconds),
-        "site_seconds_sum": sum(seconds), "site_seconds_max": max(seconds),
+        "schedule": spec.schedule,
+        "sites_training": len(seconds),
+        "site_seconds_sum": sum(seconds),
+        "site_seconds_max": max(seconds),
         # the sites' share of a deployment's wall time: sequential = all of them in turn, parallel = the slowest
         "deployment_training_seconds": sum(seconds) if spec.schedule == "sequential" else max(seconds),
         "coordinator_bytes_per_round": total / max(rounds, 1),
     }
 
 
-def measure_communication(spec: ProtocolSpec, traffic: Any, node_site: dict[int, str], fed: Federation, rounds: int) -> dict[str, Any]:
+def measure_communication(
+    spec: ProtocolSpec, traffic: Any, node_site: dict[int, str], fed: Federation, rounds: int
+) -> dict[str, Any]:
     """Bytes the protocol itself sends, from the engine's counts.
 
     The harness talks to every site every round so it can measure; where the
@@ -239,19 +278,39 @@ def measure_communication(spec: ProtocolSpec, traffic: Any, node_site: dict[int,
     """
     if spec.traffic == "raw data":
         raw = sum(s.train.nbytes + s.val.nbytes for s in fed.sites)
-        return {"raw_data_bytes_up": raw, "bytes_up": raw, "bytes_down": 0, "per_site": {}, "per_round": {},
-                "note": "every site uploads its raw training data once"}
+        return {
+            "raw_data_bytes_up": raw,
+            "bytes_up": raw,
+            "bytes_down": 0,
+            "per_site": {},
+            "per_round": {},
+            "note": "every site uploads its raw training data once",
+        }
     if spec.traffic == "none":
-        return {"bytes_up": 0, "bytes_down": 0, "per_site": {}, "per_round": {}, "bytes_per_site_per_round": 0,
-                "note": "a site training alone sends nothing"}
+        return {
+            "bytes_up": 0,
+            "bytes_down": 0,
+            "per_site": {},
+            "per_round": {},
+            "bytes_per_site_per_round": 0,
+            "note": "a site training alone sends nothing",
+        }
     per_round = traffic.by_round()
     if spec.traffic == "final upload":
         last = per_round[max(per_round, key=int)]["up"]
-        return {"bytes_up": last, "bytes_down": 0, "per_site": {}, "per_round": {}, "bytes_per_site_per_round": last / len(node_site) / rounds,
-                "note": "each site uploads its own model once, at the end"}
+        return {
+            "bytes_up": last,
+            "bytes_down": 0,
+            "per_site": {},
+            "per_round": {},
+            "bytes_per_site_per_round": last / len(node_site) / rounds,
+            "note": "each site uploads its own model once, at the end",
+        }
     return {
-        "bytes_up": traffic.total("up"), "bytes_down": traffic.total("down"),
-        "per_site": {node_site[n]: v for n, v in traffic.by_node().items()}, "per_round": per_round,
+        "bytes_up": traffic.total("up"),
+        "bytes_down": traffic.total("down"),
+        "per_site": {node_site[n]: v for n, v in traffic.by_node().items()},
+        "per_round": per_round,
         "bytes_per_site_per_round": traffic.total() / max(len(node_site), 1) / max(rounds, 1),
     }
 
@@ -260,5 +319,11 @@ def library_versions() -> dict[str, str]:
     import flwr
     import monai
 
-    return {"privmed": __version__, "python": platform.python_version(), "torch": torch.__version__,
-            "flwr": flwr.__version__, "monai": monai.__version__, "numpy": np.__version__}
+    return {
+        "privmed": __version__,
+        "python": platform.python_version(),
+        "torch": torch.__version__,
+        "flwr": flwr.__version__,
+        "monai": monai.__version__,
+        "numpy": np.__version__,
+    }

@@ -63,11 +63,15 @@ def resolve(config: RunConfig) -> Resolved:
     if config.task not in TASKS:
         raise PrivmedError(f"unknown task {config.task!r}; valid tasks: {', '.join(TASKS)}")
     if model_task(config.model) != config.task:
-        raise PrivmedError(f"model {config.model!r} is for {model_task(config.model)}, not {config.task}; pick a {config.task} model")
+        raise PrivmedError(
+            f"model {config.model!r} is for {model_task(config.model)}, not {config.task}; pick a {config.task} model"
+        )
     mechanism = make_mechanism(config.privacy)
     if mechanism.protocols is not None and protocol.name not in mechanism.protocols:
-        raise PrivmedError(f"{mechanism.name} {mechanism.purpose}; use it with --protocol {' or '.join(mechanism.protocols)}, "
-                           f"not {protocol.name}")
+        raise PrivmedError(
+            f"{mechanism.name} {mechanism.purpose}; use it with --protocol {' or '.join(mechanism.protocols)}, "
+            f"not {protocol.name}"
+        )
     return Resolved(protocol, options, mechanism)
 
 
@@ -91,8 +95,12 @@ def build_federation(cfg: DataConfig, seed: int) -> Federation:
     # split; other splits redistribute the default phantom's patients.
     natural = cfg.split.split(":")[0] == "natural"
     dataset = load_dataset(
-        cfg.dataset, seed=seed, n_sites=cfg.sites if natural else DataConfig().sites, image_size=cfg.image_size,
-        n_classes=cfg.n_classes, shared_patient_fraction=cfg.shared_patient_fraction,
+        cfg.dataset,
+        seed=seed,
+        n_sites=cfg.sites if natural else DataConfig().sites,
+        image_size=cfg.image_size,
+        n_classes=cfg.n_classes,
+        shared_patient_fraction=cfg.shared_patient_fraction,
         patients_scale=cfg.patients_scale,
     )
     return partition(dataset, n_sites=cfg.sites, split=cfg.split, seed=seed)
@@ -116,8 +124,12 @@ def plan_of(config: RunConfig, fed: Federation, resolved: Resolved | None = None
     sites = parties(fed, r.protocol)
     trainers = set(r.protocol.trainers(r.options, len(sites)))
     budget = config.train.rounds * config.train.local_epochs
-    return Plan(config=config, sites=tuple((s.name, s.train) for s in sites),
-                epochs=tuple(budget if i in trainers else 0 for i in range(len(sites))), model=model_spec(config, fed))
+    return Plan(
+        config=config,
+        sites=tuple((s.name, s.train) for s in sites),
+        epochs=tuple(budget if i in trainers else 0 for i in range(len(sites))),
+        model=model_spec(config, fed),
+    )
 
 
 def one_site_grid(site: SiteData, model: ModelSpec, *, mods: Sequence[Mod] = (), trainer: Any = None) -> InProcessGrid:
@@ -150,10 +162,16 @@ class Session:
         return self.mechanism.reveal(predictor)
 
 
-def assemble(config: RunConfig, *, fed: Federation | None = None, grid: Grid | None = None,
-             mechanism_state: dict[str, Any] | None = None, fault: Callable | None = None,
-             site_mods: dict[int, Sequence[Mod]] | None = None,
-             evaluate_fn: Callable[[int, Predictor], dict] | None = None) -> Session:
+def assemble(
+    config: RunConfig,
+    *,
+    fed: Federation | None = None,
+    grid: Grid | None = None,
+    mechanism_state: dict[str, Any] | None = None,
+    fault: Callable | None = None,
+    site_mods: dict[int, Sequence[Mod]] | None = None,
+    evaluate_fn: Callable[[int, Predictor], dict] | None = None,
+) -> Session:
     """Build the session for ``config``.
 
     ``fed``: a federation already built (the bench shares one; the poisoning
@@ -180,12 +198,30 @@ def assemble(config: RunConfig, *, fed: Federation | None = None, grid: Grid | N
         for i, site in enumerate(parties(fed, r.protocol)):
             own = [r.protocol.site_mod(i, r.options)] if r.protocol.site_mod else []
             mods = [*mechanism.client_mods(i), *own, *(site_mods or {}).get(i, [])]
-            apps[FIRST_NODE_ID + i] = make_client_app(site, model, site_index=i, trainer=mechanism.trainer(i), mods=mods)
+            apps[FIRST_NODE_ID + i] = make_client_app(
+                site, model, site_index=i, trainer=mechanism.trainer(i), mods=mods
+            )
             node_site[FIRST_NODE_ID + i] = site.name
         grid = InProcessGrid(apps, fault=fault)
     initial = model.build(seed=config.seed)
-    ctx = ProtocolContext(grid=grid, initial=ArrayRecord(initial.state_dict()), settings=config.train, seed=config.seed,
-                          evaluate_fn=evaluate_fn or (lambda rnd, predictor: {}), options=r.options,
-                          wrap_strategy=mechanism.wrap_strategy)
-    return Session(config=config, protocol=r.protocol, fed=fed, model=model, mechanism=mechanism, grid=grid,
-                   node_site=node_site, in_process=isinstance(grid, InProcessGrid), ctx=ctx, n_parameters=n_parameters(initial))
+    ctx = ProtocolContext(
+        grid=grid,
+        initial=ArrayRecord(initial.state_dict()),
+        settings=config.train,
+        seed=config.seed,
+        evaluate_fn=evaluate_fn or (lambda rnd, predictor: {}),
+        options=r.options,
+        wrap_strategy=mechanism.wrap_strategy,
+    )
+    return Session(
+        config=config,
+        protocol=r.protocol,
+        fed=fed,
+        model=model,
+        mechanism=mechanism,
+        grid=grid,
+        node_site=node_site,
+        in_process=isinstance(grid, InProcessGrid),
+        ctx=ctx,
+        n_parameters=n_parameters(initial),
+    )

@@ -44,15 +44,20 @@ class BudgetOptions:
 
 
 def parse_options(cls: type, options: dict[str, Any], mechanism: str) -> tuple[Any, BudgetOptions]:
-    """Split a mechanism's options into its own frozen config and the ledger options; unknown keys and wrong types are errors."""
+    """Split a mechanism's options into its own frozen config and the ledger options; unknown keys and wrong types
+    are errors."""
     own, ledger = option_types(cls), option_types(BudgetOptions)
     unknown = sorted(set(options) - set(own) - set(ledger))
     if unknown:
-        raise PrivmedError(f"unknown option {unknown[0]!r} for privacy mechanism {mechanism}; "
-                           f"valid options: {describe(cls)}, {describe(BudgetOptions)}")
+        raise PrivmedError(
+            f"unknown option {unknown[0]!r} for privacy mechanism {mechanism}; "
+            f"valid options: {describe(cls)}, {describe(BudgetOptions)}"
+        )
     owner = f"privacy mechanism {mechanism}"
-    return (typed_options(cls, {k: v for k, v in options.items() if k in own}, owner=owner),
-            typed_options(BudgetOptions, {k: v for k, v in options.items() if k in ledger}, owner=owner))
+    return (
+        typed_options(cls, {k: v for k, v in options.items() if k in own}, owner=owner),
+        typed_options(BudgetOptions, {k: v for k, v in options.items() if k in ledger}, owner=owner),
+    )
 
 
 class AccountedMechanism(Mechanism):
@@ -89,9 +94,16 @@ class AccountedMechanism(Mechanism):
         key = load_key(self.budget.ledger_key)
         self._pseudonyms = pseudonyms(key, np.concatenate([s.patient_ids for _, s in self.sites]))
         ledger = Ledger(self.budget.ledger)
-        self.run_id = f"{config.run_name}@{time.strftime('%Y-%m-%dT%H:%M:%S', time.gmtime())}.{time.time_ns() % 10**9:09d}"
-        ledger.reserve(run=config.run_name, run_id=self.run_id, plan=self._remaining_plan(),
-                       limit=self.budget.budget, delta=self.budget.budget_delta)
+        self.run_id = (
+            f"{config.run_name}@{time.strftime('%Y-%m-%dT%H:%M:%S', time.gmtime())}.{time.time_ns() % 10**9:09d}"
+        )
+        ledger.reserve(
+            run=config.run_name,
+            run_id=self.run_id,
+            plan=self._remaining_plan(),
+            limit=self.budget.budget,
+            delta=self.budget.budget_delta,
+        )
         self._ledger = ledger
 
     def _remaining_plan(self) -> dict[str, np.ndarray]:
@@ -117,11 +129,16 @@ class AccountedMechanism(Mechanism):
             self.charged[pid] = self.charged.get(pid, 0) + rdp
         if self._ledger is not None:
             name = self.sites[site_index][0]
-            self._ledger.charge(run_id=self.run_id, site=name, unit=self.unit,
-                                rdp_by_patient={self._pseudonyms[p]: r for p, r in rdp_by_patient.items()})
+            self._ledger.charge(
+                run_id=self.run_id,
+                site=name,
+                unit=self.unit,
+                rdp_by_patient={self._pseudonyms[p]: r for p, r in rdp_by_patient.items()},
+            )
 
     def state_dict(self) -> dict[str, Any]:
-        """This run's per-patient spend so far (the ledger keeps its own rows; a resumed run charges only what it adds)."""
+        """This run's per-patient spend so far (the ledger keeps its own rows; a resumed run charges only what it
+        adds)."""
         return {"charged": {p: [float(x) for x in r] for p, r in self.charged.items()}}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
@@ -131,9 +148,13 @@ class AccountedMechanism(Mechanism):
         """This run's per-patient spend (max and mean ε at the ledger's δ) and where it was recorded."""
         delta = self.budget.budget_delta
         eps = [epsilon_from_rdp(r, delta=delta) for r in self.charged.values()]
-        out: dict[str, Any] = {"patients_charged": len(eps), "patient_epsilon_max": max(eps, default=0.0),
-                               "patient_epsilon_mean": float(np.mean(eps)) if eps else 0.0, "patient_delta": delta,
-                               "patient_composition": "RDP curves summed order by order, converted once (Opacus)"}
+        out: dict[str, Any] = {
+            "patients_charged": len(eps),
+            "patient_epsilon_max": max(eps, default=0.0),
+            "patient_epsilon_mean": float(np.mean(eps)) if eps else 0.0,
+            "patient_delta": delta,
+            "patient_composition": "RDP curves summed order by order, converted once (Opacus)",
+        }
         if self._ledger is not None:
             out["ledger"] = {"url": self.budget.ledger, "run_id": self.run_id}
         return out

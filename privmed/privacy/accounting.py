@@ -100,7 +100,9 @@ def abadi_moments_epsilon(*, q: float, noise_multiplier: float, steps: int, delt
     Only for comparing with the paper (Opacus' conversion is tighter).
     """
     lambdas = list(range(1, 33))
-    rdp = np.asarray(compute_rdp(q=q, noise_multiplier=noise_multiplier, steps=steps, orders=[lam + 1 for lam in lambdas]))
+    rdp = np.asarray(
+        compute_rdp(q=q, noise_multiplier=noise_multiplier, steps=steps, orders=[lam + 1 for lam in lambdas])
+    )
     return float(min(r + math.log(1 / delta) / lam for r, lam in zip(rdp, lambdas)))
 
 
@@ -120,7 +122,9 @@ def check_target(*, delta: float, n: int, unit: str, site: str | None = None) ->
     """Refuse δ outside (0, 1/n) for n privacy units (ε ≤ 0 is refused by the mechanisms' configs)."""
     if not 0 < delta < 1.0 / max(n, 1):
         where = f"at site {site}" if site else "in the run"
-        raise PrivmedError(f"delta={delta:g} must be in (0, 1/n) with n={n} {unit}s {where} (1/n={1 / max(n, 1):.3g}); lower delta")
+        raise PrivmedError(
+            f"delta={delta:g} must be in (0, 1/n) with n={n} {unit}s {where} (1/n={1 / max(n, 1):.3g}); lower delta"
+        )
 
 
 @lru_cache(maxsize=256)
@@ -135,15 +139,31 @@ def calibrate(*, epsilon: float, delta: float, q: float, steps: int, accountant:
     try:
         with warnings.catch_warnings():
             warnings.filterwarnings("ignore", message="Optimal order is the")  # at the extreme σ the search tries
-            return float(get_noise_multiplier(target_epsilon=epsilon, target_delta=delta, sample_rate=min(q, 1.0),
-                                              steps=int(steps), accountant=accountant, epsilon_tolerance=0.01, **extra))
+            return float(
+                get_noise_multiplier(
+                    target_epsilon=epsilon,
+                    target_delta=delta,
+                    sample_rate=min(q, 1.0),
+                    steps=int(steps),
+                    accountant=accountant,
+                    epsilon_tolerance=0.01,
+                    **extra,
+                )
+            )
     except ValueError as exc:
-        raise PrivmedError(f"cannot reach epsilon={epsilon} with delta={delta:g} in {steps} steps ({exc}); even infinite noise cannot: raise epsilon or delta") from None
+        raise PrivmedError(
+            f"cannot reach epsilon={epsilon} with delta={delta:g} in {steps} steps ({exc}); even infinite noise "
+            "cannot: raise epsilon or delta"
+        ) from None
 
 
-def check_reachable(*, epsilon: float, delta: float, q: float, steps: int, noise_multiplier: float, accountant: str) -> None:
+def check_reachable(
+    *, epsilon: float, delta: float, q: float, steps: int, noise_multiplier: float, accountant: str
+) -> None:
     """With both a target and a noise level, the noise must meet the target over the planned steps."""
     got = epsilon_sgm(q=q, noise_multiplier=noise_multiplier, steps=steps, delta=delta, accountant=accountant)
     if got > epsilon * 1.0001:
-        raise PrivmedError(f"noise_multiplier={noise_multiplier} gives epsilon={got:.3g} over the {steps} planned steps, "
-                           f"above the target {epsilon}; raise noise_multiplier or give only one of them")
+        raise PrivmedError(
+            f"noise_multiplier={noise_multiplier} gives epsilon={got:.3g} over the {steps} planned steps, "
+            f"above the target {epsilon}; raise noise_multiplier or give only one of them"
+        )

@@ -48,15 +48,21 @@ def load_key(path: str | Path) -> bytes:
     except FileNotFoundError:
         raise PrivmedError(f"key file {p} does not exist; create one with privmed.privacy.aes_keys.write_key") from None
     except OSError as exc:
-        why = "is a symbolic link; give the path of the key file itself" if exc.errno == errno.ELOOP else f"cannot be opened ({exc.strerror})"
+        why = (
+            "is a symbolic link; give the path of the key file itself"
+            if exc.errno == errno.ELOOP
+            else f"cannot be opened ({exc.strerror})"
+        )
         raise PrivmedError(f"key file {p} {why}") from None
     try:
         st = os.fstat(fd)
         if not stat.S_ISREG(st.st_mode):
             raise PrivmedError(f"key file {p} is not a regular file; give the path of a file written by write_key")
         if st.st_uid != os.geteuid():
-            raise PrivmedError(f"key file {p} is owned by uid {st.st_uid}, not by this user (uid {os.geteuid()}); "
-                               "use a key file of your own (copy it, then chmod 600)")
+            raise PrivmedError(
+                f"key file {p} is owned by uid {st.st_uid}, not by this user (uid {os.geteuid()}); "
+                "use a key file of your own (copy it, then chmod 600)"
+            )
         mode = stat.S_IMODE(st.st_mode)
         if mode & 0o077:
             raise PrivmedError(f"key file {p} is accessible by group or others (mode {mode:o}); run: chmod 600 {p}")
@@ -68,7 +74,9 @@ def load_key(path: str | Path) -> bytes:
     text = raw[:KEY_FILE_MAX_BYTES].decode("utf-8", errors="replace").strip()
     if len(raw) > KEY_FILE_MAX_BYTES or not re.fullmatch(r"[0-9a-fA-F]{64}", text):
         found = f"more than {KEY_FILE_MAX_BYTES} bytes" if len(raw) > KEY_FILE_MAX_BYTES else f"{len(text)} characters"
-        raise PrivmedError(f"key file {p} must hold one 256-bit AES key as 64 hex digits; found {found}, not 64 hex digits")
+        raise PrivmedError(
+            f"key file {p} must hold one 256-bit AES key as 64 hex digits; found {found}, not 64 hex digits"
+        )
     return bytes.fromhex(text)
 
 
@@ -90,12 +98,14 @@ def seal(plaintext: bytes, *, key: bytes, sender: str) -> bytes:
 def open_sealed(blob: bytes, *, key: bytes, receiver: str) -> bytes:
     """Decrypt and authenticate; a tampered or foreign blob raises PrivmedError naming both sites."""
     n = int.from_bytes(blob[:2], "big")
-    name, nonce, body = blob[2:2 + n], blob[2 + n:2 + n + NONCE_BYTES], blob[2 + n + NONCE_BYTES:]
+    name, nonce, body = blob[2 : 2 + n], blob[2 + n : 2 + n + NONCE_BYTES], blob[2 + n + NONCE_BYTES :]
     try:
         return AESGCM(key).decrypt(nonce, body, name)
     except (InvalidTag, ValueError):
-        raise PrivmedError(f"{receiver}: weights from {name.decode(errors='replace')!r} failed authentication "
-                           "(tampered in transit or sealed under another key)") from None
+        raise PrivmedError(
+            f"{receiver}: weights from {name.decode(errors='replace')!r} failed authentication "
+            "(tampered in transit or sealed under another key)"
+        ) from None
 
 
 class PairwiseKeys:

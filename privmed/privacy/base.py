@@ -73,7 +73,8 @@ class Mechanism:
         return predictor
 
     def one_step_per_call(self) -> None:
-        """Make each training call one step over the data it is given (the inversion probe's victim); DP trainers only."""
+        """Make each training call one step over the data it is given (the inversion probe's victim); DP trainers
+        only."""
 
     def report(self) -> dict[str, Any]:
         return {"epsilon": None, "delta": None, "unit": None}

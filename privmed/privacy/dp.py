@@ -60,13 +60,17 @@ class DPSGDConfig:
     grad_sample_mode: str = "hooks"
 
     def __post_init__(self) -> None:
-        check_dp_settings(epsilon=self.epsilon, noise_multiplier=self.noise_multiplier, delta=self.delta, mechanism="DP")
+        check_dp_settings(
+            epsilon=self.epsilon, noise_multiplier=self.noise_multiplier, delta=self.delta, mechanism="DP"
+        )
         if not self.max_grad_norm > 0:
             raise PrivmedError(f"max_grad_norm must be > 0, got {self.max_grad_norm}")
         if self.accountant not in ACCOUNTANTS:
             raise PrivmedError(f"unknown accountant {self.accountant!r}; valid accountants: {', '.join(ACCOUNTANTS)}")
         if self.grad_sample_mode not in GRAD_SAMPLE_MODES:
-            raise PrivmedError(f"unknown grad_sample_mode {self.grad_sample_mode!r}; valid: {', '.join(GRAD_SAMPLE_MODES)}")
+            raise PrivmedError(
+                f"unknown grad_sample_mode {self.grad_sample_mode!r}; valid: {', '.join(GRAD_SAMPLE_MODES)}"
+            )
 
 
 def steps_per_epoch(n: int, batch_size: int) -> int:
@@ -85,8 +89,12 @@ def check_model(model: torch.nn.Module, name: str) -> None:
 
     errors = ModuleValidator.validate(model, strict=False)
     if errors:
-        raise PrivmedError(f"model {name!r} has layers Opacus cannot make private as they are ({errors[0]}); Opacus would replace them "
-                           "(e.g. BatchNorm -> GroupNorm), changing the weights every party exchanges; use a DP-ready model such as --model cnn (GroupNorm)")
+        raise PrivmedError(
+            f"model {name!r} has layers Opacus cannot make private as they are ({errors[0]}); Opacus would replace "
+            "them "
+            "(e.g. BatchNorm -> GroupNorm), changing the weights every party exchanges; use a DP-ready model such as "
+            "--model cnn (GroupNorm)"
+        )
 
 
 class DPSGD(AccountedMechanism):
@@ -116,9 +124,18 @@ class DPSGD(AccountedMechanism):
             steps = round(1 / q) * plan.epochs[i]
             sigma = cfg.noise_multiplier
             if sigma is None:
-                sigma = calibrate(epsilon=cfg.epsilon, delta=cfg.delta, q=q, steps=max(steps, 1), accountant=cfg.accountant)
+                sigma = calibrate(
+                    epsilon=cfg.epsilon, delta=cfg.delta, q=q, steps=max(steps, 1), accountant=cfg.accountant
+                )
             elif cfg.epsilon is not None and steps:
-                check_reachable(epsilon=cfg.epsilon, delta=cfg.delta, q=q, steps=steps, noise_multiplier=sigma, accountant=cfg.accountant)
+                check_reachable(
+                    epsilon=cfg.epsilon,
+                    delta=cfg.delta,
+                    q=q,
+                    steps=steps,
+                    noise_multiplier=sigma,
+                    accountant=cfg.accountant,
+                )
             self.sigma.append(sigma)
             self.sample_rate.append(q)
             self.planned_steps.append(steps)
@@ -142,8 +159,10 @@ class DPSGD(AccountedMechanism):
         ids, counts = np.unique(self.sites[site_index][1].patient_ids, return_counts=True)
         q, sigma = self.sample_rate[site_index], self.sigma[site_index]
         one = rdp_sgm(q=q, noise_multiplier=sigma, steps=steps)
-        return {str(p): one if k == 1 else rdp_group_gaussian(group_size=int(k), noise_multiplier=sigma, steps=steps)
-                for p, k in zip(ids, counts)}
+        return {
+            str(p): one if k == 1 else rdp_group_gaussian(group_size=int(k), noise_multiplier=sigma, steps=steps)
+            for p, k in zip(ids, counts)
+        }
 
     def planned_rdp(self, site_index: int) -> dict[str, np.ndarray]:
         return self.patient_rdp(site_index, self.planned_steps[site_index])
@@ -152,12 +171,27 @@ class DPSGD(AccountedMechanism):
         if not self.accountants:
             raise PrivmedError("DP-SGD was not prepared: call check(plan) before building the sites")
 
-        def train(model: torch.nn.Module, data: Any, *, task: str, epochs: int, batch_size: int, lr: float, seed: int) -> dict[str, float]:
-            return self._train(site_index, model, data, task=task, epochs=epochs, batch_size=batch_size, lr=lr, seed=seed)
+        def train(
+            model: torch.nn.Module, data: Any, *, task: str, epochs: int, batch_size: int, lr: float, seed: int
+        ) -> dict[str, float]:
+            return self._train(
+                site_index, model, data, task=task, epochs=epochs, batch_size=batch_size, lr=lr, seed=seed
+            )
 
         return train
 
-    def _train(self, i: int, model: torch.nn.Module, data: Any, *, task: str, epochs: int, batch_size: int, lr: float, seed: int) -> dict[str, float]:
+    def _train(
+        self,
+        i: int,
+        model: torch.nn.Module,
+        data: Any,
+        *,
+        task: str,
+        epochs: int,
+        batch_size: int,
+        lr: float,
+        seed: int,
+    ) -> dict[str, float]:
         from opacus import PrivacyEngine
         from opacus.data_loader import DPDataLoader
         from torch.utils.data import DataLoader, TensorDataset
@@ -175,9 +209,15 @@ class DPSGD(AccountedMechanism):
             engine = PrivacyEngine(accountant=self.cfg.accountant)
             engine.accountant = self.accountants[i]  # one accountant per site, across all its visits
             module, opt, loader = engine.make_private(
-                module=model, optimizer=torch.optim.Adam(model.parameters(), lr=lr), data_loader=loader,
-                noise_multiplier=self.sigma[i], max_grad_norm=self.cfg.max_grad_norm, poisson_sampling=False,
-                noise_generator=gen, grad_sample_mode=self.cfg.grad_sample_mode)
+                module=model,
+                optimizer=torch.optim.Adam(model.parameters(), lr=lr),
+                data_loader=loader,
+                noise_multiplier=self.sigma[i],
+                max_grad_norm=self.cfg.max_grad_norm,
+                poisson_sampling=False,
+                noise_generator=gen,
+                grad_sample_mode=self.cfg.grad_sample_mode,
+            )
         module.train()
         steps, total, count = 0, 0.0, 0
         try:
@@ -190,7 +230,9 @@ class DPSGD(AccountedMechanism):
                         out = module(x)  # also on an empty Poisson batch: Opacus needs its (empty) per-sample gradients
                         loss = batch_loss(criterion, out, y, task) if len(x) else out.sum() * 0
                         if not torch.isfinite(loss):
-                            raise DivergedError("DP training diverged (non-finite loss); lower the learning rate (--lr)")
+                            raise DivergedError(
+                                "DP training diverged (non-finite loss); lower the learning rate (--lr)"
+                            )
                         loss.backward()
                         opt.step()
                         steps += 1
@@ -213,11 +255,18 @@ class DPSGD(AccountedMechanism):
 
     def report(self) -> dict[str, Any]:
         per_site = {name: self.site_epsilon(i) for i, (name, _) in enumerate(self.sites)}
-        return {"epsilon": max(per_site.values(), default=0.0), "delta": self.cfg.delta, "unit": self.unit,
-                "accountant": self.cfg.accountant, "per_site_epsilon": per_site,
-                "noise_multiplier": dict(zip(per_site, self.sigma)), "max_grad_norm": self.cfg.max_grad_norm,
-                "target_epsilon": self.cfg.epsilon, "composition": "per site over all its visits (parallel across disjoint sites)",
-                **self.patient_report()}
+        return {
+            "epsilon": max(per_site.values(), default=0.0),
+            "delta": self.cfg.delta,
+            "unit": self.unit,
+            "accountant": self.cfg.accountant,
+            "per_site_epsilon": per_site,
+            "noise_multiplier": dict(zip(per_site, self.sigma)),
+            "max_grad_norm": self.cfg.max_grad_norm,
+            "target_epsilon": self.cfg.epsilon,
+            "composition": "per site over all its visits (parallel across disjoint sites)",
+            **self.patient_report(),
+        }
 
 
 def make(options: dict[str, Any]) -> DPSGD:

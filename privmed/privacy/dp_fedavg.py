@@ -61,7 +61,9 @@ class DPFedAvgConfig:
     delta: float = 1e-5
 
     def __post_init__(self) -> None:
-        check_dp_settings(epsilon=self.epsilon, noise_multiplier=self.noise_multiplier, delta=self.delta, mechanism="DP-FedAvg")
+        check_dp_settings(
+            epsilon=self.epsilon, noise_multiplier=self.noise_multiplier, delta=self.delta, mechanism="DP-FedAvg"
+        )
         if not self.clipping_norm > 0:
             raise PrivmedError(f"clipping_norm must be > 0, got {self.clipping_norm}")
         if self.side not in SIDES or self.clipping not in CLIPPINGS:
@@ -103,7 +105,14 @@ class DPFedAvg(AccountedMechanism):
         else:
             self.sigma = cfg.noise_multiplier
             if cfg.epsilon is not None:
-                check_reachable(epsilon=cfg.epsilon, delta=cfg.delta, q=1.0, steps=rounds, noise_multiplier=self.sigma, accountant="rdp")
+                check_reachable(
+                    epsilon=cfg.epsilon,
+                    delta=cfg.delta,
+                    q=1.0,
+                    steps=rounds,
+                    noise_multiplier=self.sigma,
+                    accountant="rdp",
+                )
 
     @property
     def count_stddev(self) -> float:
@@ -126,8 +135,14 @@ class DPFedAvg(AccountedMechanism):
         cls = getattr(s, f"DifferentialPrivacy{cfg.side.title()}Side{cfg.clipping.title()}Clipping")
         if cfg.clipping == "fixed":
             return cls(strategy, noise_multiplier=self.sigma, clipping_norm=cfg.clipping_norm, num_sampled_clients=n)
-        return cls(strategy, noise_multiplier=self.sigma, num_sampled_clients=n, initial_clipping_norm=cfg.clipping_norm,
-                   target_clipped_quantile=cfg.target_quantile, clipped_count_stddev=self.count_stddev)
+        return cls(
+            strategy,
+            noise_multiplier=self.sigma,
+            num_sampled_clients=n,
+            initial_clipping_norm=cfg.clipping_norm,
+            target_clipped_quantile=cfg.target_quantile,
+            clipped_count_stddev=self.count_stddev,
+        )
 
     def client_mods(self, site_index: int) -> list[Mod]:
         from flwr.clientapp.mod import adaptiveclipping_mod, fixedclipping_mod
@@ -154,11 +169,19 @@ class DPFedAvg(AccountedMechanism):
 
     def report(self) -> dict[str, Any]:
         rounds = max(self.rounds_done.values(), default=0)
-        return {"epsilon": epsilon_from_rdp(self.round_rdp(rounds), delta=self.cfg.delta), "delta": self.cfg.delta,
-                "unit": self.unit, "accountant": "rdp (Opacus; Flower's needs flwr[dp])", "noise_multiplier": self.sigma,
-                "target_epsilon": self.cfg.epsilon,
-                "clipping": f"{self.cfg.side}-side {self.cfg.clipping}", "clipping_norm": self.cfg.clipping_norm,
-                "rounds_accounted": rounds, "site_sampling_rate": 1.0, **self.patient_report()}
+        return {
+            "epsilon": epsilon_from_rdp(self.round_rdp(rounds), delta=self.cfg.delta),
+            "delta": self.cfg.delta,
+            "unit": self.unit,
+            "accountant": "rdp (Opacus; Flower's needs flwr[dp])",
+            "noise_multiplier": self.sigma,
+            "target_epsilon": self.cfg.epsilon,
+            "clipping": f"{self.cfg.side}-side {self.cfg.clipping}",
+            "clipping_norm": self.cfg.clipping_norm,
+            "rounds_accounted": rounds,
+            "site_sampling_rate": 1.0,
+            **self.patient_report(),
+        }
 
 
 def make(options: dict[str, Any]) -> DPFedAvg:

@@ -62,7 +62,7 @@ def pack(ints: np.ndarray, *, width: int, per_plaintext: int) -> list[int]:
     out = []
     for start in range(0, len(ints), per_plaintext):
         acc = 0
-        for v in reversed(ints[start:start + per_plaintext].tolist()):
+        for v in reversed(ints[start : start + per_plaintext].tolist()):
             acc = (acc << width) | v
         out.append(acc)
     return out

@@ -60,18 +60,27 @@ def _whole(value) -> bool:
 class CKKSKeyring(Keyring):
     scheme = "ckks"
 
-    def __init__(self, *, max_summands: int, poly_modulus_degree: int = POLY_MODULUS_DEGREE, scale_bits: int = SCALE_BITS) -> None:
+    def __init__(
+        self, *, max_summands: int, poly_modulus_degree: int = POLY_MODULUS_DEGREE, scale_bits: int = SCALE_BITS
+    ) -> None:
         if not _whole(poly_modulus_degree) or int(poly_modulus_degree) not in POLY_MODULUS_DEGREES:
-            raise PrivmedError(f"CKKS poly_modulus_degree must be one of {', '.join(map(str, POLY_MODULUS_DEGREES))} "
-                               f"(got {poly_modulus_degree})")
+            raise PrivmedError(
+                f"CKKS poly_modulus_degree must be one of {', '.join(map(str, POLY_MODULUS_DEGREES))} "
+                f"(got {poly_modulus_degree})"
+            )
         hi = max_scale_bits(max_summands)
         if not _whole(scale_bits) or not MIN_SCALE_BITS <= int(scale_bits) <= hi:
-            raise PrivmedError(f"CKKS scale_bits must be a whole number from {MIN_SCALE_BITS} to {hi} for {max_summands} sites "
-                               f"(a sum of {max_summands} values up to {MAX_ABS:g} must stay below the "
-                               f"{COEFF_MOD_BIT_SIZES[0]}-bit modulus), got {scale_bits}")
+            raise PrivmedError(
+                f"CKKS scale_bits must be a whole number from {MIN_SCALE_BITS} to {hi} for {max_summands} sites "
+                f"(a sum of {max_summands} values up to {MAX_ABS:g} must stay below the "
+                f"{COEFF_MOD_BIT_SIZES[0]}-bit modulus), got {scale_bits}"
+            )
         self.max_summands = int(max_summands)
-        self._ctx = ts.context(ts.SCHEME_TYPE.CKKS, poly_modulus_degree=int(poly_modulus_degree),
-                               coeff_mod_bit_sizes=list(COEFF_MOD_BIT_SIZES))
+        self._ctx = ts.context(
+            ts.SCHEME_TYPE.CKKS,
+            poly_modulus_degree=int(poly_modulus_degree),
+            coeff_mod_bit_sizes=list(COEFF_MOD_BIT_SIZES),
+        )
         self._ctx.global_scale = 2.0 ** int(scale_bits)
         self._slots = int(poly_modulus_degree) // 2  # one ciphertext per poly_modulus_degree/2 values (the CKKS slots)
         pub = self._ctx.copy()
@@ -84,10 +93,12 @@ class CKKSKeyring(Keyring):
     def encrypt(self, vector: np.ndarray) -> bytes:
         v = np.asarray(vector, dtype=np.float64)
         if v.size and not np.abs(v).max() <= MAX_ABS:  # also refuses NaN
-            raise PrivmedError(f"a value of magnitude {np.abs(v).max():.3g} exceeds the CKKS bound {MAX_ABS:g}: "
-                               f"a sum of {self.max_summands} such values could wrap; not encrypted")
+            raise PrivmedError(
+                f"a value of magnitude {np.abs(v).max():.3g} exceeds the CKKS bound {MAX_ABS:g}: "
+                f"a sum of {self.max_summands} such values could wrap; not encrypted"
+            )
         slots = self._slots
-        return join([ts.ckks_vector(self._ctx, v[i:i + slots].tolist()).serialize() for i in range(0, v.size, slots)])
+        return join([ts.ckks_vector(self._ctx, v[i : i + slots].tolist()).serialize() for i in range(0, v.size, slots)])
 
     def decrypt(self, ciphertext: bytes, *, n_values: int, count: int) -> np.ndarray:
         if count > self.max_summands:
@@ -106,7 +117,9 @@ class CKKSAggregator(Aggregator):
         super().__init__(public)
         self.context = ts.context_from(public)
         if self.context.has_secret_key():
-            raise PrivmedError("the coordinator was given a CKKS context with the secret key; give it the public context only")
+            raise PrivmedError(
+                "the coordinator was given a CKKS context with the secret key; give it the public context only"
+            )
 
     def check(self, ciphertext: bytes, *, n_values: int) -> str | None:
         try:
@@ -134,9 +147,9 @@ def split(blob: bytes) -> list[bytes]:
     """Inverse of :func:`join`; a truncated blob raises ValueError."""
     parts, i = [], 0
     while i < len(blob):
-        n = int.from_bytes(blob[i:i + 4], "big")
+        n = int.from_bytes(blob[i : i + 4], "big")
         if i + 4 + n > len(blob):
             raise ValueError("truncated ciphertext stream")
-        parts.append(blob[i + 4:i + 4 + n])
+        parts.append(blob[i + 4 : i + 4 + n])
         i += 4 + n
     return parts

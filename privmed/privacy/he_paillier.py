@@ -59,11 +59,18 @@ class PaillierKeyring(Keyring):
 
     def __init__(self, *, max_summands: int, key_bits: int = 2048, bits: int = 20, clip: float = 2.0) -> None:
         if key_bits < 1024 or not 4 <= bits <= 52 or not clip > 0:
-            raise PrivmedError(f"Paillier needs key_bits >= 1024, 4 <= bits <= 52, clip > 0 (got {key_bits}, {bits}, {clip})")
+            raise PrivmedError(
+                f"Paillier needs key_bits >= 1024, 4 <= bits <= 52, clip > 0 (got {key_bits}, {bits}, {clip})"
+            )
         self._pk, self._sk = phe.generate_paillier_keypair(n_length=key_bits)
         self.bits, self.clip = int(bits), float(clip)
-        self._desc = {"scheme": self.scheme, "n": format(self._pk.n, "x"), "bits": self.bits, "clip": self.clip,
-                      "max_summands": int(max_summands)}
+        self._desc = {
+            "scheme": self.scheme,
+            "n": format(self._pk.n, "x"),
+            "bits": self.bits,
+            "clip": self.clip,
+            "max_summands": int(max_summands),
+        }
         self.width, self.per_plaintext, self.ct_bytes = _layout(self._desc)
         p, q = gmpy2.mpz(self._sk.p), gmpy2.mpz(self._sk.q)
         self._crt = (p * p, q * q, self._pk.n % (p * (p - 1)), self._pk.n % (q * (q - 1)), gmpy2.invert(p * p, q * q))
@@ -87,9 +94,13 @@ class PaillierKeyring(Keyring):
 
     def decrypt(self, ciphertext: bytes, *, n_values: int, count: int) -> np.ndarray:
         if count > self._desc["max_summands"]:
-            raise PrivmedError(f"a sum of {count} updates may have overflowed slots sized for {self._desc['max_summands']}")
+            raise PrivmedError(
+                f"a sum of {count} updates may have overflowed slots sized for {self._desc['max_summands']}"
+            )
         b = self.ct_bytes
-        plains = [self._sk.raw_decrypt(int.from_bytes(ciphertext[i:i + b], "big")) for i in range(0, len(ciphertext), b)]
+        plains = [
+            self._sk.raw_decrypt(int.from_bytes(ciphertext[i : i + b], "big")) for i in range(0, len(ciphertext), b)
+        ]
         sums = unpack(plains, width=self.width, per_plaintext=self.per_plaintext, n_values=n_values)
         return dequantise(sums, clip=self.clip, bits=self.bits, count=count)
 
@@ -107,17 +118,19 @@ class PaillierAggregator(Aggregator):
     def check(self, ciphertext: bytes, *, n_values: int) -> str | None:
         expected = -(-n_values // self.per_plaintext) * self.ct_bytes
         if len(ciphertext) != expected:
-            return f"Paillier ciphertext has {len(ciphertext)} bytes, expected {expected} (truncated or another key size)"
+            return (
+                f"Paillier ciphertext has {len(ciphertext)} bytes, expected {expected} (truncated or another key size)"
+            )
         for i in range(0, len(ciphertext), self.ct_bytes):
-            c = int.from_bytes(ciphertext[i:i + self.ct_bytes], "big")
+            c = int.from_bytes(ciphertext[i : i + self.ct_bytes], "big")
             if not 0 < c < self.nsquare or gmpy2.gcd(c, self.n) != 1:
                 return "Paillier ciphertext is not a unit modulo n^2 (corrupted)"
         return None
 
     def add(self, ciphertexts: list[bytes]) -> bytes:
         b = self.ct_bytes
-        acc = [gmpy2.mpz(int.from_bytes(ciphertexts[0][i:i + b], "big")) for i in range(0, len(ciphertexts[0]), b)]
+        acc = [gmpy2.mpz(int.from_bytes(ciphertexts[0][i : i + b], "big")) for i in range(0, len(ciphertexts[0]), b)]
         for ct in ciphertexts[1:]:
             for j, i in enumerate(range(0, len(ct), b)):
-                acc[j] = (acc[j] * int.from_bytes(ct[i:i + b], "big")) % self.nsquare
+                acc[j] = (acc[j] * int.from_bytes(ct[i : i + b], "big")) % self.nsquare
         return b"".join(int(a).to_bytes(b, "big") for a in acc)

@@ -50,7 +50,7 @@ CREATE INDEX IF NOT EXISTS holds_run ON holds (run);
 def sqlite_path(url: str) -> Path:
     if not url.startswith("sqlite:///"):
         raise PrivmedError(f"unsupported ledger URL {url!r}; use sqlite:///<path> (e.g. sqlite:///runs/ledger.db)")
-    return Path(url[len("sqlite:///"):])
+    return Path(url[len("sqlite:///") :])
 
 
 class Ledger:
@@ -66,7 +66,9 @@ class Ledger:
             if row is None:
                 con.execute("INSERT OR IGNORE INTO meta VALUES ('orders', ?)", (json.dumps(list(ORDERS)),))
             elif json.loads(row[0]) != list(ORDERS):
-                raise PrivmedError(f"ledger {url} was written with other RDP orders (another Opacus version?); use a new ledger")
+                raise PrivmedError(
+                    f"ledger {url} was written with other RDP orders (another Opacus version?); use a new ledger"
+                )
         finally:
             con.close()
 
@@ -79,11 +81,17 @@ class Ledger:
     def charge(self, *, run_id: str, site: str, unit: str, rdp_by_patient: dict[str, np.ndarray]) -> None:
         """Record one site's spend for these patients, atomically."""
         now = time.time()
-        rows = [(run_id, site, p, unit, json.dumps([float(x) for x in r]), now) for p, r in rdp_by_patient.items() if np.any(r)]
+        rows = [
+            (run_id, site, p, unit, json.dumps([float(x) for x in r]), now)
+            for p, r in rdp_by_patient.items()
+            if np.any(r)
+        ]
         con = self._connect()
         try:
             con.execute("BEGIN IMMEDIATE")
-            con.executemany("INSERT INTO charges (run_id, site, patient, unit, rdp, at) VALUES (?, ?, ?, ?, ?, ?)", rows)
+            con.executemany(
+                "INSERT INTO charges (run_id, site, patient, unit, rdp, at) VALUES (?, ?, ?, ?, ?, ?)", rows
+            )
             con.execute("COMMIT")
         except BaseException:
             if con.in_transaction:  # BEGIN itself may have failed (database locked past the timeout)
@@ -93,7 +101,7 @@ class Ledger:
             con.close()
 
     def reserve(self, *, run: str, run_id: str, plan: dict[str, np.ndarray], limit: float | None, delta: float) -> None:
-        """Hold ``plan`` (pseudonym -> RDP the run will still spend), refusing the run if a patient would pass ``limit``.
+        """Hold ``plan`` (pseudonym -> RDP the run will still spend); refuse the run if a patient would pass ``limit``.
 
         Spent (all charges) + other runs' holds not yet charged + this plan is
         checked and the hold written in one ``BEGIN IMMEDIATE`` transaction.
@@ -110,14 +118,20 @@ class Ledger:
                 over = {p: e - limit for p, e in after.items() if e > limit}
                 if over:
                     worst = max(over.values())
-                    running = f"; {holders} running run(s) hold part of it (privmed budget lists them)" if holders else ""
+                    running = (
+                        f"; {holders} running run(s) hold part of it (privmed budget lists them)" if holders else ""
+                    )
                     raise PrivmedError(
                         f"refused before training: {len(over)} of {len(plan)} patients would exceed the privacy budget "
-                        f"ε={limit:g} (δ={delta:g}), by up to {worst:.3g} (worst would reach ε={limit + worst:.3g}){running}; "
-                        "lower the rounds/epochs, raise the noise, or leave those patients out")
+                        f"ε={limit:g} (δ={delta:g}), by up to {worst:.3g} (worst would reach "
+                        f"ε={limit + worst:.3g}){running}; "
+                        "lower the rounds/epochs, raise the noise, or leave those patients out"
+                    )
             now = time.time()
-            con.executemany("INSERT INTO holds (run, run_id, patient, rdp, at) VALUES (?, ?, ?, ?, ?)",
-                            [(run, run_id, p, json.dumps([float(x) for x in r]), now) for p, r in plan.items() if np.any(r)])
+            con.executemany(
+                "INSERT INTO holds (run, run_id, patient, rdp, at) VALUES (?, ?, ?, ?, ?)",
+                [(run, run_id, p, json.dumps([float(x) for x in r]), now) for p, r in plan.items() if np.any(r)],
+            )
             con.execute("COMMIT")
         except BaseException:
             if con.in_transaction:
@@ -184,15 +198,24 @@ class Ledger:
         """Per patient: ε spent (composed), what is left under ``limit``, and how many runs charged them."""
         con = self._connect()
         try:
-            counts = dict(con.execute("SELECT patient, COUNT(DISTINCT run_id) FROM charges GROUP BY patient").fetchall())
+            counts = dict(
+                con.execute("SELECT patient, COUNT(DISTINCT run_id) FROM charges GROUP BY patient").fetchall()
+            )
             sites = dict(con.execute("SELECT patient, COUNT(DISTINCT site) FROM charges GROUP BY patient").fetchall())
         finally:
             con.close()
         rows = []
         for p, rdp in sorted(self.spent_rdp().items()):
             eps = epsilon_from_rdp(rdp, delta=delta)
-            rows.append({"patient": p, "epsilon": eps, "remaining": None if limit is None else limit - eps,
-                         "runs": counts.get(p, 0), "sites": sites.get(p, 0)})
+            rows.append(
+                {
+                    "patient": p,
+                    "epsilon": eps,
+                    "remaining": None if limit is None else limit - eps,
+                    "runs": counts.get(p, 0),
+                    "sites": sites.get(p, 0),
+                }
+            )
         return rows
 
 
@@ -204,8 +227,14 @@ def budget_report(url: str, *, limit: float | None, delta: float = 1e-5) -> dict
     ledger = Ledger(url)
     rows = sorted(ledger.summary(delta=delta, limit=limit), key=lambda r: -r["epsilon"])
     eps = [r["epsilon"] for r in rows]
-    total = {"patients": len(rows), "runs": len(ledger.runs()), "epsilon_max": max(eps, default=0.0),
-             "epsilon_mean": float(np.mean(eps)) if eps else 0.0, "delta": delta, "limit": limit,
-             "patients_over_limit": None if limit is None else sum(e > limit for e in eps),
-             "remaining_min": None if limit is None else limit - max(eps, default=0.0)}
+    total = {
+        "patients": len(rows),
+        "runs": len(ledger.runs()),
+        "epsilon_max": max(eps, default=0.0),
+        "epsilon_mean": float(np.mean(eps)) if eps else 0.0,
+        "delta": delta,
+        "limit": limit,
+        "patients_over_limit": None if limit is None else sum(e > limit for e in eps),
+        "remaining_min": None if limit is None else limit - max(eps, default=0.0),
+    }
     return {"total": total, "patients": rows, "holds": ledger.holds()}

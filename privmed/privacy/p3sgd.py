@@ -48,21 +48,33 @@ class P3SGDConfig(DPSGDConfig):
             raise PrivmedError("P3SGD needs per-sample gradients: grad_sample_mode must be hooks or functorch")
 
 
-def per_patient_clip(grads: list[torch.Tensor], patient_index: torch.Tensor, n_patients: int, max_norm: float) -> list[torch.Tensor]:
+def per_patient_clip(
+    grads: list[torch.Tensor], patient_index: torch.Tensor, n_patients: int, max_norm: float
+) -> list[torch.Tensor]:
     """Sum of per-patient mean gradients, each clipped to ``max_norm``.
 
     ``grads``: per-sample gradients [B, ...] per parameter; ``patient_index``:
     [B] patient of each sample (0..n_patients-1).
     """
     counts = torch.bincount(patient_index, minlength=n_patients).clamp_min(1).float()
-    per_patient = [torch.zeros((n_patients, *g.shape[1:])).index_add_(0, patient_index, g) / counts.view(-1, *[1] * (g.dim() - 1)) for g in grads]
+    per_patient = [
+        torch.zeros((n_patients, *g.shape[1:])).index_add_(0, patient_index, g) / counts.view(-1, *[1] * (g.dim() - 1))
+        for g in grads
+    ]
     norms = torch.sqrt(sum(p.flatten(1).pow(2).sum(1) for p in per_patient))
     scale = (max_norm / (norms + 1e-6)).clamp(max=1.0)
     return [(p * scale.view(-1, *[1] * (p.dim() - 1))).sum(0) for p in per_patient]
 
 
-def patient_gradients(module: torch.nn.Module, criterion: torch.nn.Module, x: torch.Tensor, y: torch.Tensor,
-                      patients: torch.Tensor, n_patients: int, max_norm: float) -> tuple[list[torch.Tensor], float]:
+def patient_gradients(
+    module: torch.nn.Module,
+    criterion: torch.nn.Module,
+    x: torch.Tensor,
+    y: torch.Tensor,
+    patients: torch.Tensor,
+    n_patients: int,
+    max_norm: float,
+) -> tuple[list[torch.Tensor], float]:
     """Sum over patients of each patient's clipped mean gradient, and the summed loss.
 
     ``module`` is an Opacus ``GradSampleModule`` with ``loss_reduction="sum"``
@@ -88,7 +100,9 @@ class P3SGD(DPSGD):
 
     def prepare(self, plan: Plan) -> None:
         if plan.config.task != "classification":
-            raise PrivmedError("p3sgd needs a per-image loss: it supports --task classification only (use dp-sgd for segmentation)")
+            raise PrivmedError(
+                "p3sgd needs a per-image loss: it supports --task classification only (use dp-sgd for segmentation)"
+            )
         super().prepare(plan)
 
     def sampling(self, data: Any, batch_size: int) -> tuple[int, str, float]:
@@ -102,7 +116,18 @@ class P3SGD(DPSGD):
         rdp = rdp_sgm(q=self.sample_rate[site_index], noise_multiplier=self.sigma[site_index], steps=steps)
         return {str(p): rdp for p in np.unique(self.sites[site_index][1].patient_ids)}
 
-    def _train(self, i: int, model: torch.nn.Module, data: Any, *, task: str, epochs: int, batch_size: int, lr: float, seed: int) -> dict[str, float]:
+    def _train(
+        self,
+        i: int,
+        model: torch.nn.Module,
+        data: Any,
+        *,
+        task: str,
+        epochs: int,
+        batch_size: int,
+        lr: float,
+        seed: int,
+    ) -> dict[str, float]:
         from opacus import GradSampleModule
 
         from privmed.tasks import DivergedError, loss_fn, targets
@@ -128,7 +153,9 @@ class P3SGD(DPSGD):
                 remap = torch.cumsum(chosen.long(), 0) - 1
                 summed = [torch.zeros_like(p) for p in params]
                 if len(idx):
-                    summed, loss = patient_gradients(module, criterion, x_all[idx], y_all[idx], remap[patient_of[idx]], int(chosen.sum()), c)
+                    summed, loss = patient_gradients(
+                        module, criterion, x_all[idx], y_all[idx], remap[patient_of[idx]], int(chosen.sum()), c
+                    )
                     if not math.isfinite(loss):
                         raise DivergedError("P3SGD diverged (non-finite loss); lower the learning rate (--lr)")
                     total, count = total + loss, count + len(idx)

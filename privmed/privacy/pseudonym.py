@@ -36,11 +36,16 @@ def new_key(path: str | Path) -> Path:
 
 def load_key(path: str | Path | None) -> bytes:
     if path is None:
-        raise PrivmedError("the budget ledger needs the hospitals' shared pseudonym key: give ledger_key=<path> "
-                           "(create one with `privmed budget --new-key <path>`)")
+        raise PrivmedError(
+            "the budget ledger needs the hospitals' shared pseudonym key: give ledger_key=<path> "
+            "(create one with `privmed budget --new-key <path>`)"
+        )
     p = Path(path)
     if not p.is_file():
-        raise PrivmedError(f"pseudonym key file {p} not found; create it with `privmed budget --new-key {p}` and share it with the hospitals")
+        raise PrivmedError(
+            f"pseudonym key file {p} not found; create it with `privmed budget --new-key {p}` and share it with the "
+            "hospitals"
+        )
     key = p.read_bytes()
     if len(key) < 16:
         raise PrivmedError(f"pseudonym key file {p} holds {len(key)} bytes; a key needs at least 16 (make a new one)")

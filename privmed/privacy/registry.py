@@ -27,8 +27,10 @@ MECHANISMS: dict[str, Callable[[dict[str, Any]], Mechanism]] = {
 
 def _no_mechanism(options: dict[str, Any]) -> Mechanism:
     if options:  # e.g. --epsilon without --privacy: never train without the protection asked for
-        raise PrivmedError(f"privacy options {', '.join(sorted(options))} given without a mechanism; add --privacy NAME "
-                           f"(one of {', '.join(n for n in MECHANISMS if n != 'none')})")
+        raise PrivmedError(
+            f"privacy options {', '.join(sorted(options))} given without a mechanism; add --privacy NAME "
+            f"(one of {', '.join(n for n in MECHANISMS if n != 'none')})"
+        )
     return Mechanism()
 
 

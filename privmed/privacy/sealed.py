@@ -38,7 +38,7 @@ def unflatten(vector: np.ndarray, layout: str) -> ArrayRecord:
         raise PrivmedError(f"decrypted vector has {vector.size} values, the model layout needs {sum(sizes)}")
     out, i = {}, 0
     for (name, dtype, shape), n in zip(entries, sizes):
-        chunk = vector[i:i + n].reshape(shape)
+        chunk = vector[i : i + n].reshape(shape)
         out[name] = Array(np.rint(chunk).astype(dtype) if np.dtype(dtype).kind in "iu" else chunk.astype(dtype))
         i += n
     return ArrayRecord(out)

@@ -60,13 +60,24 @@ class TrainInstruction:
     seed: int = 0  # the round's seed for the site's local shuffling (not privacy randomness)
     server_round: int = 0
 
-    KEYS = {"local_epochs": "local-epochs", "lr": "lr", "batch_size": "batch-size", "seed": "seed", "server_round": "server-round"}
+    KEYS = {
+        "local_epochs": "local-epochs",
+        "lr": "lr",
+        "batch_size": "batch-size",
+        "seed": "seed",
+        "server_round": "server-round",
+    }
 
     def to_record(self) -> ConfigRecord:
-        return ConfigRecord({
-            "local-epochs": int(self.local_epochs), "lr": float(self.lr), "batch-size": int(self.batch_size),
-            "seed": int(self.seed), "server-round": int(self.server_round),
-        })
+        return ConfigRecord(
+            {
+                "local-epochs": int(self.local_epochs),
+                "lr": float(self.lr),
+                "batch-size": int(self.batch_size),
+                "seed": int(self.seed),
+                "server-round": int(self.server_round),
+            }
+        )
 
     @classmethod
     def from_record(cls, record: ConfigRecord) -> TrainInstruction:
@@ -97,8 +108,13 @@ class ProtocolContext:  # pylint: disable=too-many-instance-attributes
 
     def round_config(self, rnd: int, *, epochs: int | None = None) -> ConfigRecord:
         s = self.settings
-        return TrainInstruction(local_epochs=int(epochs or s.local_epochs), lr=s.lr, batch_size=s.batch_size,
-                                seed=self.round_seed(rnd), server_round=rnd).to_record()
+        return TrainInstruction(
+            local_epochs=int(epochs or s.local_epochs),
+            lr=s.lr,
+            batch_size=s.batch_size,
+            seed=self.round_seed(rnd),
+            server_round=rnd,
+        ).to_record()
 
     def reject(self, rnd: int, node: int, reason: str) -> None:
         self.rejections.append({"round": rnd, "node": int(node), "reason": reason})
@@ -156,9 +172,13 @@ class ProtocolSpec:
             raise ValueError(f"{self.name}: traffic must be one of {TRAFFIC}, got {self.traffic!r}")
 
 
-def train_at(ctx: ProtocolContext, node: int, arrays: ArrayRecord, rnd: int, *, epochs: int | None = None) -> ArrayRecord | None:
+def train_at(
+    ctx: ProtocolContext, node: int, arrays: ArrayRecord, rnd: int, *, epochs: int | None = None
+) -> ArrayRecord | None:
     """Send ``arrays`` to one site to train; return its weights, or None if rejected."""
-    msg = Message(RecordDict({"arrays": arrays, "config": ctx.round_config(rnd, epochs=epochs)}), node, "train", group_id=str(rnd))
+    msg = Message(
+        RecordDict({"arrays": arrays, "config": ctx.round_config(rnd, epochs=epochs)}), node, "train", group_id=str(rnd)
+    )
     replies = list(ctx.grid.send_and_receive([msg]))
     if not replies:
         ctx.reject(rnd, node, "no reply")

@@ -46,5 +46,11 @@ def run(ctx: ProtocolContext) -> ProtocolOutput:
     return ProtocolOutput(arrays)
 
 
-SPEC = ProtocolSpec(name="cwt", technique="chang2018-cwt", run=run, coordinator_sees="the model weights after every site visit",
-                    schedule="sequential", options=CWTOptions)
+SPEC = ProtocolSpec(
+    name="cwt",
+    technique="chang2018-cwt",
+    run=run,
+    coordinator_sees="the model weights after every site visit",
+    schedule="sequential",
+    options=CWTOptions,
+)

@@ -90,7 +90,9 @@ def select(delta: np.ndarray, opts: DSSGDOptions, rng: np.random.Generator) -> t
     return idx.astype(np.int64), d[idx].astype(np.float32)
 
 
-def svt(d: np.ndarray, *, c: int, gamma: float, tau: float, epsilon: float, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
+def svt(
+    d: np.ndarray, *, c: int, gamma: float, tau: float, epsilon: float, rng: np.random.Generator
+) -> tuple[np.ndarray, np.ndarray]:
     """Sparse vector technique: up to c indices with noisy |Δw| above a noisy τ, released with Laplace noise."""
     sens, e1, e2 = 2 * gamma, epsilon * 8 / 9, epsilon / 9
     threshold = tau + rng.laplace(scale=2 * c * sens / e1)
@@ -148,8 +150,12 @@ def site_mod(site_index: int, options: DSSGDOptions | None = None):
         else:
             down = msg.content["down"]
             state.local[down["idx"].numpy()] = down["val"].numpy()
-        inner = Message(RecordDict({"arrays": _unflat(state.local, state.template), "config": cfg}), msg.metadata.dst_node_id,
-                        "train", group_id=msg.metadata.group_id)
+        inner = Message(
+            RecordDict({"arrays": _unflat(state.local, state.template), "config": cfg}),
+            msg.metadata.dst_node_id,
+            "train",
+            group_id=msg.metadata.group_id,
+        )
         reply = call_next(inner, ctx)
         if reply.has_error():
             return reply
@@ -199,7 +205,9 @@ def run(ctx: ProtocolContext) -> ProtocolOutput:
             uploads[node] += 1
         ctx.state.update(counts=counts, uploads={str(k): v for k, v in uploads.items()})
         ctx.evaluate_fn(rnd, _unflat(glob, template))
-    return ProtocolOutput(_unflat(glob, template), measured={"privacy": _privacy(opts, max(uploads.values(), default=0))})
+    return ProtocolOutput(
+        _unflat(glob, template), measured={"privacy": _privacy(opts, max(uploads.values(), default=0))}
+    )
 
 
 def _reply_problem(replies: list[Message], size: int) -> str | None:
@@ -224,15 +232,26 @@ def _privacy(opts: DSSGDOptions, per_site: int) -> dict:
     from privmed.privacy.accounting import epsilon_from_rdp, rdp_pure
 
     delta = 1e-5
-    out.update({"mechanism": "dssgd-svt", "epsilon_per_upload": opts.dp_epsilon, "unit": "site", "delta": delta,
-                "epsilon": min(per_site * opts.dp_epsilon, epsilon_from_rdp(rdp_pure(epsilon=opts.dp_epsilon, releases=per_site), delta=delta)),
-                "composition": "per site over its uploads: min(basic, RDP of pure-DP releases)"})
+    out.update(
+        {
+            "mechanism": "dssgd-svt",
+            "epsilon_per_upload": opts.dp_epsilon,
+            "unit": "site",
+            "delta": delta,
+            "epsilon": min(
+                per_site * opts.dp_epsilon,
+                epsilon_from_rdp(rdp_pure(epsilon=opts.dp_epsilon, releases=per_site), delta=delta),
+            ),
+            "composition": "per site over its uploads: min(basic, RDP of pure-DP releases)",
+        }
+    )
     return out
 
 
-def probe_upload(model: torch.nn.Module, sent: dict, received: dict, options: DSSGDOptions, *, seed: int,
-                 site: int) -> tuple[dict, list[torch.Tensor]]:
-    """What a DSSGD site uploads of ``received - sent`` (its own ``select``), as (sent + sparse update, masks per parameter).
+def probe_upload(
+    model: torch.nn.Module, sent: dict, received: dict, options: DSSGDOptions, *, seed: int, site: int
+) -> tuple[dict, list[torch.Tensor]]:
+    """What a DSSGD site uploads of ``received - sent`` (its ``select``): (sent + sparse update, masks per parameter).
 
     The inversion probe's view: the attacker sees only the θu selection.
     """
@@ -250,6 +269,13 @@ def probe_upload(model: torch.nn.Module, sent: dict, received: dict, options: DS
     return out, masks
 
 
-SPEC = ProtocolSpec(name="dssgd", technique="shokri2015-dssgd", run=run,
-                    coordinator_sees="a fraction theta_u of each site's update (index, value) at every visit",
-                    schedule="sequential", options=DSSGDOptions, site_mod=site_mod, probe_upload=probe_upload)
+SPEC = ProtocolSpec(
+    name="dssgd",
+    technique="shokri2015-dssgd",
+    run=run,
+    coordinator_sees="a fraction theta_u of each site's update (index, value) at every visit",
+    schedule="sequential",
+    options=DSSGDOptions,
+    site_mod=site_mod,
+    probe_upload=probe_upload,
+)

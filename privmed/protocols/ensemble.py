@@ -24,5 +24,11 @@ def run(ctx: ProtocolContext) -> ProtocolOutput:
     return ProtocolOutput(list(models.values()))
 
 
-SPEC = ProtocolSpec(name="ensemble", technique="chang2018-me", run=run, coordinator_sees="each site's own model weights",
-                    schedule="parallel", traffic="final upload")
+SPEC = ProtocolSpec(
+    name="ensemble",
+    technique="chang2018-me",
+    run=run,
+    coordinator_sees="each site's own model weights",
+    schedule="parallel",
+    traffic="final upload",
+)

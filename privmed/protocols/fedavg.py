@@ -32,7 +32,9 @@ class RejectInvalidUpdates(Strategy):
     def summary(self) -> None:
         self.strategy.summary()
 
-    def configure_train(self, server_round: int, arrays: ArrayRecord, config: ConfigRecord, grid: Grid) -> Iterable[Message]:
+    def configure_train(
+        self, server_round: int, arrays: ArrayRecord, config: ConfigRecord, grid: Grid
+    ) -> Iterable[Message]:
         self._sent = arrays
         rnd = self.offset + server_round  # the run's round number, also after a resume
         messages = list(self.strategy.configure_train(rnd, arrays, config, grid))
@@ -40,7 +42,9 @@ class RejectInvalidUpdates(Strategy):
             msg.metadata.group_id = str(rnd)
         return messages
 
-    def aggregate_train(self, server_round: int, replies: Iterable[Message]) -> tuple[ArrayRecord | None, MetricRecord | None]:
+    def aggregate_train(
+        self, server_round: int, replies: Iterable[Message]
+    ) -> tuple[ArrayRecord | None, MetricRecord | None]:
         kept = []
         for reply in replies:
             problem = reply_problem(reply, self._sent)
@@ -50,7 +54,9 @@ class RejectInvalidUpdates(Strategy):
                 kept.append(reply)
         return self.strategy.aggregate_train(self.offset + server_round, kept)
 
-    def configure_evaluate(self, server_round: int, arrays: ArrayRecord, config: ConfigRecord, grid: Grid) -> Iterable[Message]:
+    def configure_evaluate(
+        self, server_round: int, arrays: ArrayRecord, config: ConfigRecord, grid: Grid
+    ) -> Iterable[Message]:
         return self.strategy.configure_evaluate(self.offset + server_round, arrays, config, grid)
 
     def aggregate_evaluate(self, server_round: int, replies: Iterable[Message]) -> MetricRecord | None:
@@ -74,10 +80,18 @@ def run(ctx: ProtocolContext, strategy: Strategy | None = None) -> ProtocolOutpu
         config["seed"] = ctx.round_seed(done + rnd + 1)  # next round's local shuffling
         return None
 
-    result = wrapped.start(ctx.grid, ctx.initial, num_rounds=ctx.settings.rounds - done, train_config=config, evaluate_fn=evaluate_fn)
+    result = wrapped.start(
+        ctx.grid, ctx.initial, num_rounds=ctx.settings.rounds - done, train_config=config, evaluate_fn=evaluate_fn
+    )
     return ProtocolOutput(result.arrays if result.arrays is not None else ctx.initial)
 
 
-SPEC = ProtocolSpec(name="fedavg", technique="mcmahan2017-fedavg", run=run,
-                    coordinator_sees="each site's model weights after local training, every round",
-                    schedule="parallel", deployable=True, pluggable_strategy=True)
+SPEC = ProtocolSpec(
+    name="fedavg",
+    technique="mcmahan2017-fedavg",
+    run=run,
+    coordinator_sees="each site's model weights after local training, every round",
+    schedule="parallel",
+    deployable=True,
+    pluggable_strategy=True,
+)

@@ -75,8 +75,14 @@ def he_mod(keyring: Keyring, *, n_examples: int, site: str):
         if msg.metadata.message_type != "train":
             return call_next(msg, context)
         if SETUP in msg.content.config_records:
-            public = ConfigRecord({"scheme": keyring.scheme, "public": keyring.public(), "key-id": keyring.key_id,
-                                   "num-examples": int(n_examples)})
+            public = ConfigRecord(
+                {
+                    "scheme": keyring.scheme,
+                    "public": keyring.public(),
+                    "key-id": keyring.key_id,
+                    "num-examples": int(n_examples),
+                }
+            )
             return Message(RecordDict({"he-public": public}), reply_to=msg)
         t0 = time.perf_counter()
         content = msg.content
@@ -94,7 +100,9 @@ def he_mod(keyring: Keyring, *, n_examples: int, site: str):
         ct = keyring.encrypt(flatten(update) * (n_examples / int(content["config"]["he-total-examples"])))
         metrics = dict(reply.content["metrics"])
         metrics.update({"he-decrypt-s": t_dec, "he-encrypt-s": time.perf_counter() - t0})
-        out = RecordDict({"he": ConfigRecord({"ciphertext": ct, "key-id": keyring.key_id}), "metrics": MetricRecord(metrics)})
+        out = RecordDict(
+            {"he": ConfigRecord({"ciphertext": ct, "key-id": keyring.key_id}), "metrics": MetricRecord(metrics)}
+        )
         return Message(out, reply_to=msg)
 
     return mod
@@ -130,8 +138,15 @@ class HEMechanism(Mechanism):
         return predictor if rec is None else decrypt_global(self.keyring, rec)
 
     def report(self) -> dict[str, Any]:
-        return {"epsilon": None, "delta": None, "unit": None, "encryption": self.name, "individual_updates_visible": False,
-                "coordinator_holds": "public key / public context only", **self.options}
+        return {
+            "epsilon": None,
+            "delta": None,
+            "unit": None,
+            "encryption": self.name,
+            "individual_updates_visible": False,
+            "coordinator_holds": "public key / public context only",
+            **self.options,
+        }
 
 
 # ----------------------------------------------------------------------------- the coordinator half
@@ -139,20 +154,28 @@ class HEMechanism(Mechanism):
 
 def setup(ctx: ProtocolContext, nodes: list[int]) -> tuple[str, bytes, dict[int, int]]:
     """Ask the sites for the public key material and their example counts; every site must answer."""
-    replies = list(ctx.grid.send_and_receive([Message(RecordDict({SETUP: ConfigRecord()}), n, "train", group_id="0") for n in nodes]))
+    replies = list(
+        ctx.grid.send_and_receive(
+            [Message(RecordDict({SETUP: ConfigRecord()}), n, "train", group_id="0") for n in nodes]
+        )
+    )
     counts, public = {}, None
     for r in replies:
         if r.has_error() or "he-public" not in r.content.config_records:
             reason = r.error.reason if r.has_error() else "no public key"
-            raise PrivmedError(f"site node {r.metadata.src_node_id} has no HE keys ({reason}); "
-                               "run he-fedavg with --privacy he-paillier or --privacy he-ckks")
+            raise PrivmedError(
+                f"site node {r.metadata.src_node_id} has no HE keys ({reason}); "
+                "run he-fedavg with --privacy he-paillier or --privacy he-ckks"
+            )
         rec = r.content["he-public"]
         public = public or (str(rec["scheme"]), bytes(rec["public"]))
         counts[r.metadata.src_node_id] = int(rec["num-examples"])
     missing = sorted(set(nodes) - set(counts))
     if missing:
-        raise PrivmedError(f"HE set-up: no reply from site node(s) {', '.join(map(str, missing))}; every site must report its "
-                           "example count before training (the FedAvg weights need them): check that the sites are up, then rerun")
+        raise PrivmedError(
+            f"HE set-up: no reply from site node(s) {', '.join(map(str, missing))}; every site must report its "
+            "example count before training (the FedAvg weights need them): check that the sites are up, then rerun"
+        )
     return public[0], public[1], counts
 
 
@@ -177,7 +200,9 @@ def run(ctx: ProtocolContext) -> ProtocolOutput:
     content: dict = {"arrays": ctx.initial}  # public initial weights, or a resumed run's checkpointed model
     predictor = ctx.initial
     t_add, t_enc, t_dec, ct_bytes = 0.0, 0.0, 0.0, []
-    decrypting_rounds = 0  # rounds whose sites decrypted a sum: not the first (public weights); the last sum is the harness's
+    decrypting_rounds = (
+        0  # rounds whose sites decrypted a sum: not the first (public weights); the last sum is the harness's
+    )
     for rnd in range(ctx.start_round, ctx.settings.rounds + 1):
         cfg = ctx.round_config(rnd)
         cfg["he-total-examples"] = total
@@ -199,23 +224,46 @@ def run(ctx: ProtocolContext) -> ProtocolOutput:
             t0 = time.perf_counter()
             summed = aggregator.add(cts)
             t_add += time.perf_counter() - t0
-            rec = ConfigRecord({"ciphertext": summed, "count": len(kept), "weight-sum": sum(counts[k] for k in kept) / total,
-                                "layout": layout, "key-id": aggregator.key_id})
+            rec = ConfigRecord(
+                {
+                    "ciphertext": summed,
+                    "count": len(kept),
+                    "weight-sum": sum(counts[k] for k in kept) / total,
+                    "layout": layout,
+                    "key-id": aggregator.key_id,
+                }
+            )
             content, predictor = {"he": rec}, seal_predictor(rec)
         ctx.evaluate_fn(rnd, predictor)
     rounds, n_sites = ctx.settings.rounds - ctx.start_round + 1, len(nodes)  # rounds run by this process
     mean_ct = sum(ct_bytes) / max(len(ct_bytes), 1)
-    return ProtocolOutput(predictor, measured={
-        "communication": {"he_scheme": scheme, "ciphertext_bytes_per_site_per_round": mean_ct,
-                          "plaintext_float32_bytes": 4 * n, "expansion_factor": mean_ct / (4 * n)},
-        "runtime": {"encrypt_seconds_per_round": t_enc / rounds, "aggregate_seconds_per_round": t_add / rounds,
-                    "decrypt_seconds_per_round": t_dec / max(decrypting_rounds, 1),
-                    "note": f"encrypt/decrypt summed over {n_sites} sites (sequential in-process); aggregate at the coordinator; "
-                            f"decrypt per round in which the sites decrypted a sum ({decrypting_rounds}: the first round starts from the "
-                            "public weights and the last sum is decrypted by the harness, untimed)"},
-    })
+    return ProtocolOutput(
+        predictor,
+        measured={
+            "communication": {
+                "he_scheme": scheme,
+                "ciphertext_bytes_per_site_per_round": mean_ct,
+                "plaintext_float32_bytes": 4 * n,
+                "expansion_factor": mean_ct / (4 * n),
+            },
+            "runtime": {
+                "encrypt_seconds_per_round": t_enc / rounds,
+                "aggregate_seconds_per_round": t_add / rounds,
+                "decrypt_seconds_per_round": t_dec / max(decrypting_rounds, 1),
+                "note": f"encrypt/decrypt summed over {n_sites} sites (sequential in-process); "
+                "aggregate at the coordinator; "
+                f"decrypt per round in which the sites decrypted a sum ({decrypting_rounds}: the first round starts "
+                "from the "
+                "public weights and the last sum is decrypted by the harness, untimed)",
+            },
+        },
+    )
 
 
-SPEC = ProtocolSpec(name="he-fedavg", technique="aono2017-he", run=run,
-                    coordinator_sees="ciphertexts of each site's weighted update and of their sum; never a plaintext update",
-                    schedule="parallel")
+SPEC = ProtocolSpec(
+    name="he-fedavg",
+    technique="aono2017-he",
+    run=run,
+    coordinator_sees="ciphertexts of each site's weighted update and of their sum; never a plaintext update",
+    schedule="parallel",
+)

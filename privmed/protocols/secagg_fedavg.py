@@ -73,10 +73,13 @@ class SecAggOptions(Options):
     def check_sites(self, n_sites: int) -> None:
         top = max(2, n_sites - 1)
         if self.threshold is not None and not 2 <= self.threshold <= top:
-            raise PrivmedError(f"SecAgg+ threshold must be a whole number from 2 to {top} with {n_sites} sites (at least 2, and below "
-                               f"the number of sites when there are 3 or more), got {self.threshold!r}; e.g. --opt threshold={top}")
+            raise PrivmedError(
+                f"SecAgg+ threshold must be a whole number from 2 to {top} with {n_sites} sites (at least 2, and below "
+                f"the number of sites when there are 3 or more), got {self.threshold!r}; e.g. --opt threshold={top}"
+            )
         if not self.clip > 0:
             raise PrivmedError(f"SecAgg+ clip (Flower's clipping range) must be > 0, got {self.clip}")
+
 
 def run(ctx: ProtocolContext) -> ProtocolOutput:
     n = len(node_ids(ctx))
@@ -101,18 +104,34 @@ def run(ctx: ProtocolContext) -> ProtocolOutput:
             ctx.evaluate_fn(done + rnd, latest["arrays"])
         return None
 
-    strategy = FedAvg(fraction_fit=1.0, fraction_evaluate=0.0, min_fit_clients=n, min_available_clients=n,
-                      initial_parameters=ndarrays_to_parameters([a.numpy() for a in ctx.initial.values()]),
-                      on_fit_config_fn=fit_config, evaluate_fn=evaluate)
-    context = LegacyContext(Context(run_id=1, node_id=0, node_config={}, state=RecordDict(), run_config={}),
-                            config=ServerConfig(num_rounds=ctx.settings.rounds - done), strategy=strategy)
-    workflow = DefaultWorkflow(fit_workflow=SecAggPlusWorkflow(num_shares=1.0, reconstruction_threshold=threshold,
-                                                               clipping_range=ctx.options.clip))
+    strategy = FedAvg(
+        fraction_fit=1.0,
+        fraction_evaluate=0.0,
+        min_fit_clients=n,
+        min_available_clients=n,
+        initial_parameters=ndarrays_to_parameters([a.numpy() for a in ctx.initial.values()]),
+        on_fit_config_fn=fit_config,
+        evaluate_fn=evaluate,
+    )
+    context = LegacyContext(
+        Context(run_id=1, node_id=0, node_config={}, state=RecordDict(), run_config={}),
+        config=ServerConfig(num_rounds=ctx.settings.rounds - done),
+        strategy=strategy,
+    )
+    workflow = DefaultWorkflow(
+        fit_workflow=SecAggPlusWorkflow(
+            num_shares=1.0, reconstruction_threshold=threshold, clipping_range=ctx.options.clip
+        )
+    )
     workflow(grid, context)
-    unchanged = all(np.array_equal(a.numpy(), b.numpy()) for a, b in zip(latest["arrays"].values(), ctx.initial.values()))
+    unchanged = all(
+        np.array_equal(a.numpy(), b.numpy()) for a, b in zip(latest["arrays"].values(), ctx.initial.values())
+    )
     if unchanged:
-        raise PrivmedError("SecAgg+ aggregated no round: the sites lack secaggplus_mod (use --privacy secagg) "
-                           f"or fewer than threshold={threshold} sites stayed in every round")
+        raise PrivmedError(
+            "SecAgg+ aggregated no round: the sites lack secaggplus_mod (use --privacy secagg) "
+            f"or fewer than threshold={threshold} sites stayed in every round"
+        )
     return ProtocolOutput(latest["arrays"])
 
 
@@ -159,7 +178,11 @@ class WatchedGrid(Grid):
         for m in messages:
             reply = answered.get(m.metadata.dst_node_id)
             if reply is None or reply.has_error():
-                reason = "dropped out during secure aggregation (no reply)" if reply is None else f"site error: {reply.error.reason}"
+                reason = (
+                    "dropped out during secure aggregation (no reply)"
+                    if reply is None
+                    else f"site error: {reply.error.reason}"
+                )
                 self.excluded.setdefault(int(m.metadata.group_id), {}).setdefault(m.metadata.dst_node_id, reason)
         return replies
 
@@ -174,7 +197,9 @@ def legacy_train_bridge(site: str):
         fitins = compat.recorddict_to_fitins(msg.content, keep_input=True)
         config = dict(fitins.config)
         keys = json.loads(str(config.pop(KEYS)))
-        arrays = ArrayRecord({k: Array(a) for k, a in zip(keys, parameters_to_ndarrays(fitins.parameters), strict=True)})
+        arrays = ArrayRecord(
+            {k: Array(a) for k, a in zip(keys, parameters_to_ndarrays(fitins.parameters), strict=True)}
+        )
         msg.content = RecordDict({"arrays": arrays, "config": ConfigRecord(config)})
         reply = call_next(msg, context)
         if reply.has_error():
@@ -184,8 +209,12 @@ def legacy_train_bridge(site: str):
         if problem:
             raise PrivmedError(f"{site}: local update {problem}; not masked")
         metrics = dict(reply.content["metrics"])
-        fitres = FitRes(Status(Code.OK, ""), ndarrays_to_parameters([a.numpy() for a in update.values()]),
-                        int(metrics["num-examples"]), metrics)
+        fitres = FitRes(
+            Status(Code.OK, ""),
+            ndarrays_to_parameters([a.numpy() for a in update.values()]),
+            int(metrics["num-examples"]),
+            metrics,
+        )
         return Message(compat.fitres_to_recorddict(fitres, keep_input=True), reply_to=msg)
 
     return mod
@@ -199,8 +228,10 @@ class SecAggMechanism(Mechanism):
 
     def __init__(self, options: dict[str, Any]) -> None:
         if options:
-            raise PrivmedError(f"secagg takes no parameters (got {sorted(options)}); set threshold and clip as "
-                               "protocol options: --opt threshold=3")
+            raise PrivmedError(
+                f"secagg takes no parameters (got {sorted(options)}); set threshold and clip as "
+                "protocol options: --opt threshold=3"
+            )
         self._names: list[str] = []
 
     def check(self, plan) -> None:
@@ -212,10 +243,20 @@ class SecAggMechanism(Mechanism):
         return [secaggplus_mod, legacy_train_bridge(self._names[site_index])]
 
     def report(self) -> dict[str, Any]:
-        return {"epsilon": None, "delta": None, "unit": None, "masking": "SecAgg+ (Flower secaggplus_mod)",
-                "individual_updates_visible": False}
+        return {
+            "epsilon": None,
+            "delta": None,
+            "unit": None,
+            "masking": "SecAgg+ (Flower secaggplus_mod)",
+            "individual_updates_visible": False,
+        }
 
 
-SPEC = ProtocolSpec(name="secagg-fedavg", technique="bell2020-secaggplus", run=run,
-                    coordinator_sees="only the sum of the sites' masked, quantised weights",
-                    schedule="parallel", options=SecAggOptions)
+SPEC = ProtocolSpec(
+    name="secagg-fedavg",
+    technique="bell2020-secaggplus",
+    run=run,
+    coordinator_sees="only the sum of the sites' masked, quantised weights",
+    schedule="parallel",
+    options=SecAggOptions,
+)

@@ -51,12 +51,27 @@ NO_UPDATE = "the coordinator already receives every site's raw images; there is 
 ALONE = "one site trains alone and sends nothing; there is no update to invert"
 
 CENTRALISED = ProtocolSpec(
-    name="centralised", technique="centralised", run=run_centralised, coordinator_sees="every site's raw images and labels",
-    schedule="one trainer", pooled=True, traffic="raw data",
+    name="centralised",
+    technique="centralised",
+    run=run_centralised,
+    coordinator_sees="every site's raw images and labels",
+    schedule="one trainer",
+    pooled=True,
+    traffic="raw data",
     not_applicable={"inversion": NO_UPDATE, "dlg": NO_UPDATE},
 )
 SINGLE = ProtocolSpec(
-    name="single", technique="single-site", run=run, coordinator_sees="nothing (one site trains alone)",
-    schedule="one trainer", options=SingleOptions, traffic="none", trainers=lambda o, n: (o.site,),
-    not_applicable={"inversion": ALONE, "dlg": ALONE, "poisoning": "one site trains alone; there are no other sites to poison it"},
+    name="single",
+    technique="single-site",
+    run=run,
+    coordinator_sees="nothing (one site trains alone)",
+    schedule="one trainer",
+    options=SingleOptions,
+    traffic="none",
+    trainers=lambda o, n: (o.site,),
+    not_applicable={
+        "inversion": ALONE,
+        "dlg": ALONE,
+        "poisoning": "one site trains alone; there are no other sites to poison it",
+    },
 )

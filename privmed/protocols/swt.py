@@ -25,5 +25,11 @@ def run(ctx: ProtocolContext) -> ProtocolOutput:
     return ProtocolOutput(arrays)
 
 
-SPEC = ProtocolSpec(name="swt", technique="chang2018-swt", run=run, coordinator_sees="the model weights after each site's stage",
-                    schedule="sequential", rounds=lambda settings, n_sites: n_sites)
+SPEC = ProtocolSpec(
+    name="swt",
+    technique="chang2018-swt",
+    run=run,
+    coordinator_sees="the model weights after each site's stage",
+    schedule="sequential",
+    rounds=lambda settings, n_sites: n_sites,
+)

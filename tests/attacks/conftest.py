@@ -18,6 +18,8 @@ def easy_set(n: int, rng: np.random.Generator, tag: str, size: int = 16) -> Arra
 @pytest.fixture(scope="session")
 def easy_fed() -> Federation:
     rng = np.random.default_rng(0)
-    sites = tuple(SiteData(f"site-{i}", easy_set(24, rng, f"s{i}tr"), easy_set(4, rng, f"s{i}va"), easy_set(16, rng, f"s{i}te"))
-                  for i in range(4))
+    sites = tuple(
+        SiteData(f"site-{i}", easy_set(24, rng, f"s{i}tr"), easy_set(4, rng, f"s{i}va"), easy_set(16, rng, f"s{i}te"))
+        for i in range(4)
+    )
     return Federation("easy", 2, (1, 16, 16), "iid", sites)

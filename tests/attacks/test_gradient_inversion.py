@@ -22,7 +22,8 @@ def _one_image(small_fed, i=0):
 
 
 def test_idlg_label_rule_recovers_every_label(small_fed):
-    """iDLG: the only negative entry of the output-bias gradient is the label (also after one Adam step, which keeps signs)."""
+    """iDLG: the only negative entry of the output-bias gradient is the label (also after one Adam step, which keeps
+    signs)."""
     train = small_fed.pooled("train")
     spec = ModelSpec("cnn", 1, 2, "classification")
     model = spec.build(0)
@@ -31,7 +32,10 @@ def test_idlg_label_rule_recovers_every_label(small_fed):
         assert gi.infer_labels(gi.model_gradient(model, x, y), n_classes=2, batch_size=1).item() == y.item()
     batch = train.subset([i])
     sent, received = gi.observe_site_update(batch, spec, ArrayRecord(model.state_dict()), lr=1e-3)
-    assert gi.infer_labels(gi.update_to_gradient(model, sent, received, 1e-3), n_classes=2, batch_size=1).item() == batch.labels[0]
+    assert (
+        gi.infer_labels(gi.update_to_gradient(model, sent, received, 1e-3), n_classes=2, batch_size=1).item()
+        == batch.labels[0]
+    )
 
 
 def test_dlg_reconstructs_one_image_from_a_clean_gradient(small_fed):
@@ -45,7 +49,8 @@ def test_dlg_reconstructs_one_image_from_a_clean_gradient(small_fed):
 
 
 def test_inverting_gradients_fails_under_heavy_gradient_noise(small_fed):
-    """Gaussian noise of 3x the gradient's RMS per coordinate (a DP-style release) leaves nothing better than a flat guess."""
+    """Gaussian noise of 3x the gradient's RMS per coordinate (a DP-style release) leaves nothing better than a flat
+    guess."""
     x, y = _one_image(small_fed)
     model = gi.LeNetZhu(1, 2, 16, seed=0)
     grad = gi.model_gradient(model, x, y)

@@ -37,15 +37,23 @@ def test_loss_threshold_detects_memorisation_and_not_a_bystander(world):
     null = mia_metrics(membership.loss_threshold_scores(predict_proba(bystander, cand), cand.labels), is_member)
     assert hit["auc"] > 0.85
     assert abs(null["auc"] - 0.5) < 0.2
-    patient = mia_metrics(*per_patient(membership.loss_threshold_scores(predict_proba(target, cand), cand.labels), is_member, cand.patient_ids))
+    patient = mia_metrics(
+        *per_patient(
+            membership.loss_threshold_scores(predict_proba(target, cand), cand.labels), is_member, cand.patient_ids
+        )
+    )
     assert patient["auc"] > 0.85
 
 
 def test_lira_offline_detects_memorisation(world):
     target, bystander, cand, is_member, aux = world
-    shadows = membership.train_shadows(SPEC.build, aux, config=membership.LiraConfig(n_shadows=4, epochs=60, seed=0), batch_size=8, lr=1e-2)
+    shadows = membership.train_shadows(
+        SPEC.build, aux, config=membership.LiraConfig(n_shadows=4, epochs=60, seed=0), batch_size=8, lr=1e-2
+    )
     assert mia_metrics(membership.lira(predict_proba(target, cand), cand, shadows), is_member)["auc"] > 0.85
-    assert abs(mia_metrics(membership.lira(predict_proba(bystander, cand), cand, shadows), is_member)["auc"] - 0.5) < 0.2
+    assert (
+        abs(mia_metrics(membership.lira(predict_proba(bystander, cand), cand, shadows), is_member)["auc"] - 0.5) < 0.2
+    )
 
 
 def test_lira_offline_score_is_the_out_z_score():
@@ -76,16 +84,27 @@ def test_dp_sgd_with_small_epsilon_brings_membership_auc_to_chance(world):
     _, _, cand, is_member, _ = world
     members = cand.subset(np.flatnonzero(is_member))
     model = SPEC.build(0)
-    loader = torch.utils.data.DataLoader(torch.utils.data.TensorDataset(torch.from_numpy(members.images), torch.from_numpy(members.labels)),
-                                         batch_size=8, generator=torch.Generator().manual_seed(0))
+    loader = torch.utils.data.DataLoader(
+        torch.utils.data.TensorDataset(torch.from_numpy(members.images), torch.from_numpy(members.labels)),
+        batch_size=8,
+        generator=torch.Generator().manual_seed(0),
+    )
     engine = PrivacyEngine(accountant="rdp")
-    model, opt, loader = engine.make_private(module=model, optimizer=torch.optim.SGD(model.parameters(), lr=0.5), data_loader=loader,
-                                             noise_multiplier=5.0, max_grad_norm=1.0, noise_generator=torch.Generator().manual_seed(0))
+    model, opt, loader = engine.make_private(
+        module=model,
+        optimizer=torch.optim.SGD(model.parameters(), lr=0.5),
+        data_loader=loader,
+        noise_multiplier=5.0,
+        max_grad_norm=1.0,
+        noise_generator=torch.Generator().manual_seed(0),
+    )
     for _ in range(60):
         for x, y in loader:
             opt.zero_grad()
             torch.nn.functional.cross_entropy(model(x), y).backward()
             opt.step()
     eps = engine.get_epsilon(delta=1e-3)
-    auc = mia_metrics(membership.loss_threshold_scores(predict_proba(model._module, cand), cand.labels), is_member)["auc"]
+    auc = mia_metrics(membership.loss_threshold_scores(predict_proba(model._module, cand), cand.labels), is_member)[
+        "auc"
+    ]
     assert eps < 5 and abs(auc - 0.5) < 0.15

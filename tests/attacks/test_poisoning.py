@@ -1,4 +1,5 @@
-"""Poisoning through the real FedAvg round loop: no malicious site, no backdoor; robust aggregators assume an honest majority."""
+"""Poisoning through the real FedAvg round loop: no malicious site, no backdoor; robust aggregators assume an honest
+majority."""
 
 import numpy as np
 import pytest
@@ -15,7 +16,9 @@ def test_poison_arrays_triggers_and_relabels_the_requested_fraction(easy_fed):
     data = easy_fed.sites[0].train
     rng = np.random.default_rng(0)
     bd = poisoning.poison_arrays(data, poisoning.PoisonConfig(fraction=0.5, patch=4), 2, rng)
-    stamped = (bd.images[:, 0, -5:-1, -5:-1] == poisoning.add_trigger(data.images, 4)[:, 0, -5:-1, -5:-1]).all(axis=(1, 2))
+    stamped = (bd.images[:, 0, -5:-1, -5:-1] == poisoning.add_trigger(data.images, 4)[:, 0, -5:-1, -5:-1]).all(
+        axis=(1, 2)
+    )
     changed = (bd.images != data.images).any(axis=(1, 2, 3))
     assert changed.sum() == 12 and stamped[changed].all() and (bd.labels[changed] == 1).all()
     lf = poisoning.poison_arrays(data, poisoning.PoisonConfig(kind="label-flip", fraction=1.0), 2, rng)
@@ -23,10 +26,16 @@ def test_poison_arrays_triggers_and_relabels_the_requested_fraction(easy_fed):
 
 
 def test_backdoor_needs_malicious_sites_and_a_malicious_majority_captures_krum_and_median(easy_fed):
-    honest = poisoning.poisoning_experiment(CFG, easy_fed, poisoning.PoisonConfig(n_malicious=0), aggregators=("fedavg",))
+    honest = poisoning.poisoning_experiment(
+        CFG, easy_fed, poisoning.PoisonConfig(n_malicious=0), aggregators=("fedavg",)
+    )
     assert honest["results"]["fedavg"]["attack_success"] < 0.2 and honest["results"]["fedavg"]["clean_accuracy"] > 0.9
-    majority = poisoning.poisoning_experiment(CFG, easy_fed, poisoning.PoisonConfig(n_malicious=3), aggregators=("krum", "fedmedian"))
-    for r in majority["results"].values():  # the "robust" choice is the attackers' update: backdoor in, clean task intact
+    majority = poisoning.poisoning_experiment(
+        CFG, easy_fed, poisoning.PoisonConfig(n_malicious=3), aggregators=("krum", "fedmedian")
+    )
+    for r in majority[
+        "results"
+    ].values():  # the "robust" choice is the attackers' update: backdoor in, clean task intact
         assert r["attack_success"] > 0.8 and r["without_trigger"] < 0.2 and r["clean_accuracy"] > 0.9
 
 

@@ -20,7 +20,11 @@ from tests.privacy.conftest import make_fed
 def test_privacy_utility_from_results(tmp_path):
     fed = make_fed(n_sites=2)
     base = RunConfig(train=TrainSettings(rounds=1, batch_size=4))
-    rows = [r for r in privacy_suite(base) if r[1].protocol in ("centralised", "dssgd") and r[1].privacy.get("epsilon", 3.0) in (3.0, 8.0)]
+    rows = [
+        r
+        for r in privacy_suite(base)
+        if r[1].protocol in ("centralised", "dssgd") and r[1].privacy.get("epsilon", 3.0) in (3.0, 8.0)
+    ]
     rows = [r for r in rows if r[1].privacy.get("mechanism") != "p3sgd" or r[1].privacy["epsilon"] == 3.0]
     results = [{"label": label, **execute(cfg, fed=fed).to_dict()} for label, cfg in rows]
     series = curves(results)
@@ -48,10 +52,21 @@ def test_default_dp_rows_cover_the_issue():
 def test_the_infinite_epsilon_point_comes_from_the_same_data_and_settings():
     def result(protocol, eps, scale):
         privacy = {} if eps is None else {"epsilon": eps, "unit": "sample"}
-        return {"protocol": protocol, "privacy": privacy, "config": {"data": {"patients_scale": scale}, "train": {}},
-                "performance": {"metric": "accuracy", "final": {"accuracy": 0.5 if eps else 0.9 + scale / 100}}}
+        return {
+            "protocol": protocol,
+            "privacy": privacy,
+            "config": {"data": {"patients_scale": scale}, "train": {}},
+            "performance": {"metric": "accuracy", "final": {"accuracy": 0.5 if eps else 0.9 + scale / 100}},
+        }
 
-    series = curves([result("cwt", None, 1), result("cwt", None, 10), result("cwt", 3.0, 10), result("fedavg", 3.0, 10),
-                     result("fedavg", None, 1)])
+    series = curves(
+        [
+            result("cwt", None, 1),
+            result("cwt", None, 10),
+            result("cwt", 3.0, 10),
+            result("fedavg", 3.0, 10),
+            result("fedavg", None, 1),
+        ]
+    )
     assert series["cwt, sample-level"] == [(3.0, 0.5), (math.inf, 1.0)]
     assert series["fedavg, sample-level"] == [(3.0, 0.5)]  # its only plain run is on other data

@@ -12,8 +12,10 @@ from privmed.errors import PrivmedError
 from privmed.protocols.base import TrainSettings
 
 TINY = RunConfig(data=DataConfig(image_size=16), train=TrainSettings(rounds=1))
-ROWS = [("centralised", RunConfig(**{**TINY.__dict__, "protocol": "centralised", "name": "a"})),
-        ("fedavg", RunConfig(**{**TINY.__dict__, "protocol": "fedavg", "name": "b"}))]
+ROWS = [
+    ("centralised", RunConfig(**{**TINY.__dict__, "protocol": "centralised", "name": "a"})),
+    ("fedavg", RunConfig(**{**TINY.__dict__, "protocol": "fedavg", "name": "b"})),
+]
 
 
 def test_a_failed_audit_keeps_its_row_with_the_error(tmp_path, monkeypatch):
@@ -25,8 +27,13 @@ def test_a_failed_audit_keeps_its_row_with_the_error(tmp_path, monkeypatch):
         return real(cfg, fed, result, attacks)
 
     monkeypatch.setattr(privmed.audit, "bench_audit", audit)
-    bigger = RunConfig(protocol="fedavg", name="c", data=DataConfig(image_size=16, patients_scale=2), train=TrainSettings(rounds=1),
-                       privacy={"mechanism": "dp-sgd", "noise_multiplier": 1.0})
+    bigger = RunConfig(
+        protocol="fedavg",
+        name="c",
+        data=DataConfig(image_size=16, patients_scale=2),
+        train=TrainSettings(rounds=1),
+        privacy={"mechanism": "dp-sgd", "noise_multiplier": 1.0},
+    )
     out = run_suite(runs_dir=tmp_path, rows=[*ROWS, ("fedavg dp", bigger)])
     results = {r["label"]: r for r in json.loads((out / "results.json").read_text())}
     assert results["fedavg"]["privacy"]["audit_error"] == "probe exploded"
@@ -66,7 +73,9 @@ def test_an_interrupted_bench_resumes_without_rerunning_finished_rows(tmp_path, 
     assert calls == ["a", "b", "b"]  # row a was kept, not run again; b ran with its new config
     assert [r["label"] for r in json.loads((out / "results.json").read_text())] == ["centralised", "fedavg"]
     # a kept row whose config changed is run again
-    out = run_suite(runs_dir=tmp_path, rows=[(ROWS[0][0], RunConfig(**{**ROWS[0][1].__dict__, "seed": 2}))], resume=True)
+    out = run_suite(
+        runs_dir=tmp_path, rows=[(ROWS[0][0], RunConfig(**{**ROWS[0][1].__dict__, "seed": 2}))], resume=True
+    )
     assert calls[-1] == "a"
 
 

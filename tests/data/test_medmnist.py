@@ -49,6 +49,8 @@ def test_malformed_files_name_the_file_and_the_problem(tmp_path):
         np.savez(p, train_images=np.zeros((2, 4, 4), np.uint8))
         load_medmnist(p)
     with pytest.raises(PrivmedError, match="3 images but 2 labels"):
-        load_medmnist(write(tmp_path / "n.npz", n=(3, 2, 2), val_labels=np.zeros((2, 1), int), train_labels=np.zeros((2, 1), int)))
+        load_medmnist(
+            write(tmp_path / "n.npz", n=(3, 2, 2), val_labels=np.zeros((2, 1), int), train_labels=np.zeros((2, 1), int))
+        )
     with pytest.raises(PrivmedError, match="natural"):
         partition(load_medmnist(write(tmp_path / "ok.npz")), n_sites=2, split="natural", seed=0)

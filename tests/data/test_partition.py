@@ -9,7 +9,9 @@ from privmed.data.partition import partition
 from privmed.data.phantom import PhantomConfig, make_phantom
 from privmed.errors import PrivmedError
 
-DS = make_phantom(PhantomConfig(n_sites=4, patients_per_site=(20, 15, 12, 8), images_per_patient=2, image_size=16, seed=0))
+DS = make_phantom(
+    PhantomConfig(n_sites=4, patients_per_site=(20, 15, 12, 8), images_per_patient=2, image_size=16, seed=0)
+)
 
 
 def patient_sets(fed):
@@ -17,8 +19,11 @@ def patient_sets(fed):
 
 
 @settings(max_examples=25, deadline=None)
-@given(seed=st.integers(0, 10_000), split=st.sampled_from(["iid", "dirichlet:0.3", "dirichlet:5", "quantity:0.5", "natural"]),
-       n_sites=st.integers(2, 6))
+@given(
+    seed=st.integers(0, 10_000),
+    split=st.sampled_from(["iid", "dirichlet:0.3", "dirichlet:5", "quantity:0.5", "natural"]),
+    n_sites=st.integers(2, 6),
+)
 def test_a_patient_never_straddles_sites_or_splits(seed, split, n_sites):
     if split == "natural":
         n_sites = 4
@@ -71,11 +76,18 @@ def test_shared_patients_keep_one_role_at_both_sites():
                 assert role.setdefault(p, part) == part
 
 
-@pytest.mark.parametrize("split,n_sites,match", [
-    ("bananas", 4, "valid splits"), ("dirichlet:0", 4, "positive"), ("dirichlet", 4, "needs"),
-    ("dirichlet:x", 4, "not a number"), ("iid:3", 4, "no parameter"), ("iid", 500, "patients"),
-    ("natural", 3, "natural"),
-])
+@pytest.mark.parametrize(
+    "split,n_sites,match",
+    [
+        ("bananas", 4, "valid splits"),
+        ("dirichlet:0", 4, "positive"),
+        ("dirichlet", 4, "needs"),
+        ("dirichlet:x", 4, "not a number"),
+        ("iid:3", 4, "no parameter"),
+        ("iid", 500, "patients"),
+        ("natural", 3, "natural"),
+    ],
+)
 def test_impossible_partitions_are_user_errors(split, n_sites, match):
     with pytest.raises(PrivmedError, match=match):
         partition(DS, n_sites=n_sites, split=split, seed=0)

@@ -83,10 +83,17 @@ def test_shared_patients_appear_at_two_sites_with_their_own_images():
     assert not np.allclose(at_home.mean(0), at_second.mean(0))
 
 
-@pytest.mark.parametrize("bad", [
-    {"n_sites": 0}, {"image_size": 8}, {"n_classes": 5}, {"patients_per_site": (3, 3)},
-    {"prevalence": (1.5, 0.1, 0.1, 0.1)}, {"shared_patient_fraction": 2.0},
-])
+@pytest.mark.parametrize(
+    "bad",
+    [
+        {"n_sites": 0},
+        {"image_size": 8},
+        {"n_classes": 5},
+        {"patients_per_site": (3, 3)},
+        {"prevalence": (1.5, 0.1, 0.1, 0.1)},
+        {"shared_patient_fraction": 2.0},
+    ],
+)
 def test_invalid_configs_are_user_errors(bad):
     with pytest.raises(PrivmedError, match="invalid phantom config"):
         PhantomConfig(**bad)

@@ -42,8 +42,9 @@ BIN = Path(sys.executable).parent
 STARTUP_S = 60  # a loaded 2-core machine can take long to import Flower
 RUN_S = 120
 
-CONFIG = from_dict({"seed": 5, "data": {"sites": 2, "image_size": 16},
-                    "train": {"rounds": 2, "lr": 0.01, "batch_size": 16}})
+CONFIG = from_dict(
+    {"seed": 5, "data": {"sites": 2, "image_size": 16}, "train": {"rounds": 2, "lr": 0.01, "batch_size": 16}}
+)
 
 
 def _free_ports(n: int) -> list[int]:
@@ -75,17 +76,28 @@ class Deployment:
 
     def __init__(self, root: Path) -> None:
         self.root, self.procs, self.logs = root, [], []
-        repo = str(Path(next(iter(privmed.__path__))).resolve().parent)  # also when privmed resolves as a namespace package
-        self.env = {**os.environ, "PATH": f"{BIN}{os.pathsep}{os.environ.get('PATH', '')}",
-                    "PYTHONPATH": os.pathsep.join(p for p in (repo, os.environ.get("PYTHONPATH")) if p),
-                    "FLWR_SUPEREXEC_TASK_POLL_INTERVAL": "0.2"}  # Flower's default 1 s, per app process started
+        repo = str(
+            Path(next(iter(privmed.__path__))).resolve().parent
+        )  # also when privmed resolves as a namespace package
+        self.env = {
+            **os.environ,
+            "PATH": f"{BIN}{os.pathsep}{os.environ.get('PATH', '')}",
+            "PYTHONPATH": os.pathsep.join(p for p in (repo, os.environ.get("PYTHONPATH")) if p),
+            "FLWR_SUPEREXEC_TASK_POLL_INTERVAL": "0.2",
+        }  # Flower's default 1 s, per app process started
 
     def start(self, name: str, *args: str) -> subprocess.Popen:
         home = self.root / name
         home.mkdir()
         log = self.root / f"{name}.log"
-        proc = subprocess.Popen([str(BIN / args[0]), *args[1:]], cwd=home, env={**self.env, "FLWR_HOME": str(home)},
-                                stdout=log.open("w"), stderr=subprocess.STDOUT, start_new_session=True)
+        proc = subprocess.Popen(
+            [str(BIN / args[0]), *args[1:]],
+            cwd=home,
+            env={**self.env, "FLWR_HOME": str(home)},
+            stdout=log.open("w"),
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
         self.procs.append(proc)
         self.logs.append(log)
         return proc
@@ -110,12 +122,29 @@ def deployment(tmp_path):
     dep = Deployment(tmp_path)
     try:
         port, *node_ports = _free_ports(1 + CONFIG.data.sites)
-        link = dep.start("superlink", "flower-superlink", "--insecure", "--disable-runtime-dependency-installation",
-                         "--host", "127.0.0.1", "--port", str(port))
+        link = dep.start(
+            "superlink",
+            "flower-superlink",
+            "--insecure",
+            "--disable-runtime-dependency-installation",
+            "--host",
+            "127.0.0.1",
+            "--port",
+            str(port),
+        )
         _wait_listening(port, link, dep.logs[0])
         for site in range(CONFIG.data.sites):
-            dep.start(f"supernode-{site}", "flower-supernode", "--insecure", "--superlink", f"127.0.0.1:{port}",
-                      "--port", str(node_ports[site]), "--node-config", f"partition-id={site} num-partitions={CONFIG.data.sites}")
+            dep.start(
+                f"supernode-{site}",
+                "flower-supernode",
+                "--insecure",
+                "--superlink",
+                f"127.0.0.1:{port}",
+                "--port",
+                str(node_ports[site]),
+                "--node-config",
+                f"partition-id={site} num-partitions={CONFIG.data.sites}",
+            )
         dep.superlink = f"127.0.0.1:{port}"
         yield dep
     finally:
@@ -156,11 +185,19 @@ def test_flower_deployment_matches_in_process(deployment, tmp_path):
     cli_home = tmp_path / "cli"
     cli_home.mkdir()
     (cli_home / "config.toml").write_text(
-        f'[superlink]\ndefault = "local-test"\n\n[superlink.local-test]\naddress = "{deployment.superlink}"\ninsecure = true\n')
+        '[superlink]\ndefault = "local-test"\n\n'
+        f'[superlink.local-test]\naddress = "{deployment.superlink}"\ninsecure = true\n'
+    )
     # --stream: print the run's logs (the ServerApp's traceback, if any) and return when it ends
-    submit = subprocess.Popen([str(BIN / "flwr"), "run", str(app), "local-test", "--stream"], cwd=tmp_path, text=True,
-                              stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                              env={**deployment.env, "FLWR_HOME": str(cli_home)}, start_new_session=True)
+    submit = subprocess.Popen(
+        [str(BIN / "flwr"), "run", str(app), "local-test", "--stream"],
+        cwd=tmp_path,
+        text=True,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        env={**deployment.env, "FLWR_HOME": str(cli_home)},
+        start_new_session=True,
+    )
     deployment.procs.append(submit)
     local = execute(CONFIG)  # in-process, while the deployment trains
     try:

@@ -16,7 +16,12 @@ def echo_app() -> ClientApp:
     def train(msg, ctx):
         arrays = msg.content["arrays"]
         w = arrays["w"].numpy() + 1.0
-        return Message(RecordDict({"arrays": ArrayRecord({"w": torch.from_numpy(w)}), "metrics": MetricRecord({"num-examples": 1})}), reply_to=msg)
+        return Message(
+            RecordDict(
+                {"arrays": ArrayRecord({"w": torch.from_numpy(w)}), "metrics": MetricRecord({"num-examples": 1})}
+            ),
+            reply_to=msg,
+        )
 
     @app.evaluate()
     def evaluate(msg, ctx):
@@ -26,7 +31,12 @@ def echo_app() -> ClientApp:
 
 
 def _msg(node: int, kind: str = "train", n: int = 100) -> Message:
-    return Message(RecordDict({"arrays": ArrayRecord({"w": torch.zeros(n)}), "config": ConfigRecord({"x": 1})}), node, kind, group_id="1")
+    return Message(
+        RecordDict({"arrays": ArrayRecord({"w": torch.zeros(n)}), "config": ConfigRecord({"x": 1})}),
+        node,
+        kind,
+        group_id="1",
+    )
 
 
 def test_reply_comes_from_the_site_and_bytes_match_flowers_wire_size():

@@ -12,18 +12,27 @@ from privmed.errors import PrivmedError
 from privmed.privacy import accounting as acc
 
 
-@pytest.mark.parametrize("q,sigma,steps,delta", [(0.01, 4.0, 10_000, 1e-5), (0.25, 1.1, 40, 1e-3), (1.0, 2.0, 5, 1e-5), (0.05, 0.8, 300, 1e-6)])
+@pytest.mark.parametrize(
+    "q,sigma,steps,delta",
+    [(0.01, 4.0, 10_000, 1e-5), (0.25, 1.1, 40, 1e-3), (1.0, 2.0, 5, 1e-5), (0.05, 0.8, 300, 1e-6)],
+)
 def test_epsilon_equals_opacus_rdp_accountant(q, sigma, steps, delta):
     ref = RDPAccountant()
     ref.history = [(sigma, q, steps)]
-    assert acc.history_epsilon([(sigma, q, steps)], delta=delta) == pytest.approx(ref.get_epsilon(delta=delta), abs=1e-6)
-    assert acc.epsilon_sgm(q=q, noise_multiplier=sigma, steps=steps, delta=delta) == pytest.approx(ref.get_epsilon(delta=delta), abs=1e-6)
+    assert acc.history_epsilon([(sigma, q, steps)], delta=delta) == pytest.approx(
+        ref.get_epsilon(delta=delta), abs=1e-6
+    )
+    assert acc.epsilon_sgm(q=q, noise_multiplier=sigma, steps=steps, delta=delta) == pytest.approx(
+        ref.get_epsilon(delta=delta), abs=1e-6
+    )
 
 
 def test_prv_route_equals_opacus_prv_accountant():
     ref = PRVAccountant()
     ref.history = [(1.1, 0.1, 100)]
-    assert acc.history_epsilon([(1.1, 0.1, 100)], delta=1e-5, accountant="prv") == pytest.approx(ref.get_epsilon(delta=1e-5), abs=1e-6)
+    assert acc.history_epsilon([(1.1, 0.1, 100)], delta=1e-5, accountant="prv") == pytest.approx(
+        ref.get_epsilon(delta=1e-5), abs=1e-6
+    )
 
 
 def test_abadi_2016_published_value():

@@ -23,8 +23,17 @@ def test_key_file_accessible_by_group_or_others_is_refused_with_the_fix(tmp_path
         load_key(path)
 
 
-@pytest.mark.parametrize("text,found", [("not hex at all", "14 characters"), ("ab" * 16, "32 characters"), ("", "0 characters"),
-                                        ("z" * 64, "64 characters"), ("ab " * 32, "95 characters"), ("ab" * 4000, "more than 4096 bytes")])
+@pytest.mark.parametrize(
+    "text,found",
+    [
+        ("not hex at all", "14 characters"),
+        ("ab" * 16, "32 characters"),
+        ("", "0 characters"),
+        ("z" * 64, "64 characters"),
+        ("ab " * 32, "95 characters"),
+        ("ab" * 4000, "more than 4096 bytes"),
+    ],
+)
 def test_key_file_of_the_wrong_format_is_refused(tmp_path, text, found):
     path = tmp_path / "bad.key"
     path.write_text(text)

@@ -28,12 +28,16 @@ def opacus_epsilon(sigma, q, steps, delta):
 
 def test_cwt_dp_composes_over_every_visit(toy_fed):
     # Beaulieu-Jones 2018: CWT with DP-SGD at each site, ε over all visits of that site
-    cfg = RunConfig(protocol="cwt", train=TRAIN, privacy={"mechanism": "dp-sgd", "noise_multiplier": 1.2, "delta": 1e-3})
+    cfg = RunConfig(
+        protocol="cwt", train=TRAIN, privacy={"mechanism": "dp-sgd", "noise_multiplier": 1.2, "delta": 1e-3}
+    )
     priv = execute(cfg, fed=toy_fed).privacy
     n = len(toy_fed.sites[0].train)
     spe = math.ceil(n / 4)  # Poisson steps per epoch, q = 1/spe
     assert priv["unit"] == "sample"
-    assert priv["per_site_epsilon"]["site-0"] == pytest.approx(opacus_epsilon(1.2, 1 / spe, TRAIN.rounds * spe, 1e-3), abs=1e-6)
+    assert priv["per_site_epsilon"]["site-0"] == pytest.approx(
+        opacus_epsilon(1.2, 1 / spe, TRAIN.rounds * spe, 1e-3), abs=1e-6
+    )
     # one visit alone spends strictly less than the two visits composed
     assert opacus_epsilon(1.2, 1 / spe, spe, 1e-3) < priv["epsilon"]
 
@@ -45,8 +49,11 @@ def test_epsilon_target_is_met_not_exceeded(toy_fed):
 
 
 def test_dp_training_is_deterministic_and_moves_the_weights(toy_fed):
-    cfg = RunConfig(protocol="centralised", train=TrainSettings(rounds=1, batch_size=4),
-                    privacy={"mechanism": "dp-sgd", "noise_multiplier": 1.0, "delta": 1e-3})
+    cfg = RunConfig(
+        protocol="centralised",
+        train=TrainSettings(rounds=1, batch_size=4),
+        privacy={"mechanism": "dp-sgd", "noise_multiplier": 1.0, "delta": 1e-3},
+    )
     a, b = execute(cfg, fed=toy_fed), execute(cfg, fed=toy_fed)
     wa, wb = a.predictor.to_torch_state_dict(), b.predictor.to_torch_state_dict()
     assert all(torch.equal(wa[k], wb[k]) for k in wa)
@@ -55,7 +62,9 @@ def test_dp_training_is_deterministic_and_moves_the_weights(toy_fed):
 
 
 def test_p3sgd_accounts_at_patient_level(toy_fed):
-    cfg = RunConfig(protocol="centralised", train=TRAIN, privacy={"mechanism": "p3sgd", "noise_multiplier": 1.0, "delta": 1e-3})
+    cfg = RunConfig(
+        protocol="centralised", train=TRAIN, privacy={"mechanism": "p3sgd", "noise_multiplier": 1.0, "delta": 1e-3}
+    )
     priv = execute(cfg, fed=toy_fed).privacy
     pooled = toy_fed.pooled("train")
     per_batch = max(1, round(4 * pooled.n_patients / len(pooled)))
@@ -66,7 +75,10 @@ def test_p3sgd_accounts_at_patient_level(toy_fed):
 
 def test_per_patient_clip_matches_reference():
     rng = np.random.default_rng(0)
-    g = [torch.tensor(rng.normal(size=(5, 3)), dtype=torch.float32), torch.tensor(rng.normal(size=(5, 2, 2)), dtype=torch.float32)]
+    g = [
+        torch.tensor(rng.normal(size=(5, 3)), dtype=torch.float32),
+        torch.tensor(rng.normal(size=(5, 2, 2)), dtype=torch.float32),
+    ]
     patient = torch.tensor([0, 1, 0, 2, 1])
     out = per_patient_clip(g, patient, 3, max_norm=0.5)
     ref = [np.zeros((3,)), np.zeros((2, 2))]
@@ -100,15 +112,18 @@ def test_patient_gradients_match_autograd_per_patient():
     assert all(torch.allclose(g, r, atol=1e-5) for g, r in zip(got, ref))
 
 
-@pytest.mark.parametrize("opts,match", [
-    ({"epsilon": 0}, "epsilon must be > 0"),
-    ({}, "needs a target"),
-    ({"epsilon": 1.0, "delta": 0.5}, "1/n"),
-    ({"epsilon": 0.5, "noise_multiplier": 0.3, "delta": 1e-3}, "gives epsilon"),
-    ({"noise_multiplier": 1.0, "accountant": "moments"}, "valid accountants"),
-    ({"noise_multiplier": 1.0, "clip": 2}, "valid options"),
-    ({"noise_multiplier": 1.0, "budget": 3.0}, "needs a ledger"),
-])
+@pytest.mark.parametrize(
+    "opts,match",
+    [
+        ({"epsilon": 0}, "epsilon must be > 0"),
+        ({}, "needs a target"),
+        ({"epsilon": 1.0, "delta": 0.5}, "1/n"),
+        ({"epsilon": 0.5, "noise_multiplier": 0.3, "delta": 1e-3}, "gives epsilon"),
+        ({"noise_multiplier": 1.0, "accountant": "moments"}, "valid accountants"),
+        ({"noise_multiplier": 1.0, "clip": 2}, "valid options"),
+        ({"noise_multiplier": 1.0, "budget": 3.0}, "needs a ledger"),
+    ],
+)
 def test_impossible_settings_refused_before_training(toy_fed, opts, match):
     with pytest.raises(PrivmedError, match=match):
         cfg = RunConfig(protocol="fedavg", train=TRAIN, privacy={"mechanism": "dp-sgd", **opts})
@@ -116,7 +131,12 @@ def test_impossible_settings_refused_before_training(toy_fed, opts, match):
 
 
 def test_model_opacus_cannot_fix_without_changing_weights_is_refused(toy_fed):
-    cfg = RunConfig(protocol="fedavg", model="densenet121", train=TRAIN, privacy={"mechanism": "dp-sgd", "noise_multiplier": 1.0, "delta": 1e-3})
+    cfg = RunConfig(
+        protocol="fedavg",
+        model="densenet121",
+        train=TRAIN,
+        privacy={"mechanism": "dp-sgd", "noise_multiplier": 1.0, "delta": 1e-3},
+    )
     with pytest.raises(PrivmedError, match="BatchNorm"):
         make_mechanism(cfg.privacy).check(plan_of(cfg, toy_fed))
 
@@ -130,13 +150,18 @@ def test_resumed_dp_run_reports_the_same_epsilon(toy_fed, tmp_path, mechanism, m
     import privmed.engine.session as sessionmod
     import privmed.run as runmod
 
-    cfg = RunConfig(protocol="fedavg", train=TrainSettings(rounds=3, batch_size=4), name="r",
-                    privacy={"mechanism": mechanism, "noise_multiplier": 1.5, "delta": 1e-3})
+    cfg = RunConfig(
+        protocol="fedavg",
+        train=TrainSettings(rounds=3, batch_size=4),
+        name="r",
+        privacy={"mechanism": mechanism, "noise_multiplier": 1.5, "delta": 1e-3},
+    )
     full = execute(cfg, fed=toy_fed)
 
     def stop_after_2(rnd, total, metrics):
         if rnd == 2:
             raise Interrupt
+
     monkeypatch.setattr(sessionmod, "build_federation", lambda c, s: toy_fed)
     with pytest.raises(Interrupt):
         runmod.run(cfg, runs_dir=tmp_path, progress=stop_after_2)
@@ -145,7 +170,8 @@ def test_resumed_dp_run_reports_the_same_epsilon(toy_fed, tmp_path, mechanism, m
 
 
 def test_a_resumed_run_under_a_budget_counts_its_own_spend_once(toy_fed, tmp_path, monkeypatch):
-    """The interrupted rounds are in the ledger and in the plan: a budget the whole run fits is not refused on resume."""
+    """The interrupted rounds are in the ledger and in the plan: a budget the whole run fits is not refused on
+    resume."""
     import privmed.engine.session as sessionmod
     import privmed.run as runmod
     from privmed.privacy.pseudonym import new_key
@@ -154,12 +180,15 @@ def test_a_resumed_run_under_a_budget_counts_its_own_spend_once(toy_fed, tmp_pat
     ledger = {"ledger": f"sqlite:///{tmp_path / 'l.db'}", "ledger_key": str(key)}
     base = {"mechanism": "p3sgd", "noise_multiplier": 1.5, "delta": 1e-3, **ledger}
     cfg = RunConfig(protocol="fedavg", train=TrainSettings(rounds=3, batch_size=4), name="b", privacy=base)
-    plan = execute(dataclasses.replace(cfg, privacy={**base, "ledger": f"sqlite:///{tmp_path / 'plan.db'}"}), fed=toy_fed)
+    plan = execute(
+        dataclasses.replace(cfg, privacy={**base, "ledger": f"sqlite:///{tmp_path / 'plan.db'}"}), fed=toy_fed
+    )
     budget = plan.privacy["patient_epsilon_max"] * 1.05  # the whole run fits; twice its first two rounds would not
 
     def stop_after_2(rnd, total, metrics):
         if rnd == 2:
             raise Interrupt
+
     monkeypatch.setattr(sessionmod, "build_federation", lambda c, s: toy_fed)
     budgeted = dataclasses.replace(cfg, privacy={**base, "budget": budget})
     with pytest.raises(Interrupt):
@@ -177,8 +206,11 @@ def test_poisson_batches_match_the_accounted_rate_and_empty_batches_train():
     from tests.privacy.conftest import make_fed
 
     fed = make_fed(n_sites=1, patients=93, images=1)
-    cfg = RunConfig(protocol="centralised", train=TrainSettings(rounds=1, batch_size=1),
-                    privacy={"mechanism": "dp-sgd", "noise_multiplier": 1.0, "delta": 1e-3})
+    cfg = RunConfig(
+        protocol="centralised",
+        train=TrainSettings(rounds=1, batch_size=1),
+        privacy={"mechanism": "dp-sgd", "noise_multiplier": 1.0, "delta": 1e-3},
+    )
     r = execute(cfg, fed=fed)
     assert r.privacy["epsilon"] == pytest.approx(history_epsilon([(1.0, 1 / 93, 93)], delta=1e-3), rel=1e-9)
 

@@ -14,8 +14,11 @@ from privmed.run import execute
 
 
 def cfg(rounds=1, **opts):
-    return RunConfig(protocol="fedavg", train=TrainSettings(rounds=rounds, batch_size=4, lr=0.05),
-                     privacy={"mechanism": "dp-fedavg", "delta": 1e-3, **opts})
+    return RunConfig(
+        protocol="fedavg",
+        train=TrainSettings(rounds=rounds, batch_size=4, lr=0.05),
+        privacy={"mechanism": "dp-fedavg", "delta": 1e-3, **opts},
+    )
 
 
 @pytest.mark.parametrize("side", ["server", "client"])

@@ -28,8 +28,11 @@ def test_sum_of_quantised_vectors_decodes_within_half_a_step_each(values, n, bit
     q = sum(quantise(v, clip=clip, bits=bits).astype(object) for _ in range(n))
     assert max(int(x) for x in q) < 2 ** slot_bits(bits=bits, max_summands=n)  # never spills into the next slot
     step = 2 * clip / (2**bits - 1)
-    assert np.allclose(dequantise(np.array(q, dtype=np.float64), clip=clip, bits=bits, count=n), n * np.clip(v, -clip, clip),
-                       atol=n * step / 2 + 1e-9)
+    assert np.allclose(
+        dequantise(np.array(q, dtype=np.float64), clip=clip, bits=bits, count=n),
+        n * np.clip(v, -clip, clip),
+        atol=n * step / 2 + 1e-9,
+    )
 
 
 def test_pack_refuses_a_value_wider_than_its_slot():

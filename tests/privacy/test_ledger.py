@@ -30,7 +30,11 @@ def ledger_opts(tmp_path):
 
 
 def p3(opts, **extra):
-    return RunConfig(protocol="fedavg", train=TRAIN, privacy={"mechanism": "p3sgd", "noise_multiplier": 1.5, "delta": 1e-3, **opts, **extra})
+    return RunConfig(
+        protocol="fedavg",
+        train=TRAIN,
+        privacy={"mechanism": "p3sgd", "noise_multiplier": 1.5, "delta": 1e-3, **opts, **extra},
+    )
 
 
 def test_shared_patient_is_one_ledger_entry_charged_by_both_sites(toy_fed, ledger_opts):
@@ -42,7 +46,7 @@ def test_shared_patient_is_one_ledger_entry_charged_by_both_sites(toy_fed, ledge
     # composed by summing RDP: the shared patient spent exactly twice a one-site patient's curve
     assert np.allclose(spent[shared], 2 * spent[alone])
     assert epsilon_from_rdp(spent[shared], delta=1e-5) < 2 * epsilon_from_rdp(spent[alone], delta=1e-5)
-    raw = sqlite3.connect(ledger_opts["ledger"][len("sqlite:///"):]).execute("SELECT patient FROM charges").fetchall()
+    raw = sqlite3.connect(ledger_opts["ledger"][len("sqlite:///") :]).execute("SELECT patient FROM charges").fetchall()
     assert not any(r[0].startswith(("P", "SHARED")) for r in raw)  # only pseudonyms are stored
 
 
@@ -84,7 +88,11 @@ class CrashAfter(torch.nn.Module):
 
 
 def test_crashed_training_records_what_it_spent(toy_fed, ledger_opts):
-    cfg = RunConfig(protocol="fedavg", train=TRAIN, privacy={"mechanism": "dp-sgd", "noise_multiplier": 1.5, "delta": 1e-3, **ledger_opts})
+    cfg = RunConfig(
+        protocol="fedavg",
+        train=TRAIN,
+        privacy={"mechanism": "dp-sgd", "noise_multiplier": 1.5, "delta": 1e-3, **ledger_opts},
+    )
     mech = make_mechanism(cfg.privacy)
     mech.check(plan_of(cfg, toy_fed))
     site = toy_fed.sites[2].train  # no shared patient here
@@ -94,13 +102,18 @@ def test_crashed_training_records_what_it_spent(toy_fed, ledger_opts):
     key = load_key(ledger_opts["ledger_key"])
     # two completed steps; patients with two images are charged the unamplified group bound
     from privmed.privacy.accounting import rdp_group_gaussian
-    assert np.allclose(spent[pseudonym(key, site.patient_ids[0])], rdp_group_gaussian(group_size=2, noise_multiplier=1.5, steps=2))
+
+    assert np.allclose(
+        spent[pseudonym(key, site.patient_ids[0])], rdp_group_gaussian(group_size=2, noise_multiplier=1.5, steps=2)
+    )
 
 
 def _charge_many(url, worker, n):
     ledger = Ledger(url)
     for i in range(n):
-        ledger.charge(run_id=f"run-{worker}", site="s", unit="patient", rdp_by_patient={f"p{i % 5}": np.full(len(ORDERS), 0.01)})
+        ledger.charge(
+            run_id=f"run-{worker}", site="s", unit="patient", rdp_by_patient={f"p{i % 5}": np.full(len(ORDERS), 0.01)}
+        )
 
 
 def test_two_processes_do_not_corrupt_or_lose_charges(tmp_path):
@@ -139,7 +152,9 @@ LIMIT = epsilon_from_rdp(np.full(len(ORDERS), 1.5), delta=1e-5)  # the ε of an 
 def _reserve_together(url, name, barrier, results):
     barrier.wait()
     try:
-        Ledger(url).reserve(run=name, run_id=f"{name}@1", plan={p: 2 * r for p, r in PLAN.items()}, limit=LIMIT, delta=1e-5)
+        Ledger(url).reserve(
+            run=name, run_id=f"{name}@1", plan={p: 2 * r for p, r in PLAN.items()}, limit=LIMIT, delta=1e-5
+        )
         results.put((name, "held"))
     except PrivmedError as exc:
         results.put((name, str(exc)))
@@ -169,7 +184,9 @@ def test_a_hold_counts_only_what_its_run_has_not_yet_charged(tmp_path):
     ledger.reserve(run="a", run_id="a@1", plan=PLAN, limit=None, delta=1e-5)
     with pytest.raises(PrivmedError, match="running run"):  # a holds 0.5 per order: 0.5 + 1.5 > 1.5
         ledger.reserve(run="b", run_id="b@1", plan={p: 3 * r for p, r in PLAN.items()}, limit=LIMIT, delta=1e-5)
-    ledger.charge(run_id="a@1", site="s", unit="patient", rdp_by_patient=PLAN)  # a spends its plan: charged, not held twice
+    ledger.charge(
+        run_id="a@1", site="s", unit="patient", rdp_by_patient=PLAN
+    )  # a spends its plan: charged, not held twice
     ledger.reserve(run="b", run_id="b@1", plan=PLAN, limit=LIMIT, delta=1e-5)  # 0.5 charged + 0.5 + 0.5 held = 1.5
     assert set(ledger.holds()) == {"a", "b"}
     assert ledger.release(run_id="a@1") == 3 and set(ledger.holds()) == {"b"}
@@ -184,7 +201,17 @@ def test_a_killed_runs_hold_is_dropped_by_its_next_attempt_or_by_hand(toy_fed, l
     assert res.exit_code == 0 and f"hold: run '{cfg.run_name}'" in res.output
     again = make_mechanism(cfg.privacy)
     again.check(plan_of(cfg, toy_fed))  # the next attempt replaces the stale hold instead of adding to it
-    assert len({r for (r,) in sqlite3.connect(ledger_opts["ledger"][len("sqlite:///"):]).execute("SELECT run_id FROM holds")}) == 1
+    assert (
+        len(
+            {
+                r
+                for (r,) in sqlite3.connect(ledger_opts["ledger"][len("sqlite:///") :]).execute(
+                    "SELECT run_id FROM holds"
+                )
+            }
+        )
+        == 1
+    )
     res = CliRunner().invoke(app, ["budget", "--ledger", ledger_opts["ledger"], "--release", "nope"])
     assert res.exit_code == 2 and cfg.run_name in res.output
     res = CliRunner().invoke(app, ["budget", "--ledger", ledger_opts["ledger"], "--release", cfg.run_name])

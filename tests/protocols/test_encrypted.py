@@ -20,8 +20,11 @@ from privmed.protocols.base import TrainSettings
 from privmed.protocols.weight_transmission import fnt, snt
 
 
-def run_protocol(fed, fn, protocol, privacy=None, *, rounds=2, fault=None, options=None, evaluated=None, site_mods=None):
-    """Run ``fn`` on the session privmed assembles; with ``evaluated`` (a list), reveal each round's predictor into it, as the harness does."""
+def run_protocol(
+    fed, fn, protocol, privacy=None, *, rounds=2, fault=None, options=None, evaluated=None, site_mods=None
+):
+    """Run ``fn`` on the session privmed assembles; with ``evaluated`` (a list), reveal each round's predictor into
+    it, as the harness does."""
     cfg = RunConfig(protocol=protocol, privacy=privacy or {}, options=options or {}, train=TrainSettings(rounds=rounds))
     session = assemble(cfg, fed=fed, fault=fault, site_mods=site_mods)
     if evaluated is not None:
@@ -32,19 +35,31 @@ def run_protocol(fed, fn, protocol, privacy=None, *, rounds=2, fault=None, optio
 
 def dropping(*visits):
     """A fault hook that drops the train replies of the given (round, node) visits."""
+
     def hook(msg, reply):
-        return None if (int(msg.metadata.group_id), msg.metadata.dst_node_id) in visits and msg.metadata.message_type == "train" else reply
+        return (
+            None
+            if (int(msg.metadata.group_id), msg.metadata.dst_node_id) in visits and msg.metadata.message_type == "train"
+            else reply
+        )
+
     return hook
 
 
 def tampering(rnd, node):
     """A fault hook that flips a byte of the blob a site uploads in one visit (in transit to the coordinator)."""
+
     def hook(msg, reply):
-        if msg.metadata.dst_node_id == node and msg.metadata.group_id == str(rnd) and msg.metadata.message_type == "train":
+        if (
+            msg.metadata.dst_node_id == node
+            and msg.metadata.group_id == str(rnd)
+            and msg.metadata.message_type == "train"
+        ):
             blob = bytearray(reply.content["sealed"]["blob"])
             blob[-3] ^= 0xFF
             reply.content["sealed"] = ConfigRecord({"blob": bytes(blob)})
         return reply
+
     return hook
 
 
@@ -54,14 +69,18 @@ def flat(arrays):
 
 @pytest.fixture(scope="module")
 def plain(small_fed):
-    return {"fedavg": run_protocol(small_fed, fedavg.run, "fedavg")[0], "cwt": run_protocol(small_fed, cwt.run, "cwt")[0],
-            "fedavg-1": run_protocol(small_fed, fedavg.run, "fedavg", rounds=1)[0]}
+    return {
+        "fedavg": run_protocol(small_fed, fedavg.run, "fedavg")[0],
+        "cwt": run_protocol(small_fed, cwt.run, "cwt")[0],
+        "fedavg-1": run_protocol(small_fed, fedavg.run, "fedavg", rounds=1)[0],
+    }
 
 
 def observer(seen):
     def hook(msg, reply):
         seen.append(reply)
         return reply
+
     return hook
 
 
@@ -91,7 +110,11 @@ def test_he_fedavg_excludes_truncated_and_foreign_ciphertexts_and_goes_on(small_
         node, rec = msg.metadata.dst_node_id, reply.content.config_records.get("he")
         if rec is not None and msg.metadata.group_id == "1" and node in (FIRST_NODE_ID, FIRST_NODE_ID + 1):
             ct = bytes(rec["ciphertext"])
-            new = {"ciphertext": ct[:-5], "key-id": rec["key-id"]} if node == FIRST_NODE_ID else {"ciphertext": ct, "key-id": "0" * 16}
+            new = (
+                {"ciphertext": ct[:-5], "key-id": rec["key-id"]}
+                if node == FIRST_NODE_ID
+                else {"ciphertext": ct, "key-id": "0" * 16}
+            )
             reply.content["he"] = ConfigRecord(new)
         return reply
 
@@ -121,15 +144,21 @@ def test_he_site_refuses_to_encrypt_a_nan_update(small_fed):
             arrays[first] = type(arrays[first])(np.full(arrays[first].shape, np.nan, dtype=np.float32))
         return reply
 
-    _, ctx, _, _ = run_protocol(small_fed, he_fedavg.run, "he-fedavg", {"mechanism": "he-ckks"}, rounds=1, site_mods={2: [poison]})
+    _, ctx, _, _ = run_protocol(
+        small_fed, he_fedavg.run, "he-fedavg", {"mechanism": "he-ckks"}, rounds=1, site_mods={2: [poison]}
+    )
     assert [r["node"] for r in ctx.rejections] == [FIRST_NODE_ID + 2]
     assert "NaN" in ctx.rejections[0]["reason"] and small_fed.sites[2].name in ctx.rejections[0]["reason"]
 
 
 def test_encrypting_mechanisms_refuse_the_wrong_protocol_and_protocols_need_them(small_fed):
-    with pytest.raises(PrivmedError, match="he-paillier encrypts FedAvg updates; use it with --protocol he-fedavg, not fedavg"):
+    with pytest.raises(
+        PrivmedError, match="he-paillier encrypts FedAvg updates; use it with --protocol he-fedavg, not fedavg"
+    ):
         resolve(RunConfig(protocol="fedavg", privacy={"mechanism": "he-paillier"}))
-    with pytest.raises(PrivmedError, match="aes-gcm seals transmitted weights; use it with --protocol snt or fnt, not cwt"):
+    with pytest.raises(
+        PrivmedError, match="aes-gcm seals transmitted weights; use it with --protocol snt or fnt, not cwt"
+    ):
         resolve(RunConfig(protocol="cwt", privacy={"mechanism": "aes-gcm"}))
     with pytest.raises(PrivmedError, match="no HE keys"):
         run_protocol(small_fed, he_fedavg.run, "he-fedavg")
@@ -139,10 +168,13 @@ def test_encrypting_mechanisms_refuse_the_wrong_protocol_and_protocols_need_them
 
 def test_secagg_fedavg_gives_fedavg_model_and_coordinator_sees_only_masked_vectors(small_fed, plain):
     seen = []
-    model, ctx, _, _ = run_protocol(small_fed, secagg_fedavg.run, "secagg-fedavg", {"mechanism": "secagg"}, rounds=1,
-                                    fault=observer(seen))
+    model, ctx, _, _ = run_protocol(
+        small_fed, secagg_fedavg.run, "secagg-fedavg", {"mechanism": "secagg"}, rounds=1, fault=observer(seen)
+    )
     assert np.abs(flat(model) - flat(plain["fedavg-1"])).max() < 1e-3  # Flower's quantisation: clip 8, 2**22 levels
-    assert all(all(len(rec) == 0 for rec in r.content.array_records.values()) for r in seen)  # weights cleared by secaggplus_mod
+    assert all(
+        all(len(rec) == 0 for rec in r.content.array_records.values()) for r in seen
+    )  # weights cleared by secaggplus_mod
     assert not ctx.rejections
 
 
@@ -151,13 +183,28 @@ def test_secagg_survives_a_site_dropping_out_after_the_key_exchange(small_fed):
 
     def drop_masked_vector(msg, reply):
         stage = msg.content.config_records.get(RECORD_KEY_CONFIGS, {}).get(Key.STAGE) if not msg.has_error() else None
-        return None if (msg.metadata.dst_node_id == dropped and msg.metadata.group_id == "1" and stage == Stage.COLLECT_MASKED_VECTORS) else reply
+        return (
+            None
+            if (
+                msg.metadata.dst_node_id == dropped
+                and msg.metadata.group_id == "1"
+                and stage == Stage.COLLECT_MASKED_VECTORS
+            )
+            else reply
+        )
 
     def drop_train(msg, reply):
         return None if (msg.metadata.dst_node_id == dropped and msg.metadata.group_id == "1") else reply
 
-    model, ctx, _, _ = run_protocol(small_fed, secagg_fedavg.run, "secagg-fedavg", {"mechanism": "secagg"}, rounds=1,
-                                    fault=drop_masked_vector, options={"threshold": 3})
+    model, ctx, _, _ = run_protocol(
+        small_fed,
+        secagg_fedavg.run,
+        "secagg-fedavg",
+        {"mechanism": "secagg"},
+        rounds=1,
+        fault=drop_masked_vector,
+        options={"threshold": 3},
+    )
     reference = run_protocol(small_fed, fedavg.run, "fedavg", rounds=1, fault=drop_train)[0]
     assert [(r["round"], r["node"]) for r in ctx.rejections] == [(1, dropped)]
     assert np.abs(flat(model) - flat(reference)).max() < 1e-3  # the sum of the three others, masks removed
@@ -170,18 +217,26 @@ def test_snt_and_fnt_give_exactly_the_cwt_model_and_coordinator_sees_no_weights(
     assert np.array_equal(flat(model), flat(plain["cwt"]))
     assert all(not r.content.array_records for r in seen) and not ctx.rejections
     if protocol == "fnt":  # weights moved only on the peer links: every site sent to the next, each round
-        assert len(mech.links.bytes) == len(small_fed.sites) and max(r["bytes"] for r in ctx.grid.traffic.records if r["direction"] == "up") < 2000
+        assert (
+            len(mech.links.bytes) == len(small_fed.sites)
+            and max(r["bytes"] for r in ctx.grid.traffic.records if r["direction"] == "up") < 2000
+        )
         assert out.measured["communication"]["peer_link_bytes"] == sum(mech.links.bytes.values())
 
 
 def test_snt_tampered_blob_is_rejected_by_the_next_site_and_the_run_goes_on(small_fed):
     uploader, receiver = FIRST_NODE_ID + 1, FIRST_NODE_ID + 2
     evaluated = []
-    model, ctx, _, _ = run_protocol(small_fed, snt.run, "snt", {"mechanism": "aes-gcm"}, fault=tampering(1, uploader),
-                                    evaluated=evaluated)
+    model, ctx, _, _ = run_protocol(
+        small_fed, snt.run, "snt", {"mechanism": "aes-gcm"}, fault=tampering(1, uploader), evaluated=evaluated
+    )
     assert sorted((r["round"], r["node"]) for r in ctx.rejections) == [(1, uploader), (1, receiver)]
     for r in ctx.rejections:
-        assert "failed authentication" in r["reason"] and small_fed.sites[1].name in r["reason"] and small_fed.sites[2].name in r["reason"]
+        assert (
+            "failed authentication" in r["reason"]
+            and small_fed.sites[1].name in r["reason"]
+            and small_fed.sites[2].name in r["reason"]
+        )
     # both visits are lost: the model is CWT's without them, and so is round 1's evaluated model
     reference_1 = run_protocol(small_fed, cwt.run, "cwt", rounds=1, fault=dropping((1, uploader), (1, receiver)))[0]
     reference = run_protocol(small_fed, cwt.run, "cwt", fault=dropping((1, uploader), (1, receiver)))[0]
@@ -192,11 +247,14 @@ def test_snt_tampered_blob_is_rejected_by_the_next_site_and_the_run_goes_on(smal
 def test_snt_tampered_last_upload_of_a_round_is_caught_before_evaluation(small_fed):
     last = FIRST_NODE_ID + len(small_fed.sites) - 1
     evaluated = []
-    model, ctx, _, _ = run_protocol(small_fed, snt.run, "snt", {"mechanism": "aes-gcm"}, fault=tampering(1, last),
-                                    evaluated=evaluated)
+    model, ctx, _, _ = run_protocol(
+        small_fed, snt.run, "snt", {"mechanism": "aes-gcm"}, fault=tampering(1, last), evaluated=evaluated
+    )
     assert [(r["round"], r["node"]) for r in ctx.rejections] == [(1, last)]  # the run completed; the loss is recorded
     reason = ctx.rejections[0]["reason"]
-    assert "failed authentication" in reason and small_fed.sites[-1].name in reason and small_fed.sites[0].name in reason
+    assert (
+        "failed authentication" in reason and small_fed.sites[-1].name in reason and small_fed.sites[0].name in reason
+    )
     reference_1 = run_protocol(small_fed, cwt.run, "cwt", rounds=1, fault=dropping((1, last)))[0]
     reference = run_protocol(small_fed, cwt.run, "cwt", fault=dropping((1, last)))[0]
     assert [r for r, _ in evaluated] == [1, 2] and np.array_equal(flat(evaluated[0][1]), flat(reference_1))
@@ -205,18 +263,34 @@ def test_snt_tampered_last_upload_of_a_round_is_caught_before_evaluation(small_f
 
 def test_snt_tampered_upload_of_the_last_round_is_not_the_final_model(small_fed):
     last = FIRST_NODE_ID + len(small_fed.sites) - 1
-    model, ctx, _, _ = run_protocol(small_fed, snt.run, "snt", {"mechanism": "aes-gcm"}, rounds=1, fault=tampering(1, last))
+    model, ctx, _, _ = run_protocol(
+        small_fed, snt.run, "snt", {"mechanism": "aes-gcm"}, rounds=1, fault=tampering(1, last)
+    )
     assert [(r["round"], r["node"]) for r in ctx.rejections] == [(1, last)]
-    assert np.array_equal(flat(model), flat(run_protocol(small_fed, cwt.run, "cwt", rounds=1, fault=dropping((1, last)))[0]))
+    assert np.array_equal(
+        flat(model), flat(run_protocol(small_fed, cwt.run, "cwt", rounds=1, fault=dropping((1, last)))[0])
+    )
 
 
-@pytest.mark.parametrize(("threshold", "why"), [(1, "whole number from 2 to 3 with 4 sites"), (4, "whole number from 2 to 3 with 4 sites"),
-                                               (2.5, r"'threshold' for protocol secagg-fedavg must be int or none, got 2.5"),
-                                               ("3", r"'threshold' for protocol secagg-fedavg must be int or none, got '3'")])
+@pytest.mark.parametrize(
+    ("threshold", "why"),
+    [
+        (1, "whole number from 2 to 3 with 4 sites"),
+        (4, "whole number from 2 to 3 with 4 sites"),
+        (2.5, r"'threshold' for protocol secagg-fedavg must be int or none, got 2.5"),
+        ("3", r"'threshold' for protocol secagg-fedavg must be int or none, got '3'"),
+    ],
+)
 def test_secagg_threshold_must_be_a_whole_number_from_2_to_one_below_the_sites(small_fed, threshold, why):
     with pytest.raises(PrivmedError, match=why):
-        run_protocol(small_fed, secagg_fedavg.run, "secagg-fedavg", {"mechanism": "secagg"}, rounds=1,
-                     options={"threshold": threshold})
+        run_protocol(
+            small_fed,
+            secagg_fedavg.run,
+            "secagg-fedavg",
+            {"mechanism": "secagg"},
+            rounds=1,
+            options={"threshold": threshold},
+        )
 
 
 def test_secagg_fedavg_without_the_secagg_mods_fails_loudly(small_fed):
@@ -228,7 +302,9 @@ def test_harness_measures_an_encrypted_run_and_saves_the_decrypted_model(small_f
     from privmed.engine.result import load_predictor
     from privmed.run import execute
 
-    result = execute(RunConfig(protocol="he-fedavg", privacy={"mechanism": "he-ckks"}, train=TrainSettings(rounds=2)), fed=small_fed)
+    result = execute(
+        RunConfig(protocol="he-fedavg", privacy={"mechanism": "he-ckks"}, train=TrainSettings(rounds=2)), fed=small_fed
+    )
     assert result.communication["expansion_factor"] > 1 and result.runtime["encrypt_seconds_per_round"] > 0
     assert result.privacy["mechanism"] == "he-ckks" and len(result.performance["history"]) == 2
     result.save(tmp_path)

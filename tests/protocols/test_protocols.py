@@ -13,8 +13,11 @@ from privmed.protocols.base import TrainSettings
 
 
 def make_ctx(fed, rounds=2, fault=None, options=None, protocol="fedavg"):
-    """The session's context for ``protocol`` on ``fed`` (built by privmed's one assembly), recording each evaluation."""
-    session = assemble(RunConfig(protocol=protocol, options=options or {}, train=TrainSettings(rounds=rounds)), fed=fed, fault=fault)
+    """The session's context for ``protocol`` on ``fed`` (built by privmed's one assembly), recording each
+    evaluation."""
+    session = assemble(
+        RunConfig(protocol=protocol, options=options or {}, train=TrainSettings(rounds=rounds)), fed=fed, fault=fault
+    )
     seen = []
     session.ctx.evaluate_fn = lambda r, p: seen.append((r, p))
     return session.ctx, seen
@@ -35,8 +38,6 @@ def test_cwt_visits_every_site_in_fixed_order_each_round(small_fed):
     assert train_order(ctx.grid) == nodes * 2
     assert [r for r, _ in seen] == [1, 2]
     assert not np.allclose(flat(out.predictor), flat(ctx.initial))
-
-
 
 
 def test_cwt_shuffled_order_changes_between_rounds_and_repeats_with_seed(small_fed):
@@ -87,7 +88,12 @@ def test_fedavg_is_the_example_weighted_mean_of_site_updates(small_fed):
     ctx2, _ = make_ctx(small_fed, rounds=1)
     updates, weights = [], []
     for i, site in enumerate(small_fed.sites):
-        msg = Message(RecordDict({"arrays": ctx2.initial, "config": ctx2.round_config(1)}), FIRST_NODE_ID + i, "train", group_id="1")
+        msg = Message(
+            RecordDict({"arrays": ctx2.initial, "config": ctx2.round_config(1)}),
+            FIRST_NODE_ID + i,
+            "train",
+            group_id="1",
+        )
         (reply,) = ctx2.grid.send_and_receive([msg])
         updates.append(flat(reply.content["arrays"]))
         weights.append(len(site.train))
@@ -105,6 +111,7 @@ def _poison(kind):
             t = torch.from_numpy(a.numpy().copy())
             bad[k] = torch.full_like(t, float("nan")) if kind == "nan" else torch.zeros(3)
         return Message(RecordDict({"arrays": ArrayRecord(bad), "metrics": reply.content["metrics"]}), reply_to=msg)
+
     return fault
 
 

@@ -76,9 +76,21 @@ def run(ctx: ProtocolContext) -> ProtocolOutput:
             raise PrivmedError(f"round {rnd}: every site failed; no site holds a model")
         ctx.state["peer_bytes"] = peer_bytes
         ctx.evaluate_fn(rnd, seal_predictor(ConfigRecord({"holder": names[holder]})))
-    return ProtocolOutput(seal_predictor(ConfigRecord({"holder": names[holder]})), measured={"communication": {
-        "peer_link_bytes": peer_bytes, "peer_bytes_per_site_per_round": peer_bytes / len(nodes) / rounds}})
+    return ProtocolOutput(
+        seal_predictor(ConfigRecord({"holder": names[holder]})),
+        measured={
+            "communication": {
+                "peer_link_bytes": peer_bytes,
+                "peer_bytes_per_site_per_round": peer_bytes / len(nodes) / rounds,
+            }
+        },
+    )
 
 
-SPEC = ProtocolSpec(name="fnt", technique="phuong2019-fnt", run=run,
-                    coordinator_sees="nothing but the visiting schedule (weights go site to site)", schedule="sequential")
+SPEC = ProtocolSpec(
+    name="fnt",
+    technique="phuong2019-fnt",
+    run=run,
+    coordinator_sees="nothing but the visiting schedule (weights go site to site)",
+    schedule="sequential",
+)

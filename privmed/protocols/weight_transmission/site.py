@@ -63,7 +63,9 @@ class PeerLinks:
         return self._boxes.pop((sender, receiver))
 
 
-def _train_and_check(msg: Message, context: Context, call_next, arrays: ArrayRecord, site: str) -> tuple[ArrayRecord, Message]:
+def _train_and_check(
+    msg: Message, context: Context, call_next, arrays: ArrayRecord, site: str
+) -> tuple[ArrayRecord, Message]:
     msg.content = RecordDict({"arrays": arrays, "config": msg.content["config"]})
     reply = call_next(msg, context)
     if reply.has_error():
@@ -92,8 +94,11 @@ def weight_mod(site: str, *, shared: bytes, pairwise: PairwiseKeys, links: PeerL
                 links.send(site, str(route["to"]), blob)
                 return Message(RecordDict({"fnt": ConfigRecord({"site": site, "sent-bytes": len(blob)})}), reply_to=msg)
             src, dst = str(route["from"]), str(route["to"])
-            arrays = content["arrays"] if not src else from_bytes(open_sealed(
-                links.receive(src, site), key=pairwise.key(site, src), receiver=site))
+            arrays = (
+                content["arrays"]
+                if not src
+                else from_bytes(open_sealed(links.receive(src, site), key=pairwise.key(site, src), receiver=site))
+            )
             update, reply = _train_and_check(msg, context, call_next, arrays, site)
             if reply.has_error():
                 return reply
@@ -101,15 +106,25 @@ def weight_mod(site: str, *, shared: bytes, pairwise: PairwiseKeys, links: PeerL
             blob = seal(to_bytes(update), key=pairwise.key(site, dst), sender=site) if dst else b""
             if dst:
                 links.send(site, dst, blob)
-            out = RecordDict({"metrics": reply.content["metrics"], "fnt": ConfigRecord({"site": site, "sent-bytes": len(blob)})})
+            out = RecordDict(
+                {"metrics": reply.content["metrics"], "fnt": ConfigRecord({"site": site, "sent-bytes": len(blob)})}
+            )
             return Message(out, reply_to=msg)
-        arrays = (from_bytes(open_sealed(bytes(content["sealed"]["blob"]), key=shared, receiver=site))
-                  if "sealed" in content.config_records else content["arrays"])
+        arrays = (
+            from_bytes(open_sealed(bytes(content["sealed"]["blob"]), key=shared, receiver=site))
+            if "sealed" in content.config_records
+            else content["arrays"]
+        )
         update, reply = _train_and_check(msg, context, call_next, arrays, site)
         if reply.has_error():
             return reply
         blob = seal(to_bytes(update), key=shared, sender=site)
-        return Message(RecordDict({"sealed": ConfigRecord({"blob": blob}), "metrics": MetricRecord(dict(reply.content["metrics"]))}), reply_to=msg)
+        return Message(
+            RecordDict(
+                {"sealed": ConfigRecord({"blob": blob}), "metrics": MetricRecord(dict(reply.content["metrics"]))}
+            ),
+            reply_to=msg,
+        )
 
     return mod
 
@@ -159,6 +174,12 @@ class WeightEncryption(Mechanism):
         self.links.bytes.update(state.get("peer_link_bytes", {}))
 
     def report(self) -> dict[str, Any]:
-        return {"epsilon": None, "delta": None, "unit": None, "encryption": "AES-256-GCM", "individual_updates_visible": False,
-                "key": "key file" if self.key_file else "generated in memory",
-                "peer_link_bytes": dict(self.links.bytes)}
+        return {
+            "epsilon": None,
+            "delta": None,
+            "unit": None,
+            "encryption": "AES-256-GCM",
+            "individual_updates_visible": False,
+            "key": "key file" if self.key_file else "generated in memory",
+            "peer_link_bytes": dict(self.links.bytes),
+        }

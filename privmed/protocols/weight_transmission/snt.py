@@ -59,8 +59,15 @@ def verify(ctx: ProtocolContext, nodes: list[int], content: dict, rnd: int) -> s
         replies = list(ctx.grid.send_and_receive([msg]))
         if replies and not replies[0].has_error() and VERIFY in replies[0].content.config_records:
             return None
-        problem = "no reply" if not replies else (f"site error: {replies[0].error.reason}" if replies[0].has_error()
-                                                  else "site did not check the blob (is --privacy aes-gcm set?)")
+        problem = (
+            "no reply"
+            if not replies
+            else (
+                f"site error: {replies[0].error.reason}"
+                if replies[0].has_error()
+                else "site did not check the blob (is --privacy aes-gcm set?)"
+            )
+        )
         if AUTH_FAILURE in problem:
             return problem
         problems.append(f"node {node}: {problem}")
@@ -73,7 +80,9 @@ def predictor_of(content: dict):
 
 def run(ctx: ProtocolContext) -> ProtocolOutput:
     nodes = node_ids(ctx)
-    good: dict = {"arrays": ctx.initial}  # a resumed run starts from its checkpointed (decrypted) model, in the clear like round 1  # the last content a site opened successfully: what a rollback forwards
+    # the last content a site opened successfully: what a rollback forwards; at first the public initial weights
+    # (a resumed run: its checkpointed, decrypted model, in the clear like round 1)
+    good: dict = {"arrays": ctx.initial}
     content, uploader, sizes = good, None, []
     for rnd in range(ctx.start_round, ctx.settings.rounds + 1):
         for node in nodes:
@@ -82,7 +91,9 @@ def run(ctx: ProtocolContext) -> ProtocolOutput:
                 ctx.reject(rnd, node, problem)
                 if AUTH_FAILURE in problem:
                     if content is not good:  # nobody opened this upload: its update is lost too
-                        ctx.reject(rnd, uploader, f"its sealed weights could not be opened by the next site ({problem})")
+                        ctx.reject(
+                            rnd, uploader, f"its sealed weights could not be opened by the next site ({problem})"
+                        )
                     content = good
                 continue
             sizes.append(len(blob))
@@ -97,9 +108,22 @@ def run(ctx: ProtocolContext) -> ProtocolOutput:
         ctx.evaluate_fn(rnd, predictor_of(content))
     plain = 4 * n_values(layout_of(ctx.initial))
     mean = sum(sizes) / max(len(sizes), 1)
-    return ProtocolOutput(predictor_of(content), measured={"communication": {
-        "sealed_blob_bytes": mean, "plaintext_float32_bytes": plain, "expansion_factor": mean / plain}})
+    return ProtocolOutput(
+        predictor_of(content),
+        measured={
+            "communication": {
+                "sealed_blob_bytes": mean,
+                "plaintext_float32_bytes": plain,
+                "expansion_factor": mean / plain,
+            }
+        },
+    )
 
 
-SPEC = ProtocolSpec(name="snt", technique="phuong2019-snt", run=run,
-                    coordinator_sees="opaque AES-GCM blobs of the weights after every site visit", schedule="sequential")
+SPEC = ProtocolSpec(
+    name="snt",
+    technique="phuong2019-snt",
+    run=run,
+    coordinator_sees="opaque AES-GCM blobs of the weights after every site visit",
+    schedule="sequential",
+)
