@@ -144,6 +144,8 @@ def _set(elem, values: list) -> None:
 
 def _clean(f: _File, ds: Dataset, elem, where: str) -> None:
     vr = elem.VR
+    if vr != "SQ" and elem.is_empty:
+        return
     if vr == "SQ":
         for i, item in enumerate(elem.value):
             _apply(f, item, f"{where}{elem.keyword}[{i}].")
@@ -233,7 +235,7 @@ def _identifying_tokens(ds: Dataset, profile: Profile) -> re.Pattern | None:
     return re.compile(r"(?<![\w])(?:" + "|".join(alternatives) + r")(?![\w])", re.IGNORECASE)
 
 
-def _method(options: Options) -> tuple[list[str], list[Any]]:
+def _method(options: Options, edition: str) -> tuple[list[str], list[Any]]:
     used = [("Basic Profile", codes.DCM.BasicApplicationConfidentialityProfile)]
     if options.retain_modified_dates:
         used.append(("Modified Dates", codes.DCM.RetainLongitudinalTemporalInformationModifiedDatesOption))
@@ -241,7 +243,7 @@ def _method(options: Options) -> tuple[list[str], list[Any]]:
         used.append(("Patient Characteristics", codes.DCM.RetainPatientCharacteristicsOption))
     if options.clean_descriptors:
         used.append(("Clean Descriptors", codes.DCM.CleanDescriptorsOption))
-    text = [f"PS3.15 E.1-1 {EDITION} privmed keyed"] + [name for name, _ in used[1:]]
+    text = [f"PS3.15 E.1-1 {edition} privmed keyed"] + [name for name, _ in used[1:]]
     return text, [c for _, c in used]
 
 
@@ -266,7 +268,7 @@ def deidentify_dataset(ds: Dataset, *, key: bytes, options: Options = Options(),
     if meta is not None and "MediaStorageSOPInstanceUID" in meta:
         meta.MediaStorageSOPInstanceUID = ds.get("SOPInstanceUID") or _uid(f, meta.MediaStorageSOPInstanceUID)
         f.done.append("MediaStorageSOPInstanceUID: U")
-    text, used = _method(options)
+    text, used = _method(options, profile.edition)
     ds.PatientIdentityRemoved = "YES"
     ds.DeidentificationMethod = text
     ds.DeidentificationMethodCodeSequence = Sequence([_code_item(c) for c in used])
@@ -290,26 +292,49 @@ def _burned_in(ds: Dataset) -> str | None:
 
 
 def _read(path: Path) -> tuple[Dataset | None, str]:
-    """The dataset, or None and why it is not a de-identifiable DICOM file."""
+    """The dataset, or None and why it is not a de-identifiable DICOM file.
+
+    A dataset without the Part 10 preamble and file meta (older archives) is
+    read too, and given file meta so that its output is a Part 10 file.
+    """
     try:
-        ds = pydicom.dcmread(path)
+        try:
+            ds = pydicom.dcmread(path)
+        except pydicom.errors.InvalidDicomError:
+            ds = pydicom.dcmread(path, force=True)
+            _add_file_meta(ds)
         list(ds.iterall())  # parse every element now, so a truncated file fails here, not half-written
     except Exception as exc:  # noqa: BLE001 - any unreadable file is named and skipped, never fatal
         return None, f"not a readable DICOM file ({type(exc).__name__}: {str(exc)[:160]})"
     if str(ds.get("SOPClassUID", "")) == "1.2.840.10008.1.3.10" or "DirectoryRecordSequence" in ds:
         return None, "a DICOMDIR (it indexes patient names); rebuild one from the output if needed"
     if "SOPClassUID" not in ds or "SOPInstanceUID" not in ds:
-        return None, "no SOP Class or SOP Instance UID: not a composite DICOM instance (truncated?)"
+        return None, "not a DICOM instance (no SOP Class or SOP Instance UID; truncated, or not DICOM at all)"
     if "Image" in UID(ds.SOPClassUID).name:
         if "PixelData" not in ds:
             return None, "an image without Pixel Data (truncated file?)"
-        syntax = getattr(getattr(ds, "file_meta", None), "TransferSyntaxUID", None)
+        syntax = ds.file_meta.get("TransferSyntaxUID")
         if syntax is not None and not syntax.is_compressed:
-            need = (int(ds.get("Rows", 0)) * int(ds.get("Columns", 0)) * int(ds.get("SamplesPerPixel", 1))
+            samples = 2 if ds.get("PhotometricInterpretation") == "YBR_FULL_422" else int(ds.get("SamplesPerPixel", 1))
+            need = (int(ds.get("Rows", 0)) * int(ds.get("Columns", 0)) * samples
                     * int(ds.get("BitsAllocated", 8)) // 8 * int(ds.get("NumberOfFrames", 1) or 1))
             if len(ds.PixelData) < need:
                 return None, f"Pixel Data holds {len(ds.PixelData)} bytes, its size needs {need} (truncated file)"
     return ds, ""
+
+
+def _add_file_meta(ds: Dataset) -> None:
+    """File meta for a dataset read without it (transfer syntax from how it was encoded)."""
+    from pydicom.dataset import FileMetaDataset
+    from pydicom.uid import ExplicitVRBigEndian, ExplicitVRLittleEndian, ImplicitVRLittleEndian
+
+    implicit, little = ds.original_encoding
+    meta = ds.file_meta if getattr(ds, "file_meta", None) is not None else FileMetaDataset()
+    if "TransferSyntaxUID" not in meta:
+        meta.TransferSyntaxUID = ImplicitVRLittleEndian if implicit else (ExplicitVRLittleEndian if little else ExplicitVRBigEndian)
+    if "SOPClassUID" in ds and "SOPInstanceUID" in ds:
+        meta.MediaStorageSOPClassUID, meta.MediaStorageSOPInstanceUID = ds.SOPClassUID, ds.SOPInstanceUID
+    ds.file_meta = meta
 
 
 def _check_dirs(in_dir: Path, out_dir: Path) -> None:
@@ -320,6 +345,12 @@ def _check_dirs(in_dir: Path, out_dir: Path) -> None:
         raise PrivmedError(f"output folder {out_dir} must be outside the input folder {in_dir} (and not contain it): inputs are never modified")
 
 
+class _LeftOut(Exception):
+    def __init__(self, status: str, why: str) -> None:
+        super().__init__(why)
+        self.status, self.why = status, why
+
+
 def deidentify_tree(in_dir: str | Path, out_dir: str | Path, *, key_file: str | Path, options: Options = Options(),
                     allow_burned_in: bool = False, reid_table: str | Path | None = None,
                     edition: str = EDITION) -> DeidSummary:
@@ -327,57 +358,67 @@ def deidentify_tree(in_dir: str | Path, out_dir: str | Path, *, key_file: str | 
 
     ``allow_burned_in`` writes files flagged for burned-in annotation (their
     pixels are not cleaned); ``reid_table`` writes the encrypted
-    re-identification table there (merged with an existing one).
+    re-identification table there (merged with an existing one). A file that
+    cannot be read, de-identified or written is named in the summary and the
+    audit log, and the run goes on.
     """
     in_dir, out_dir = Path(in_dir), Path(out_dir)
     _check_dirs(in_dir, out_dir)
     key = load_key(key_file)
     profile = load_profile(edition)
     audit_path = out_dir.with_name(out_dir.name + ".deid-audit.jsonl")
-    skipped, refused, written, patients, series = [], [], {}, {}, set()
+    left_out: dict[str, list[tuple[str, str]]] = {"skipped": [], "refused": []}
+    written: dict[Path, str] = {}
+    patients: dict[str, str] = {}
+    series: set[str] = set()
     actions: Counter = Counter()
     uids: dict[str, str] = {}
+
+    def one(path: Path, rel: str) -> dict[str, Any]:
+        ds, why = _read(path)
+        if ds is None:
+            raise _LeftOut("skipped", why)
+        flag = None if allow_burned_in else _burned_in(ds)
+        if flag:
+            raise _LeftOut("refused", f"{flag}; pixel data are not cleaned: pass allow_burned_in (--allow-burned-in) after checking the pixels")
+        original_pid = str(ds.get("PatientID", "") or "")
+        done, counts = deidentify_dataset(ds, key=key, options=options, profile=profile, uids=uids)
+        pid, series_uid = str(ds.PatientID), str(ds.get("SeriesInstanceUID", "") or "no-series")
+        dest = out_dir / pid / series_uid / f"{ds.SOPInstanceUID}.dcm"
+        if dest in written:
+            raise _LeftOut("skipped", f"same SOP Instance UID as {written[dest]}; not written twice")
+        dest.parent.mkdir(parents=True, exist_ok=True)
+        try:
+            ds.save_as(dest, enforce_file_format=True)  # a Part 10 file, whatever the input was
+        except Exception:
+            dest.unlink(missing_ok=True)
+            raise
+        written[dest], patients[pid] = rel, original_pid
+        series.add(series_uid)
+        actions.update(counts)
+        return {"status": "written", "out": str(dest.relative_to(out_dir)), "burned_in": _burned_in(ds), "actions": done}
+
     files = sorted(p for p in in_dir.rglob("*") if p.is_file())
     out_dir.mkdir(parents=True, exist_ok=True)
     with audit_path.open("w") as audit:
         for path in files:
             rel = str(path.relative_to(in_dir))
-            ds, why = _read(path)
-            if ds is None:
-                skipped.append((rel, why))
-                audit.write(json.dumps({"file": rel, "status": "skipped", "why": why}) + "\n")
-                continue
-            flag = None if allow_burned_in else _burned_in(ds)
-            if flag:
-                why = f"{flag}; pixel data are not cleaned: pass allow_burned_in (--allow-burned-in) after checking the pixels"
-                refused.append((rel, why))
-                audit.write(json.dumps({"file": rel, "status": "refused", "why": why}) + "\n")
-                continue
-            original_pid = str(ds.get("PatientID", "") or "")
-            done, counts = deidentify_dataset(ds, key=key, options=options, profile=profile, uids=uids)
-            pid = str(ds.PatientID)
-            patients[pid] = original_pid
-            series.add(str(ds.get("SeriesInstanceUID", "")))
-            sop = str(ds.get("SOPInstanceUID", "") or pseudo_uid(key, "file:" + rel))
-            dest = out_dir / pid / str(ds.get("SeriesInstanceUID", "") or "no-series") / f"{sop}.dcm"
-            if dest in written:
-                why = f"same SOP Instance UID as {written[dest]}; not written twice"
-                skipped.append((rel, why))
-                audit.write(json.dumps({"file": rel, "status": "skipped", "why": why}) + "\n")
-                continue
-            dest.parent.mkdir(parents=True, exist_ok=True)
-            ds.save_as(dest)
-            written[dest] = rel
-            actions.update(counts)
-            audit.write(json.dumps({"file": rel, "status": "written", "out": str(dest.relative_to(out_dir)),
-                                    "burned_in": _burned_in(ds), "actions": done}) + "\n")
+            try:
+                record = one(path, rel)
+            except _LeftOut as e:
+                record = {"status": e.status, "why": e.why}
+            except Exception as exc:  # noqa: BLE001 - one bad file is named and skipped, never fatal
+                record = {"status": "skipped", "why": f"failed ({type(exc).__name__}: {str(exc)[:160]})"}
+            if record["status"] != "written":
+                left_out[record["status"]].append((rel, record["why"]))
+            audit.write(json.dumps({"file": rel, **record}) + "\n")
     table = None
     if reid_table is not None:
         table = str(write_reid_table(reid_table, {"patients": patients, "uids": uids}, key=key))
     private = actions.pop("private", 0)
     summary = DeidSummary(out_dir=str(out_dir), edition=profile.edition, options=asdict(options) | {"allow_burned_in": allow_burned_in},
                           files=len(files), written=len(written), patients=len(patients), series=len(series),
-                          skipped=tuple(skipped), refused=tuple(refused), actions=dict(sorted(actions.items())),
-                          private_removed=private, audit_log=str(audit_path), reid_table=table)
+                          skipped=tuple(left_out["skipped"]), refused=tuple(left_out["refused"]),
+                          actions=dict(sorted(actions.items())), private_removed=private, audit_log=str(audit_path), reid_table=table)
     out_dir.with_name(out_dir.name + ".deid-summary.json").write_text(json.dumps(summary.to_dict(), indent=2))
     return summary

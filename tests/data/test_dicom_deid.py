@@ -160,7 +160,7 @@ def test_vendor_files_uids_consistent_across_a_series_and_runs_inputs_unchanged(
     a = deidentify_tree(src, tmp_path / "a", key_file=key, options=Options(retain_modified_dates=True), reid_table=tmp_path / "reid.bin")
     assert digest(src) == before  # inputs never modified
     assert a.written == 4 and dict(a.skipped).keys() == {"notes.txt", "broken.dcm"}
-    assert "truncated" in dict(a.skipped)["broken.dcm"] and "not a readable DICOM" in dict(a.skipped)["notes.txt"]
+    assert "truncated" in dict(a.skipped)["broken.dcm"] and "not a DICOM instance" in dict(a.skipped)["notes.txt"]
     out_a = outputs(tmp_path / "a")
     ct = [ds for ds in out_a.values() if ds.Modality == "CT"]
     assert len({d.SeriesInstanceUID for d in ct}) == 1 and len({d.SOPInstanceUID for d in ct}) == 3
@@ -227,3 +227,13 @@ def test_cli_deid(tmp_path, key):
     assert res.exit_code == 0, res.output
     assert "wrote 2 of 4 files" in res.output and "left out notes.txt" in res.output
     assert all(d.PatientSex for d in outputs(tmp_path / "out").values())
+
+
+def test_a_dataset_without_file_meta_is_written_as_a_part10_file(tmp_path, key):
+    (tmp_path / "in").mkdir()
+    shutil.copy(get_testdata_file("ExplVR_LitEndNoMeta.dcm"), tmp_path / "in" / "old.dcm")
+    assert open(tmp_path / "in" / "old.dcm", "rb").read()[128:132] != b"DICM"
+    s = deidentify_tree(tmp_path / "in", tmp_path / "out", key_file=key, allow_burned_in=True)
+    assert s.written == 1, s.skipped
+    (out,) = (tmp_path / "out").rglob("*.dcm")
+    assert out.read_bytes()[128:132] == b"DICM" and pydicom.dcmread(out).PatientIdentityRemoved == "YES"
