@@ -124,6 +124,17 @@ def _uid(f: _File, value: str) -> str:
     return new
 
 
+def _uids(f: _File, elem) -> None:
+    """Replace each UID value by its keyed pseudonym; UIDs the standard registers (SOP classes, ...) are kept."""
+    if not elem.is_empty:
+        _set(elem, [v if str(v) in UID_dictionary else _uid(f, v) for v in _values(elem)])
+
+
+def _items(f: _File, elem, where: str) -> None:
+    for i, item in enumerate(elem.value):
+        _apply(f, item, f"{where}{elem.keyword}[{i}].")
+
+
 def _shift(value: str, vr: str, days: int) -> str:
     import datetime as dt
 
@@ -147,8 +158,7 @@ def _clean(f: _File, ds: Dataset, elem, where: str) -> None:
     if vr != "SQ" and elem.is_empty:
         return
     if vr == "SQ":
-        for i, item in enumerate(elem.value):
-            _apply(f, item, f"{where}{elem.keyword}[{i}].")
+        _items(f, elem, where)
     elif vr in ("DA", "DT", "TM") and f.options.retain_modified_dates:
         try:
             _set(elem, [_shift(str(v), vr, f.shift) for v in _values(elem)])
@@ -162,10 +172,9 @@ def _clean(f: _File, ds: Dataset, elem, where: str) -> None:
 def _dummy(f: _File, elem, where: str) -> None:
     vr = elem.VR
     if vr == "SQ":
-        for i, item in enumerate(elem.value):
-            _apply(f, item, f"{where}{elem.keyword}[{i}].")
+        _items(f, elem, where)
     elif vr == "UI":
-        elem.value = [_uid(f, v) for v in _values(elem)] if elem.VM > 1 else _uid(f, elem.value or "0")
+        _uids(f, elem)
     elif elem.tag == 0x00100020:  # Patient ID: the keyed pseudonym
         elem.value = pseudo_patient(f.key, elem.value or "")
     elif vr in _STRING_DUMMY:
@@ -187,11 +196,9 @@ def _apply(f: _File, ds: Dataset, where: str = "") -> None:
         if action is None:
             if elem.VR == "UI" and any(str(v) not in UID_dictionary for v in _values(elem) if v):
                 action = "U"  # a UID the profile does not list: an instance UID is an identifier
-            elif elem.VR == "SQ":
-                for i, item in enumerate(elem.value):
-                    _apply(f, item, f"{where}{elem.keyword}[{i}].")
-                continue
             else:
+                if elem.VR == "SQ":
+                    _items(f, elem, where)
                 continue
         act = _resolve(action, elem.VR)
         if act == "X":
@@ -201,15 +208,11 @@ def _apply(f: _File, ds: Dataset, where: str = "") -> None:
         elif act == "D":
             _dummy(f, elem, where)
         elif act == "U":
-            if elem.VR != "UI":
-                _dummy(f, elem, where)
-            elif elem.value:
-                _set(elem, [_uid(f, v) for v in _values(elem)])
+            _uids(f, elem) if elem.VR == "UI" else _dummy(f, elem, where)
         elif act == "C":
             _clean(f, ds, elem, where)
         elif act == "K" and elem.VR == "SQ":
-            for i, item in enumerate(elem.value):
-                _apply(f, item, f"{where}{elem.keyword}[{i}].")
+            _items(f, elem, where)
         name = elem.keyword or f"({elem.tag.group:04X},{elem.tag.element:04X})"
         f.done.append(f"{where}{name}: {act}" + (f" (profile {action})" if act != action else ""))
         f.actions[act] += 1
