@@ -12,10 +12,10 @@ from pydicom.dataelem import DataElement
 from pydicom.datadict import dictionary_VR
 from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.sequence import Sequence
-from pydicom.uid import ExplicitVRLittleEndian, UID, generate_uid
+from pydicom.uid import ExplicitVRLittleEndian, UID, UID_dictionary, generate_uid
 
 from privmed.data.dicom_deid import deidentify_tree
-from privmed.data.dicom_keys import pseudo_patient, pseudo_uid, read_reid_table
+from privmed.data.dicom_keys import day_shift, pseudo_patient, pseudo_uid, read_reid_table
 from privmed.data.dicom_profile import Options, load_profile
 from privmed.errors import PrivmedError
 
@@ -90,30 +90,54 @@ def outputs(folder):
     return {str(p.relative_to(folder)): pydicom.dcmread(p) for p in sorted(folder.rglob("*.dcm"))}
 
 
+ADDED = {0x00120062, 0x00120063, 0x00120064, 0x00280303}  # what de-identification sets (PS3.15 E.1.1)
+
+
+def assert_profile_applied(original, out, key, profile=None, where=""):
+    """Every attribute of ``original`` is in ``out`` as Table E.1-1's Basic column says; unlisted ones unchanged."""
+    profile = profile or load_profile()
+    for elem in original:
+        tag, here = int(elem.tag), f"{where}{elem.keyword or hex(int(elem.tag))}"
+        if elem.tag.is_private:
+            assert tag not in out, f"{here}: private, must be removed"
+            continue
+        if tag in ADDED and not where:
+            continue
+        action = profile.action(tag, Options())
+        got = out.get(tag)
+        if action == "X":
+            assert got is None, f"{here}: X, must be removed"
+            continue
+        if action is None and elem.VR not in ("UI", "SQ"):
+            assert got is not None and got.value == elem.value, f"{here}: not listed, must be unchanged"
+            continue
+        assert got is not None, f"{here} ({action}) must stay present"
+        if elem.VR == "SQ" and action in (None, "D", "K", "X/D", "Z/D", "X/Z/D"):  # items kept, each de-identified
+            assert len(got.value) == len(elem.value), here
+            for i, (a, b) in enumerate(zip(elem.value, got.value)):
+                assert_profile_applied(a, b, key, profile, f"{here}[{i}].")
+        elif action == "Z" or (action in ("X/Z", "X/Z/U*") and elem.VR != "UI"):
+            assert (len(got.value) == 0 if elem.VR == "SQ" else got.is_empty), f"{here}: Z, must be empty"
+        elif elem.VR == "UI":  # U, D or X/Z/U* on a UID, or an unlisted instance UID: keyed pseudonym
+            values = list(elem.value) if elem.VM > 1 else [elem.value]
+            expect = [v if v in UID_dictionary else pseudo_uid(key, v) for v in values]
+            assert (list(got.value) if got.VM > 1 else [got.value]) == expect, here
+            assert all(UID(v).is_valid for v in expect), here
+        elif tag == 0x00100020:
+            assert got.value == pseudo_patient(key, elem.value), "Patient ID: keyed pseudonym"
+        else:  # D: a dummy of the VR, never the original
+            assert not got.is_empty and got.value != elem.value, f"{here}: D, must be a dummy"
+
+
 def test_every_basic_profile_attribute_is_handled_as_the_profile_says(tmp_path, key):
     (tmp_path / "in").mkdir()
     tags = every_attribute_file(tmp_path / "in" / "all.dcm")
     s = deidentify_tree(tmp_path / "in", tmp_path / "out", key_file=key)
     assert s.written == 1 and not s.skipped
     (ds,) = outputs(tmp_path / "out").values()
-    profile = load_profile()
-    assert len(tags) > 650
-    for tag in tags:
-        action = profile.action(tag, Options())
-        elem = ds.get(tag)
-        if action == "X":
-            assert elem is None, f"{tag:08X} must be removed"
-            continue
-        assert elem is not None, f"{tag:08X} ({action}) must stay present"
-        if action == "Z" or (action in ("X/Z", "X/Z/U*") and elem.VR != "UI"):
-            assert (len(elem.value) == 0 if elem.VR == "SQ" else elem.is_empty), f"{tag:08X} must be empty"
-        elif elem.VR == "UI":  # U, D or X/Z/U* on a UID: keyed pseudonym
-            assert str(elem.value) == pseudo_uid(key.read_bytes(), VALUE["UI"]) and UID(elem.value).is_valid
-        elif elem.VR == "SQ":  # D on a sequence: items kept, each de-identified
-            assert all("PatientName" not in it or it.PatientName == "" for it in elem.value)
-            assert all(it.ReferencedSOPInstanceUID == pseudo_uid(key.read_bytes(), VALUE["UI"]) for it in elem.value)
-        else:  # D: a dummy of the VR, never the original
-            assert elem.value not in (None, "", b"") and elem.value != _value(elem.VR), f"{tag:08X} must be a dummy"
+    original = pydicom.dcmread(tmp_path / "in" / "all.dcm")
+    assert len(tags) > 650 and all(t in original for t in tags)
+    assert_profile_applied(original, ds, key.read_bytes())
     assert ds.PatientID == pseudo_patient(key.read_bytes(), "SECRET 123456")
     assert not any(e.tag.is_private for e in ds.iterall())
     assert ds.PatientIdentityRemoved == "YES" and ds.LongitudinalTemporalInformationModified == "REMOVED"
@@ -177,9 +201,19 @@ def test_vendor_files_uids_consistent_across_a_series_and_runs_inputs_unchanged(
     shifts = {days(d[k].value, original[k].value) for d in ct for k in ("StudyDate", "SeriesDate", "ContentDate", "AcquisitionDate")}
     assert len(shifts) == 1 and -3650 <= shifts.pop() < 0  # one shift for every date of one patient
     assert ct[0].StudyTime == original.StudyTime  # whole-day shift: time of day kept
-    # same key, another run: identical pseudonyms; another key: none shared
-    deidentify_tree(src, tmp_path / "b", key_file=key, options=Options(retain_modified_dates=True))
-    assert sorted(outputs(tmp_path / "b")) == sorted(out_a)
+    mr = [d for d in out_a.values() if d.Modality == "MR"][0]
+    mr_original = pydicom.dcmread(get_testdata_file("MR_small.dcm"))
+    assert days(mr.StudyDate, mr_original.StudyDate) == day_shift(key.read_bytes(), "4MR1") != day_shift(key.read_bytes(), "1CT1")
+    # same key, another run: identical pseudonyms, and every attribute of the vendor files as the profile says
+    deidentify_tree(src, tmp_path / "b", key_file=key)
+    out_b = outputs(tmp_path / "b")
+    assert sorted(out_b) == sorted(out_a)
+    for source in (src / "Doe^John" / "ct" / "0.dcm", src / "mr" / "MR_small.dcm"):
+        before_ds = pydicom.dcmread(source)
+        (after_ds,) = [d for d in out_b.values() if d.SOPInstanceUID == pseudo_uid(key.read_bytes(), before_ds.SOPInstanceUID)]
+        assert_profile_applied(before_ds, after_ds, key.read_bytes())
+    assert not (tmp_path / "b.reid").exists() and sorted(p.name for p in tmp_path.iterdir() if p.name.startswith("b")) == [
+        "b", "b.deid-audit.jsonl", "b.deid-summary.json"]  # a re-identification table only when asked
     other = tmp_path / "other.key"
     other.write_bytes(b"o" * 32)
     deidentify_tree(src, tmp_path / "c", key_file=other)
