@@ -5,8 +5,9 @@ from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.uid import CTImageStorage, ExplicitVRLittleEndian, generate_uid
 
 
-def write_series(folder, volume, *, spacing=(2.5, 0.5, 0.5), patient="P", shuffle=True, slope=1.0, intercept=0.0, seed=0):
-    """``volume`` [D, H, W] (stored values) as one CT file per slice, in shuffled file order, slice d at z = d * spacing[0]."""
+def write_series(folder, volume, *, spacing=(2.5, 0.5, 0.5), patient="P", shuffle=True, slope=1.0, intercept=0.0, seed=0,
+                 orientation=(1, 0, 0, 0, 1, 0), step=(0.0, 0.0, 1.0)):
+    """``volume`` [D, H, W] (stored values) as one CT file per slice, in shuffled file order, slice d at d * spacing[0] * step."""
     folder.mkdir(parents=True, exist_ok=True)
     series, study, frame = generate_uid(), generate_uid(), generate_uid()
     order = np.random.default_rng(seed).permutation(len(volume)) if shuffle else np.arange(len(volume))
@@ -19,8 +20,8 @@ def write_series(folder, volume, *, spacing=(2.5, 0.5, 0.5), patient="P", shuffl
         ds.SOPClassUID, ds.Modality = CTImageStorage, "CT"
         ds.PatientID, ds.PatientName = patient, f"{patient}^Test"
         ds.StudyInstanceUID, ds.SeriesInstanceUID, ds.FrameOfReferenceUID = study, series, frame
-        ds.ImageOrientationPatient = [1, 0, 0, 0, 1, 0]
-        ds.ImagePositionPatient = [0.0, 0.0, float(d) * spacing[0]]
+        ds.ImageOrientationPatient = list(orientation)
+        ds.ImagePositionPatient = [float(d) * spacing[0] * s for s in step]
         ds.PixelSpacing = [spacing[1], spacing[2]]
         ds.SliceThickness = spacing[0]
         ds.RescaleSlope, ds.RescaleIntercept = slope, intercept

@@ -40,6 +40,13 @@ def test_dicom_series_is_sorted_by_position_with_spacing_and_rescale(tmp_path):
     assert vol.voxels[:, 0, 0].tolist() == [2.0 * 10 * k - 5.0 for k in range(5)]
 
 
+def test_dicom_series_sorts_along_the_slice_normal_not_z(tmp_path):
+    # sagittal: rows along +y, columns along -z, so the normal (row x column) is -x; slice k lies at x = 2 k
+    folder = write_series(tmp_path / "sag", ramp(), spacing=(2.0, 1.0, 1.0), orientation=(0, 1, 0, 0, 0, -1), step=(1.0, 0.0, 0.0))
+    vol = read_series(folder)
+    assert vol.voxels[:, 0, 0].tolist() == [40, 30, 20, 10, 0] and vol.spacing[0] == pytest.approx(2.0)
+
+
 def test_dicom_series_problems_name_the_file(tmp_path):
     folder = write_series(tmp_path / "s", ramp())
     (folder / "readme.txt").write_text("hello")
