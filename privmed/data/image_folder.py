@@ -31,7 +31,8 @@ def _read_image(p: Path) -> np.ndarray:
     from PIL import Image
 
     with Image.open(p) as im:
-        im = im.convert("RGB" if im.mode in ("RGB", "RGBA", "P", "CMYK", "YCbCr") else "L")
+        if im.mode not in ("L", "I", "I;16", "I;16B", "I;16L", "F"):  # keep 16-bit and float grey as stored
+            im = im.convert("RGB" if im.mode in ("RGB", "RGBA", "P", "CMYK", "YCbCr") else "L")
         arr = np.asarray(im, dtype=np.float32)
     return arr[None] if arr.ndim == 2 else arr.transpose(2, 0, 1)
 

@@ -146,14 +146,17 @@ def test_image_folder_with_labels_and_patients(tmp_path):
     for i in range(4):
         Image.fromarray(np.full((10, 14), 40 * i, np.uint8)).save(tmp_path / f"g{i}.png")
         rows.append(f"g{i}.png,{i % 2},p{i // 2}")
+    Image.fromarray(np.arange(64, dtype=np.uint16).reshape(8, 8) * 1000).save(tmp_path / "g16.png")  # 16-bit grey
+    rows.append("g16.png,0,p2")
     np.save(tmp_path / "a.npy", np.eye(6))
     rows.append("a.npy,1,p2")
     (tmp_path / "labels.csv").write_text("\n".join(rows) + "\n")
     ds = load_dataset(f"folder:{tmp_path / 'labels.csv'}", seed=0, image_size=8)
-    assert ds.data.images.shape == (5, 1, 8, 8) and ds.data.patient_ids.tolist() == ["p0", "p0", "p1", "p1", "p2"]
+    assert ds.data.images.shape == (6, 1, 8, 8) and ds.data.patient_ids.tolist() == ["p0", "p0", "p1", "p1", "p2", "p2"]
+    assert len(np.unique(ds.data.images[4])) == 64  # 16-bit values kept, not clipped to 8 bits
     Image.fromarray(np.zeros((8, 8, 3), np.uint8)).save(tmp_path / "c.png")
     (tmp_path / "labels.csv").write_text("\n".join(rows + ["c.png,0,p3"]) + "\n")
-    assert load_image_folder(tmp_path / "labels.csv", size=8).data.images.shape == (6, 3, 8, 8)  # one colour image: all RGB
+    assert load_image_folder(tmp_path / "labels.csv", size=8).data.images.shape == (7, 3, 8, 8)  # one colour image: all RGB
     (tmp_path / "labels.csv").write_text("\n".join(rows + ["missing.png,0,p3"]) + "\n")
-    with pytest.raises(PrivmedError, match=r"missing.png \(labels CSV .*line 7\) is not a readable image"):
+    with pytest.raises(PrivmedError, match=r"missing.png \(labels CSV .*line 8\) is not a readable image"):
         load_image_folder(tmp_path / "labels.csv")
