@@ -324,6 +324,51 @@ def budget(
         Console().print(f"hold: run {run_name!r} has reserved its plan for {h['patients']} patients since {since}")
 
 
+@app.command()
+def deid(
+    in_dir: Path = typer.Argument(..., help="folder of DICOM files (read only, never modified)"),
+    out_dir: Path = typer.Argument(..., help="where the de-identified files go (OUT/<patient>/<series>/<sop>.dcm)"),
+    key: Path = typer.Option(..., "--key", help="the site's secret key file (make one: privmed budget --new-key PATH)"),
+    retain_modified_dates: bool = typer.Option(
+        False, help="Retain Longitudinal Temporal Information with Modified Dates (keyed per-patient shift)"
+    ),
+    retain_patient_characteristics: bool = typer.Option(
+        False, help="Retain Patient Characteristics (age, sex, size, weight, ...)"
+    ),
+    clean_descriptors: bool = typer.Option(
+        False, help="Clean Descriptors (keep descriptions, scrubbed) instead of removing them"
+    ),
+    allow_burned_in: bool = typer.Option(
+        False, help="also write images flagged for burned-in annotation (pixels are not cleaned)"
+    ),
+    reid_table: Path | None = typer.Option(None, help="write the encrypted re-identification table here"),
+) -> None:
+    """De-identify DICOM files (PS3.15 Annex E Basic Profile, keyed pseudonyms); audit log beside OUT_DIR."""
+    from privmed.data.dicom_deid import deidentify_tree
+    from privmed.data.dicom_profile import Options
+
+    with user_errors():
+        s = deidentify_tree(
+            in_dir,
+            out_dir,
+            key_file=key,
+            allow_burned_in=allow_burned_in,
+            reid_table=reid_table,
+            options=Options(
+                retain_modified_dates=retain_modified_dates,
+                clean_descriptors=clean_descriptors,
+                retain_patient_characteristics=retain_patient_characteristics,
+            ),
+        )
+    for path, why in s.skipped + s.refused:
+        console.print(f"left out {path}: {why}", highlight=False, soft_wrap=True)
+    console.print(
+        f"wrote {s.written} of {s.files} files ({s.patients} patients, {s.series} series) to {s.out_dir}; "
+        f"audit: {s.audit_log}" + (f"; re-identification table: {s.reid_table}" if s.reid_table else ""),
+        highlight=False,
+    )
+
+
 def main() -> None:
     try:
         app()

@@ -16,8 +16,9 @@ import numpy as np
 class ArraySet:
     """Images with their labels, patient ids and (optionally) lesion masks.
 
-    images: float32 [N, C, H, W]; labels: int64 [N]; patient_ids: str [N];
-    masks: uint8 [N, 1, H, W] or None (segmentation target).
+    images: float32 [N, C, H, W] (2-D) or [N, C, D, H, W] (3-D volumes);
+    labels: int64 [N]; patient_ids: str [N]; masks: uint8 [N, 1, *spatial]
+    or None (segmentation target).
     """
 
     images: np.ndarray
@@ -27,8 +28,8 @@ class ArraySet:
 
     def __post_init__(self) -> None:
         n = len(self.images)
-        if self.images.ndim != 4:
-            raise ValueError(f"images must be [N, C, H, W], got shape {self.images.shape}")
+        if self.images.ndim not in (4, 5):
+            raise ValueError(f"images must be [N, C, H, W] or [N, C, D, H, W], got shape {self.images.shape}")
         if len(self.labels) != n or len(self.patient_ids) != n:
             raise ValueError("images, labels and patient_ids must have the same length")
         if self.masks is not None and self.masks.shape[0] != n:
