@@ -8,7 +8,9 @@ round goes on with the other sites.
 from __future__ import annotations
 
 import numpy as np
-from flwr.app import ArrayRecord, Message
+from flwr.app import ArrayRecord, ConfigRecord, Context, Message, RecordDict
+
+from privmed.errors import PrivmedError
 
 
 def update_problem(arrays: ArrayRecord, reference: ArrayRecord) -> str | None:
@@ -33,3 +35,24 @@ def reply_problem(reply: Message, reference: ArrayRecord | None, *, key: str = "
     if key not in reply.content.array_records:
         return f"reply has no {key!r} record"
     return update_problem(reply.content.array_records[key], reference)
+
+
+def train_checked(
+    msg: Message, context: Context, call_next, arrays: ArrayRecord, config: ConfigRecord, *, site: str, refused: str
+) -> tuple[ArrayRecord, Message]:
+    """A site mod's inner step: train ``arrays`` with the site's handler, refuse a NaN or wrong-shaped update.
+
+    Used by the mods that transform what leaves a site (encrypt, mask, seal):
+    a bad update raises (the site's error reply names it, ``refused`` says what
+    was not done with it) before it is transformed. Returns (update, reply);
+    on a handler error, (``arrays``, the error reply).
+    """
+    msg.content = RecordDict({"arrays": arrays, "config": config})
+    reply = call_next(msg, context)
+    if reply.has_error():
+        return arrays, reply
+    update = reply.content["arrays"]
+    problem = update_problem(update, arrays)
+    if problem:
+        raise PrivmedError(f"{site}: local update {problem}; {refused}")
+    return update, reply

@@ -49,7 +49,7 @@ from typing import Any
 
 from flwr.app import ArrayRecord, ConfigRecord, Context, Message, MetricRecord, RecordDict
 
-from privmed.engine.validate import update_problem
+from privmed.engine.validate import train_checked
 from privmed.errors import PrivmedError
 from privmed.privacy.base import Mechanism, Plan
 from privmed.privacy.he import Keyring, make_aggregator, make_keyring
@@ -88,14 +88,11 @@ def he_mod(keyring: Keyring, *, n_examples: int, site: str):
         content = msg.content
         arrays = decrypt_global(keyring, content["he"]) if "he" in content.config_records else content["arrays"]
         t_dec = time.perf_counter() - t0
-        msg.content = RecordDict({"arrays": arrays, "config": content["config"]})
-        reply = call_next(msg, context)
+        update, reply = train_checked(
+            msg, context, call_next, arrays, content["config"], site=site, refused="not encrypted"
+        )
         if reply.has_error():
             return reply
-        update = reply.content["arrays"]
-        problem = update_problem(update, arrays)
-        if problem:
-            raise PrivmedError(f"{site}: local update {problem}; not encrypted")
         t0 = time.perf_counter()
         ct = keyring.encrypt(flatten(update) * (n_examples / int(content["config"]["he-total-examples"])))
         metrics = dict(reply.content["metrics"])

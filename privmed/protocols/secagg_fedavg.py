@@ -56,7 +56,7 @@ from flwr.server import Grid, LegacyContext, ServerConfig
 from flwr.server.strategy import FedAvg
 from flwr.server.workflow import DefaultWorkflow, SecAggPlusWorkflow
 
-from privmed.engine.validate import update_problem
+from privmed.engine.validate import train_checked
 from privmed.errors import PrivmedError
 from privmed.options import Options
 from privmed.privacy.base import Mechanism
@@ -200,14 +200,11 @@ def legacy_train_bridge(site: str):
         arrays = ArrayRecord(
             {k: Array(a) for k, a in zip(keys, parameters_to_ndarrays(fitins.parameters), strict=True)}
         )
-        msg.content = RecordDict({"arrays": arrays, "config": ConfigRecord(config)})
-        reply = call_next(msg, context)
+        update, reply = train_checked(
+            msg, context, call_next, arrays, ConfigRecord(config), site=site, refused="not masked"
+        )
         if reply.has_error():
             return reply
-        update = reply.content["arrays"]
-        problem = update_problem(update, arrays)
-        if problem:
-            raise PrivmedError(f"{site}: local update {problem}; not masked")
         metrics = dict(reply.content["metrics"])
         fitres = FitRes(
             Status(Code.OK, ""),

@@ -35,7 +35,7 @@ from typing import Any
 
 from flwr.app import ArrayRecord, ConfigRecord, Context, Message, MetricRecord, RecordDict
 
-from privmed.engine.validate import update_problem
+from privmed.engine.validate import train_checked
 from privmed.errors import PrivmedError
 from privmed.privacy.aes_keys import PairwiseKeys, load_key, open_sealed, seal
 from privmed.privacy.base import Mechanism, Plan
@@ -63,20 +63,6 @@ class PeerLinks:
         return self._boxes.pop((sender, receiver))
 
 
-def _train_and_check(
-    msg: Message, context: Context, call_next, arrays: ArrayRecord, site: str
-) -> tuple[ArrayRecord, Message]:
-    msg.content = RecordDict({"arrays": arrays, "config": msg.content["config"]})
-    reply = call_next(msg, context)
-    if reply.has_error():
-        return arrays, reply
-    update = reply.content["arrays"]
-    problem = update_problem(update, arrays)
-    if problem:
-        raise PrivmedError(f"{site}: local update {problem}; not sent")
-    return update, reply
-
-
 def weight_mod(site: str, *, shared: bytes, pairwise: PairwiseKeys, links: PeerLinks):
     def mod(msg: Message, context: Context, call_next) -> Message:
         content = msg.content
@@ -99,7 +85,9 @@ def weight_mod(site: str, *, shared: bytes, pairwise: PairwiseKeys, links: PeerL
                 if not src
                 else from_bytes(open_sealed(links.receive(src, site), key=pairwise.key(site, src), receiver=site))
             )
-            update, reply = _train_and_check(msg, context, call_next, arrays, site)
+            update, reply = train_checked(
+                msg, context, call_next, arrays, content["config"], site=site, refused="not sent"
+            )
             if reply.has_error():
                 return reply
             links.latest[site] = update
@@ -115,7 +103,7 @@ def weight_mod(site: str, *, shared: bytes, pairwise: PairwiseKeys, links: PeerL
             if "sealed" in content.config_records
             else content["arrays"]
         )
-        update, reply = _train_and_check(msg, context, call_next, arrays, site)
+        update, reply = train_checked(msg, context, call_next, arrays, content["config"], site=site, refused="not sent")
         if reply.has_error():
             return reply
         blob = seal(to_bytes(update), key=shared, sender=site)
