@@ -110,6 +110,11 @@ def train(
     config: Path | None = typer.Option(None, "--config", help="TOML run config; flags override it"),
     runs_dir: Path = typer.Option(Path("runs"), help="where runs are written"),
     resume: bool = typer.Option(False, "--resume", help="continue an interrupted run from its last finished round"),
+    reproducible_noise: bool = typer.Option(
+        False,
+        "--reproducible-noise",
+        help="derive DP noise from the run seed (tests, debugging): the result is marked NOT private",
+    ),
 ) -> None:
     """Train one protocol and write runs/<name>/result.json."""
     from privmed import config as cfgmod
@@ -138,6 +143,7 @@ def train(
             name=name,
             options=options,
             privacy=priv,
+            reproducible_noise=reproducible_noise or None,
             **{
                 "data.sites": sites,
                 "data.split": split,
@@ -171,6 +177,7 @@ def train(
             f"ε ({result.privacy.get('unit', '?')}-level, δ={result.privacy.get('delta', 0):g})",
             f"{result.privacy['epsilon']:.3f}",
         )
+        table.add_row("guarantee", str(result.privacy.get("guarantee", "")))
     table.add_row("wall seconds", f"{result.runtime['wall_seconds']:.1f}")
     if result.reliability["rejected_updates"]:
         table.add_row("rejected updates", str(len(result.reliability["rejected_updates"])))

@@ -62,6 +62,8 @@ class RunConfig:
     train: TrainSettings = field(default_factory=TrainSettings)
     options: dict[str, Any] = field(default_factory=dict)  # protocol options, e.g. order, site
     privacy: dict[str, Any] = field(default_factory=dict)  # {"mechanism": name, **its parameters}
+    # DP noise and sampling derived from the run seed (tests, debugging): the result is then marked not private
+    reproducible_noise: bool = False
 
     @property
     def run_name(self) -> str:

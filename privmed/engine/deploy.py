@@ -49,7 +49,7 @@ from flwr.serverapp import Grid, ServerApp
 
 from privmed.config import RunConfig, from_dict
 from privmed.engine.result import Monitor, RunResult, build_result
-from privmed.engine.session import assemble, build_federation, model_spec, resolve
+from privmed.engine.session import assemble, build_federation, model_spec, protocol_site_mods, resolve
 from privmed.errors import PrivmedError
 from privmed.protocols.registry import PROTOCOLS
 from privmed.run import set_threads
@@ -209,7 +209,7 @@ def _site_app(run_config: tuple[tuple[str, Any], ...], partition_id: int) -> Cli
             f"partition-id {partition_id} out of range: this federation has sites 0..{len(fed.sites) - 1}"
         )
     r = resolve(config)
-    own = [r.protocol.site_mod(partition_id, r.options)] if r.protocol.site_mod else []
+    own = protocol_site_mods(r, partition_id, config)
     return make_client_app(
         fed.sites[partition_id],
         model_spec(config, fed),

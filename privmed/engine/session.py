@@ -137,6 +137,13 @@ def plan_of(config: RunConfig, fed: Federation, resolved: Resolved | None = None
     )
 
 
+def protocol_site_mods(resolved: Resolved, site_index: int, config: RunConfig) -> list[Mod]:
+    """The protocol's own site half at one site (DSSGD's selective upload), or nothing."""
+    if resolved.protocol.site_mod is None:
+        return []
+    return [resolved.protocol.site_mod(site_index, resolved.options, reproducible_noise=config.reproducible_noise)]
+
+
 def one_site_grid(site: SiteData, model: ModelSpec, *, mods: Sequence[Mod] = (), trainer: Any = None) -> InProcessGrid:
     """A grid holding one site at node :data:`FIRST_NODE_ID` (the audit's victim; a benchmark's lone site)."""
     return InProcessGrid({FIRST_NODE_ID: make_client_app(site, model, site_index=0, mods=mods, trainer=trainer)})
@@ -201,8 +208,7 @@ def assemble(
     if grid is None:
         apps = {}
         for i, site in enumerate(parties(fed, r.protocol)):
-            own = [r.protocol.site_mod(i, r.options)] if r.protocol.site_mod else []
-            mods = [*mechanism.client_mods(i), *own, *(site_mods or {}).get(i, [])]
+            mods = [*mechanism.client_mods(i), *protocol_site_mods(r, i, config), *(site_mods or {}).get(i, [])]
             apps[FIRST_NODE_ID + i] = make_client_app(
                 site, model, site_index=i, trainer=mechanism.trainer(i), mods=mods
             )
@@ -217,6 +223,7 @@ def assemble(
         evaluate_fn=evaluate_fn or (lambda rnd, predictor: {}),
         options=r.options,
         wrap_strategy=mechanism.wrap_strategy,
+        reproducible_noise=config.reproducible_noise,
     )
     return Session(
         config=config,

@@ -22,6 +22,7 @@ from privmed.options import describe, option_types
 from privmed.options import parse_options as typed_options
 from privmed.privacy.accounting import epsilon_from_rdp
 from privmed.privacy.base import Mechanism, Plan
+from privmed.privacy.randomness import guarantee
 
 if TYPE_CHECKING:
     from privmed.data.base import ArraySet
@@ -64,9 +65,11 @@ class AccountedMechanism(Mechanism):
     """A DP mechanism with a per-site plan, per-patient charges and an optional budget ledger."""
 
     unit = "sample"
+    noise_party = "each site"  # who adds the noise, from its own secret entropy
 
     def __init__(self, budget: BudgetOptions) -> None:
         self.budget = budget
+        self.reproducible = False  # --reproducible-noise: noise from the run seed, not private
         self.sites: list[tuple[str, ArraySet]] = []
         self._ledger = None
         self._pseudonyms: dict[str, str] = {}
@@ -84,6 +87,7 @@ class AccountedMechanism(Mechanism):
     # --- shared ---
     def check(self, plan: Plan) -> None:
         config = plan.config
+        self.reproducible = config.reproducible_noise
         self.sites = list(plan.sites)
         self.prepare(plan)
         if self.budget.ledger is None:
@@ -144,6 +148,12 @@ class AccountedMechanism(Mechanism):
     def load_state_dict(self, state: dict[str, Any]) -> None:
         self.charged = {p: np.asarray(r) for p, r in state.get("charged", {}).items()}
 
+    def noise_report(self) -> dict[str, Any]:
+        """Where the noise came from, and what the result may claim (:mod:`privmed.privacy.randomness`)."""
+        source = "the run seed (--reproducible-noise)" if self.reproducible else f"secret entropy of {self.noise_party}"
+        statement = f"differential privacy at {self.unit} level, noise and sampling from {source}"
+        return {"noise_source": source, "guarantee": guarantee(reproducible=self.reproducible, statement=statement)}
+
     def patient_report(self) -> dict[str, Any]:
         """This run's per-patient spend (max and mean ε at the ledger's δ) and where it was recorded."""
         delta = self.budget.budget_delta
@@ -157,4 +167,4 @@ class AccountedMechanism(Mechanism):
         }
         if self._ledger is not None:
             out["ledger"] = {"url": self.budget.ledger, "run_id": self.run_id}
-        return out
+        return {**out, **self.noise_report()}

@@ -13,8 +13,10 @@ lives across the site's training calls, so ε composes over every visit
 flat clipping, Gaussian noise, RDP or PRV accounting; target either
 ``epsilon`` (σ calibrated by Opacus for the site's planned steps) or
 ``noise_multiplier``. Differs: the optimizer is Adam (privmed's local
-optimizer; Opacus privatises any optimizer), and the noise and sampling draw
-from a generator seeded by the round instead of a secure RNG.
+optimizer; Opacus privatises any optimizer); the noise and the Poisson sampling
+draw from a generator seeded from the site's secret entropy
+(:mod:`privmed.privacy.randomness`), never from the round seed the
+coordinator sends.
 Models: Opacus' ``ModuleValidator`` checks the network; a fix that would
 change the weights the sites exchange (BatchNorm -> GroupNorm) is refused
 with a clear error, since every party would need the fixed architecture.
@@ -46,6 +48,7 @@ from privmed.privacy.accounting import (
     rdp_sgm,
 )
 from privmed.privacy.base import Plan, Trainer
+from privmed.privacy.randomness import torch_noise_generator
 
 GRAD_SAMPLE_MODES = ("hooks", "functorch", "ew")
 
@@ -198,7 +201,7 @@ class DPSGD(AccountedMechanism):
 
         from privmed.tasks import DivergedError, batch_loss, loss_fn, targets
 
-        gen = torch.Generator().manual_seed(seed)
+        gen = torch_noise_generator(seed if self.reproducible else None)  # sampling and noise: the site's secret
         dataset = TensorDataset(torch.from_numpy(data.images), torch.from_numpy(targets(data, task)))
         loader = DPDataLoader.from_data_loader(DataLoader(dataset, batch_size=batch_size), generator=gen)
         # Opacus runs int(1/q) steps, which float rounding makes k-1 for some k = ceil(n/b); the plan and ledger use k

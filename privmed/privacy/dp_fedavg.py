@@ -22,6 +22,13 @@ clipped count (stddev σ_b, default max(sites/20, σ) so that 2σ_b > σ) togeth
 are as private as one Gaussian release with σ; accounted as such.
 Ledger: each site charges all its patients one round's RDP after each round
 it trains in (site-level DP covers every patient of the site).
+Noise: Flower draws the central noise (and the adaptive variant's noisy
+count) from NumPy's global generator, which privmed seeds with the run seed;
+:class:`SecretNoise` runs each aggregation on a secret seed and restores the
+global stream afterwards (:mod:`privmed.privacy.randomness`). The party that
+adds the noise is the aggregator — the coordinator — which therefore sees
+the un-noised aggregate: central DP protects the sites from the users of the
+released model and from each other, not from the coordinator.
 """
 
 from __future__ import annotations
@@ -45,6 +52,7 @@ from privmed.privacy.accounting import (
     rdp_sgm,
 )
 from privmed.privacy.base import Plan
+from privmed.privacy.randomness import secret_global_numpy
 
 SIDES = ("server", "client")
 CLIPPINGS = ("fixed", "adaptive")
@@ -80,9 +88,33 @@ def uniform_weight_mod(msg: Message, ctx: Context, call_next: ClientAppCallable)
     return out
 
 
+class SecretNoise(Strategy):
+    """Wrap Flower's DP strategy: its aggregation (which adds the noise) draws from a secret seed, not the run's."""
+
+    def __init__(self, strategy: Strategy) -> None:
+        self.strategy = strategy
+
+    def summary(self) -> None:
+        self.strategy.summary()
+
+    def configure_train(self, server_round, arrays, config, grid):
+        return self.strategy.configure_train(server_round, arrays, config, grid)
+
+    def aggregate_train(self, server_round, replies):
+        with secret_global_numpy():
+            return self.strategy.aggregate_train(server_round, replies)
+
+    def configure_evaluate(self, server_round, arrays, config, grid):
+        return self.strategy.configure_evaluate(server_round, arrays, config, grid)
+
+    def aggregate_evaluate(self, server_round, replies):
+        return self.strategy.aggregate_evaluate(server_round, replies)
+
+
 class DPFedAvg(AccountedMechanism):
     name = "dp-fedavg"
     unit = "site"
+    noise_party = "the aggregator (the coordinator, which sees the aggregate before the noise)"
 
     def __init__(self, cfg: DPFedAvgConfig, budget: BudgetOptions) -> None:
         super().__init__(budget)
@@ -127,6 +159,10 @@ class DPFedAvg(AccountedMechanism):
         return {str(p): rdp for p in np.unique(self.sites[site_index][1].patient_ids)}
 
     def wrap_strategy(self, strategy: Strategy) -> Strategy:
+        dp = self._dp_strategy(strategy)
+        return dp if self.reproducible else SecretNoise(dp)
+
+    def _dp_strategy(self, strategy: Strategy) -> Strategy:
         from flwr.serverapp import strategy as s
 
         cfg, n = self.cfg, self.n_sites

@@ -34,6 +34,7 @@ from privmed.privacy.accounted import parse_options
 from privmed.privacy.accounting import rdp_sgm
 from privmed.privacy.base import Plan
 from privmed.privacy.dp import DPSGD, DPSGDConfig
+from privmed.privacy.randomness import torch_noise_generator
 
 
 @dataclass(frozen=True)
@@ -132,7 +133,7 @@ class P3SGD(DPSGD):
 
         from privmed.tasks import DivergedError, loss_fn, targets
 
-        gen = torch.Generator().manual_seed(seed)
+        gen = torch_noise_generator(seed if self.reproducible else None)  # sampling and noise: the site's secret
         pids, patient_of = np.unique(data.patient_ids, return_inverse=True)
         patient_of = torch.from_numpy(patient_of.astype(np.int64))
         x_all, y_all = torch.from_numpy(data.images), torch.from_numpy(targets(data, task))

@@ -102,6 +102,8 @@ class ProtocolContext:  # pylint: disable=too-many-instance-attributes
     start_round: int = 1
     # a protocol's own coordinator state between rounds (JSON-able), kept by the checkpoint
     state: dict = field(default_factory=dict)
+    # --reproducible-noise: DP noise derived from the run seed (the result must say it is not private)
+    reproducible_noise: bool = False
 
     def round_seed(self, rnd: int) -> int:
         return int(self.seed * ROUND_SEED_STRIDE + rnd)
@@ -148,8 +150,8 @@ class ProtocolSpec:
     coordinator_sees: str
     schedule: str  # one of SCHEDULES: how the sites' training adds up in a deployment
     options: type = NoOptions  # frozen dataclass of the protocol's options, parsed strictly
-    # the protocol's own site half, as a Flower client mod: (site index, options) -> Mod
-    site_mod: Callable[[int, Any], Mod] | None = None
+    # the protocol's own site half, as a Flower client mod: (site index, options, *, reproducible_noise) -> Mod
+    site_mod: Callable[..., Mod] | None = None
     pooled: bool = False  # the harness trains one party holding every site's data (centralised)
     traffic: str = "messages"  # one of TRAFFIC
     # which sites train under the plan (privacy accounting, membership candidates): (options, n_sites) -> indices

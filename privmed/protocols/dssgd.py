@@ -41,6 +41,7 @@ from flwr.clientapp.typing import ClientAppCallable
 
 from privmed.errors import PrivmedError
 from privmed.options import Options
+from privmed.privacy.randomness import guarantee, numpy_noise_generator
 from privmed.protocols.base import ProtocolContext, ProtocolOutput, ProtocolSpec, node_ids
 
 SELECTIONS = ("largest", "random")
@@ -133,7 +134,7 @@ class SiteState:
     local: np.ndarray | None = None
 
 
-def site_mod(site_index: int, options: DSSGDOptions | None = None):
+def site_mod(site_index: int, options: DSSGDOptions | None = None, *, reproducible_noise: bool = False):
     """The site half of DSSGD as a Flower client mod: download θd, train, upload θu of Δw."""
     state = SiteState()
 
@@ -160,7 +161,9 @@ def site_mod(site_index: int, options: DSSGDOptions | None = None):
         if reply.has_error():
             return reply
         new = _flat(reply.content["arrays"])
-        rng = selection_rng(int(cfg.get("seed", 0)), site_index)
+        # the SVT's noise and draws come from the site's secret entropy (never the coordinator's round seed)
+        private = opts.dp_epsilon is not None and not reproducible_noise
+        rng = numpy_noise_generator(None) if private else selection_rng(int(cfg.get("seed", 0)), site_index)
         idx, val = select(new - state.local, opts, rng)
         state.local = new
         return Message(RecordDict({"up": _sparse(idx, val), "metrics": reply.content["metrics"]}), reply_to=msg)
@@ -206,7 +209,10 @@ def run(ctx: ProtocolContext) -> ProtocolOutput:
         ctx.state.update(counts=counts, uploads={str(k): v for k, v in uploads.items()})
         ctx.evaluate_fn(rnd, _unflat(glob, template))
     return ProtocolOutput(
-        _unflat(glob, template), measured={"privacy": _privacy(opts, max(uploads.values(), default=0))}
+        _unflat(glob, template),
+        measured={
+            "privacy": _privacy(opts, max(uploads.values(), default=0), reproducible_noise=ctx.reproducible_noise)
+        },
     )
 
 
@@ -224,7 +230,7 @@ def _reply_problem(replies: list[Message], size: int) -> str | None:
     return None
 
 
-def _privacy(opts: DSSGDOptions, per_site: int) -> dict:
+def _privacy(opts: DSSGDOptions, per_site: int, *, reproducible_noise: bool) -> dict:
     """``per_site``: the most uploads any one site made (ε composes over a site's own uploads)."""
     out = {"shared_fraction_up": opts.theta_u, "shared_fraction_down": opts.theta_d, "selection": opts.selection}
     if opts.dp_epsilon is None:
@@ -243,6 +249,12 @@ def _privacy(opts: DSSGDOptions, per_site: int) -> dict:
                 epsilon_from_rdp(rdp_pure(epsilon=opts.dp_epsilon, releases=per_site), delta=delta),
             ),
             "composition": "per site over its uploads: min(basic, RDP of pure-DP releases)",
+            "noise_source": "the run seed (--reproducible-noise)"
+            if reproducible_noise
+            else "secret entropy of each site",
+            "guarantee": guarantee(
+                reproducible=reproducible_noise, statement="ε-DP per upload at site level (sparse vector technique)"
+            ),
         }
     )
     return out

@@ -48,17 +48,19 @@ def test_epsilon_target_is_met_not_exceeded(toy_fed):
     assert all(1.6 < e <= 2.0 for e in priv["per_site_epsilon"].values())
 
 
-def test_dp_training_is_deterministic_and_moves_the_weights(toy_fed):
+def test_dp_training_repeats_only_with_reproducible_noise_and_moves_the_weights(toy_fed):
     cfg = RunConfig(
         protocol="centralised",
         train=TrainSettings(rounds=1, batch_size=4),
         privacy={"mechanism": "dp-sgd", "noise_multiplier": 1.0, "delta": 1e-3},
+        reproducible_noise=True,
     )
     a, b = execute(cfg, fed=toy_fed), execute(cfg, fed=toy_fed)
     wa, wb = a.predictor.to_torch_state_dict(), b.predictor.to_torch_state_dict()
     assert all(torch.equal(wa[k], wb[k]) for k in wa)
     init = build_model("cnn", in_channels=1, n_classes=2, seed=0).state_dict()
     assert any(not torch.equal(wa[k], init[k]) for k in wa)
+    assert a.privacy["guarantee"] == "none: noise derived from the run seed"
 
 
 def test_p3sgd_accounts_at_patient_level(toy_fed):
