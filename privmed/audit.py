@@ -2,13 +2,14 @@
 
 The audit rebuilds the run from what it saved (``result.json``'s config and
 ``model.pt``): the same federation (same data seed), the same model, the same
-privacy mechanism. Which attacks apply follows from the protocol and the
-mechanism (what the coordinator sees, ``result.json``'s privacy section):
+privacy mechanism. Which attacks apply, and against whom, follows from the
+protocol's threat matrix (:mod:`privmed.threat`: what the coordinator,
+another site, an eavesdropper and a model user each see):
 
-- gradient inversion needs an update from one site: none for ``centralised``
-  (the coordinator already holds the raw images) or ``single`` (nothing is
-  sent); under HE or secure aggregation the coordinator sees only the sum, so
-  the audit attacks the aggregate of all sites instead, and says so;
+- gradient inversion attacks each party that sees an update — one site's,
+  a fraction of one site's (DSSGD) or the aggregate of all sites' (the
+  SecAgg+ coordinator; every site under FedAvg or HE, which sees the global
+  model) — and says why for the others (ciphertext, raw data, nothing);
 - membership inference, model inversion and adversarial examples attack the
   released final model (any protocol; classification only);
 - poisoning re-runs the protocol with malicious sites (not ``single``);
@@ -29,18 +30,10 @@ from pathlib import Path
 from typing import Any
 
 from privmed.errors import PrivmedError, unknown_name
+from privmed.threat import INVERTIBLE, not_invertible
 
 ATTACKS = ("membership", "lira", "inversion", "dlg", "model-inversion", "adversarial", "poisoning", "linkage")
 MODEL_ATTACKS = ("membership", "lira", "model-inversion", "adversarial")
-HIDING_TOKENS = ("he", "ckks", "bfv", "paillier", "secagg", "secagg+", "secure")
-
-
-def hides_updates(privacy: dict[str, Any]) -> bool:
-    """True when the coordinator cannot see an individual site's update (HE, secure aggregation)."""
-    if "individual_updates_visible" in privacy:
-        return not privacy["individual_updates_visible"]
-    tokens = str(privacy.get("mechanism") or "none").lower().replace("_", "-").split("-")
-    return any(t in HIDING_TOKENS for t in tokens)
 
 
 def not_applicable(
@@ -62,9 +55,12 @@ def not_applicable(
         )
     if attack == "linkage" and not has_metadata:
         return "the data set carries no patient metadata (age, sex, dates) to link"
-    declared = get_protocol(protocol).not_applicable
-    if attack in ("inversion", "dlg") and attack in declared:
-        return declared[attack]
+    spec = get_protocol(protocol)
+    declared = spec.not_applicable
+    if attack in ("inversion", "dlg"):  # needs a party that sees an update (privmed.threat)
+        views = spec.all_views()
+        if not any(v.kind in INVERTIBLE for v in views.values()):
+            return "no party sees an update: " + "; ".join(not_invertible(p, v) for p, v in views.items())
     if task != "classification" and attack != "linkage":
         return f"privmed's {attack} attack targets classifiers; this run is {task}"
     return declared.get(attack)
@@ -77,6 +73,7 @@ class AuditResult:
     mechanism: str
     seed: int
     coordinator_sees: str
+    threat: dict[str, Any] = field(default_factory=dict)  # the matrix the audit attacked (privmed.threat)
     results: dict[str, Any] = field(default_factory=dict)
     not_applicable: dict[str, str] = field(default_factory=dict)
     seconds: dict[str, float] = field(default_factory=dict)
@@ -94,9 +91,14 @@ class AuditResult:
             out["LiRA AUC"] = r["lira"]["image"]["auc"]
         if "lira" in r:
             out["LiRA TPR at 1% FPR"] = r["lira"]["image"]["tpr_at_1pct_fpr"]
-        if "inversion" in r:
-            first = next(iter(r["inversion"]["per_batch_size"].values()))
-            out["inversion PSNR dB"] = first["psnr"]
+        if "inversion" in r:  # per party that sees an update; the headline is the most exposed party's
+            psnr = {
+                party: next(iter(v["per_batch_size"].values()))["psnr"]
+                for party, v in r["inversion"]["per_party"].items()
+                if "per_batch_size" in v
+            }
+            out["inversion PSNR dB"] = max(psnr.values())
+            out.update({f"inversion PSNR dB, {party}": value for party, value in psnr.items()})
         if "model-inversion" in r:
             out["model inversion corr. to class mean"] = r["model-inversion"]["corr_own_class_mean"]
         if "linkage" in r:
@@ -148,7 +150,6 @@ def load_target(run_dir: Path):
         fed,
         model_spec(config, fed),
         load_predictor(run_dir),
-        hides_updates=hides_updates(result.get("privacy", {})),
     )
     return target, result
 
@@ -186,6 +187,7 @@ def run_attacks(
         mechanism=str(privacy.get("mechanism", "none")),
         seed=cfg.seed,
         coordinator_sees=str(privacy.get("coordinator_sees", "")),
+        threat=privacy.get("threat", {}),
     )
     measures: dict[str, Callable[[], dict[str, Any]]] = {
         "membership": lambda: h.measure_loss_threshold(target),
@@ -216,11 +218,6 @@ def run_attacks(
         start = time.perf_counter()
         audit.results[name] = measures[name]()
         audit.seconds[name] = time.perf_counter() - start
-    if target.hides_updates and "inversion" in audit.results:
-        audit.results["inversion"]["note"] = (
-            "the coordinator sees no individual update under this mechanism (HE / secure aggregation); "
-            "the attack inverts the aggregate of all sites instead"
-        )
     return audit
 
 
@@ -252,7 +249,7 @@ def bench_audit(config, fed, result, attacks: tuple[str, ...] = BENCH_ATTACKS) -
     from privmed.attacks.harness import Target
     from privmed.engine.session import model_spec
 
-    target = Target(config, fed, model_spec(config, fed), result.predictor, hides_updates=hides_updates(result.privacy))
+    target = Target(config, fed, model_spec(config, fed), result.predictor)
     attacks = tuple(
         a for a in attacks if not not_applicable(a, protocol=config.protocol, task=config.task, privacy=result.privacy)
     )

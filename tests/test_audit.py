@@ -4,7 +4,7 @@ import json
 
 import pytest
 
-from privmed.audit import audit_run, hides_updates, load_target, not_applicable, run_attacks
+from privmed.audit import audit_run, load_target, not_applicable, run_attacks
 from privmed.config import DataConfig, RunConfig
 from privmed.errors import PrivmedError
 from privmed.protocols.base import TrainSettings
@@ -22,7 +22,7 @@ def test_applicability_follows_protocol_mechanism_and_task():
     plain = {"mechanism": "none"}
     assert not_applicable("inversion", protocol="fedavg", task="classification", privacy=plain) is None
     assert "raw images" in not_applicable("inversion", protocol="centralised", task="classification", privacy=plain)
-    assert "sends nothing" in not_applicable("dlg", protocol="single", task="classification", privacy=plain)
+    assert "one site trains alone" in not_applicable("dlg", protocol="single", task="classification", privacy=plain)
     assert "classifiers" in not_applicable("membership", protocol="fedavg", task="segmentation", privacy=plain)
     assert not_applicable("linkage", protocol="fedavg", task="segmentation", privacy=plain) is None
     assert "no patient metadata" in not_applicable(
@@ -31,9 +31,6 @@ def test_applicability_follows_protocol_mechanism_and_task():
     assert "shadow" in not_applicable(
         "lira", protocol="fedavg", task="classification", privacy=plain, dataset="medmnist:x.npz"
     )
-    assert hides_updates({"mechanism": "secagg+"}) and hides_updates({"mechanism": "he-ckks"})
-    assert hides_updates({"mechanism": "x", "individual_updates_visible": False})
-    assert not hides_updates({"mechanism": "dp-sgd"}) and not hides_updates({})
 
 
 def test_audit_writes_audit_json_with_the_attacks_numbers(fedavg_run):
@@ -54,10 +51,13 @@ def test_inversion_and_adversarial_against_the_saved_model_are_reproducible(feda
     target, result = load_target(fedavg_run)
     kw = dict(attacks=("inversion", "adversarial"), batch_sizes=(1,), inversion_iterations=20)
     a, b = run_attacks(target, result, **kw), run_attacks(target, result, **kw)
+    coordinator, site = (a.results["inversion"]["per_party"][p] for p in ("coordinator", "another site"))
     assert (
-        a.results["inversion"]["per_batch_size"]["1"]["psnr"] == b.results["inversion"]["per_batch_size"]["1"]["psnr"]
+        coordinator["per_batch_size"]["1"]["psnr"]
+        == (b.results["inversion"]["per_party"]["coordinator"]["per_batch_size"]["1"]["psnr"])
     )
-    assert a.results["inversion"]["observed"] == "one site's update"
+    assert coordinator["view"] == "update" and site["view"] == "aggregate"  # FedAvg: each site sees the global model
+    assert "1" in coordinator["per_batch_size"] and "4" in site["per_batch_size"]  # the aggregate: 4 sites x 1 image
     assert a.results["adversarial"]["pgd"] == b.results["adversarial"]["pgd"]
 
 
@@ -82,7 +82,7 @@ def test_bad_run_dirs_and_inapplicable_attacks_leave_no_audit_json(fedavg_run, t
 def test_single_site_run_refuses_inversion(tmp_path):
     cfg = RunConfig(protocol="single", name="one", data=DataConfig(image_size=16), train=TrainSettings(rounds=1))
     _, path = run(cfg, runs_dir=tmp_path)
-    with pytest.raises(PrivmedError, match="does not apply to run one: one site trains alone"):
+    with pytest.raises(PrivmedError, match="does not apply to run one: no party sees an update"):
         audit_run(path.parent, attacks=("inversion",))
     assert not (path.parent / "audit.json").exists()
 
@@ -100,5 +100,28 @@ def test_inversion_of_a_dssgd_run_sees_only_the_uploaded_fraction(tmp_path):
     inv = run_attacks(target, result, attacks=("inversion",), batch_sizes=(1,), inversion_iterations=10).results[
         "inversion"
     ]
-    assert inv["observed"] == "one site's DSSGD upload (10.0% of the update)"
-    assert inv["per_batch_size"]["1"]["psnr"] > 0
+    coordinator = inv["per_party"]["coordinator"]
+    assert coordinator["view"] == "partial update" and coordinator["uploaded_fraction"] == pytest.approx(0.1, abs=1e-3)
+    site = inv["per_party"]["another site"]
+    assert site["per_batch_size"] == coordinator["per_batch_size"]  # the same kind of view: one probe serves both
+
+
+@pytest.mark.parametrize(
+    ("protocol", "privacy"), [("snt", {"mechanism": "aes-gcm"}), ("he-fedavg", {"mechanism": "he-ckks"})]
+)
+def test_inversion_attacks_the_view_each_party_actually_has(tmp_path, protocol, privacy):
+    """SNT/HE: the coordinator holds ciphertext (not applicable, shown why); the sites decrypt and are attacked."""
+    cfg = RunConfig(
+        protocol=protocol, name="e", privacy=privacy, data=DataConfig(image_size=16), train=TrainSettings(rounds=1)
+    )
+    _, path = run(cfg, runs_dir=tmp_path)
+    target, result = load_target(path.parent)
+    audit = run_attacks(target, result, attacks=("inversion",), batch_sizes=(1,), inversion_iterations=5)
+    parties = audit.results["inversion"]["per_party"]
+    assert (
+        "ciphertext" in parties["coordinator"]["not_applicable"]
+        and "ciphertext" in parties["eavesdropper"]["not_applicable"]
+    )
+    assert parties["another site"]["view"] == ("update" if protocol == "snt" else "aggregate")
+    assert set(audit.leakage()) == {"inversion PSNR dB", "inversion PSNR dB, another site"}
+    assert audit.threat["coordinator"]["kind"] == "ciphertext" and audit.threat["active coordinator"]["survives"]

@@ -25,6 +25,7 @@ from privmed.engine.result import predict
 from privmed.engine.session import plan_of, resolve
 from privmed.protocols.base import Predictor
 from privmed.site import ModelSpec, load_arrays
+from privmed.threat import AGGREGATE, INVERTIBLE, PARTIAL, not_invertible
 
 # Seed salts: each keeps one of the harness's draws apart from the others made from the same run seed.
 SHADOW_DATA_SALT = 10_007  # LiRA's attacker cohort: a fresh phantom, data seed = run seed + this
@@ -39,7 +40,6 @@ class Target:
     fed: Federation
     spec: ModelSpec
     predictor: Predictor
-    hides_updates: bool = False  # HE / secure aggregation: the coordinator sees only the aggregate
 
 
 class Ensemble(nn.Module):
@@ -119,18 +119,20 @@ def measure_lira(t: Target, *, n_shadows: int) -> dict[str, Any]:
 def measure_inversion(
     t: Target, *, batch_sizes: tuple[int, ...], method: str = "ig", iterations: int | None = None
 ) -> dict[str, Any]:
-    """Gradient inversion of the update the coordinator gets for a probe round from the final global model.
+    """Gradient inversion against each party's actual view (:mod:`privmed.threat`), for a probe round.
 
-    Without secure aggregation: one site (the first) trains one local step on
-    a batch of B of its training images. With it: every site does, and the
-    attacker sees only the mean update (the aggregate), of n_sites * B images.
-    Under DSSGD the site uploads only its θu selection of the update (DSSGD's
-    own ``select``, SVT noise included when on); the attacker matches those
-    coordinates only.
+    The probe round starts from the final global model. A party that sees one
+    site's update gets the first site's one local step on a batch of B of its
+    training images (the mechanism's trainer and client mods applied, unless
+    they encrypt: the party decrypts); a party that sees the aggregate gets the
+    mean of every site's step, of n_sites * B images; under DSSGD the site
+    uploads only its θu selection (DSSGD's own ``select``, SVT noise included
+    when on) and the attacker matches those coordinates only. Parties that see
+    ciphertext, raw data or nothing are "not applicable", with the reason.
+    Parties with the same kind of view share one probe.
     """
     preset = gi.PRESETS[method]
     config = dataclasses.replace(preset, iterations=iterations or preset.iterations, seed=t.config.seed)
-    weights = t.predictor[0] if isinstance(t.predictor, list) else t.predictor
     # the probe is the attacker's simulation, not a release: prepare the mechanism (per-site noise, clipping)
     # as the run did, but without its budget ledger, so the probe neither charges nor is refused
     probe = dataclasses.replace(
@@ -140,39 +142,50 @@ def measure_inversion(
         },
     )
     r = resolve(probe)
+    r.mechanism.check(plan_of(probe, t.fed, r))
+    r.mechanism.one_step_per_call()  # DP-SGD, P3SGD: the victim takes one noisy step on its batch
+    out: dict[str, Any] = {
+        "attack": f"{method.upper()} ({'Zhu 2019' if method == 'dlg' else 'Geiping 2020'})",
+        "per_party": {},
+    }
+    by_kind: dict[str, dict[str, Any]] = {}
+    for party, view in r.protocol.all_views().items():
+        if view.kind not in INVERTIBLE:
+            out["per_party"][party] = {"not_applicable": not_invertible(party, view)}
+            continue
+        if view.kind not in by_kind:
+            by_kind[view.kind] = _invert_view(t, r, view.kind, batch_sizes=batch_sizes, config=config)
+        out["per_party"][party] = {"observed": view.sees, **by_kind[view.kind]}
+    return out
+
+
+def _invert_view(t: Target, r: Any, kind: str, *, batch_sizes: tuple[int, ...], config: Any) -> dict[str, Any]:
+    """One probe: the update a party of view ``kind`` gets, inverted per batch size, with the raw-gradient reference."""
     mech = r.mechanism
-    mech.check(plan_of(probe, t.fed, r))
-    mech.one_step_per_call()  # DP-SGD, P3SGD: the victim takes one noisy step on its batch
+    weights = t.predictor[0] if isinstance(t.predictor, list) else t.predictor
     model = t.spec.build()
     load_arrays(model, weights)
     lr = t.config.train.lr
-    out: dict[str, Any] = {
-        "attack": f"{method.upper()} ({'Zhu 2019' if method == 'dlg' else 'Geiping 2020'})",
-        "observed": "aggregate of all sites" if t.hides_updates else "one site's update",
-        "per_batch_size": {},
-    }
     rng = np.random.default_rng([t.config.seed, PROBE_BATCH_SALT])
-    sites = list(range(len(t.fed.sites))) if t.hides_updates else [0]
+    sites = list(range(len(t.fed.sites))) if kind == AGGREGATE else [0]
+    out: dict[str, Any] = {"view": kind, "per_batch_size": {}}
     mask = None
     for b in batch_sizes:
         truth, truth_labels, grads = [], [], []
         for i in sites:
             train = t.fed.sites[i].train
             batch = train.subset(np.sort(rng.choice(len(train), size=min(b, len(train)), replace=False)))
-            mods = [] if t.hides_updates else mech.client_mods(i)
+            mods = [] if mech.encrypts else mech.client_mods(i)
             sent, received = gi.observe_site_update(
                 batch, t.spec, weights, mods=mods, trainer=mech.trainer(i), lr=lr, seed=t.config.seed
             )
-            if r.protocol.probe_upload:  # DSSGD: the site uploads only its θu selection
+            if kind == PARTIAL and r.protocol.probe_upload:  # DSSGD: the site uploads only its θu selection
                 received, mask = r.protocol.probe_upload(model, sent, received, r.options, seed=t.config.seed, site=i)
-                out["observed"] = (
-                    f"one site's DSSGD upload ({sum(int(m.sum()) for m in mask) / sum(m.numel() for m in mask):.1%} "
-                    "of the update)"
-                )
+                out["uploaded_fraction"] = sum(int(m.sum()) for m in mask) / sum(m.numel() for m in mask)
             grads.append(gi.update_to_gradient(model, sent, received, lr))
             truth.append(torch.from_numpy(batch.images))
             truth_labels.append(batch.labels)
-        gradient = [torch.stack(g).mean(0) for g in zip(*grads)]  # what the coordinator sees
+        gradient = [torch.stack(g).mean(0) for g in zip(*grads)]  # what the party sees
         x = torch.cat(truth)
         labels = gi.infer_labels(gradient, n_classes=t.spec.n_classes, batch_size=len(x))
         start = time.perf_counter()

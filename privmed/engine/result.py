@@ -29,6 +29,7 @@ from privmed.errors import PrivmedError
 from privmed.protocols.base import Predictor, ProtocolOutput, ProtocolSpec
 from privmed.site import ModelSpec, load_arrays
 from privmed.tasks import PRIMARY_METRIC, metrics_from_proba, predict_proba
+from privmed.threat import matrix as threat_matrix
 
 if TYPE_CHECKING:
     from privmed.engine.checkpoint import Checkpoint
@@ -223,6 +224,7 @@ def build_result(
         },
         privacy={
             "coordinator_sees": spec.coordinator_sees,
+            "threat": threat_matrix(spec, s.mechanism),
             "mechanism": s.mechanism.name,
             "leakage": "not measured yet",
             **s.mechanism.report(),

@@ -5,10 +5,13 @@ transmission" (IEEE TIFS). All cryptography is the ``cryptography`` package:
 AES-256-GCM for sealing, X25519 + HKDF-SHA256 for the pairwise keys of the
 peer-to-peer variant. What is written here: the key-file format (64 hex
 digits in a regular file owned by the user, mode 600 or stricter) and the
-blob format ``len(sender) | sender | nonce | ciphertext`` where the sender's
-name is authenticated as associated data, so a blob that was tampered with,
-or sealed under another key, fails with an error naming both the receiving
-and the sending site. Faithful: weights are encrypted under a symmetric key
+blob format ``len(header) | header | nonce | ciphertext`` where the header —
+run id, round, sender, recipient — is authenticated as associated data: a
+blob that was tampered with, or sealed under another key, fails with an
+error naming both the receiving and the sending site, and a receiving site
+refuses a blob of another run, of an older round than it already accepted
+(a replay or reordering by an active relay), or addressed to another site
+(:func:`check_header`). Faithful: weights are encrypted under a symmetric key
 that the server does not hold (SNT: one key for all sites; FNT: one key per
 pair of sites). Differs: the concrete primitives are this project's choice,
 not the paper's: authenticated encryption (AES-GCM, so tampering is detected
@@ -18,10 +21,13 @@ Diffie-Hellman (X25519) in-process rather than distributed beforehand.
 
 from __future__ import annotations
 
+import contextlib
 import errno
+import json
 import os
 import re
 import stat
+from dataclasses import dataclass
 from pathlib import Path
 
 from cryptography.exceptions import InvalidTag
@@ -89,23 +95,72 @@ def write_key(path: str | Path) -> Path:
     return p
 
 
-def seal(plaintext: bytes, *, key: bytes, sender: str) -> bytes:
-    name = sender.encode()
+ANY_SITE = "*"  # SNT: sealed under the key every site shares, for whichever site the schedule sends it to
+
+
+@dataclass(frozen=True)
+class Header:
+    """What a blob is bound to, authenticated as AES-GCM associated data (sent in the clear)."""
+
+    run: str  # the run's id, drawn by the sites: a blob of another run (or of the run before a resume) is refused
+    round: int  # the round it was sealed in: an older round's blob is a replay or a reordering
+    sender: str
+    recipient: str  # a site's name, or ANY_SITE
+
+    def to_bytes(self) -> bytes:
+        return json.dumps([self.run, self.round, self.sender, self.recipient]).encode()
+
+    @staticmethod
+    def from_bytes(raw: bytes) -> Header:
+        run, rnd, sender, recipient = json.loads(raw)
+        return Header(str(run), int(rnd), str(sender), str(recipient))
+
+
+def seal(plaintext: bytes, *, key: bytes, header: Header) -> bytes:
+    """``len(header) | header | nonce | AES-GCM(plaintext, associated data = header)``."""
+    head = header.to_bytes()
     nonce = os.urandom(NONCE_BYTES)
-    return len(name).to_bytes(2, "big") + name + nonce + AESGCM(key).encrypt(nonce, plaintext, name)
+    return len(head).to_bytes(2, "big") + head + nonce + AESGCM(key).encrypt(nonce, plaintext, head)
 
 
-def open_sealed(blob: bytes, *, key: bytes, receiver: str) -> bytes:
-    """Decrypt and authenticate; a tampered or foreign blob raises PrivmedError naming both sites."""
+def open_sealed(blob: bytes, *, key: bytes, receiver: str) -> tuple[bytes, Header]:
+    """Decrypt and authenticate; a tampered or foreign blob raises PrivmedError naming both sites.
+
+    Returns the plaintext and its (authenticated) header, which the receiver
+    checks with :func:`check_header` (the harness, which holds the key, does not).
+    """
     n = int.from_bytes(blob[:2], "big")
-    name, nonce, body = blob[2 : 2 + n], blob[2 + n : 2 + n + NONCE_BYTES], blob[2 + n + NONCE_BYTES :]
+    head, nonce, body = blob[2 : 2 + n], blob[2 + n : 2 + n + NONCE_BYTES], blob[2 + n + NONCE_BYTES :]
     try:
-        return AESGCM(key).decrypt(nonce, body, name)
-    except (InvalidTag, ValueError):
+        plaintext = AESGCM(key).decrypt(nonce, body, head)
+        return plaintext, Header.from_bytes(head)
+    except (InvalidTag, ValueError, TypeError):
+        sender = "?"
+        with contextlib.suppress(ValueError, TypeError):
+            sender = Header.from_bytes(head).sender
         raise PrivmedError(
-            f"{receiver}: weights from {name.decode(errors='replace')!r} failed authentication "
-            "(tampered in transit or sealed under another key)"
+            f"{receiver}: weights from {sender!r} failed authentication (tampered in transit or sealed under another "
+            "key)"
         ) from None
+
+
+def check_header(header: Header, *, receiver: str, run: str, round: int, last_round: int) -> None:
+    """A receiving site's checks: this run, this round or later than the last it accepted, addressed to it."""
+    if header.run != run:
+        raise PrivmedError(
+            f"{receiver}: weights from {header.sender!r} belong to another run ({header.run}); replayed blob refused"
+        )
+    if header.round < last_round or header.round > round:
+        raise PrivmedError(
+            f"{receiver}: weights from {header.sender!r} were sealed in round {header.round}, but this is round "
+            f"{round} "
+            f"and {receiver} already accepted round {last_round}: replayed or reordered blob refused"
+        )
+    if header.recipient not in (receiver, ANY_SITE):
+        raise PrivmedError(
+            f"{receiver}: weights from {header.sender!r} were sealed for {header.recipient!r}: re-addressed blob "
+            "refused"
+        )
 
 
 class PairwiseKeys:

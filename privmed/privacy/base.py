@@ -55,6 +55,8 @@ class Mechanism:
     name = "none"
     protocols: tuple[str, ...] | None = None  # the protocols it works with; None: any
     purpose = ""  # what it does, for the error when the protocol does not fit ("masks FedAvg updates")
+    encrypts = False  # its client mods encrypt or mask what leaves a site (an inversion probe takes the update before)
+    threat = ""  # what it changes in the threat matrix (privmed.threat), e.g. who adds the noise
 
     def check(self, plan: Plan) -> None:
         """Prepare for ``plan``; raise PrivmedError if the run must not start."""

@@ -105,6 +105,10 @@ class DPSGD(AccountedMechanism):
 
     name = "dp-sgd"
     unit = "sample"
+    threat = (
+        "noise added at each site, from its own secret entropy, before anything leaves it: every party, the "
+        "coordinator included, sees only noised updates"
+    )
 
     def __init__(self, cfg: DPSGDConfig, budget: BudgetOptions) -> None:
         super().__init__(budget)

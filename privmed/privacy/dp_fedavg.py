@@ -115,6 +115,10 @@ class DPFedAvg(AccountedMechanism):
     name = "dp-fedavg"
     unit = "site"
     noise_party = "the aggregator (the coordinator, which sees the aggregate before the noise)"
+    threat = (
+        "central noise added by the coordinator: it protects the sites from the model's users and from each "
+        "other, not from the coordinator, which sees every (clipped) update before the noise"
+    )
 
     def __init__(self, cfg: DPFedAvgConfig, budget: BudgetOptions) -> None:
         super().__init__(budget)

@@ -29,6 +29,7 @@ from flwr.serverapp.strategy import Strategy
 from privmed.config import TrainSettings
 from privmed.engine.validate import reply_problem
 from privmed.options import NoOptions
+from privmed.threat import PARTIES, RELEASED_MODEL, View
 
 __all__ = ["TrainSettings", "TrainInstruction", "ProtocolSpec", "ProtocolContext", "ProtocolOutput", "Predictor"]
 
@@ -147,7 +148,10 @@ class ProtocolSpec:
     name: str
     technique: str  # the review's key, e.g. "chang2018-cwt"
     run: Callable[[ProtocolContext], ProtocolOutput]
-    coordinator_sees: str
+    # what each curious party receives (privmed.threat): "coordinator", "another site", "eavesdropper"
+    views: dict[str, View]
+    # which guarantees survive an active (malicious) coordinator, beside the honest-but-curious one the views assume
+    active_coordinator: str
     schedule: str  # one of SCHEDULES: how the sites' training adds up in a deployment
     options: type = NoOptions  # frozen dataclass of the protocol's options, parsed strictly
     # the protocol's own site half, as a Flower client mod: (site index, options, *, reproducible_noise) -> Mod
@@ -167,7 +171,18 @@ class ProtocolSpec:
     # the coordinator's Flower strategy can be swapped (robust aggregators in the poisoning audit)
     pluggable_strategy: bool = False
 
+    @property
+    def coordinator_sees(self) -> str:
+        return self.views["coordinator"].sees
+
+    def all_views(self) -> dict[str, View]:
+        """Every party's view, the model user's included (the released model, whatever the protocol)."""
+        return {**self.views, "model user": RELEASED_MODEL}
+
     def __post_init__(self) -> None:
+        missing = set(PARTIES) - set(self.views) - {"model user"}
+        if missing:
+            raise ValueError(f"{self.name}: views must name every party; missing {sorted(missing)}")
         if self.schedule not in SCHEDULES:
             raise ValueError(f"{self.name}: schedule must be one of {SCHEDULES}, got {self.schedule!r}")
         if self.traffic not in TRAFFIC:

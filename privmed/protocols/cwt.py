@@ -21,6 +21,7 @@ from dataclasses import dataclass
 from privmed.errors import PrivmedError
 from privmed.options import Options
 from privmed.protocols.base import ProtocolContext, ProtocolOutput, ProtocolSpec, node_ids, train_at
+from privmed.threat import UPDATE, View
 
 ORDERS = ("fixed", "shuffled")
 
@@ -50,7 +51,12 @@ SPEC = ProtocolSpec(
     name="cwt",
     technique="chang2018-cwt",
     run=run,
-    coordinator_sees="the model weights after every site visit",
+    views={
+        "coordinator": View(UPDATE, "the model weights after every site visit"),
+        "another site": View(UPDATE, "the model the previous site in the cycle trained"),
+        "eavesdropper": View(UPDATE, "the model weights after every site visit, in the clear without TLS"),
+    },
+    active_coordinator="nothing: it can read, alter or withhold every model it relays",
     schedule="sequential",
     options=CWTOptions,
 )

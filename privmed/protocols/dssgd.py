@@ -43,6 +43,7 @@ from privmed.errors import PrivmedError
 from privmed.options import Options
 from privmed.privacy.randomness import guarantee, numpy_noise_generator
 from privmed.protocols.base import ProtocolContext, ProtocolOutput, ProtocolSpec, node_ids
+from privmed.threat import PARTIAL, View
 
 SELECTIONS = ("largest", "random")
 # Salt of a site's selection generator, np.random.default_rng([round seed, site, SELECTION_SALT]):
@@ -285,7 +286,14 @@ SPEC = ProtocolSpec(
     name="dssgd",
     technique="shokri2015-dssgd",
     run=run,
-    coordinator_sees="a fraction theta_u of each site's update (index, value) at every visit",
+    views={
+        "coordinator": View(PARTIAL, "a fraction theta_u of each site's update (index, value) at every visit"),
+        "another site": View(
+            PARTIAL, "the other sites' uploads since its last visit, in the global parameters it gets"
+        ),
+        "eavesdropper": View(PARTIAL, "each site's uploaded fraction of its update, in the clear without TLS"),
+    },
+    active_coordinator="the SVT's ε (noise added at the sites); nothing of the global model's integrity",
     schedule="sequential",
     options=DSSGDOptions,
     site_mod=site_mod,

@@ -11,6 +11,7 @@ others.
 from __future__ import annotations
 
 from privmed.protocols.base import ProtocolContext, ProtocolOutput, ProtocolSpec, node_ids, train_at
+from privmed.threat import NOTHING, UPDATE, View
 
 
 def run(ctx: ProtocolContext) -> ProtocolOutput:
@@ -28,7 +29,12 @@ SPEC = ProtocolSpec(
     name="ensemble",
     technique="chang2018-me",
     run=run,
-    coordinator_sees="each site's own model weights",
+    views={
+        "coordinator": View(UPDATE, "each site's own model weights"),
+        "another site": View(NOTHING, "nothing (each site trains its own model)"),
+        "eavesdropper": View(UPDATE, "each site's own model weights, in the clear without TLS"),
+    },
+    active_coordinator="nothing: it holds every site's model",
     schedule="parallel",
     traffic="final upload",
 )

@@ -20,6 +20,7 @@ from flwr.serverapp.strategy import FedAvg, Strategy
 
 from privmed.engine.validate import reply_problem
 from privmed.protocols.base import ProtocolContext, ProtocolOutput, ProtocolSpec, node_ids
+from privmed.threat import AGGREGATE, UPDATE, View
 
 
 class RejectInvalidUpdates(Strategy):
@@ -90,7 +91,12 @@ SPEC = ProtocolSpec(
     name="fedavg",
     technique="mcmahan2017-fedavg",
     run=run,
-    coordinator_sees="each site's model weights after local training, every round",
+    views={
+        "coordinator": View(UPDATE, "each site's model weights after local training, every round"),
+        "another site": View(AGGREGATE, "the global model after every round (the mean of all sites' updates)"),
+        "eavesdropper": View(UPDATE, "each site's model weights, in the clear without TLS"),
+    },
+    active_coordinator="nothing: it sees every update and can send each site a model of its choosing",
     schedule="parallel",
     deployable=True,
     pluggable_strategy=True,

@@ -55,6 +55,7 @@ from privmed.privacy.base import Mechanism, Plan
 from privmed.privacy.he import Keyring, make_aggregator, make_keyring
 from privmed.privacy.sealed import flatten, layout_of, n_values, seal_predictor, sealed_record, unflatten
 from privmed.protocols.base import ProtocolContext, ProtocolOutput, ProtocolSpec, node_ids
+from privmed.threat import AGGREGATE, CIPHERTEXT, View
 
 # A site's ClientApp registers only "train" and "evaluate" handlers, and Flower runs
 # mods only around registered handlers: the set-up request is a "train" message
@@ -95,8 +96,8 @@ def he_mod(keyring: Keyring, *, n_examples: int, site: str):
             return reply
         t0 = time.perf_counter()
         ct = keyring.encrypt(flatten(update) * (n_examples / int(content["config"]["he-total-examples"])))
-        metrics = dict(reply.content["metrics"])
-        metrics.update({"he-decrypt-s": t_dec, "he-encrypt-s": time.perf_counter() - t0})
+        # only the site's timings go with the ciphertext: its training loss would be a plaintext side channel
+        metrics = {"he-decrypt-s": t_dec, "he-encrypt-s": time.perf_counter() - t0}
         out = RecordDict(
             {"he": ConfigRecord({"ciphertext": ct, "key-id": keyring.key_id}), "metrics": MetricRecord(metrics)}
         )
@@ -108,6 +109,7 @@ def he_mod(keyring: Keyring, *, n_examples: int, site: str):
 class HEMechanism(Mechanism):
     protocols = ("he-fedavg",)
     purpose = "encrypts FedAvg updates"
+    encrypts = True
 
     def __init__(self, scheme: str, options: dict[str, Any]) -> None:
         unknown = sorted(set(options) - set(PARAMS[scheme]))
@@ -140,7 +142,6 @@ class HEMechanism(Mechanism):
             "delta": None,
             "unit": None,
             "encryption": self.name,
-            "individual_updates_visible": False,
             "coordinator_holds": "public key / public context only",
             **self.options,
         }
@@ -261,6 +262,16 @@ SPEC = ProtocolSpec(
     name="he-fedavg",
     technique="aono2017-he",
     run=run,
-    coordinator_sees="ciphertexts of each site's weighted update and of their sum; never a plaintext update",
+    views={
+        "coordinator": View(
+            CIPHERTEXT,
+            "ciphertexts of each site's weighted update and of their sum; never a plaintext update; "
+            "each site's training-set size (at set-up, for the FedAvg weights) and its encryption timings",
+        ),
+        "another site": View(AGGREGATE, "the decrypted global model after every round (the weighted sum of updates)"),
+        "eavesdropper": View(CIPHERTEXT, "ciphertexts and the public key material"),
+    },
+    active_coordinator="confidentiality of every update (it holds no secret key); not integrity: it can drop, "
+    "replay or substitute ciphertexts of the same key, e.g. return one site's ciphertext as the sum",
     schedule="parallel",
 )

@@ -10,13 +10,20 @@ of their neighbours. The coordinator learns only the sum.
 
 Faithful: the masking, key agreement, Shamir sharing, dropout recovery and
 quantisation are Flower's implementation of SecAgg+, unchanged; the
-coordinator sees only masked vectors and their sum. Differs: SecAgg+ gives
-each site O(log n) neighbours on a random sparse graph; here ``num_shares``
-is 1.0, so every site is every other site's neighbour (the complete graph):
-the per-site cost is that of Bonawitz et al. 2017's SecAgg (n - 1 key
-agreements, shares and pairwise masks per site), cheap at a handful of
-hospitals and tolerant of the most dropouts. Flower's protocol is the honest-but-curious
-variant (no signatures nor consistency round against an active server).
+coordinator sees only masked vectors and their sum. The neighbour graph is
+Bell et al.'s: each site shares keys, Shamir shares and pairwise masks with
+k = 2·ceil(log2 n) others (:func:`neighbourhood`: ``num_shares`` = k + 1
+counting its own share, at most n), on Flower's ring-shaped graph over a
+shuffled site order, instead of all n - 1 as in Bonawitz et al. 2017 (option
+``graph = "complete"`` for that). Below 10 sites the two coincide or nearly
+(4 sites: complete). Reconstruction threshold: a strict majority of a site's
+shares (``num_shares // 2 + 1``, at least 2) unless ``threshold`` says
+otherwise; a dropped site's mask is rebuilt from that many neighbours.
+Differs: Bell et al. pick the graph at random (Harary-like with random
+labels: Flower shuffles the ring), and their k also depends on the tolerated
+fractions of dropped and corrupted sites, which privmed does not set.
+Flower's protocol is the honest-but-curious variant (no signatures nor
+consistency round against an active server).
 
 Everything protocol-side is Flower's: ``DefaultWorkflow(fit_workflow=
 SecAggPlusWorkflow(...))`` with a legacy ``FedAvg`` in a ``LegacyContext``,
@@ -24,8 +31,9 @@ driven on our in-process Grid (it uses only ``send_and_receive`` and
 ``get_node_ids``). privmed adds the glue: the initial weights and per-round
 config (with the array names, which the legacy records drop), and the
 harness's evaluation through the legacy strategy's ``evaluate_fn``.
-Options: ``threshold`` (shares needed to rebuild a mask: a whole number from
-2 to max(2, n_sites - 1); default max(2, n_sites - 1)), ``clip`` (Flower's
+Options: ``graph`` ("log", Bell et al., default; or "complete"),
+``threshold`` (shares needed to rebuild a mask: a whole number from 2 to
+below the number of shares; default a strict majority), ``clip`` (Flower's
 clipping range, default 8.0). A site that fails or drops in any stage is
 recorded as excluded for that round (``WatchedGrid`` notes it as the
 workflow's messages pass); below the threshold Flower halts the round and
@@ -44,11 +52,12 @@ pairs live in one process; a deployment runs one ``secaggplus_mod`` per site.
 from __future__ import annotations
 
 import json
+import math
 from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
-from flwr.app import Array, ArrayRecord, ConfigRecord, Context, Message, RecordDict
+from flwr.app import Array, ArrayRecord, ConfigRecord, Context, Message, MetricRecord, RecordDict
 from flwr.client.mod import secaggplus_mod
 from flwr.common import Code, FitRes, Status, ndarrays_to_parameters, parameters_to_ndarrays
 from flwr.compat.common import recorddict_compat as compat
@@ -61,21 +70,41 @@ from privmed.errors import PrivmedError
 from privmed.options import Options
 from privmed.privacy.base import Mechanism
 from privmed.protocols.base import ProtocolContext, ProtocolOutput, ProtocolSpec, node_ids
+from privmed.threat import AGGREGATE, CIPHERTEXT, View
 
 KEYS = "privmed-keys"
+GRAPHS = ("log", "complete")
+
+
+def neighbourhood(n_sites: int) -> int:
+    """Bell et al.'s O(log n) neighbourhood: 2·ceil(log2 n) neighbours plus the site itself, odd, at most n."""
+    return min(n_sites, 2 * math.ceil(math.log2(max(n_sites, 2))) + 1)
 
 
 @dataclass(frozen=True)
 class SecAggOptions(Options):
-    threshold: int | None = None  # shares needed to rebuild a mask; default max(2, n_sites - 1)
+    graph: str = "log"  # neighbours: "log" (Bell et al. 2020, O(log n)) or "complete" (Bonawitz et al. 2017)
+    threshold: int | None = None  # shares needed to rebuild a mask; default a strict majority of the shares
     clip: float = 8.0  # Flower's clipping range before quantisation
 
+    def __post_init__(self) -> None:
+        if self.graph not in GRAPHS:
+            raise PrivmedError(f"unknown SecAgg+ graph {self.graph!r}; valid graphs: {', '.join(GRAPHS)}")
+
+    def shares(self, n_sites: int) -> int:
+        """Shares of each site's keys (its neighbours and itself) on this graph."""
+        return neighbourhood(n_sites) if self.graph == "log" else n_sites
+
+    def reconstruction_threshold(self, n_sites: int) -> int:
+        return self.threshold or max(2, self.shares(n_sites) // 2 + 1)
+
     def check_sites(self, n_sites: int) -> None:
-        top = max(2, n_sites - 1)
+        top = max(2, self.shares(n_sites) - 1)
         if self.threshold is not None and not 2 <= self.threshold <= top:
             raise PrivmedError(
                 f"SecAgg+ threshold must be a whole number from 2 to {top} with {n_sites} sites (at least 2, and below "
-                f"the number of sites when there are 3 or more), got {self.threshold!r}; e.g. --opt threshold={top}"
+                f"the number of shares, {self.shares(n_sites)} on the {self.graph} graph, when there are 3 or more), "
+                f"got {self.threshold!r}; e.g. --opt threshold={top}"
             )
         if not self.clip > 0:
             raise PrivmedError(f"SecAgg+ clip (Flower's clipping range) must be > 0, got {self.clip}")
@@ -85,7 +114,9 @@ def run(ctx: ProtocolContext) -> ProtocolOutput:
     n = len(node_ids(ctx))
     done = ctx.start_round - 1  # rounds run before a resume: Flower's workflow numbers its rounds from 1
     ctx.options.check_sites(n)
-    threshold = ctx.options.threshold or max(2, n - 1)
+    shares, threshold = ctx.options.shares(n), ctx.options.reconstruction_threshold(n)
+    # Flower: an int count must exceed 2 (below, 1.0 = every site, the same graph)
+    num_shares: int | float = shares if shares > 2 and shares < n else 1.0
     keys = list(ctx.initial.keys())
     grid = WatchedGrid(ctx.grid, rounds_done=done)
     latest = {"arrays": ctx.initial}
@@ -120,7 +151,7 @@ def run(ctx: ProtocolContext) -> ProtocolOutput:
     )
     workflow = DefaultWorkflow(
         fit_workflow=SecAggPlusWorkflow(
-            num_shares=1.0, reconstruction_threshold=threshold, clipping_range=ctx.options.clip
+            num_shares=num_shares, reconstruction_threshold=threshold, clipping_range=ctx.options.clip
         )
     )
     workflow(grid, context)
@@ -217,11 +248,28 @@ def legacy_train_bridge(site: str):
     return mod
 
 
+def scrub_plaintext(msg: Message, context: Context, call_next) -> Message:
+    """Outside ``secaggplus_mod``: drop the plaintext the legacy reply still carries beside the masked vector.
+
+    Flower's mod masks the example-weighted update (the weight travels inside
+    the mask) but leaves the legacy ``FitRes`` metrics and example count in the
+    clear; the coordinator's legacy FedAvg then averages identical unmasked
+    sums, for which a uniform count of 1 gives the same result.
+    """
+    reply = call_next(msg, context)
+    content = reply.content if not reply.has_error() else None
+    if content is not None and "fitres.num_examples" in content.metric_records:
+        content.metric_records["fitres.num_examples"] = MetricRecord({"num_examples": 1})
+        content.config_records["fitres.metrics"] = ConfigRecord()
+    return reply
+
+
 class SecAggMechanism(Mechanism):
     name = "secagg"
 
     protocols = ("secagg-fedavg",)
     purpose = "masks FedAvg updates"
+    encrypts = True
 
     def __init__(self, options: dict[str, Any]) -> None:
         if options:
@@ -236,8 +284,8 @@ class SecAggMechanism(Mechanism):
 
     def client_mods(self, site_index: int) -> list:
         if not self._names:
-            raise PrivmedError("secagg: call check(fed, config) before building the sites")
-        return [secaggplus_mod, legacy_train_bridge(self._names[site_index])]
+            raise PrivmedError("secagg: call check(plan) before building the sites")
+        return [scrub_plaintext, secaggplus_mod, legacy_train_bridge(self._names[site_index])]
 
     def report(self) -> dict[str, Any]:
         return {
@@ -245,7 +293,6 @@ class SecAggMechanism(Mechanism):
             "delta": None,
             "unit": None,
             "masking": "SecAgg+ (Flower secaggplus_mod)",
-            "individual_updates_visible": False,
         }
 
 
@@ -253,7 +300,13 @@ SPEC = ProtocolSpec(
     name="secagg-fedavg",
     technique="bell2020-secaggplus",
     run=run,
-    coordinator_sees="only the sum of the sites' masked, quantised weights",
+    views={
+        "coordinator": View(AGGREGATE, "only the sum of the sites' masked, quantised weights"),
+        "another site": View(AGGREGATE, "the global model after every round (the sum of all updates)"),
+        "eavesdropper": View(CIPHERTEXT, "masked vectors and encrypted key shares"),
+    },
+    active_coordinator="not guaranteed: Flower's SecAgg+ is the honest-but-curious variant (no signatures, no "
+    "consistency check); an active coordinator that reports sites as dropped can unmask one site's update",
     schedule="parallel",
     options=SecAggOptions,
 )

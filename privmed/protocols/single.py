@@ -14,6 +14,7 @@ from dataclasses import dataclass
 from privmed.errors import PrivmedError
 from privmed.options import Options
 from privmed.protocols.base import ProtocolContext, ProtocolOutput, ProtocolSpec, node_ids, train_at
+from privmed.threat import NOTHING, RAW, View
 
 
 @dataclass(frozen=True)
@@ -47,31 +48,35 @@ def run_centralised(ctx: ProtocolContext) -> ProtocolOutput:
     return _train_alone(ctx, node_ids(ctx)[0])
 
 
-NO_UPDATE = "the coordinator already receives every site's raw images; there is no update to invert (leakage is total)"
-ALONE = "one site trains alone and sends nothing; there is no update to invert"
-
 CENTRALISED = ProtocolSpec(
     name="centralised",
     technique="centralised",
     run=run_centralised,
-    coordinator_sees="every site's raw images and labels",
+    views={
+        "coordinator": View(RAW, "every site's raw images and labels"),
+        "another site": View(NOTHING, "nothing (the sites send their data, not a model)"),
+        "eavesdropper": View(RAW, "every site's raw images and labels, in the clear without TLS"),
+    },
+    active_coordinator="nothing: it holds all the data",
     schedule="one trainer",
     pooled=True,
     traffic="raw data",
-    not_applicable={"inversion": NO_UPDATE, "dlg": NO_UPDATE},
 )
 SINGLE = ProtocolSpec(
     name="single",
     technique="single-site",
     run=run,
-    coordinator_sees="nothing (one site trains alone)",
+    views={
+        "coordinator": View(NOTHING, "nothing (one site trains alone)"),
+        "another site": View(NOTHING, "nothing (one site trains alone)"),
+        "eavesdropper": View(NOTHING, "nothing (one site trains alone)"),
+    },
+    active_coordinator="everything: nothing is sent",
     schedule="one trainer",
     options=SingleOptions,
     traffic="none",
     trainers=lambda o, n: (o.site,),
     not_applicable={
-        "inversion": ALONE,
-        "dlg": ALONE,
         "poisoning": "one site trains alone; there are no other sites to poison it",
     },
 )

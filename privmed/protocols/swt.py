@@ -12,6 +12,7 @@ coordinator. One "round" in the history is one institution's stage.
 from __future__ import annotations
 
 from privmed.protocols.base import ProtocolContext, ProtocolOutput, ProtocolSpec, node_ids, train_at
+from privmed.threat import UPDATE, View
 
 
 def run(ctx: ProtocolContext) -> ProtocolOutput:
@@ -29,7 +30,12 @@ SPEC = ProtocolSpec(
     name="swt",
     technique="chang2018-swt",
     run=run,
-    coordinator_sees="the model weights after each site's stage",
+    views={
+        "coordinator": View(UPDATE, "the model weights after each site's stage"),
+        "another site": View(UPDATE, "the model the previous site trained to completion"),
+        "eavesdropper": View(UPDATE, "the model weights after each stage, in the clear without TLS"),
+    },
+    active_coordinator="nothing: it can read, alter or withhold every model it relays",
     schedule="sequential",
     rounds=lambda settings, n_sites: n_sites,
 )

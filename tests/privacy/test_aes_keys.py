@@ -1,12 +1,22 @@
 """Key files and sealed blobs for encrypted weight transmission."""
 
+import dataclasses
 import os
 
 import pytest
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
 from privmed.errors import PrivmedError
-from privmed.privacy.aes_keys import PairwiseKeys, load_key, open_sealed, seal, write_key
+from privmed.privacy.aes_keys import (
+    ANY_SITE,
+    Header,
+    PairwiseKeys,
+    check_header,
+    load_key,
+    open_sealed,
+    seal,
+    write_key,
+)
 
 
 def test_key_file_round_trip_is_owner_only(tmp_path):
@@ -70,18 +80,39 @@ def test_a_key_file_owned_by_another_user_is_refused(tmp_path, monkeypatch):
         load_key(path)
 
 
+HEADER = Header(run="run-a", round=2, sender="site-1", recipient="site-2")
+
+
 def test_tampered_or_foreign_blob_fails_authentication_naming_both_sites():
     key = AESGCM.generate_key(bit_length=256)
-    blob = seal(b"weights", key=key, sender="site-1")
-    assert open_sealed(blob, key=key, receiver="site-2") == b"weights"
+    blob = seal(b"weights", key=key, header=HEADER)
+    assert open_sealed(blob, key=key, receiver="site-2") == (b"weights", HEADER)
     tampered = blob[:-1] + bytes([blob[-1] ^ 1])
     with pytest.raises(PrivmedError, match="site-2: weights from 'site-1' failed authentication"):
         open_sealed(tampered, key=key, receiver="site-2")
     with pytest.raises(PrivmedError, match="failed authentication"):
         open_sealed(blob, key=AESGCM.generate_key(bit_length=256), receiver="site-2")
-    relabelled = blob.replace(b"site-1", b"site-3", 1)  # the sender's name is authenticated too
-    with pytest.raises(PrivmedError, match="failed authentication"):
-        open_sealed(relabelled, key=key, receiver="site-2")
+    for field, new in ((b"site-1", b"site-3"), (b"site-2", b"site-4"), (b"run-a", b"run-b"), (b", 2,", b", 3,")):
+        relabelled = blob.replace(field, new, 1)  # every header field is authenticated
+        assert relabelled != blob
+        with pytest.raises(PrivmedError, match="failed authentication"):
+            open_sealed(relabelled, key=key, receiver="site-2")
+
+
+@pytest.mark.parametrize(
+    ("header", "round", "last_round", "why"),
+    [
+        (dataclasses.replace(HEADER, run="run-b"), 2, 0, "belong to another run"),
+        (HEADER, 3, 3, "sealed in round 2, but this is round 3 and site-2 already accepted round 3: replayed"),
+        (dataclasses.replace(HEADER, round=4), 3, 0, "sealed in round 4, but this is round 3"),
+        (dataclasses.replace(HEADER, recipient="site-5"), 2, 0, "sealed for 'site-5': re-addressed blob refused"),
+    ],
+)
+def test_a_receiver_refuses_other_runs_replays_reorderings_and_re_addressed_blobs(header, round, last_round, why):
+    with pytest.raises(PrivmedError, match=why):
+        check_header(header, receiver="site-2", run="run-a", round=round, last_round=last_round)
+    check_header(HEADER, receiver="site-2", run="run-a", round=2, last_round=2)  # the same round again: a re-open
+    check_header(dataclasses.replace(HEADER, recipient=ANY_SITE), receiver="site-2", run="run-a", round=3, last_round=1)
 
 
 def test_pairwise_keys_agree_at_both_ends_and_differ_between_pairs():

@@ -17,6 +17,7 @@ from privmed.errors import PrivmedError
 from privmed.privacy.registry import make_mechanism
 from privmed.protocols import cwt, fedavg, he_fedavg, secagg_fedavg
 from privmed.protocols.base import TrainSettings
+from privmed.protocols.registry import PROTOCOLS
 from privmed.protocols.weight_transmission import fnt, snt
 
 
@@ -311,3 +312,57 @@ def test_harness_measures_an_encrypted_run_and_saves_the_decrypted_model(small_f
     saved = load_predictor(tmp_path)
     assert set(saved.keys()) == set(plain["fedavg"].keys())  # weights, not ciphertext
     assert np.abs(flat(saved) - flat(plain["fedavg"])).max() < 5e-3
+
+
+def replaying(node, rnd, *, from_round, holder):
+    """A relay that keeps the blob ``node`` uploads in ``from_round`` and passes it off as its upload in ``rnd``."""
+
+    def hook(msg, reply):
+        if msg.metadata.dst_node_id == node and msg.metadata.message_type == "train":
+            if msg.metadata.group_id == str(from_round):
+                holder["blob"] = bytes(reply.content["sealed"]["blob"])
+            elif msg.metadata.group_id == str(rnd):
+                reply.content["sealed"] = ConfigRecord({"blob": holder["blob"]})
+        return reply
+
+    return hook
+
+
+@pytest.mark.parametrize(
+    ("from_round", "rnd", "why"),
+    [(1, 2, "were trained from before: replayed blob refused"), (1, 3, "replayed or reordered blob refused")],
+)
+def test_snt_sites_refuse_a_replayed_or_reordered_blob_and_name_it(small_fed, from_round, rnd, why):
+    """An active relay re-sends a site's older blob: the next site refuses it, the run rolls back and goes on."""
+    uploader, receiver = FIRST_NODE_ID, FIRST_NODE_ID + 1
+    hook = replaying(uploader, rnd, from_round=from_round, holder={})
+    model, ctx, _, _ = run_protocol(small_fed, snt.run, "snt", {"mechanism": "aes-gcm"}, rounds=3, fault=hook)
+    refused = [r for r in ctx.rejections if r["node"] == receiver]
+    assert refused and why in refused[0]["reason"] and "'site-0'" in refused[0]["reason"], ctx.rejections
+    assert (rnd, uploader) in {(r["round"], r["node"]) for r in ctx.rejections}  # its lost update is named too
+    assert np.isfinite(flat(model)).all()
+
+
+def test_every_message_the_coordinator_receives_holds_only_what_its_threat_matrix_lists(small_fed):
+    """No plaintext side channel: under HE, SecAgg+, SNT and FNT the coordinator gets ciphertext, masked vectors,
+    blobs or schedule replies, plus only the values each protocol's matrix names (sizes, timings)."""
+    allowed_metrics = {"he-fedavg": {"he-encrypt-s", "he-decrypt-s"}, "secagg-fedavg": {"num_examples"}}
+    for protocol, privacy in [
+        ("he-fedavg", {"mechanism": "he-ckks"}),
+        ("secagg-fedavg", {"mechanism": "secagg"}),
+        ("snt", {"mechanism": "aes-gcm"}),
+        ("fnt", {"mechanism": "aes-gcm"}),
+    ]:
+        seen = []
+        run_protocol(small_fed, PROTOCOLS[protocol].run, protocol, privacy, rounds=1, fault=observer(seen))
+        assert seen
+        for reply in seen:
+            assert all(len(rec) == 0 for rec in reply.content.array_records.values()), protocol  # no plaintext weights
+            for rec in reply.content.metric_records.values():
+                assert set(rec) <= allowed_metrics.get(protocol, set()), (protocol, dict(rec))
+                if protocol == "secagg-fedavg":
+                    assert dict(rec) == {"num_examples": 1}  # scrubbed: the real count travels inside the mask
+            for name, rec in reply.content.config_records.items():
+                assert "train_loss" not in rec and "num-examples" not in rec or name == "he-public", (protocol, name)
+                if name == "fitres.metrics":
+                    assert len(rec) == 0

@@ -30,6 +30,7 @@ from flwr.app import ConfigRecord, Message, RecordDict
 from privmed.errors import PrivmedError
 from privmed.privacy.sealed import seal_predictor
 from privmed.protocols.base import ProtocolContext, ProtocolOutput, ProtocolSpec, node_ids
+from privmed.threat import CIPHERTEXT, NOTHING, UPDATE, View
 
 
 def _ask(ctx: ProtocolContext, node: int, route: dict, rnd: int, arrays=None) -> tuple[Message | None, str | None]:
@@ -91,6 +92,13 @@ SPEC = ProtocolSpec(
     name="fnt",
     technique="phuong2019-fnt",
     run=run,
-    coordinator_sees="nothing but the visiting schedule (weights go site to site)",
+    views={
+        "coordinator": View(NOTHING, "nothing but the visiting schedule (weights go site to site)"),
+        "another site": View(
+            UPDATE, "the model the previous site in the cycle trained (opened with their pairwise key)"
+        ),
+        "eavesdropper": View(CIPHERTEXT, "AES-GCM blobs on the peer links"),
+    },
+    active_coordinator="confidentiality (it never holds weights); it can still reorder or skip sites in the schedule",
     schedule="sequential",
 )

@@ -31,15 +31,18 @@ in-process mailboxes, not network connections. The concrete primitives
 
 from __future__ import annotations
 
+import hashlib
+import secrets
 from typing import Any
 
-from flwr.app import ArrayRecord, ConfigRecord, Context, Message, MetricRecord, RecordDict
+from flwr.app import ArrayRecord, ConfigRecord, Context, Message, RecordDict
 
 from privmed.engine.validate import train_checked
 from privmed.errors import PrivmedError
-from privmed.privacy.aes_keys import PairwiseKeys, load_key, open_sealed, seal
+from privmed.privacy.aes_keys import ANY_SITE, Header, PairwiseKeys, check_header, load_key, open_sealed, seal
 from privmed.privacy.base import Mechanism, Plan
 from privmed.privacy.sealed import from_bytes, sealed_record, to_bytes
+from privmed.protocols.base import TrainInstruction
 
 VERIFY = "snt-verify"  # an SNT "evaluate" message carrying this record: open the blob, do not train
 
@@ -63,55 +66,73 @@ class PeerLinks:
         return self._boxes.pop((sender, receiver))
 
 
-def weight_mod(site: str, *, shared: bytes, pairwise: PairwiseKeys, links: PeerLinks):
+def weight_mod(site: str, *, shared: bytes, pairwise: PairwiseKeys, links: PeerLinks, run: str):
+    """The site's half: open what it receives (refusing replays, reorderings and re-addressed blobs), train, seal.
+
+    Nothing derived from the site's data leaves it in the clear: SNT replies
+    carry only the blob, FNT replies only the bytes sent on the peer link.
+    """
+    last = {"round": 0}  # the newest round this site has accepted a blob from
+    trained_from: set[bytes] = set()  # digests of the blobs this site has trained from: never twice
+
+    def opened(blob: bytes, key: bytes, rnd: int, *, to_train: bool = True) -> ArrayRecord:
+        plaintext, header = open_sealed(blob, key=key, receiver=site)  # raises on a tampered or foreign blob
+        check_header(header, receiver=site, run=run, round=rnd, last_round=last["round"])
+        digest = hashlib.sha256(blob).digest()
+        if to_train and digest in trained_from:
+            raise PrivmedError(
+                f"{site}: weights from {header.sender!r} were trained from before: replayed blob refused"
+            )
+        last["round"] = header.round
+        if to_train:
+            trained_from.add(digest)
+        return from_bytes(plaintext)
+
+    def sealed(arrays: ArrayRecord, key: bytes, rnd: int, to: str) -> bytes:
+        return seal(to_bytes(arrays), key=key, header=Header(run=run, round=rnd, sender=site, recipient=to))
+
+    def fnt_reply(msg: Message, sent: int) -> Message:
+        return Message(RecordDict({"fnt": ConfigRecord({"site": site, "sent-bytes": sent})}), reply_to=msg)
+
     def mod(msg: Message, context: Context, call_next) -> Message:
         content = msg.content
         if msg.metadata.message_type == "evaluate" and VERIFY in content.config_records:
-            open_sealed(bytes(content["sealed"]["blob"]), key=shared, receiver=site)  # raises on a bad blob
+            opened(bytes(content["sealed"]["blob"]), shared, int(content[VERIFY]["round"]), to_train=False)  # raises
             return Message(RecordDict({VERIFY: ConfigRecord({"site": site})}), reply_to=msg)
         if msg.metadata.message_type != "train":
             return call_next(msg, context)
+        rnd = TrainInstruction.from_record(content["config"]).server_round
         if "fnt" in content.config_records:
             route = content["fnt"]
             if route.get("setup"):
                 return Message(RecordDict({"fnt": ConfigRecord({"site": site})}), reply_to=msg)
             if route.get("resend"):  # the next peer failed: pass own model on to the one after it
-                blob = seal(to_bytes(links.latest[site]), key=pairwise.key(site, str(route["to"])), sender=site)
-                links.send(site, str(route["to"]), blob)
-                return Message(RecordDict({"fnt": ConfigRecord({"site": site, "sent-bytes": len(blob)})}), reply_to=msg)
+                to = str(route["to"])
+                blob = sealed(links.latest[site], pairwise.key(site, to), rnd, to)
+                links.send(site, to, blob)
+                return fnt_reply(msg, len(blob))
             src, dst = str(route["from"]), str(route["to"])
-            arrays = (
-                content["arrays"]
-                if not src
-                else from_bytes(open_sealed(links.receive(src, site), key=pairwise.key(site, src), receiver=site))
-            )
+            arrays = opened(links.receive(src, site), pairwise.key(site, src), rnd) if src else content["arrays"]
             update, reply = train_checked(
                 msg, context, call_next, arrays, content["config"], site=site, refused="not sent"
             )
             if reply.has_error():
                 return reply
             links.latest[site] = update
-            blob = seal(to_bytes(update), key=pairwise.key(site, dst), sender=site) if dst else b""
+            blob = sealed(update, pairwise.key(site, dst), rnd, dst) if dst else b""
             if dst:
                 links.send(site, dst, blob)
-            out = RecordDict(
-                {"metrics": reply.content["metrics"], "fnt": ConfigRecord({"site": site, "sent-bytes": len(blob)})}
-            )
-            return Message(out, reply_to=msg)
+            return fnt_reply(msg, len(blob))
         arrays = (
-            from_bytes(open_sealed(bytes(content["sealed"]["blob"]), key=shared, receiver=site))
+            opened(bytes(content["sealed"]["blob"]), shared, rnd)
             if "sealed" in content.config_records
             else content["arrays"]
         )
         update, reply = train_checked(msg, context, call_next, arrays, content["config"], site=site, refused="not sent")
         if reply.has_error():
             return reply
-        blob = seal(to_bytes(update), key=shared, sender=site)
         return Message(
-            RecordDict(
-                {"sealed": ConfigRecord({"blob": blob}), "metrics": MetricRecord(dict(reply.content["metrics"]))}
-            ),
-            reply_to=msg,
+            RecordDict({"sealed": ConfigRecord({"blob": sealed(update, shared, rnd, ANY_SITE)})}), reply_to=msg
         )
 
     return mod
@@ -120,6 +141,7 @@ def weight_mod(site: str, *, shared: bytes, pairwise: PairwiseKeys, links: PeerL
 class WeightEncryption(Mechanism):
     protocols = ("snt", "fnt")
     purpose = "seals transmitted weights"
+    encrypts = True
 
     name = "aes-gcm"
 
@@ -139,11 +161,13 @@ class WeightEncryption(Mechanism):
         self._shared = load_key(self.key_file) if self.key_file else AESGCM.generate_key(bit_length=256)
         self._names = [name for name, _ in plan.sites]
         self._pairwise = PairwiseKeys(self._names)
+        self._run = secrets.token_hex(8)  # the sites' id for this run, bound into every blob they seal
 
     def client_mods(self, site_index: int) -> list:
         if not self._names:
             raise PrivmedError("aes-gcm has no keys yet: call check(plan) before building the sites")
-        return [weight_mod(self._names[site_index], shared=self._shared, pairwise=self._pairwise, links=self.links)]
+        name = self._names[site_index]
+        return [weight_mod(name, shared=self._shared, pairwise=self._pairwise, links=self.links, run=self._run)]
 
     def reveal(self, predictor):
         """SNT: open the coordinator's last blob; FNT: the model held by the last site."""
@@ -152,7 +176,7 @@ class WeightEncryption(Mechanism):
             return predictor
         if "holder" in rec:
             return self.links.latest[str(rec["holder"])]
-        return from_bytes(open_sealed(bytes(rec["blob"]), key=self._shared, receiver="harness"))
+        return from_bytes(open_sealed(bytes(rec["blob"]), key=self._shared, receiver="harness")[0])
 
     def state_dict(self) -> dict[str, Any]:
         """The bytes counted on each peer link, so a resumed FNT run reports the whole run's; keys are never saved."""
@@ -167,7 +191,6 @@ class WeightEncryption(Mechanism):
             "delta": None,
             "unit": None,
             "encryption": "AES-256-GCM",
-            "individual_updates_visible": False,
             "key": "key file" if self.key_file else "generated in memory",
             "peer_link_bytes": dict(self.links.bytes),
         }

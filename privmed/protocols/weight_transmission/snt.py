@@ -15,8 +15,11 @@ download per round, so that a round is never evaluated on a blob no site has
 opened. The site side is :mod:`privmed.protocols.weight_transmission.site`
 (``--privacy aes-gcm``).
 
-A blob that fails authentication (tampered, or sealed under another key) is
-an error reply naming both sites. The coordinator then forwards instead the
+A blob that fails authentication (tampered, or sealed under another key) or
+that the receiving site refuses (another run's, a round older than one it
+has accepted, one it has trained from before: a replay or reordering by an
+active relay; see :func:`privmed.privacy.aes_keys.check_header`) is an error
+reply naming both sites. The coordinator then forwards instead the
 last blob a site opened successfully (the public initial weights if none),
 and the run goes on without the lost work: the visit of the site that could
 not open it is rejected, and so is the update of the site that uploaded it,
@@ -33,8 +36,14 @@ from privmed.errors import PrivmedError
 from privmed.privacy.sealed import layout_of, n_values, seal_predictor
 from privmed.protocols.base import ProtocolContext, ProtocolOutput, ProtocolSpec, node_ids
 from privmed.protocols.weight_transmission.site import VERIFY
+from privmed.threat import CIPHERTEXT, UPDATE, View
 
-AUTH_FAILURE = "failed authentication"
+# a blob the receiving site could not or would not open: tampered, foreign, replayed, reordered
+REFUSED = ("failed authentication", "blob refused")
+
+
+def refused(problem: str) -> bool:
+    return any(marker in problem for marker in REFUSED)
 
 
 def visit(ctx: ProtocolContext, node: int, content: dict, rnd: int) -> tuple[bytes | None, str | None]:
@@ -55,7 +64,9 @@ def verify(ctx: ProtocolContext, nodes: list[int], content: dict, rnd: int) -> s
     """Have the next sites in the cycle open ``content``: None if one did, the reason if it failed authentication."""
     problems = []
     for node in nodes:
-        msg = Message(RecordDict({**content, VERIFY: ConfigRecord()}), node, "evaluate", group_id=str(rnd))
+        msg = Message(
+            RecordDict({**content, VERIFY: ConfigRecord({"round": rnd})}), node, "evaluate", group_id=str(rnd)
+        )
         replies = list(ctx.grid.send_and_receive([msg]))
         if replies and not replies[0].has_error() and VERIFY in replies[0].content.config_records:
             return None
@@ -68,7 +79,7 @@ def verify(ctx: ProtocolContext, nodes: list[int], content: dict, rnd: int) -> s
                 else "site did not check the blob (is --privacy aes-gcm set?)"
             )
         )
-        if AUTH_FAILURE in problem:
+        if refused(problem):
             return problem
         problems.append(f"node {node}: {problem}")
     raise PrivmedError(f"SNT round {rnd}: no site could open the round's model to check it ({'; '.join(problems)})")
@@ -89,7 +100,7 @@ def run(ctx: ProtocolContext) -> ProtocolOutput:
             blob, problem = visit(ctx, node, content, rnd)
             if problem:
                 ctx.reject(rnd, node, problem)
-                if AUTH_FAILURE in problem:
+                if refused(problem):
                     if content is not good:  # nobody opened this upload: its update is lost too
                         ctx.reject(
                             rnd, uploader, f"its sealed weights could not be opened by the next site ({problem})"
@@ -124,6 +135,12 @@ SPEC = ProtocolSpec(
     name="snt",
     technique="phuong2019-snt",
     run=run,
-    coordinator_sees="opaque AES-GCM blobs of the weights after every site visit",
+    views={
+        "coordinator": View(CIPHERTEXT, "opaque AES-GCM blobs of the weights after every site visit"),
+        "another site": View(UPDATE, "the model the previous site in the cycle trained (it holds the shared key)"),
+        "eavesdropper": View(CIPHERTEXT, "opaque AES-GCM blobs"),
+    },
+    active_coordinator="confidentiality and integrity of the weights (authenticated, bound to run, round and "
+    "sender: replays and reorderings are refused); it can still withhold a blob or skip a site",
     schedule="sequential",
 )
