@@ -48,9 +48,8 @@ def main() -> None:
             opts = SecAggOptions(graph=graph)
             measured[graph] = one_round(fed, n, graph)
             kb, wall = measured[graph]
-            print(
-                f"{n:>5} {graph:>8} {opts.shares(n):>6} {opts.reconstruction_threshold(n):>9} {kb / 1000:>9.1f} {wall:>7.1f}"
-            )
+            shares, threshold = opts.shares(n), opts.reconstruction_threshold(n)
+            print(f"{n:>5} {graph:>8} {shares:>6} {threshold:>9} {kb / 1000:>9.1f} {wall:>7.1f}")
         (kb_c, wall_c), (kb_l, wall_l) = measured["complete"], measured["log"]
         print(f"{n:>5} {'ratio':>8} {'':>6} {'':>9} {kb_l / kb_c:>9.3f} {wall_l / wall_c:>7.3f}  (bytes, wall)")
 
