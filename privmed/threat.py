@@ -69,3 +69,13 @@ def matrix(protocol, mechanism) -> dict[str, dict[str, str]]:
     if mechanism.threat:
         out["mechanism"] = {"note": mechanism.threat}
     return out
+
+
+def markdown_table(protocols) -> list[str]:
+    """The matrix for every protocol as a Markdown table (README, report); ``protocols``: name -> spec."""
+    head = ["protocol", *(p for p in PARTIES if p != "model user"), "an active coordinator"]
+    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    for name, spec in protocols.items():
+        cells = [f"`{name}`", *(spec.views[p].sees for p in PARTIES if p != "model user"), spec.active_coordinator]
+        lines.append("| " + " | ".join(cells) + " |")
+    return lines

@@ -187,13 +187,34 @@ def write_report(results: list[dict[str, Any]], path: Path, *, plot_name: str | 
             "",
             "Privacy: MIA AUC is the loss-threshold membership attack (Yeom 2018; 0.5 = chance) at image and patient "
             "level; "
-            "inversion PSNR is Inverting Gradients (Geiping 2020) on one image from one site's one-step update "
-            "(a flat mean-intensity guess scores ~15 dB). Security: PGD-10 accuracy at ε = 8/255 and the success of a "
+            "inversion PSNR is Inverting Gradients (Geiping 2020) against each party that sees an update (one image "
+            "from one site's one-step update, or one image per site in the aggregate), headline = the most exposed "
+            "party (a flat mean-intensity guess scores ~15 dB; the threat matrix below says who sees what). "
+            "Security: PGD-10 accuracy at ε = 8/255 and the success of a "
             "trigger backdoor from 1 malicious site through the row's own protocol. Details per row: <run>/audit.json.",
             "",
             "![leakage against accuracy](privacy_utility.png)",
         ]
+    lines += threat_section(results)
     path.write_text("\n".join(lines) + "\n")
+
+
+def threat_section(results: list[dict[str, Any]]) -> list[str]:
+    """Who sees what, per protocol and mechanism of the bench's rows (from each result's ``privacy.threat``)."""
+    parties = ("coordinator", "another site", "eavesdropper")
+    seen: dict[tuple[str, str], dict[str, Any]] = {}
+    for r in results:
+        if r["privacy"].get("threat"):
+            seen.setdefault((r["protocol"], r["privacy"].get("mechanism", "none")), r["privacy"]["threat"])
+    if not seen:
+        return []
+    lines = ["", "## Threat matrix (who sees what; the audit attacks each party's view)", ""]
+    lines += ["| protocol | mechanism | " + " | ".join(parties) + " | active coordinator | mechanism's effect |"]
+    lines += ["|" + "---|" * (len(parties) + 4)]
+    for (protocol, mechanism), m in seen.items():
+        cells = [f"`{protocol}`", mechanism, *(m[p]["sees"] for p in parties), m["active coordinator"]["survives"]]
+        lines.append("| " + " | ".join([*cells, m.get("mechanism", {}).get("note", "")]) + " |")
+    return lines
 
 
 def write_plot(results: list[dict[str, Any]], path: Path) -> None:
