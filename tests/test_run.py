@@ -208,7 +208,10 @@ def test_an_encrypted_run_resumes_with_new_keys_from_the_model_the_sites_had(tmp
 @pytest.mark.parametrize("theta_d", [1.0, 0.1])
 def test_an_interrupted_dssgd_run_resumes_with_the_coordinators_counts(tmp_path, theta_d):
     opts = {"theta_u": 0.1, "theta_d": theta_d, "gamma": 0.01, "dp_epsilon": 1.0}
-    cfg = dataclasses.replace(tiny("dssgd"), train=TrainSettings(rounds=3), name="r", options=opts)
+    # reproducible noise: the SVT's draws must repeat for the two runs to be compared (privacy is not the point here)
+    cfg = dataclasses.replace(
+        tiny("dssgd"), train=TrainSettings(rounds=3), name="r", options=opts, reproducible_noise=True
+    )
     full, resumed = _interrupted_then_resumed(cfg, tmp_path)
     # ε composes over each site's 3 uploads in both: the upload counts came back from the checkpoint
     assert resumed.privacy["epsilon"] == pytest.approx(full.privacy["epsilon"])
