@@ -180,7 +180,15 @@ def _invert_view(t: Target, r: Any, kind: str, *, batch_sizes: tuple[int, ...], 
                 batch, t.spec, weights, mods=mods, trainer=mech.trainer(i), lr=lr, seed=t.config.seed
             )
             if kind == PARTIAL and r.protocol.probe_upload:  # DSSGD: the site uploads only its θu selection
-                received, mask = r.protocol.probe_upload(model, sent, received, r.options, seed=t.config.seed, site=i)
+                received, mask = r.protocol.probe_upload(
+                    model,
+                    sent,
+                    received,
+                    r.options,
+                    seed=t.config.seed,
+                    site=i,
+                    reproducible_noise=t.config.reproducible_noise,
+                )
                 out["uploaded_fraction"] = sum(int(m.sum()) for m in mask) / sum(m.numel() for m in mask)
             grads.append(gi.update_to_gradient(model, sent, received, lr))
             truth.append(torch.from_numpy(batch.images))

@@ -262,7 +262,14 @@ def _privacy(opts: DSSGDOptions, per_site: int, *, reproducible_noise: bool) -> 
 
 
 def probe_upload(
-    model: torch.nn.Module, sent: dict, received: dict, options: DSSGDOptions, *, seed: int, site: int
+    model: torch.nn.Module,
+    sent: dict,
+    received: dict,
+    options: DSSGDOptions,
+    *,
+    seed: int,
+    site: int,
+    reproducible_noise: bool = False,
 ) -> tuple[dict, list[torch.Tensor]]:
     """What a DSSGD site uploads of ``received - sent`` (its ``select``): (sent + sparse update, masks per parameter).
 
@@ -270,7 +277,8 @@ def probe_upload(
     """
     names = [n for n, _ in model.named_parameters()]
     delta = np.concatenate([(received[n].float() - sent[n].float()).numpy().ravel() for n in names])
-    idx, val = select(delta, options, selection_rng(seed, site))
+    private = options.dp_epsilon is not None and not reproducible_noise  # the SVT draws from the site's secret
+    idx, val = select(delta, options, numpy_noise_generator(None) if private else selection_rng(seed, site))
     sparse, seen = np.zeros_like(delta), np.zeros(delta.size, dtype=bool)
     sparse[idx], seen[idx] = val, True
     out, masks, start = dict(sent), [], 0
