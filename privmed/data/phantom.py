@@ -44,12 +44,19 @@ import numpy as np
 from scipy.ndimage import gaussian_filter
 from scipy.special import expit
 
-from privmed.data.base import ArraySet, Dataset, PatientMeta
+from privmed.data import phantom_v2
+from privmed.data.base import ArraySet, Dataset, Federation, PatientMeta
+from privmed.data.partition import partition
 from privmed.errors import PrivmedError
 
 DEFAULT_PATIENTS_PER_SITE = (60, 45, 30, 15)
 DEFAULT_PREVALENCE = (0.5, 0.35, 0.6, 0.25)
 LESION_CLASSES = {2: ("none", "lesion"), 3: ("none", "circumscribed", "infiltrative")}
+VERSIONS = {1: "v1: bright lesion (until 2026-11)", 2: "v2: lesion in shape and texture, held-out test patients"}
+# Held-out test patients are balanced at every site, so that on the pooled test
+# set a site's prevalence (which its scanner reveals) says nothing about a label.
+TEST_PREVALENCE = 0.5
+DEFAULT_TEST_PATIENTS = 70  # v2: held-out test patients per site (4 sites x 70 x 4 images = 1,120)
 
 # Intensity scale: tissue is in [0, ~1]; scanner output is divided by this and
 # clipped to [0, 1] (a fixed scaling, so that scanner differences survive).
@@ -83,6 +90,8 @@ class PhantomConfig:
     prevalence: tuple[float, ...] | None = None
     shared_patient_fraction: float = 0.0
     seed: int = 0
+    version: int = 2
+    test_patients_per_site: tuple[int, ...] | None = None
 
     def __post_init__(self) -> None:
         def bad(msg: str) -> PrivmedError:
@@ -98,6 +107,8 @@ class PhantomConfig:
             raise bad(f"n_classes must be 2 (lesion absent/present) or 3 (none/circumscribed/infiltrative), got {self.n_classes!r}")
         if not isinstance(self.seed, int):
             raise bad(f"seed must be an integer, got {self.seed!r}")
+        if self.version not in VERSIONS:
+            raise bad(f"version must be one of {sorted(VERSIONS)} (v1 is the pre-2026-11 phantom, kept for old results), got {self.version!r}")
 
         pps = self.patients_per_site
         if pps is None:
@@ -126,11 +137,32 @@ class PhantomConfig:
             raise bad("shared_patient_fraction > 0 needs at least 2 sites (a patient is shared between two sites)")
         object.__setattr__(self, "shared_patient_fraction", f)
 
+        tps = self.test_patients_per_site
+        if tps is None:
+            tps = (DEFAULT_TEST_PATIENTS if self.version >= 2 else 0,) * self.n_sites
+        tps = tuple(tps)
+        if len(tps) != self.n_sites or any(not isinstance(p, (int, np.integer)) or p < 0 for p in tps):
+            raise bad(f"test_patients_per_site must be one integer >= 0 per site ({self.n_sites}), got {tps}")
+        if self.version == 1 and any(tps):
+            raise bad("version 1 has no held-out test patients; leave test_patients_per_site out")
+        object.__setattr__(self, "test_patients_per_site", tuple(int(p) for p in tps))
+
     def to_dict(self) -> dict[str, Any]:
         d = dataclasses.asdict(self)
         d["patients_per_site"] = list(self.patients_per_site)
         d["prevalence"] = list(self.prevalence)
+        d["test_patients_per_site"] = list(self.test_patients_per_site)
         return d
+
+
+def parse_version(arg: str) -> int:
+    """The phantom version a data set spec names: ``""`` (the default, v2), ``"v1"`` or ``"v2"``."""
+    if not arg:
+        return max(VERSIONS)
+    if arg.strip().lower() in {f"v{v}" for v in VERSIONS}:
+        return int(arg.strip()[1:])
+    raise PrivmedError(f"unknown phantom version {arg!r}; write 'phantom' (v{max(VERSIONS)}) or one of "
+                       + ", ".join(f"'phantom:v{v}'" for v in sorted(VERSIONS)))
 
 
 def default_sizes(n_sites: int) -> tuple[int, ...]:
@@ -165,9 +197,10 @@ SCANNER_RANGES = {
 }
 
 
-def _draw_scanners(rng: np.random.Generator, n_sites: int, image_size: int) -> list[dict[str, float]]:
+def _draw_scanners(rng: np.random.Generator, n_sites: int, image_size: int,
+                   ranges: dict[str, tuple[float, float]] = SCANNER_RANGES) -> list[dict[str, float]]:
     scanners: list[dict[str, float]] = [{} for _ in range(n_sites)]
-    for name, (lo, hi) in SCANNER_RANGES.items():
+    for name, (lo, hi) in ranges.items():
         strata = (rng.permutation(n_sites) + rng.uniform(size=n_sites)) / n_sites
         for s in range(n_sites):
             scanners[s][name] = float(lo + (hi - lo) * strata[s])
@@ -270,8 +303,10 @@ def _acquire(t: np.ndarray, scanner: dict[str, float], xx: np.ndarray, yy: np.nd
     return np.clip(img / _OUTPUT_SCALE, 0, 1)
 
 
-def _scan(anat: dict[str, Any], scanner: dict[str, float], n_images: int, rng: np.random.Generator, size: int) -> tuple[np.ndarray, np.ndarray]:
+def _scan(anat: dict[str, Any], scanner: dict[str, float], n_images: int, rng: np.random.Generator, size: int,
+          version: int = 1) -> tuple[np.ndarray, np.ndarray]:
     """``n_images`` slices of one patient on one scanner: images [n,1,H,W] float32, masks uint8."""
+    tissue = _tissue if version == 1 else phantom_v2.tissue
     grid = (np.arange(size) + 0.5) / size * 2 - 1
     yy, xx = np.meshgrid(grid, grid, indexing="ij")
     px = 2.0 / size
@@ -284,8 +319,9 @@ def _scan(anat: dict[str, Any], scanner: dict[str, float], n_images: int, rng: n
         c, s = np.cos(theta), np.sin(theta)
         ux = (c * (xx - tx) + s * (yy - ty)) / scale
         uy = (-s * (xx - tx) + c * (yy - ty)) / scale
-        t, m = _tissue(anat, z, ux, uy, px / scale)
-        imgs[i, 0] = _acquire(t, scanner, xx, yy, rng)
+        t, m = tissue(anat, z, ux, uy, px / scale)
+        img = _acquire(t, scanner, xx, yy, rng)
+        imgs[i, 0] = img if version == 1 else phantom_v2.normalise(img)
         masks[i, 0] = m
     return imgs, masks
 
@@ -293,61 +329,85 @@ def _scan(anat: dict[str, Any], scanner: dict[str, float], n_images: int, rng: n
 # --------------------------------------------------------------------------- cohort
 
 
-def make_phantom(config: PhantomConfig) -> Dataset:
-    """Generate the phantom described by ``config``; a pure function of it (and its seed)."""
-    seed, n_sites, size, k = config.seed, config.n_sites, config.image_size, config.images_per_patient
-    scanners = _draw_scanners(_rng(seed, _STREAM_SCANNER), n_sites, size)
-    cohort = _rng(seed, _STREAM_COHORT)
-    total = sum(config.patients_per_site)
-    width = max(4, len(str(total)))
-    numbers = cohort.permutation(total) + 1  # pseudonyms carry no site or order information
+@dataclass(frozen=True)
+class _Cohort:
+    """Every patient of a phantom (development and held-out test), before any image is made."""
 
-    # Patients: home site, label, anatomy, quasi-identifiers.
-    home, labels, anats, pids = [], [], [], []
-    patients: dict[str, PatientMeta] = {}
+    pids: list[str]
+    home: list[int]
+    labels: list[int]
+    anats: list[dict[str, Any]]
+    held_out: list[bool]
+    meta: dict[str, PatientMeta]
+    second: dict[int, int]  # referrals: patient index -> second site
+
+
+def _cohort(config: PhantomConfig) -> _Cohort:
+    """Patients: home site, label, anatomy, quasi-identifiers; referrals to a second site."""
+    seed = config.seed
+    draw_anatomy = _draw_anatomy if config.version == 1 else phantom_v2.draw_anatomy
+    cohort = _rng(seed, _STREAM_COHORT)
+    n_dev = sum(config.patients_per_site)
+    total = n_dev + sum(config.test_patients_per_site)
+    width = max(4, len(str(total)))
+    numbers = cohort.permutation(total) + 1  # pseudonyms carry no site, order or role information
+    c = _Cohort([], [], [], [], [], {}, {})
     g = 0
-    for s, n in enumerate(config.patients_per_site):
+    for s, (n, n_test) in enumerate(zip(config.patients_per_site, config.test_patients_per_site)):
         site_rng = _rng(seed, _STREAM_PATIENT, s)
-        n_lesion = int(round(config.prevalence[s] * n))
         has = np.zeros(n, dtype=bool)
-        has[site_rng.permutation(n)[:n_lesion]] = True
+        has[site_rng.permutation(n)[: int(round(config.prevalence[s] * n))]] = True
         age_mean = site_rng.uniform(48, 62)
         start = dt.date(2014, 1, 1) + dt.timedelta(days=int(site_rng.integers(0, 3 * 365)))
-        for j in range(n):
+        if n_test:  # held-out patients, half with a lesion at every site (v1 has none)
+            has_test = np.zeros(n_test, dtype=bool)
+            has_test[site_rng.permutation(n_test)[: int(round(TEST_PREVALENCE * n_test))]] = True
+            has = np.concatenate([has, has_test])
+        for j in range(n + n_test):
             prng = _rng(seed, _STREAM_PATIENT, s, j)
             kind = int(prng.integers(1, 3)) if has[j] else 0  # 1 circumscribed, 2 infiltrative
-            label = kind if config.n_classes == 3 else int(kind > 0)
             pid = f"P{numbers[g]:0{width}d}"
             age = int(np.clip(round(prng.normal(age_mean + 6 * has[j], 14)), 18, 95))
             sex = str(prng.choice(["F", "M"]))
             date = (start + dt.timedelta(days=int(prng.integers(0, 4 * 365)))).isoformat()
-            patients[pid] = PatientMeta(patient_id=pid, age=age, sex=sex, acquisition_date=date, site=s)
-            home.append(s)
-            labels.append(label)
-            anats.append(_draw_anatomy(prng, kind))
-            pids.append(pid)
+            c.meta[pid] = PatientMeta(patient_id=pid, age=age, sex=sex, acquisition_date=date, site=s)
+            c.home.append(s)
+            c.labels.append(kind if config.n_classes == 3 else int(kind > 0))
+            c.anats.append(draw_anatomy(prng, kind))
+            c.pids.append(pid)
+            c.held_out.append(j >= n)
             g += 1
 
-    # Referrals: a fraction of patients is scanned again at a second site.
-    n_shared = int(round(config.shared_patient_fraction * total))
-    shared = np.sort(cohort.choice(total, size=n_shared, replace=False)) if n_shared else np.array([], dtype=int)
-    second: dict[int, int] = {}
-    for p in shared:
-        other = [s for s in range(n_sites) if s != home[p]]
-        second[int(p)] = int(other[int(cohort.integers(len(other)))])
+    # Referrals: a fraction of the development patients is scanned again at a second site.
+    dev = [p for p in range(total) if not c.held_out[p]]
+    n_shared = int(round(config.shared_patient_fraction * n_dev))
+    shared = np.sort(cohort.choice(n_dev, size=n_shared, replace=False)) if n_shared else np.array([], dtype=int)
+    for q in shared:
+        p = dev[int(q)]
+        other = [s for s in range(config.n_sites) if s != c.home[p]]
+        c.second[p] = int(other[int(cohort.integers(len(other)))])
+    return c
 
-    # Acquisitions, grouped by the site that made them.
+
+def _acquisitions(config: PhantomConfig, c: _Cohort, held_out: bool) -> Dataset:
+    """Scan the development (``held_out=False``) or held-out test patients, grouped by the site that scans them."""
+    seed, size, k = config.seed, config.image_size, config.images_per_patient
+    ranges = SCANNER_RANGES if config.version == 1 else {**SCANNER_RANGES, **phantom_v2.SCANNER_OVERRIDES}
+    scanners = _draw_scanners(_rng(seed, _STREAM_SCANNER), config.n_sites, size, ranges)
+    total = len(c.pids)
     images, masks, y, ids, site_of = [], [], [], [], []
-    for s in range(n_sites):
-        visits = [p for p in range(total) if home[p] == s] + [p for p in sorted(second) if second[p] == s]
+    for s in range(config.n_sites):
+        visits = [p for p in range(total) if c.home[p] == s and c.held_out[p] == held_out]
+        visits += [p for p in sorted(c.second) if c.second[p] == s and c.held_out[p] == held_out]
         for p in visits:
-            im, m = _scan(anats[p], scanners[s], k, _rng(seed, _STREAM_IMAGE, s, p), size)
+            im, m = _scan(c.anats[p], scanners[s], k, _rng(seed, _STREAM_IMAGE, s, p), size, config.version)
             images.append(im)
             masks.append(m)
-            y += [labels[p]] * k
-            ids += [pids[p]] * k
+            y += [c.labels[p]] * k
+            ids += [c.pids[p]] * k
             site_of += [s] * k
-
+    if not images:
+        raise PrivmedError("this phantom has no held-out test patients (version 1, or test_patients_per_site all 0)")
     data = ArraySet(
         images=np.concatenate(images),
         labels=np.asarray(y, dtype=np.int64),
@@ -358,13 +418,40 @@ def make_phantom(config: PhantomConfig) -> Dataset:
         "config": config.to_dict(),
         "scanners": scanners,
         "classes": list(LESION_CLASSES[config.n_classes]),
-        "shared_patients": {pids[p]: [home[p], second[p]] for p in sorted(second)},
+        "shared_patients": {c.pids[p]: [c.home[p], c.second[p]] for p in sorted(c.second)},
+        "part": "held-out test" if held_out else "development",
     }
     return Dataset(
         name="phantom",
         n_classes=config.n_classes,
         data=data,
         site_of=np.asarray(site_of, dtype=np.int64),
-        patients=patients,
+        patients={pid: c.meta[pid] for pid in dict.fromkeys(ids)},
         info=info,
     )
+
+
+def make_phantom(config: PhantomConfig) -> Dataset:
+    """The development patients (to split into train/validation) of the phantom ``config`` describes; a pure function of it."""
+    return _acquisitions(config, _cohort(config), held_out=False)
+
+
+def make_phantom_test(config: PhantomConfig) -> Dataset:
+    """The held-out test patients of each site (v2: ``test_patients_per_site``), disjoint from :func:`make_phantom`'s."""
+    return _acquisitions(config, _cohort(config), held_out=True)
+
+
+def phantom_federation(config: PhantomConfig, *, split: str = "natural", seed: int = 0, val_fraction: float = 0.15) -> Federation:
+    """Sites whose train/validation come from the development patients and whose test is the held-out patients.
+
+    The development patients are split by ``split`` into sites and then into
+    train/validation (no test); the held-out patients are dealt to sites by
+    the same split (under ``natural``: each stays at the scanner that made its
+    images) and become the sites' test sets, so the pooled test set is large
+    (≥ 1,000 images by default) and shares no patient with training.
+    """
+    dev_fed = partition(make_phantom(config), n_sites=config.n_sites, split=split, seed=seed, val_fraction=val_fraction, test_fraction=0.0)
+    test = make_phantom_test(config)
+    test_fed = partition(test, n_sites=config.n_sites, split=split, seed=seed, val_fraction=0.0, test_fraction=0.0)
+    sites = tuple(dataclasses.replace(d, test=t.train) for d, t in zip(dev_fed.sites, test_fed.sites))
+    return dataclasses.replace(dev_fed, sites=sites, patients={**dev_fed.patients, **test.patients})
