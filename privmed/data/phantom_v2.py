@@ -42,7 +42,7 @@ SCANNER_OVERRIDES = {
     "bias_amplitude": (0.05, 0.4),
     "bias_curvature": (-0.2, 0.2),
     "blur_sigma_px": (0.3, 1.1),  # at 32 px; scaled with image size
-    "noise_sigma": (0.02, 0.06),
+    "noise_sigma": (0.02, 0.05),
 }
 
 # Tissue intensities (before the scanner): the normal range the lesions stay in.
@@ -53,8 +53,8 @@ VESSEL = (0.12, 0.2)  # added to white matter
 NORMAL_LEVEL = 0.6  # where per-image normalisation puts the 75th percentile
 # Lesion knobs (what sets how hard the task is).
 LESION_RADIUS = (0.21, 0.3)
-RIM = (0.18, 0.24)  # rim contrast, added to tissue (white matter + rim <= scalp); the core is darker by as much
-TEXTURE = (0.28, 0.36)  # infiltrative lesion: texture amplitude
+RIM = (0.2, 0.27)  # rim contrast, added to tissue (white matter + rim <= scalp); the core is darker by as much
+TEXTURE = (0.32, 0.4)  # infiltrative lesion: texture amplitude
 TEXTURE_WAVELENGTH = 0.3
 LESION_DEPTH, LESION_MIN_FRAC = 0.6, 0.6
 # Lesion location priors per kind: centre (fraction of head half-axes) and spread.
