@@ -12,13 +12,17 @@ and dark structures that do not carry it appear in both classes:
   image, like the pineal gland's and the choroid plexus'), vessels (bright
   lines) and perivascular spaces / lacunes (dark dots), a patient-specific
   number of each;
-- **lesions**: *circumscribed* = ring-enhancing (a rim a little brighter than
-  white matter, as bright as a vessel, around a heterogeneous core at grey
-  matter level, with a darker oedema halo); *infiltrative* = an irregular,
-  diffusely bounded region of heterogeneous texture, slightly hypointense.
-  Each kind has its own location prior (circumscribed: periventricular, right
-  hemisphere; infiltrative: frontal, left), so a model that leaks its class
-  can be inverted to where the lesions are;
+- **lesions**, added to the tissue they sit in: *circumscribed* =
+  ring-enhancing, a rim brighter than white matter (about as bright as a
+  vessel, below the scalp) around a heterogeneous core darker by as much
+  (grey-matter to CSF level), so the lesion adds no mean intensity;
+  *infiltrative* = an irregular, diffusely bounded region of heterogeneous
+  texture of mean ~0. Each kind has its own location prior (circumscribed:
+  white matter in the image's right lower quadrant; infiltrative: in the
+  left upper one; spread 0.14 of the head's half-axes), so a model that
+  leaks its class can be inverted to where the lesions are. A darker oedema
+  halo, tried first, gave the pixel-wise logistic regression its signal and
+  was left out;
 - **scanner**: as in v1 (PSF blur, gamma, bias field, gain/offset, Rician
   noise; wider ranges), then **per-image intensity normalisation** (the 1st
   and 75th percentiles map to 0 and 0.6), as a preprocessing pipeline would,
