@@ -476,7 +476,8 @@ def make_phantom_test(config: PhantomConfig) -> Dataset:
     return _acquisitions(config, _cohort(config), held_out=True)
 
 
-def phantom_federation(config: PhantomConfig, *, split: str = "natural", seed: int = 0, val_fraction: float = 0.15) -> Federation:
+def phantom_federation(config: PhantomConfig, *, split: str = "natural", seed: int = 0, val_fraction: float = 0.15,
+                       n_sites: int | None = None) -> Federation:
     """Sites whose train/validation come from the development patients and whose test is the held-out patients.
 
     The development patients are split by ``split`` into sites and then into
@@ -484,9 +485,12 @@ def phantom_federation(config: PhantomConfig, *, split: str = "natural", seed: i
     the same split (under ``natural``: each stays at the scanner that made its
     images) and become the sites' test sets, so the pooled test set is large
     (≥ 1,000 images by default) and shares no patient with training.
+    ``n_sites`` defaults to the phantom's number of scanners (the only choice
+    under ``natural``).
     """
-    dev_fed = partition(make_phantom(config), n_sites=config.n_sites, split=split, seed=seed, val_fraction=val_fraction, test_fraction=0.0)
+    n = config.n_sites if n_sites is None else n_sites
+    dev_fed = partition(make_phantom(config), n_sites=n, split=split, seed=seed, val_fraction=val_fraction, test_fraction=0.0)
     test = make_phantom_test(config)
-    test_fed = partition(test, n_sites=config.n_sites, split=split, seed=seed, val_fraction=0.0, test_fraction=0.0)
+    test_fed = partition(test, n_sites=n, split=split, seed=seed, val_fraction=0.0, test_fraction=0.0)
     sites = tuple(dataclasses.replace(d, test=t.train) for d, t in zip(dev_fed.sites, test_fed.sites))
     return dataclasses.replace(dev_fed, sites=sites, patients={**dev_fed.patients, **test.patients})

@@ -143,8 +143,8 @@ def test_natural_split_keeps_held_out_patients_at_the_scanner_that_imaged_them()
         ids = held_out.data.patient_ids[held_out.site_of == s]
         assert sorted(site.test.patient_ids) == sorted(ids)
     assert len(set(held_out.patients) & set(make_phantom(config).patients)) == 0
-    pooled = phantom_federation(config, split="iid", seed=3).pooled("test")
-    assert sorted(pooled.patient_ids) == sorted(held_out.data.patient_ids)
+    iid = phantom_federation(config, split="iid", seed=3, n_sites=2)
+    assert len(iid.sites) == 2 and sorted(iid.pooled("test").patient_ids) == sorted(held_out.data.patient_ids)
 
 
 def test_v2_lesions_are_not_the_brightest_structure(default_fed):
