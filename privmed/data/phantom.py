@@ -457,7 +457,7 @@ def _acquisitions(config: PhantomConfig, c: _Cohort, held_out: bool) -> Dataset:
         "part": "held-out test" if held_out else "development",
     }
     return Dataset(
-        name="phantom",
+        name="phantom" if config.version == 1 else f"phantom:v{config.version}",  # v1 results always said "phantom"
         n_classes=config.n_classes,
         data=data,
         site_of=np.asarray(site_of, dtype=np.int64),

@@ -19,8 +19,9 @@ and dark structures that do not carry it appear in both classes:
   *infiltrative* = an irregular, diffusely bounded region of heterogeneous
   texture of mean ~0. Each kind has its own location prior (circumscribed:
   white matter in the image's right lower quadrant; infiltrative: in the
-  left upper one; spread 0.14 of the head's half-axes), so a model that
-  leaks its class can be inverted to where the lesions are. A darker oedema
+  left upper one; spread 0.14 of the head's half-axes), so the classes
+  differ in where lesions are (the class-1 mask mean is a localised map a
+  model-inversion result can be scored against). A darker oedema
   halo, tried first, gave the pixel-wise logistic regression its signal and
   was left out;
 - **scanner**: as in v1 (PSF blur, gamma, bias field, gain/offset, Rician

@@ -116,8 +116,10 @@ def default_fed():
 
 def test_v2_is_the_default_and_v1_stays_reachable_by_name():
     assert PhantomConfig().version == 2
-    assert load_dataset("phantom", seed=0, image_size=16).info["config"]["version"] == 2
+    v2 = load_dataset("phantom", seed=0, image_size=16)
+    assert v2.info["config"]["version"] == 2 and v2.name == "phantom:v2"  # result.json says which phantom
     v1 = load_dataset("phantom:v1", seed=0, image_size=16)
+    assert v1.name == "phantom"  # as every v1 result.json says
     np.testing.assert_array_equal(v1.data.images, make_phantom(PhantomConfig(image_size=16, seed=0, version=1)).data.images)
     with pytest.raises(PrivmedError, match="phantom:v1"):
         load_dataset("phantom:v7", seed=0)
