@@ -12,7 +12,12 @@ def load_dataset(spec: str, *, seed: int, n_sites: int = 4, image_size: int = 32
                  shared_patient_fraction: float = 0.0, patients_scale: int = 1) -> Dataset:
     name, _, arg = spec.partition(":")
     if name == "phantom":
-        from privmed.data.phantom import PhantomConfig, default_sizes, make_phantom, parse_version
+        from privmed.data.phantom import (
+            PhantomConfig,
+            default_sizes,
+            make_phantom,
+            parse_version,
+        )
 
         sizes = tuple(patients_scale * n for n in default_sizes(n_sites))
         return make_phantom(PhantomConfig(n_sites=n_sites, image_size=image_size, n_classes=n_classes, patients_per_site=sizes,

@@ -7,11 +7,16 @@ v1's bytes are pinned in test_phantom_v1.py.
 import numpy as np
 import pytest
 
-from privmed.data.phantom import PhantomConfig, make_phantom, make_phantom_test, phantom_federation
+from privmed.data.phantom import (
+    PhantomConfig,
+    make_phantom,
+    make_phantom_test,
+    phantom_federation,
+)
 from privmed.data.registry import load_dataset
 from privmed.errors import PrivmedError
 
-SMALL_ARGS = dict(n_sites=3, patients_per_site=(10, 8, 6), images_per_patient=3, image_size=16, seed=1)
+SMALL_ARGS = {"n_sites": 3, "patients_per_site": (10, 8, 6), "images_per_patient": 3, "image_size": 16, "seed": 1}
 
 
 @pytest.fixture(scope="module", params=[1, 2], ids=["v1", "v2"])

@@ -13,10 +13,10 @@ from privmed.data.phantom import PhantomConfig, make_phantom
 
 V1_DIGESTS = {
     "default": ({}, "3508c5cda6f6e77750705a0e6937a88d3112149d9de06b4745c54b54b1f506d2"),
-    "small16": (dict(n_sites=3, patients_per_site=(10, 8, 6), images_per_patient=3, image_size=16, seed=1),
+    "small16": ({"n_sites": 3, "patients_per_site": (10, 8, 6), "images_per_patient": 3, "image_size": 16, "seed": 1},
                 "24d4f91da4ce27baacf170a3bb8efb0c45ace00474e96145b332e7cf6d713801"),
-    "three_class": (dict(n_classes=3, image_size=16, seed=0), "b6632c1fe4f3f340ba0b476b6acd5b99f9bcd53b3345ac81e82dff71271ad908"),
-    "shared": (dict(image_size=16, shared_patient_fraction=0.2, seed=5), "6fa702c98025b4c5929e7142be8f4502c6e151a59ce985fba3f6b80e17d21901"),
+    "three_class": ({"n_classes": 3, "image_size": 16, "seed": 0}, "b6632c1fe4f3f340ba0b476b6acd5b99f9bcd53b3345ac81e82dff71271ad908"),
+    "shared": ({"image_size": 16, "shared_patient_fraction": 0.2, "seed": 5}, "6fa702c98025b4c5929e7142be8f4502c6e151a59ce985fba3f6b80e17d21901"),
 }
 
 
