@@ -88,22 +88,22 @@ def seed_globals(seed: int) -> None:
 
 
 def build_federation(cfg: DataConfig, seed: int) -> Federation:
-    from privmed.data.partition import partition
-    from privmed.data.registry import load_dataset
+    from privmed.data.registry import load_federation
 
     # A generated data set has as many scanners as sites only for the natural
     # split; other splits redistribute the default phantom's patients.
     natural = cfg.split.split(":")[0] == "natural"
-    dataset = load_dataset(
+    return load_federation(
         cfg.dataset,
         seed=seed,
-        n_sites=cfg.sites if natural else DataConfig().sites,
+        sites=cfg.sites,
+        split=cfg.split,
+        scanners=cfg.sites if natural else DataConfig().sites,
         image_size=cfg.image_size,
         n_classes=cfg.n_classes,
         shared_patient_fraction=cfg.shared_patient_fraction,
         patients_scale=cfg.patients_scale,
     )
-    return partition(dataset, n_sites=cfg.sites, split=cfg.split, seed=seed)
 
 
 def model_spec(config: RunConfig, fed: Federation) -> ModelSpec:
