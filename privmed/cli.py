@@ -204,27 +204,32 @@ def mechanisms() -> None:
 @app.command()
 def bench(
     runs_dir: Path = typer.Option(Path("runs"), help="results go to <runs-dir>/bench"),
-    seed: int = typer.Option(0, help="seed for every run of the suite"),
+    seed: int = typer.Option(0, help="first seed; each row runs with this seed and the next --seeds - 1"),
+    seeds: int | None = typer.Option(None, min=1, help="runs per row (default: the suite's, 3 or 5)"),
     rounds: int | None = typer.Option(None, help="override the suite's number of rounds"),
-    suite: str = typer.Option("default", help="default (every protocol + DP rows) | privacy (ε sweep, DSSGD θu)"),
+    suite: str = typer.Option(
+        "default", help="default (make bench: references + one row per family) | review (every row) | privacy (ε sweep)"
+    ),
     resume: bool = typer.Option(False, "--resume", help="keep the rows an interrupted bench finished; run the rest"),
     jobs: int = typer.Option(min(2, os.cpu_count() or 1), min=1, help="rows run at once, each in its own process"),
 ) -> None:
-    """Run every protocol on the default phantom split; write results.json, report.md and plots."""
-    from privmed.bench.suite import run_suite, suite_attacks, suite_rows
+    """Run a suite over several seeds; write results.json, summary.json (mean ± 95 % CI), report.md and plots."""
+    from privmed.bench.suite import SUITES, run_suite, suite_attacks, suite_rows
 
     with user_errors():
+        rows = suite_rows(suite, seed=seed, rounds=rounds)
         try:
             out = run_suite(
                 runs_dir=runs_dir,
                 seed=seed,
                 rounds=rounds,
                 console=console,
-                rows=suite_rows(suite, seed=seed, rounds=rounds),
+                rows=rows,
                 resume=resume,
                 attacks=suite_attacks(suite),
                 jobs=jobs,
                 row_progress=round_progress,
+                seeds=seeds or SUITES[suite],
             )
         except KeyboardInterrupt:
             console.print(
@@ -234,22 +239,32 @@ def bench(
             raise typer.Exit(130) from None
     import json
 
-    table = Table(title="privmed bench (full table: report.md)")
-    for col in ("row", "technique", "performance", "bytes/site/round", "wall s"):
+    summary = json.loads((out / "summary.json").read_text())
+    table = Table(title=f"privmed bench: mean ± 95 % CI over {summary['seeds']} seed(s) (full report: report.md)")
+    for col in ("row", "technique", "test AUROC", "balanced accuracy", "kB/site/round", "wall s"):
         table.add_column(col)
-    for r in json.loads((out / "results.json").read_text()):
-        f, m = r["performance"]["final"], r["performance"]["metric"]
-        perf = f"{m} {f[m]:.3f}" + (f", AUROC {f['auroc']:.3f}" if f.get("auroc") is not None else "")
-        per = r["communication"].get("bytes_per_site_per_round")
+    for r in summary["rows"]:
+        f = r["figures"]
+
+        def cell(name: str, f=f) -> str:
+            if name not in f:
+                return "–"
+            half = f[name]["ci95"]
+            return f"{f[name]['mean']:.3f}" + ("" if half != half else f" ± {half:.3f}")
+
         table.add_row(
             r["label"],
             r["technique"],
-            perf,
-            "raw data" if per is None else f"{per / 1000:,.1f} kB",
-            f"{r['runtime']['wall_seconds']:.1f}",
+            cell("test AUROC"),
+            cell("balanced accuracy"),
+            cell("kB/site/round"),
+            cell("wall"),
         )
     Console().print(table)
-    console.print(f"wrote {out / 'report.md'}, {out / 'results.json'}, {out / 'validation.png'}")
+    significant = [c for c in summary["comparisons"] if c["significant"]]
+    for c in significant:
+        console.print(f"{c['row']} vs {c['reference']}: {c['figure']} {c['difference']:+.3f} (p = {c['p']:.3f})")
+    console.print(f"wrote {out / 'report.md'}, {out / 'summary.json'}, {out / 'results.json'}, plots")
 
 
 @app.command()

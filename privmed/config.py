@@ -20,7 +20,7 @@ from privmed.errors import PrivmedError
 
 @dataclass(frozen=True)
 class TrainSettings:
-    rounds: int = 10
+    rounds: int = 50  # past the validation plateau of the default phantom (v2) for centralised, FedAvg and CWT
     local_epochs: int = 1
     lr: float = 1e-3
     batch_size: int = 32

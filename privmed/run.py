@@ -49,7 +49,7 @@ def execute(
     monitor = Monitor(session, progress=progress, checkpoint=ckpt, started=started)
     session.ctx.evaluate_fn = monitor
     if saved:
-        monitor.prior_wall = Checkpoint.restore(saved, session, monitor.history)
+        monitor.prior_wall = Checkpoint.restore(saved, session, monitor)
     with setup_frozen(), contextlib.closing(session.mechanism):  # close: a budget ledger drops the run's hold
         output = session.protocol.run(session.ctx)
     output.predictor = session.reveal(output.predictor)

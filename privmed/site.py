@@ -8,6 +8,7 @@ message's ConfigRecord; everything else is fixed when the app is built.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -83,6 +84,15 @@ def make_client_app(
         def local_train(model, data, **kw):
             return train_local(model, data, optimizer_state=state, **kw)
 
+    def count(todo: TrainInstruction, stats: dict[str, float]) -> None:
+        """The compute this visit spent, in the site's memory (the harness reads it as ground truth, like time)."""
+        if memory is None:
+            return
+        budget = memory.setdefault("budget", {"local_steps": 0, "sample_gradients": 0})
+        n = len(site.train)
+        budget["local_steps"] += int(stats.get("dp-steps", todo.local_epochs * math.ceil(n / todo.batch_size)))
+        budget["sample_gradients"] += todo.local_epochs * n  # DP: the expected number under Poisson sampling
+
     @app.train()
     def _train(msg: Message, context: Context) -> Message:
         todo = TrainInstruction.from_record(msg.content["config"])
@@ -97,6 +107,7 @@ def make_client_app(
             lr=todo.lr,
             seed=site_seed(todo.seed, site_index),
         )
+        count(todo, stats)
         return Message(
             RecordDict({"arrays": ArrayRecord(model.state_dict()), "metrics": MetricRecord(stats)}), reply_to=msg
         )

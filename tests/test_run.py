@@ -3,7 +3,6 @@
 import dataclasses
 import json
 
-import numpy as np
 import pytest
 
 from privmed.config import DataConfig, RunConfig
@@ -137,13 +136,15 @@ def test_all_updates_diverging_stops_the_run_with_a_fix(small_fed):
 
 
 def test_single_site_is_worse_than_centralised_on_the_default_phantom():
-    """The calibration the bench relies on, at the harness level (default phantom, 10 rounds)."""
+    """The calibration the bench relies on, at the harness level: default phantom (v2), default budget, the model
+    selected on validation; the smallest site alone is far below pooling (issue 11's calibration targets)."""
     central = execute(RunConfig(protocol="centralised"))
     smallest = execute(RunConfig(protocol="single", options={"site": 3}))
-    acc_c, acc_s = central.performance["final"]["accuracy"], smallest.performance["final"]["accuracy"]
-    assert 0.80 <= acc_c <= 0.95
-    assert acc_s <= acc_c - 0.05
-    assert np.isfinite(acc_s)
+    c, s = central.performance["final"], smallest.performance["final"]
+    assert c["auroc"] >= 0.90
+    assert s["balanced_accuracy"] <= c["balanced_accuracy"] - 0.08
+    budget = central.performance["budget"]
+    assert budget["sample_gradients"] == 50 * sum(len(site.train) for site in build_federation(DataConfig(), 0).sites)
 
 
 class Interrupt(Exception):

@@ -41,9 +41,11 @@ class Checkpoint:
     def __init__(self, path: Path) -> None:
         self.path = path
 
-    def save(self, session: Session, rnd: int, predictor: Predictor, history: list, wall: float) -> None:
+    def save(
+        self, session: Session, rnd: int, predictor: Predictor, history: list, wall: float, *, best: dict | None = None
+    ) -> None:
         ctx, grid = session.ctx, session.grid
-        members = predictor if isinstance(predictor, list) else [predictor]
+        members = _members(predictor)
         state = {
             "config": config_key(session.config),
             "round": rnd,
@@ -56,7 +58,15 @@ class Checkpoint:
             "protocol_state": json.dumps(ctx.state, default=json_default),
             "global_rng": global_rng_state(),
             "mechanism": json.dumps(session.mechanism.state_dict(), default=json_default),
-            "site_memory": session.site_memory,  # each site's own memory (optimiser state), as the site would keep it
+            "site_memory": session.site_memory,
+            "best": None
+            if best is None
+            else {
+                "round": best["round"],
+                "loss": best["loss"],
+                "ensemble": isinstance(best["predictor"], list),
+                "members": [m.to_torch_state_dict() for m in _members(best["predictor"])],
+            },  # each site's own memory (optimiser state), as the site would keep it
             "wall": wall,
         }
         self.path.parent.mkdir(parents=True, exist_ok=True)
@@ -85,8 +95,9 @@ class Checkpoint:
         return json.loads(state["mechanism"])
 
     @staticmethod
-    def restore(state: dict[str, Any], session: Session, history: list) -> float:
-        """Load a saved state (:meth:`load`) into a fresh session; return the wall seconds already spent."""
+    def restore(state: dict[str, Any], session: Session, monitor: Any) -> float:
+        """Load a saved state (:meth:`load`) into a fresh session and its monitor; return the wall seconds spent."""
+        history = monitor.history
         ctx, grid = session.ctx, session.grid
         members = [ArrayRecord(sd) for sd in state["members"]]
         ctx.initial = members if state["ensemble"] else members[0]
@@ -99,6 +110,11 @@ class Checkpoint:
         grid.traffic.records[:] = json.loads(state["traffic"])
         grid.site_seconds.update({int(k): v for k, v in json.loads(state["site_seconds"]).items()})
         session.mechanism.load_state_dict(json.loads(state["mechanism"]))
+        if state.get("best"):
+            best = state["best"]
+            members = [ArrayRecord(sd) for sd in best["members"]]
+            predictor = members if best["ensemble"] else members[0]
+            monitor.best = {"round": best["round"], "loss": best["loss"], "predictor": predictor}
         for i, memory in state.get("site_memory", {}).items():  # into the dicts the sites' apps hold
             for key, value in memory.items():
                 session.site_memory[int(i)].setdefault(key, {}).update(value)
@@ -108,6 +124,10 @@ class Checkpoint:
         self.path.unlink(missing_ok=True)
         with contextlib.suppress(OSError):
             self.path.parent.rmdir()  # only if the run left nothing else there
+
+
+def _members(predictor: Predictor) -> list[ArrayRecord]:
+    return predictor if isinstance(predictor, list) else [predictor]
 
 
 def global_rng_state() -> dict[str, Any]:

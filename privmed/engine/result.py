@@ -28,7 +28,7 @@ from privmed.data.base import ArraySet, Federation
 from privmed.errors import PrivmedError
 from privmed.protocols.base import Predictor, ProtocolOutput, ProtocolSpec
 from privmed.site import ModelSpec, load_arrays
-from privmed.tasks import PRIMARY_METRIC, metrics_from_proba, predict_proba
+from privmed.tasks import PRIMARY_METRIC, metrics_from_proba, predict_proba, targets
 from privmed.threat import matrix as threat_matrix
 
 if TYPE_CHECKING:
@@ -51,8 +51,22 @@ def predict(spec: ModelSpec, predictor: Predictor, data: ArraySet) -> np.ndarray
     return out / len(members)
 
 
-def evaluate_predictor(spec: ModelSpec, predictor: Predictor, data: ArraySet) -> dict[str, float]:
-    return metrics_from_proba(data, predict(spec, predictor, data), task=spec.task)
+def evaluate_predictor(
+    spec: ModelSpec, predictor: Predictor, data: ArraySet, *, with_loss: bool = False
+) -> dict[str, float]:
+    """The task's metrics of ``predictor`` on ``data``; ``with_loss`` adds the mean cross-entropy (model selection)."""
+    proba = predict(spec, predictor, data)
+    out = metrics_from_proba(data, proba, task=spec.task)
+    if with_loss:
+        y = torch.from_numpy(targets(data, spec.task))
+        out["loss"] = float(torch.nn.functional.nll_loss(torch.log(torch.from_numpy(proba).clamp_min(1e-12)), y))
+    return out
+
+
+# Model selection on validation only: the round with the lowest pooled validation loss is the released model.
+SELECTION = "lowest pooled validation loss"
+# A run has converged when its best round came before the last PLATEAU_TAIL of its budget.
+PLATEAU_TAIL = 0.2
 
 
 def finite_metrics(d: dict[str, float]) -> dict[str, float | None]:
@@ -123,6 +137,8 @@ class Monitor:
 
     A round in which every site's update was rejected stops the run (on an
     in-process grid, which counts who was asked to train; not yet in a deployment).
+    It keeps the round with the lowest validation loss (:data:`SELECTION`): the
+    run releases that model, selected on validation only, never on test.
     """
 
     def __init__(
@@ -139,6 +155,7 @@ class Monitor:
         self.prior_wall = 0.0  # wall seconds an interrupted run had spent before its resume
         self._last = time.perf_counter()
         self._val = session.fed.pooled("val")
+        self.best: dict[str, Any] | None = None  # {"round", "loss", "predictor"}
 
     def __call__(self, rnd: int, predictor: Predictor) -> dict:
         s = self.session
@@ -149,17 +166,37 @@ class Monitor:
         rejected = [r for r in s.ctx.rejections if r["round"] == rnd]
         if rejected and s.in_process and len(rejected) >= _trained_in_round(s.grid, rnd):
             raise PrivmedError(f"round {rnd}: every site's update was rejected ({rejected[0]['reason']})")
-        metrics = evaluate_predictor(s.model, predictor, self._val)
+        metrics = evaluate_predictor(s.model, predictor, self._val, with_loss=True)
         self.history.append({"round": rnd, "seconds": now - self._last, "val": finite_metrics(metrics)})
+        if self.best is None or metrics["loss"] < self.best["loss"]:
+            self.best = {"round": rnd, "loss": metrics["loss"], "predictor": predictor}
         self._last = time.perf_counter()
         if self.checkpoint:
-            self.checkpoint.save(s, rnd, predictor, self.history, self.wall())
+            self.checkpoint.save(s, rnd, predictor, self.history, self.wall(), best=self.best)
         if self.progress:
             self.progress(rnd, s.rounds, metrics)
         return metrics
 
     def wall(self) -> float:
         return self.prior_wall + time.perf_counter() - self.started
+
+    def selection(self, rounds: int, metric: str) -> dict[str, Any]:
+        """Which round was released and whether the budget was past the validation plateau."""
+        best = self.best["round"] if self.best else rounds
+        target = TARGETS.get(metric)
+        reached = [h["round"] for h in self.history if target and (h["val"].get(target[0]) or 0) >= target[1]]
+        return {
+            "criterion": SELECTION,
+            "round": best,
+            "rounds_run": rounds,
+            "converged": best <= (1 - PLATEAU_TAIL) * rounds,
+            "rounds_to_target": reached[0] if reached else None,
+            "target": f"validation {target[0]} >= {target[1]}" if target else None,
+        }
+
+
+# The validation level at which "rounds to target" is counted, per task's primary metric
+TARGETS = {"accuracy": ("auroc", 0.9), "dice": ("dice", 0.5)}
 
 
 def _trained_in_round(grid: Any, rnd: int) -> int:
@@ -179,9 +216,10 @@ def build_result(
     wall = monitor.wall()
     s, config = session, session.config
     fed, spec = s.fed, s.protocol
-    final = finite_metrics(evaluate_predictor(s.model, output.predictor, fed.pooled("test")))
+    released = monitor.best["predictor"] if monitor.best else output.predictor  # selected on validation only
+    final = finite_metrics(evaluate_predictor(s.model, released, fed.pooled("test")))
     per_site = {
-        site.name: finite_metrics(evaluate_predictor(s.model, output.predictor, site.test))
+        site.name: finite_metrics(evaluate_predictor(s.model, released, site.test))
         for site in fed.sites
         if len(site.test)
     }
@@ -212,7 +250,14 @@ def build_result(
             "distribution": fed.distribution(),
         },
         model={"name": config.model, "parameters": s.n_parameters},
-        performance={"metric": PRIMARY_METRIC[config.task], "final": final, "per_site": per_site, "history": history},
+        performance={
+            "metric": PRIMARY_METRIC[config.task],
+            "final": final,
+            "per_site": per_site,
+            "history": history,
+            "selection": monitor.selection(s.rounds, PRIMARY_METRIC[config.task]),
+            "budget": training_budget(s),
+        },
         communication=communication,
         runtime={
             "wall_seconds": wall,
@@ -238,8 +283,23 @@ def build_result(
             "completed": True,
             **({} if in_process else {"nodes": sorted(s.grid.get_node_ids())}),
         },
-        predictor=output.predictor,
+        predictor=released,
     )
+
+
+def training_budget(session: Session) -> dict[str, Any]:
+    """Compute spent, from what the sites counted (in-process): local optimiser steps and sample-gradients."""
+    counts = [m.get("budget", {}) for m in session.site_memory.values()]
+    if not counts:
+        return {"note": "not measured: the sites' training happens on the SuperNodes"}
+    steps, samples = sum(c.get("local_steps", 0) for c in counts), sum(c.get("sample_gradients", 0) for c in counts)
+    rounds = max(session.rounds, 1)
+    return {
+        "local_steps": steps,
+        "sample_gradients": samples,
+        "local_steps_per_round": steps / rounds,
+        "sample_gradients_per_round": samples / rounds,
+    }
 
 
 def measure_scalability(
