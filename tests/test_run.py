@@ -7,7 +7,7 @@ import pytest
 
 from privmed.config import DataConfig, RunConfig
 from privmed.engine.result import load_predictor
-from privmed.engine.session import resolve
+from privmed.engine.session import build_federation, resolve
 from privmed.errors import PrivmedError
 from privmed.models import build_model
 from privmed.protocols.base import TrainSettings
