@@ -8,13 +8,15 @@ message's ConfigRecord; everything else is fixed when the app is built.
 
 from __future__ import annotations
 
+import io
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 import torch
-from flwr.app import ArrayRecord, Context, Message, MetricRecord, RecordDict
+from flwr.app import ArrayRecord, ConfigRecord, Context, Message, MetricRecord, RecordDict
 from flwr.clientapp import ClientApp
 from flwr.clientapp.typing import Mod
 
@@ -58,6 +60,22 @@ def site_seed(config_seed: int, site_index: int) -> int:
     return int(np.random.SeedSequence([config_seed, site_index]).generate_state(1)[0])
 
 
+NODE_MEMORY = "privmed-site-memory"  # the record of Flower's node state that holds a site's memory on a SuperNode
+
+
+def _node_memory(context: Context) -> dict:
+    rec = context.state.config_records.get(NODE_MEMORY)
+    if rec is None or "optimizer" not in rec:
+        return {}
+    return {"adam": torch.load(io.BytesIO(bytes(rec["optimizer"])), weights_only=True)}
+
+
+def _keep_node_memory(context: Context, state: dict) -> None:
+    buf = io.BytesIO()
+    torch.save(state["adam"], buf)
+    context.state.config_records[NODE_MEMORY] = ConfigRecord({"optimizer": buf.getvalue()})
+
+
 def make_client_app(
     site: SiteData,
     spec: ModelSpec,
@@ -74,15 +92,22 @@ def make_client_app(
     the site keeps between messages (its optimiser's state: plain training
     continues Adam across the site's visits and rounds); it never leaves the
     site; the in-process checkpoint keeps it as a site would keep its own.
+    Without ``memory`` (a SuperNode) the site keeps it in Flower's node state
+    (``context.state``), which persists across the messages of a run.
     """
     app = ClientApp(mods=list(mods))
-    if trainer is not None:
-        local_train = trainer
-    else:
-        state = memory.setdefault("optimizer", {}) if memory is not None else None
+    if memory is not None:
+        memory.setdefault("optimizer", {})
 
-        def local_train(model, data, **kw):
-            return train_local(model, data, optimizer_state=state, **kw)
+    def local_train(model: torch.nn.Module, data: Any, context: Context, **kw: Any) -> dict[str, float]:
+        if trainer is not None:  # DP trainers: their own optimiser per call (Opacus wraps it)
+            return trainer(model, data, **kw)
+        if memory is not None:
+            return train_local(model, data, optimizer_state=memory["optimizer"], **kw)
+        state = _node_memory(context)  # a SuperNode: the site's memory lives in Flower's per-run node state
+        stats = train_local(model, data, optimizer_state=state, **kw)
+        _keep_node_memory(context, state)
+        return stats
 
     def count(todo: TrainInstruction, stats: dict[str, float]) -> None:
         """The compute this visit spent, in the site's memory (the harness reads it as ground truth, like time)."""
@@ -101,6 +126,7 @@ def make_client_app(
         stats = local_train(
             model,
             site.train,
+            context,
             task=spec.task,
             epochs=todo.local_epochs,
             batch_size=todo.batch_size,

@@ -240,9 +240,13 @@ def test_resume_refuses_a_different_config_or_a_missing_checkpoint(tmp_path):
 def test_patients_scale_multiplies_each_sites_patients_and_is_checked():
     from privmed.engine.session import build_federation
 
+    one = build_federation(DataConfig(dataset="phantom:v1", image_size=16), seed=0).distribution()
+    two = build_federation(DataConfig(dataset="phantom:v1", image_size=16, patients_scale=2), seed=0).distribution()
+    assert [s["patients"] for s in two] == [2 * s["patients"] for s in one] == [120, 90, 60, 30]
+    # v2: the development patients scale; each site's 70 held-out test patients do not
     one = build_federation(DataConfig(image_size=16), seed=0).distribution()
     two = build_federation(DataConfig(image_size=16, patients_scale=2), seed=0).distribution()
-    assert [s["patients"] for s in two] == [2 * s["patients"] for s in one] == [120, 90, 60, 30]
+    assert [s["patients"] - 70 for s in two] == [2 * (s["patients"] - 70) for s in one] == [120, 90, 60, 30]
     for bad in (0, 1.5):
         with pytest.raises(PrivmedError, match="patients_scale"):
             DataConfig(patients_scale=bad)
