@@ -24,12 +24,16 @@ class TrainSettings:
     local_epochs: int = 1
     lr: float = 1e-3
     batch_size: int = 32
+    # the coordinator rejects an update whose norm exceeds norm_ratio x a reference norm (engine/validate.py)
+    norm_ratio: float = 100.0
 
     def __post_init__(self) -> None:
         if self.rounds < 1 or self.local_epochs < 1 or self.batch_size < 1:
             raise PrivmedError("rounds, local epochs and batch size must be at least 1")
         if not self.lr > 0:
             raise PrivmedError(f"learning rate must be > 0, got {self.lr}")
+        if not self.norm_ratio > 1:
+            raise PrivmedError(f"norm_ratio (bound on update norms, x a reference) must be > 1, got {self.norm_ratio}")
 
 
 @dataclass(frozen=True)
