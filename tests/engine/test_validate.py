@@ -83,7 +83,8 @@ def mutation(kind: str, detail):
         elif kind == "count":
             content["metrics"] = MetricRecord({**dict(reply.content["metrics"]), "num-examples": detail})
         elif kind == "no-count":
-            content["metrics"] = MetricRecord({k: v for k, v in reply.content["metrics"].items() if k != "num-examples"})
+            kept = {k: v for k, v in reply.content["metrics"].items() if k != "num-examples"}
+            content["metrics"] = MetricRecord(kept)
         elif kind == "metric":
             content["metrics"] = MetricRecord({**dict(reply.content["metrics"]), "train_loss": detail})
         elif kind == "scaled" and "arrays" in content:  # the update times 1e6
@@ -144,6 +145,9 @@ def _reply(arrays: ArrayRecord, metrics: dict, *, to: Message, extra: dict | Non
 
 @pytest.fixture
 def sent() -> tuple[Message, ArrayRecord]:
+    from flwr.supercore.task_identity import TaskIdentity
+
+    TaskIdentity.run_id, TaskIdentity.node_id, TaskIdentity.task_id = 1, 1, 0  # as a ServerApp process has it
     arrays = ArrayRecord({"w": Array(np.ones((2, 3), dtype=np.float32))})
     msg = Message(RecordDict({"arrays": arrays}), FIRST_NODE_ID, "train", group_id="1")
     msg.metadata.__dict__["_message_id"] = "m1"
