@@ -84,6 +84,9 @@ def train(
     epochs: int | None = typer.Option(None, help="local epochs per round / per site visit"),
     lr: float | None = typer.Option(None, help="learning rate (Adam)"),
     batch_size: int | None = typer.Option(None, help="batch size"),
+    norm_ratio: float | None = typer.Option(
+        None, help="reject a site's update whose norm exceeds this many times the other sites' median (default 100)"
+    ),
     seed: int | None = typer.Option(None, help="run seed (same config + seed = same metrics)"),
     model: str | None = typer.Option(None, help="cnn | densenet121 | unet | seg-cnn"),
     task: str | None = typer.Option(None, help="classification | segmentation"),
@@ -156,6 +159,7 @@ def train(
                 "train.local_epochs": epochs,
                 "train.lr": lr,
                 "train.batch_size": batch_size,
+                "train.norm_ratio": norm_ratio,
             },
         )
         resolve(cfg)  # names, options and the protocol–mechanism pairing, before anything is written

@@ -24,6 +24,7 @@ from flwr.app import ArrayRecord
 
 from privmed import __version__
 from privmed.data.base import ArraySet, Federation
+from privmed.engine.validate import NORM_RULE
 from privmed.errors import PrivmedError
 from privmed.files import private_dir, private_writer
 from privmed.protocols.base import Predictor, ProtocolOutput, ProtocolSpec
@@ -288,6 +289,7 @@ def build_result(
         security={"attacks": "not measured yet"},
         reliability={
             "rejected_updates": s.ctx.rejections,
+            "update_norm_bound": {"ratio": config.train.norm_ratio, "rule": NORM_RULE},
             "faults_injected": [],
             "completed": True,
             **({} if in_process else {"nodes": sorted(s.grid.get_node_ids())}),

@@ -32,15 +32,15 @@ NORM_RULE = (
 )
 
 
-def update_problem(arrays: ArrayRecord, reference: ArrayRecord) -> str | None:
-    """Why ``arrays`` cannot be used in place of ``reference``, or None if it can."""
+def update_problem(arrays: ArrayRecord, reference: ArrayRecord, *, dtypes: bool = True) -> str | None:
+    """Why ``arrays`` cannot be used in place of ``reference``, or None if it can (``dtypes``: theirs must match)."""
     if set(arrays.keys()) != set(reference.keys()):
         return f"weights have keys {sorted(arrays.keys())[:3]}..., expected {sorted(reference.keys())[:3]}..."
     for key, ref in reference.items():
         got = arrays[key]
         if tuple(got.shape) != tuple(ref.shape):
             return f"{key} has shape {tuple(got.shape)}, expected {tuple(ref.shape)}"
-        if got.dtype != ref.dtype:
+        if dtypes and got.dtype != ref.dtype:
             return f"{key} has dtype {got.dtype}, expected {ref.dtype}"
         values = got.numpy()
         if np.issubdtype(values.dtype, np.floating) and not np.isfinite(values).all():
@@ -193,7 +193,7 @@ def train_checked(
     if reply.has_error():
         return arrays, reply
     update = reply.content["arrays"]
-    problem = update_problem(update, arrays)
+    problem = update_problem(update, arrays, dtypes=False)  # SecAgg+ hands the sites float64 weights to train
     if problem:
         raise PrivmedError(f"{site}: local update {problem}; {refused}")
     return update, reply
