@@ -56,10 +56,12 @@ def records_problem(reply: Message, expected: Iterable[str]) -> str | None:
     return None
 
 
-def metrics_problem(reply: Message, *, declared: int | None) -> str | None:
+def metrics_problem(reply: Message, *, declared: int | None, required: Iterable[str] = ("num-examples",)) -> str | None:
     """Why the ``metrics`` record of ``reply`` cannot be used, or None.
 
-    ``declared``: the site's training-set size as the coordinator knows it (None: not known, only >= 1 is checked).
+    ``required``: the metric names it must hold; ``declared``: the site's
+    training-set size as the coordinator knows it, the bound on
+    ``num-examples`` (None: not known, only >= 1 is checked).
     """
     if "metrics" not in reply.content.metric_records:
         return "reply has no 'metrics' record"
@@ -67,8 +69,11 @@ def metrics_problem(reply: Message, *, declared: int | None) -> str | None:
     for key, value in metrics.items():
         if isinstance(value, list) or not np.isfinite(value):
             return f"metric {key!r} is {value!r}, not a finite number"
+    missing = sorted(set(required) - set(metrics.keys()))
+    if missing:
+        return f"metrics lack {missing}"
     if "num-examples" not in metrics:
-        return "metrics lack 'num-examples'"
+        return None
     n = metrics["num-examples"]
     top = declared if declared is not None else np.inf
     if n != int(n) or not 1 <= n <= top:
@@ -84,16 +89,20 @@ def reply_problem(
     key: str = "arrays",
     declared: int | None = None,
     records: Iterable[str] | None = None,
+    metrics: Iterable[str] = ("num-examples",),
 ) -> str | None:
     """Why a train reply must be rejected, or None.
 
     ``reference``: the weights sent (None: the reply's weights are not checked, e.g. a ciphertext);
-    ``key``: the reply's weights record; ``records``: the record names expected (default: ``key`` and ``metrics``).
+    ``key``: the reply's weights record; ``records``: the record names expected (default: ``key`` and ``metrics``);
+    ``metrics``: the metric names a ``metrics`` record must hold.
     """
     if reply.has_error():
         return f"site error: {reply.error.reason}"
-    problem = records_problem(reply, records if records is not None else (key, "metrics"))
-    problem = problem or metrics_problem(reply, declared=declared)
+    expected = tuple(records) if records is not None else (key, "metrics")
+    problem = records_problem(reply, expected)
+    if not problem and "metrics" in expected:
+        problem = metrics_problem(reply, declared=declared, required=metrics)
     if problem or reference is None:
         return problem
     if key not in reply.content.array_records:

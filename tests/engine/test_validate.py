@@ -72,6 +72,8 @@ def mutation(kind: str, detail):
     def change(msg: Message, reply: Message) -> Message:
         content = dict(reply.content.items())
         arrays = [k for k in content if k in reply.content.array_records]
+        # a site that sends no metrics (SNT, FNT) sending some is malformed too
+        metrics = dict(reply.content["metrics"]) if "metrics" in reply.content.metric_records else {}
         if kind == "error":
             return Message(Error(code=0, reason="site exploded"), reply_to=msg)
         if kind == "drop":
@@ -81,12 +83,13 @@ def mutation(kind: str, detail):
         elif kind == "extra-metrics":
             content["more"] = MetricRecord({"num-examples": 1.0})
         elif kind == "count":
-            content["metrics"] = MetricRecord({**dict(reply.content["metrics"]), "num-examples": detail})
+            content["metrics"] = MetricRecord({**metrics, "num-examples": detail})
+        elif kind == "no-count" and metrics:
+            content["metrics"] = MetricRecord({k: v for k, v in metrics.items() if k != "num-examples"})
         elif kind == "no-count":
-            kept = {k: v for k, v in reply.content["metrics"].items() if k != "num-examples"}
-            content["metrics"] = MetricRecord(kept)
+            content["metrics"] = MetricRecord({"train_loss": 0.5})
         elif kind == "metric":
-            content["metrics"] = MetricRecord({**dict(reply.content["metrics"]), "train_loss": detail})
+            content["metrics"] = MetricRecord({**metrics, "train_loss": detail})
         elif kind == "scaled" and "arrays" in content:  # the update times 1e6
             sent = msg.content["arrays"]
             content["arrays"] = ArrayRecord(

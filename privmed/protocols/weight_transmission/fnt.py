@@ -27,7 +27,7 @@ from __future__ import annotations
 
 from flwr.app import ConfigRecord, Message, RecordDict
 
-from privmed.engine.validate import records_problem, reply_problem
+from privmed.engine.validate import records_problem
 from privmed.errors import PrivmedError
 from privmed.privacy.sealed import seal_predictor
 from privmed.protocols.base import ProtocolContext, ProtocolOutput, ProtocolSpec, node_ids
@@ -47,10 +47,7 @@ def _ask(ctx: ProtocolContext, node: int, route: dict, rnd: int, arrays=None) ->
         return None, "site does not speak FNT (is --privacy aes-gcm set?)"
     if route.get("setup"):
         return replies[0], None
-    trained = not route.get("resend")  # a visit replies with its metrics too; a resend only with the bytes sent
-    records = ("fnt", "metrics") if trained else ("fnt",)
-    problem = reply_problem(replies[0], None, records=records, declared=ctx.declared.get(node)) if trained else None
-    problem = problem or records_problem(replies[0], records)
+    problem = records_problem(replies[0], ("fnt",))  # a visit's reply holds only the bytes it sent on the peer link
     if problem is None and not isinstance(replies[0].content["fnt"].get("sent-bytes"), int):
         problem = "reply does not say how many bytes it sent"
     return (None, problem) if problem else (replies[0], None)

@@ -56,7 +56,7 @@ def visit(ctx: ProtocolContext, node: int, content: dict, rnd: int) -> tuple[byt
     reply = replies[0]
     if not reply.has_error() and "sealed" not in reply.content.config_records:
         return None, "reply carries no sealed weights (is --privacy aes-gcm set?)"
-    problem = reply_problem(reply, None, records=("sealed", "metrics"), declared=ctx.declared.get(node))
+    problem = reply_problem(reply, None, records=("sealed",))  # the blob only: no metrics leave the site in the clear
     if problem:
         return None, problem
     blob = reply.content["sealed"].get("blob")
