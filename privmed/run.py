@@ -96,6 +96,7 @@ def run(
         if not resume:
             ckpt.discard()
         raise
+    (run_dir / "audit.json").unlink(missing_ok=True)  # it audited the result this one replaces
     path = result.save(run_dir)
     ckpt.discard()
     return result, path

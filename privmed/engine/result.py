@@ -109,12 +109,8 @@ class RunResult:
         return {k: v for k, v in self.__dict__.items() if k != "predictor"}
 
     def save(self, run_dir: Path) -> Path:
-        """Write model.pt then result.json, each atomically; result.json last marks the run complete.
-
-        An ``audit.json`` already there belongs to the result this replaces: it goes first.
-        """
+        """Write model.pt then result.json, each atomically, owner-only; result.json last marks the run complete."""
         private_dir(run_dir)
-        (run_dir / "audit.json").unlink(missing_ok=True)
         if self.predictor is not None:
             members = self.predictor if isinstance(self.predictor, list) else [self.predictor]
             with private_writer(run_dir / "model.pt") as fh:
