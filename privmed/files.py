@@ -42,9 +42,13 @@ def private_dir(path: str | Path) -> Path:
             break
         missing.append(q)
     for q in reversed(missing):
-        with contextlib.suppress(FileExistsError):  # another process made it meanwhile
+        try:
             q.mkdir(mode=DIR_MODE)
             os.chmod(q, DIR_MODE)  # mkdir's mode is filtered by the umask
+        except FileExistsError:  # another process made it meanwhile
+            pass
+        except OSError as exc:  # a file where a folder should be, no permission
+            raise PrivmedError(f"cannot make the folder {q}: {exc.strerror}") from None
     if not p.is_dir():
         raise PrivmedError(f"{p} is not a folder")
     return p

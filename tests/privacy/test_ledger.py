@@ -348,3 +348,11 @@ def test_a_kill_at_any_step_then_resume_charges_the_ledger_exactly_as_an_uninter
         == pytest.approx(resumed.privacy["patient_epsilon_max"])
         == pytest.approx(whole.privacy["patient_epsilon_max"])
     )
+
+
+def test_a_ledger_whose_folder_cannot_be_made_is_a_one_line_error(tmp_path):
+    """A FileExistsError here once printed the hospitals' HMAC key among a traceback's local variables."""
+    (tmp_path / "file").write_text("not a folder")
+    for url in (f"sqlite://{tmp_path / 'file' / 'ledger.db'}", f"sqlite://{tmp_path / 'file' / 'sub' / 'ledger.db'}"):
+        with pytest.raises(PrivmedError, match="folder"):
+            Ledger(url)
