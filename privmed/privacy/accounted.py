@@ -115,13 +115,13 @@ class AccountedMechanism(Mechanism):
         ledger.reserve(
             run=config.run_name,
             run_id=self.run_id,
-            plan=self._remaining_plan(),
+            plan=self._whole_plan(),
             limit=self.budget.budget,
             delta=self.budget.budget_delta,
         )
         self._ledger = ledger
 
-    def _remaining_plan(self) -> dict[str, np.ndarray]:
+    def _whole_plan(self) -> dict[str, np.ndarray]:
         """Pseudonym -> RDP the whole plan spends (the ledger counts what a resumed run, same id, charged of it)."""
         plan: dict[str, np.ndarray] = {}
         for i in range(len(self.sites)):

@@ -12,14 +12,15 @@ Storage: SQLite (stdlib ``sqlite3``) behind a URL ``sqlite:///abs/path.db``
 whose path is absolute as written (``sqlite:////abs/path.db`` names the same
 file), so a command names the same ledger from any working directory; the
 default is ``ledger.db`` in the per-user data folder (:func:`default_url`).
-Rows are only ever inserted, each charge in one transaction, the database in
-WAL mode with a busy timeout, owner-only (0600), so concurrent runs
+Charges are never deleted, each is written in one transaction, the database
+in WAL mode with a busy timeout, owner-only (0600), so concurrent runs
 (processes) neither corrupt nor lose each other's charges. Another URL scheme
 would be a server database with the same tables.
 
 Exactly once: a charge carries its run's id (kept across a resume by the
 checkpoint) and its sequence number at its site, and a second charge with
-the same (run, site, patient, sequence) is ignored. A resumed run repeats
+the same (run, site, patient, sequence) updates that row to the larger of
+the two curves instead of adding a row. A resumed run repeats
 the charges of the round it was killed in with the numbers they had, so a
 kill at any point neither loses a charge (each is written as it is spent)
 nor doubles one.
