@@ -127,7 +127,7 @@ def lost_reply_run(protocol: str, rnd: int, node: int):
 
 
 @pytest.mark.parametrize("protocol", ["fedavg", "cwt", "dssgd", "snt"])
-@settings(max_examples=30, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(mutated=MUTATIONS, rnd=st.integers(1, ROUNDS), node=st.sampled_from(NODES))
 def test_a_malformed_reply_rejects_that_site_for_the_round_and_nothing_else(protocol, mutated, rnd, node):
     model, rejections = run(protocol, at(rnd, node, mutation(*mutated)))
