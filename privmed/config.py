@@ -70,7 +70,9 @@ class DataConfig:
     def __post_init__(self) -> None:
         low, high = IMAGE_SIZES
         if not low <= self.image_size <= high:
-            n = 600 * max(self.patients_scale, 1) if isinstance(self.patients_scale, int) else 600
+            # the default phantom: 4 images of each of 150 x patients_scale development and 280 held-out test patients
+            scale = self.patients_scale if isinstance(self.patients_scale, int) and self.patients_scale > 0 else 1
+            n = 4 * (150 * scale + 280)
             raise PrivmedError(
                 f"image_size must be from {low} to {high} pixels, got {self.image_size}: one "
                 f"{self.image_size}x{self.image_size} image takes {_gib(4 * self.image_size**2)} as float32, the "
