@@ -20,6 +20,7 @@ app = typer.Typer(
     add_completion=False,
     no_args_is_help=True,
     help="Privacy-preserving deep learning across hospitals: train, measure, audit.",
+    pretty_exceptions_show_locals=False,  # a traceback's local variables held a site's HMAC key
 )
 console = Console(stderr=True)
 
@@ -83,6 +84,9 @@ def train(
     epochs: int | None = typer.Option(None, help="local epochs per round / per site visit"),
     lr: float | None = typer.Option(None, help="learning rate (Adam)"),
     batch_size: int | None = typer.Option(None, help="batch size"),
+    norm_ratio: float | None = typer.Option(
+        None, help="reject a site's update whose norm exceeds this many times the other sites' median (default 100)"
+    ),
     seed: int | None = typer.Option(None, help="run seed (same config + seed = same metrics)"),
     model: str | None = typer.Option(None, help="cnn | densenet121 | unet | seg-cnn"),
     task: str | None = typer.Option(None, help="classification | segmentation"),
@@ -115,6 +119,7 @@ def train(
         "--reproducible-noise",
         help="derive DP noise from the run seed (tests, debugging): the result is marked NOT private",
     ),
+    overwrite: bool = typer.Option(False, "--overwrite", help="replace a finished run of the same name"),
 ) -> None:
     """Train one protocol and write runs/<name>/result.json."""
     from privmed import config as cfgmod
@@ -154,12 +159,13 @@ def train(
                 "train.local_epochs": epochs,
                 "train.lr": lr,
                 "train.batch_size": batch_size,
+                "train.norm_ratio": norm_ratio,
             },
         )
         resolve(cfg)  # names, options and the protocol–mechanism pairing, before anything is written
         try:
             with round_progress(f"{cfg.protocol} ({cfg.data.split}, {cfg.data.sites} sites)") as update:
-                result, path = run(cfg, runs_dir=runs_dir, progress=update, resume=resume)
+                result, path = run(cfg, runs_dir=runs_dir, progress=update, resume=resume, overwrite=overwrite)
         except KeyboardInterrupt:
             console.print(
                 f"interrupted: finished rounds are checkpointed in {runs_dir / cfg.run_name}; "
@@ -295,7 +301,9 @@ def audit(
 
 @app.command()
 def budget(
-    ledger: str = typer.Option("sqlite:///runs/ledger.db", help="the budget ledger's URL"),
+    ledger: str | None = typer.Option(
+        None, help="the budget ledger's URL, sqlite:///<absolute path> (default: ledger.db in the per-user data folder)"
+    ),
     limit: float | None = typer.Option(None, help="ε limit per patient: show what is left"),
     delta: float = typer.Option(1e-5, help="δ at which spent ε is stated"),
     top: int = typer.Option(20, help="patients listed (most spent first)"),
@@ -307,9 +315,10 @@ def budget(
     ),
 ) -> None:
     """Per-patient privacy spent across all DP runs and hospitals, and what is left under --limit."""
-    from privmed.privacy.ledger import Ledger, budget_report, sqlite_path
+    from privmed.privacy.ledger import Ledger, budget_report, default_url, sqlite_path
     from privmed.privacy.pseudonym import new_key as make_key
 
+    ledger = ledger or default_url()
     with user_errors():
         if new_key is not None:
             console.print(f"wrote {make_key(new_key)}; give it to every hospital (ledger_key=...)")
@@ -391,12 +400,40 @@ def deid(
     )
 
 
+def crash_log(exc: BaseException) -> Path:
+    """Write the traceback of an unexpected error (no local variables) to an owner-only file; return its path."""
+    import traceback
+
+    from privmed.files import data_home, private_dir, private_writer
+
+    logs = private_dir(data_home() / "logs")
+    path = logs / f"crash-{time.strftime('%Y%m%dT%H%M%SZ', time.gmtime())}-{os.getpid()}.log"
+    with private_writer(path, "w") as fh:
+        fh.write(f"privmed {' '.join(sys.argv[1:])}\n")
+        fh.write("".join(traceback.format_exception(type(exc), exc, exc.__traceback__)))
+    return path
+
+
 def main() -> None:
+    """The ``privmed`` command: a user error is one line and exit 2 (:func:`user_errors`); an unexpected error one
+    line, exit 1, and the path of a log file holding its traceback (never local variables, which held keys)."""
     try:
         app()
     except KeyboardInterrupt:
         console.print("interrupted; nothing was written for the unfinished run")
         sys.exit(130)
+    except Exception as exc:  # a bug: one line here, the traceback in a file
+        first = (str(exc).splitlines() or [""])[0][:300]
+        try:
+            where = f"the traceback is in {crash_log(exc)}"
+        except OSError as log_error:
+            where = f"and its traceback could not be written ({log_error.strerror})"
+        console.print(
+            f"[red]unexpected error[/red] (a bug in privmed): {type(exc).__name__}: {first}; {where}",
+            highlight=False,
+            soft_wrap=True,
+        )
+        sys.exit(1)
 
 
 if __name__ == "__main__":

@@ -41,7 +41,11 @@ class ModelSpec:
 
 
 def load_arrays(model: torch.nn.Module, arrays: ArrayRecord) -> None:
-    """Load received weights; a wrong shape or missing key raises ValueError naming it."""
+    """Load received weights; a wrong shape, a missing key or a NaN/Inf raises ValueError naming it.
+
+    A site trains or evaluates nothing it cannot trust: NaN or 1e30 weights from
+    the coordinator would make its reply (or its metrics) garbage.
+    """
     state = arrays.to_torch_state_dict()
     own = model.state_dict()
     if set(state) != set(own):
@@ -52,6 +56,8 @@ def load_arrays(model: torch.nn.Module, arrays: ArrayRecord) -> None:
             raise ValueError(
                 f"received weights do not fit the model: {k} has shape {tuple(v.shape)}, expected {tuple(own[k].shape)}"
             )
+        if v.is_floating_point() and not torch.isfinite(v).all():
+            raise ValueError(f"received weights hold NaN or Inf ({k}); not trained or evaluated")
     model.load_state_dict(state)
 
 

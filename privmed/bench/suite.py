@@ -237,6 +237,7 @@ def run_row(
     from privmed.audit import BENCH_ATTACKS, bench_audit
     from privmed.engine.session import build_federation
     from privmed.errors import PrivmedError
+    from privmed.files import private_dir, private_writer
     from privmed.run import execute
 
     if (cfg.data, cfg.seed) not in _FEDERATIONS:
@@ -251,11 +252,11 @@ def run_row(
         )
         result.privacy["audit_error"] = str(exc)
         audit = None
-    row_dir = work / cfg.run_name
-    row_dir.mkdir(parents=True, exist_ok=True)
+    row_dir = private_dir(work / cfg.run_name)
     if audit is not None:
         result.privacy["leakage"], result.security["attacks"] = audit.leakage(), audit.security()
-        (row_dir / "audit.json").write_text(json.dumps(audit.to_dict(), indent=2, default=float))
+        with private_writer(row_dir / "audit.json", "w") as fh:
+            fh.write(json.dumps(audit.to_dict(), indent=2, default=float))
     result.save(row_dir)  # result.json last: it marks the row finished
     return {"label": label, **json.loads((row_dir / "result.json").read_text())}
 

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import contextlib
 import json
-import os
 import random
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -24,6 +23,7 @@ from flwr.app import ArrayRecord
 from privmed.config import RunConfig
 from privmed.engine.result import json_default
 from privmed.errors import PrivmedError
+from privmed.files import private_dir, private_writer
 from privmed.protocols.base import Predictor
 
 if TYPE_CHECKING:
@@ -33,6 +33,21 @@ if TYPE_CHECKING:
 def config_key(config: RunConfig) -> str:
     """The config as saved (a checkpoint belongs to exactly one config)."""
     return json.dumps(config.to_dict(), sort_keys=True, default=json_default)
+
+
+# what a checkpoint holds (``protocol_state`` and ``global_rng`` may be missing from older ones)
+KEYS = {
+    "config",
+    "round",
+    "ensemble",
+    "members",
+    "history",
+    "rejections",
+    "traffic",
+    "site_seconds",
+    "mechanism",
+    "wall",
+}
 
 
 class Checkpoint:
@@ -69,10 +84,9 @@ class Checkpoint:
             },  # each site's own memory (optimiser state), as the site would keep it
             "wall": wall,
         }
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = self.path.with_suffix(".tmp")
-        torch.save(state, tmp)
-        os.replace(tmp, self.path)
+        private_dir(self.path.parent)
+        with private_writer(self.path) as fh:
+            torch.save(state, fh)
 
     def load(self, config: RunConfig) -> dict[str, Any]:
         """The saved state, checked to belong to ``config``."""
@@ -84,6 +98,10 @@ class Checkpoint:
             raise PrivmedError(
                 f"checkpoint {self.path} is unreadable ({type(exc).__name__}); delete it and start again"
             ) from None
+        missing = sorted(KEYS - set(state)) if isinstance(state, dict) else sorted(KEYS)
+        if missing or not isinstance(state["round"], int) or state["round"] < 0:
+            why = f"lacks {', '.join(missing)}" if missing else f"has round {state['round']!r}"
+            raise PrivmedError(f"checkpoint {self.path} is damaged ({why}); delete it and start again")
         if state["config"] != config_key(config):
             raise PrivmedError(
                 f"checkpoint {self.path} was made with a different config; use the same config or run without --resume"
@@ -99,6 +117,11 @@ class Checkpoint:
         """Load a saved state (:meth:`load`) into a fresh session and its monitor; return the wall seconds spent."""
         history = monitor.history
         ctx, grid = session.ctx, session.grid
+        if state["round"] > session.rounds:
+            raise PrivmedError(
+                f"the checkpoint says round {state['round']} finished, but the run has {session.rounds}; "
+                "delete the checkpoint and start again"
+            )
         members = [ArrayRecord(sd) for sd in state["members"]]
         ctx.initial = members if state["ensemble"] else members[0]
         ctx.start_round = state["round"] + 1

@@ -11,7 +11,6 @@ protocol's spec (``traffic``, ``schedule``), never its name.
 from __future__ import annotations
 
 import json
-import os
 import platform
 import time
 from collections.abc import Callable, Iterable
@@ -25,7 +24,9 @@ from flwr.app import ArrayRecord
 
 from privmed import __version__
 from privmed.data.base import ArraySet, Federation
+from privmed.engine.validate import NORM_RULE
 from privmed.errors import PrivmedError
+from privmed.files import private_dir, private_writer
 from privmed.protocols.base import Predictor, ProtocolOutput, ProtocolSpec
 from privmed.site import ModelSpec, load_arrays
 from privmed.tasks import PRIMARY_METRIC, metrics_from_proba, predict_proba, targets
@@ -108,28 +109,33 @@ class RunResult:
         return {k: v for k, v in self.__dict__.items() if k != "predictor"}
 
     def save(self, run_dir: Path) -> Path:
-        """Write model.pt then result.json, each atomically; result.json last marks the run complete."""
-        run_dir.mkdir(parents=True, exist_ok=True)
+        """Write model.pt then result.json, each atomically, owner-only; result.json last marks the run complete."""
+        private_dir(run_dir)
         if self.predictor is not None:
             members = self.predictor if isinstance(self.predictor, list) else [self.predictor]
-            tmp = run_dir / "model.pt.tmp"
-            torch.save(
-                {"ensemble": isinstance(self.predictor, list), "members": [m.to_torch_state_dict() for m in members]},
-                tmp,
-            )
-            os.replace(tmp, run_dir / "model.pt")
+            with private_writer(run_dir / "model.pt") as fh:
+                torch.save(
+                    {
+                        "ensemble": isinstance(self.predictor, list),
+                        "members": [m.to_torch_state_dict() for m in members],
+                    },
+                    fh,
+                )
         path = run_dir / "result.json"
-        tmp = path.with_suffix(".json.tmp")
-        tmp.write_text(json.dumps(self.to_dict(), indent=2, default=json_default))
-        os.replace(tmp, path)
+        with private_writer(path, "w") as fh:
+            fh.write(json.dumps(self.to_dict(), indent=2, default=json_default))
         return path
 
 
 def load_predictor(run_dir: Path) -> Predictor:
-    """The final model saved by :meth:`RunResult.save`."""
-    saved = torch.load(Path(run_dir) / "model.pt", weights_only=True)
-    members = [ArrayRecord(sd) for sd in saved["members"]]
-    return members if saved["ensemble"] else members[0]
+    """The final model saved by :meth:`RunResult.save`; a PrivmedError if the file is damaged or foreign."""
+    path = Path(run_dir) / "model.pt"
+    try:
+        saved = torch.load(path, weights_only=True)
+        members = [ArrayRecord(sd) for sd in saved["members"]]
+        return members if saved["ensemble"] else members[0]
+    except Exception as exc:  # truncated, garbled, a foreign pickle (refused by weights_only), wrong layout
+        raise PrivmedError(f"{path} is not a privmed model ({type(exc).__name__}); re-run `privmed train`") from None
 
 
 class Monitor:
@@ -279,6 +285,7 @@ def build_result(
         security={"attacks": "not measured yet"},
         reliability={
             "rejected_updates": s.ctx.rejections,
+            "update_norm_bound": {"ratio": config.train.norm_ratio, "rule": NORM_RULE},
             "faults_injected": [],
             "completed": True,
             **({} if in_process else {"nodes": sorted(s.grid.get_node_ids())}),

@@ -207,6 +207,7 @@ def assemble(
     mechanism.check(plan_of(config, fed, r))
     node_site: dict[int, str] = {}
     site_memory: dict[int, dict] = {}
+    declared: dict[int, int] = {}  # what each site holds, as the coordinator knows it (a deployment: unknown)
     if grid is None:
         apps = {}
         for i, site in enumerate(parties(fed, r.protocol)):
@@ -216,6 +217,7 @@ def assemble(
                 site, model, site_index=i, trainer=mechanism.trainer(i), mods=mods, memory=site_memory[i]
             )
             node_site[FIRST_NODE_ID + i] = site.name
+            declared[FIRST_NODE_ID + i] = len(site.train)
         grid = InProcessGrid(apps, fault=fault)
     initial = model.build(seed=config.seed)
     ctx = ProtocolContext(
@@ -227,6 +229,7 @@ def assemble(
         options=r.options,
         wrap_strategy=mechanism.wrap_strategy,
         reproducible_noise=config.reproducible_noise,
+        declared=declared,
     )
     return Session(
         config=config,
