@@ -35,9 +35,12 @@ class ModelSpec:
     in_channels: int
     n_classes: int
     task: str
+    spatial_dims: int = 2  # 3: volumes [C, D, H, W]
 
     def build(self, seed: int = 0) -> torch.nn.Module:
-        return build_model(self.name, in_channels=self.in_channels, n_classes=self.n_classes, seed=seed)
+        return build_model(
+            self.name, in_channels=self.in_channels, n_classes=self.n_classes, seed=seed, spatial_dims=self.spatial_dims
+        )
 
 
 def load_arrays(model: torch.nn.Module, arrays: ArrayRecord) -> None:
