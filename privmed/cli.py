@@ -110,6 +110,9 @@ def train(
     config: Path | None = typer.Option(None, "--config", help="TOML run config; flags override it"),
     runs_dir: Path = typer.Option(Path("runs"), help="where runs are written"),
     resume: bool = typer.Option(False, "--resume", help="continue an interrupted run from its last finished round"),
+    faults: str | None = typer.Option(
+        None, help="inject faults (seeded), e.g. crash=0.3,straggle=0.2:5s,drop=0.1,corrupt=0.05,deadline=10s"
+    ),
 ) -> None:
     """Train one protocol and write runs/<name>/result.json."""
     from privmed import config as cfgmod
@@ -138,6 +141,7 @@ def train(
             name=name,
             options=options,
             privacy=priv,
+            faults=faults,
             **{
                 "data.sites": sites,
                 "data.split": split,
@@ -174,6 +178,10 @@ def train(
     table.add_row("wall seconds", f"{result.runtime['wall_seconds']:.1f}")
     if result.reliability["rejected_updates"]:
         table.add_row("rejected updates", str(len(result.reliability["rejected_updates"])))
+    if result.reliability.get("faults_by_kind"):
+        kinds = ", ".join(f"{k} {n}" for k, n in result.reliability["faults_by_kind"].items() if n)
+        lost = result.reliability["rounds_lost"]
+        table.add_row("faults injected (survived)", f"{kinds or 'none'}; rounds lost {lost}")
     Console().print(table)
     console.print(f"wrote {path}")
 

@@ -62,6 +62,7 @@ class RunConfig:
     train: TrainSettings = field(default_factory=TrainSettings)
     options: dict[str, Any] = field(default_factory=dict)  # protocol options, e.g. order, site
     privacy: dict[str, Any] = field(default_factory=dict)  # {"mechanism": name, **its parameters}
+    faults: str = ""  # in-process fault injection, e.g. "crash=0.3,straggle=0.2:5s,drop=0.1" (engine/faults.py)
 
     @property
     def run_name(self) -> str:

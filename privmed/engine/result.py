@@ -25,6 +25,7 @@ from flwr.app import ArrayRecord
 
 from privmed import __version__
 from privmed.data.base import ArraySet, Federation
+from privmed.engine.faults import reliability
 from privmed.errors import PrivmedError
 from privmed.protocols.base import Predictor, ProtocolOutput, ProtocolSpec
 from privmed.site import ModelSpec, load_arrays
@@ -146,7 +147,8 @@ class Monitor:
         predictor = s.reveal(predictor)
         now = time.perf_counter()
         rejected = [r for r in s.ctx.rejections if r["round"] == rnd]
-        if rejected and s.in_process and len(rejected) >= _trained_in_round(s.grid, rnd):
+        # with injected faults a round in which no update arrives is a lost round (reported), not a stop
+        if rejected and s.in_process and s.faults is None and len(rejected) >= _trained_in_round(s.grid, rnd):
             raise PrivmedError(f"round {rnd}: every site's update was rejected ({rejected[0]['reason']})")
         metrics = evaluate_predictor(s.model, predictor, self._val)
         self.history.append({"round": rnd, "seconds": now - self._last, "val": finite_metrics(metrics)})
@@ -233,6 +235,11 @@ def build_result(
         reliability={
             "rejected_updates": s.ctx.rejections,
             "faults_injected": [],
+            **(
+                reliability(s.faults.events, s.ctx.rejections, s.grid.traffic.records, s.node_site)
+                if s.faults is not None
+                else {}
+            ),
             "completed": True,
             **({} if in_process else {"nodes": sorted(s.grid.get_node_ids())}),
         },

@@ -7,26 +7,46 @@ the returned weights weighted by the number of training examples. This is
 Flower's own ``FedAvg`` strategy run by its own round loop
 (``Strategy.start``); privmed adds only a wrapper that rejects NaN or
 wrong-shaped updates before Flower averages them (Flower's FedAvg would
-average them in).
+average them in), and a minimum number of usable replies per round
+(option ``min_sites``, default 1): a round with fewer keeps the previous
+global model (a lost round) instead of averaging one or two sites' models.
+A site that crashes, answers too late or loses its reply is left out of
+that round's average; the others carry on.
 """
 
 from __future__ import annotations
 
 from collections.abc import Iterable
+from dataclasses import dataclass
 
 from flwr.app import ArrayRecord, ConfigRecord, Message, MetricRecord
 from flwr.serverapp import Grid
 from flwr.serverapp.strategy import FedAvg, Strategy
 
 from privmed.engine.validate import reply_problem
+from privmed.errors import PrivmedError
+from privmed.options import Options
 from privmed.protocols.base import ProtocolContext, ProtocolOutput, ProtocolSpec, node_ids
+
+
+@dataclass(frozen=True)
+class FedAvgOptions(Options):
+    min_sites: int = 1  # fewest usable replies a round averages; fewer and the round keeps the previous model
+
+    def __post_init__(self) -> None:
+        if self.min_sites < 1:
+            raise PrivmedError(f"min_sites must be >= 1, got {self.min_sites}")
+
+    def check_sites(self, n_sites: int) -> None:
+        if self.min_sites > n_sites:
+            raise PrivmedError(f"min_sites={self.min_sites} is more than the run's {n_sites} sites")
 
 
 class RejectInvalidUpdates(Strategy):
     """Wrap a Flower strategy: drop error, NaN and wrong-shaped train replies, record why."""
 
-    def __init__(self, strategy: Strategy, ctx: ProtocolContext, *, rounds_done: int = 0) -> None:
-        self.strategy, self.ctx, self.offset = strategy, ctx, rounds_done
+    def __init__(self, strategy: Strategy, ctx: ProtocolContext, *, rounds_done: int = 0, min_sites: int = 1) -> None:
+        self.strategy, self.ctx, self.offset, self.min_sites = strategy, ctx, rounds_done, min_sites
         self._sent: ArrayRecord | None = None
 
     def summary(self) -> None:
@@ -52,6 +72,11 @@ class RejectInvalidUpdates(Strategy):
                 self.ctx.reject(self.offset + server_round, reply.metadata.src_node_id, problem)
             else:
                 kept.append(reply)
+        if len(kept) < self.min_sites:  # Flower's start() keeps the previous arrays when this returns None
+            for reply in kept:
+                reason = f"only {len(kept)} usable replies, fewer than min_sites={self.min_sites}: round not averaged"
+                self.ctx.reject(self.offset + server_round, reply.metadata.src_node_id, reason)
+            return None, None
         return self.strategy.aggregate_train(self.offset + server_round, kept)
 
     def configure_evaluate(
@@ -71,7 +96,10 @@ def make_strategy(n_sites: int) -> FedAvg:
 def run(ctx: ProtocolContext, strategy: Strategy | None = None) -> ProtocolOutput:
     n = len(node_ids(ctx))
     done = ctx.start_round - 1  # rounds already run before a resume
-    wrapped = RejectInvalidUpdates(ctx.wrap_strategy(strategy or make_strategy(n)), ctx, rounds_done=done)
+    min_sites = getattr(ctx.options, "min_sites", 1)  # a context built for another protocol has no min_sites
+    wrapped = RejectInvalidUpdates(
+        ctx.wrap_strategy(strategy or make_strategy(n)), ctx, rounds_done=done, min_sites=min_sites
+    )
     config = ctx.round_config(0)
 
     def evaluate_fn(rnd: int, arrays: ArrayRecord) -> MetricRecord | None:
@@ -83,7 +111,8 @@ def run(ctx: ProtocolContext, strategy: Strategy | None = None) -> ProtocolOutpu
     result = wrapped.start(
         ctx.grid, ctx.initial, num_rounds=ctx.settings.rounds - done, train_config=config, evaluate_fn=evaluate_fn
     )
-    return ProtocolOutput(result.arrays if result.arrays is not None else ctx.initial)
+    # Flower's result holds the last aggregated arrays; empty if no round averaged anything (all rounds lost)
+    return ProtocolOutput(result.arrays if result.arrays is not None and len(result.arrays) else ctx.initial)
 
 
 SPEC = ProtocolSpec(
@@ -92,6 +121,7 @@ SPEC = ProtocolSpec(
     run=run,
     coordinator_sees="each site's model weights after local training, every round",
     schedule="parallel",
+    options=FedAvgOptions,
     deployable=True,
     pluggable_strategy=True,
 )
