@@ -18,10 +18,15 @@ for every SuperNode to join.
 
 What differs from the in-process engine:
 
-- Only FedAvg: it samples every node and weights by ``num-examples``, so its
-  result does not depend on node ids. The SuperLink assigns random node ids,
-  so protocols that visit sites in node-id order (single, SWT, CWT) would
-  visit them in an order unrelated to ``partition-id``.
+- Sites are numbered by name, not by the SuperLink's random node ids
+  (:class:`privmed.engine.site_grid.SiteGrid`): site *k* in name order is the
+  k-th site in-process, so sequential protocols visit the same hospitals in
+  the same order. A protocol whose spec has a ``deploy_refusal`` is refused
+  with that reason (centralised pools raw data; FNT needs a site-to-site
+  channel Flower does not have).
+- The wait for replies is bounded (``reply-timeout-s``): a SuperNode killed
+  mid-run costs one timeout (or less: the SuperLink marking it offline ends
+  the wait), then the run goes on with the others; a restarted site rejoins.
 - The ServerApp also plays the in-process harness's part: it builds the
   (generated) federation to know the model's shape and to measure the global
   model on the pooled validation and test splits. A real coordinator holds
@@ -31,6 +36,8 @@ What differs from the in-process engine:
   sites the result is bit-identical to the in-process run (a two-term sum
   does not depend on order; tests/engine/test_deployment.py); with three or
   more, the summation order may change the last float32 bits.
+- Fault injection (``faults``) is in-process only; on a deployment, kill a
+  SuperNode.
 """
 
 from __future__ import annotations
@@ -43,25 +50,29 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Any
 
-from flwr.app import Context, Message
+from flwr.app import ConfigRecord, Context, Message, RecordDict
 from flwr.clientapp import ClientApp
 from flwr.serverapp import Grid, ServerApp
 
 from privmed.config import RunConfig, from_dict
+from privmed.engine.faults import parse_faults
 from privmed.engine.result import Monitor, RunResult, build_result
-from privmed.engine.session import assemble, build_federation, model_spec, resolve
+from privmed.engine.session import assemble, build_federation, model_spec, plan_of, resolve
+from privmed.engine.site_grid import IDENTIFY, SiteGrid, as_addressed
 from privmed.errors import PrivmedError
-from privmed.protocols.registry import PROTOCOLS
 from privmed.run import set_threads
 from privmed.site import make_client_app
 
 RESULT_DIR = "result-dir"
 WAIT_NODES = "wait-nodes-s"
-_DEPLOY_KEYS = {RESULT_DIR: "", WAIT_NODES: 120.0}
+REPLY_TIMEOUT = "reply-timeout-s"
+_DEPLOY_KEYS = {RESULT_DIR: "", WAIT_NODES: 120.0, REPLY_TIMEOUT: 600.0}
 _SECTIONS = ("data", "train", "options", "privacy")
 
 
-def run_config_of(config: RunConfig, *, result_dir: str | Path = "", wait_nodes_s: float = 120.0) -> dict[str, Any]:
+def run_config_of(
+    config: RunConfig, *, result_dir: str | Path = "", wait_nodes_s: float = 120.0, reply_timeout_s: float = 600.0
+) -> dict[str, Any]:
     """``config`` as Flower run config: flat keys, TOML scalars only."""
     _check_protocol(config)
     out: dict[str, Any] = {}
@@ -70,7 +81,7 @@ def run_config_of(config: RunConfig, *, result_dir: str | Path = "", wait_nodes_
             out.update({f"{key}.{k}": v for k, v in value.items()})
         else:
             out[key] = value
-    out[RESULT_DIR], out[WAIT_NODES] = str(result_dir), float(wait_nodes_s)
+    out[RESULT_DIR], out[WAIT_NODES], out[REPLY_TIMEOUT] = str(result_dir), float(wait_nodes_s), float(reply_timeout_s)
     return out
 
 
@@ -95,14 +106,21 @@ def config_of(run_config: Mapping[str, Any]) -> tuple[RunConfig, dict[str, Any]]
 def _check_protocol(config: RunConfig) -> None:
     protocol = resolve(config).protocol
     if not protocol.deployable:
-        deployable = [name for name, spec in PROTOCOLS.items() if spec.deployable]
+        raise PrivmedError(f"protocol {protocol.name} does not run on a Flower deployment: {protocol.deploy_refusal}")
+    if parse_faults(config.faults).active:
         raise PrivmedError(
-            f"a Flower deployment runs protocol {' or '.join(map(repr, deployable))} only, not {config.protocol!r}; "
-            "the SuperLink's random node ids would reorder the sites of order-dependent protocols"
+            "fault injection (faults=...) is in-process only; on a deployment, stop or kill a SuperNode instead"
         )
 
 
-def write_app(app_dir: str | Path, config: RunConfig, *, result_dir: str | Path, wait_nodes_s: float = 120.0) -> Path:
+def write_app(
+    app_dir: str | Path,
+    config: RunConfig,
+    *,
+    result_dir: str | Path,
+    wait_nodes_s: float = 120.0,
+    reply_timeout_s: float = 600.0,
+) -> Path:
     """Write the ``pyproject.toml`` that ``flwr run <app_dir> <superlink>`` needs; ``config`` is its default run config.
 
     The app bundle holds only this file: the ServerApp and ClientApp are
@@ -130,7 +148,8 @@ def write_app(app_dir: str | Path, config: RunConfig, *, result_dir: str | Path,
         "",
         "[tool.flwr.app.config]",
     ]
-    for key, value in run_config_of(config, result_dir=result_dir, wait_nodes_s=wait_nodes_s).items():
+    deploy = run_config_of(config, result_dir=result_dir, wait_nodes_s=wait_nodes_s, reply_timeout_s=reply_timeout_s)
+    for key, value in deploy.items():
         lines.append(f'"{key}" = {_toml_value(key, value)}')
     path = Path(app_dir) / "pyproject.toml"
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -161,41 +180,31 @@ def _server_main(grid: Grid, context: Context) -> None:
     config, deploy = config_of(context.run_config)
     if not deploy[RESULT_DIR]:
         raise PrivmedError(f"run config key {RESULT_DIR!r} is empty; set it to the directory for result.json")
-    result = serve(grid, config, wait_nodes_s=float(deploy[WAIT_NODES]))
+    result = serve(grid, config, wait_nodes_s=float(deploy[WAIT_NODES]), reply_timeout_s=float(deploy[REPLY_TIMEOUT]))
     result.save(Path(deploy[RESULT_DIR]))
 
 
-def wait_for_nodes(grid: Grid, n: int, timeout_s: float) -> list[int]:
-    """The node ids once ``n`` SuperNodes have joined (a run may start before they all have)."""
-    deadline = time.monotonic() + timeout_s
-    while len(nodes := sorted(grid.get_node_ids())) < n:
-        if time.monotonic() > deadline:
-            raise PrivmedError(
-                f"only {len(nodes)} of {n} SuperNodes joined within {timeout_s:.0f} s; "
-                f"start one flower-supernode per site (partition-id=0..{n - 1})"
-            )
-        time.sleep(0.5)
-    return nodes
-
-
-def serve(grid: Grid, config: RunConfig, *, wait_nodes_s: float = 120.0) -> RunResult:
+def serve(grid: Grid, config: RunConfig, *, wait_nodes_s: float = 120.0, reply_timeout_s: float = 600.0) -> RunResult:
     """The coordinator's side of :func:`privmed.run.execute`, on any Flower Grid: the same session, monitor and
-    result."""
+    result; the sites are numbered by name (:class:`SiteGrid`)."""
     set_threads()
     started, cpu_start = time.perf_counter(), time.process_time()
-    session = assemble(config, grid=grid)
-    wait_for_nodes(grid, config.data.sites, wait_nodes_s)
+    sites = SiteGrid(grid, reply_timeout_s=reply_timeout_s)
+    sites.join(config.data.sites, wait_nodes_s)
+    session = assemble(config, grid=sites)
     monitor = Monitor(session, started=started)
     session.ctx.evaluate_fn = monitor
     with contextlib.closing(session.mechanism):
         output = session.protocol.run(session.ctx)
     output.predictor = session.reveal(output.predictor)
-    return build_result(session, output, monitor, cpu_start=cpu_start, engine="flower-deployment")
+    result = build_result(session, output, monitor, cpu_start=cpu_start, engine="flower-deployment")
+    result.reliability.update(sites=sites.sites, events=sites.events)
+    return result
 
 
 # ----------------------------------------------------------------------------- ClientApp
 
-client_app = ClientApp()
+client_app = ClientApp(mods=[as_addressed])
 
 
 @lru_cache(maxsize=4)
@@ -209,6 +218,7 @@ def _site_app(run_config: tuple[tuple[str, Any], ...], partition_id: int) -> Cli
             f"partition-id {partition_id} out of range: this federation has sites 0..{len(fed.sites) - 1}"
         )
     r = resolve(config)
+    r.mechanism.check(plan_of(config, fed, r))  # as assemble does in-process: DP calibrates, SecAgg+ names its sites
     own = [r.protocol.site_mod(partition_id, r.options)] if r.protocol.site_mod else []
     return make_client_app(
         fed.sites[partition_id],
@@ -228,5 +238,23 @@ def _delegate(msg: Message, context: Context) -> Message:
     return app(msg, context)
 
 
+def site_name(node_config: Mapping[str, Any]) -> str:
+    """The name a site answers to: ``site-name`` from its node config, else ``site-<partition-id>`` (the phantom's)."""
+    if "site-name" in node_config:
+        return str(node_config["site-name"])
+    if "partition-id" in node_config:
+        return f"site-{int(node_config['partition-id'])}"
+    raise PrivmedError(
+        'this SuperNode has no site-name; start it with `privmed site` (or --node-config "site-name=...")'
+    )
+
+
+def _identify(msg: Message, context: Context) -> Message:
+    if IDENTIFY not in msg.content.config_records.get("config", {}):
+        raise PrivmedError("unknown query; a privmed site answers only the coordinator's identify query")
+    return Message(RecordDict({"config": ConfigRecord({"site": site_name(context.node_config)})}), reply_to=msg)
+
+
 client_app.train()(_delegate)
 client_app.evaluate()(_delegate)
+client_app.query()(_identify)

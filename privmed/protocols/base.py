@@ -160,10 +160,14 @@ class ProtocolSpec:
     not_applicable: dict[str, str] = field(default_factory=dict)
     # what a site uploads of a one-step update, for the inversion probe: (model, sent, received, options, seed, site)
     probe_upload: Callable[..., tuple[dict, list]] | None = None
-    # runs on a Flower deployment (its result does not depend on the SuperLink's node ids)
-    deployable: bool = False
+    # why the protocol cannot run on a Flower deployment (SuperLink + SuperNodes); None: it runs there
+    deploy_refusal: str | None = None
     # the coordinator's Flower strategy can be swapped (robust aggregators in the poisoning audit)
     pluggable_strategy: bool = False
+
+    @property
+    def deployable(self) -> bool:
+        return self.deploy_refusal is None
 
     def __post_init__(self) -> None:
         if self.schedule not in SCHEDULES:

@@ -122,6 +122,5 @@ SPEC = ProtocolSpec(
     coordinator_sees="each site's model weights after local training, every round",
     schedule="parallel",
     options=FedAvgOptions,
-    deployable=True,
     pluggable_strategy=True,
 )

@@ -263,4 +263,9 @@ SPEC = ProtocolSpec(
     run=run,
     coordinator_sees="ciphertexts of each site's weighted update and of their sum; never a plaintext update",
     schedule="parallel",
+    deploy_refusal=(
+        "the sites' shared HE keyring is made once among the sites in-process; over Flower every SuperNode would "
+        "make its own (no key agreement between SuperNodes yet), and the deployed harness would need the secret "
+        "key to measure the model (it needs the sites to measure it themselves first)"
+    ),
 )

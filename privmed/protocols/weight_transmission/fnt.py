@@ -93,4 +93,8 @@ SPEC = ProtocolSpec(
     run=run,
     coordinator_sees="nothing but the visiting schedule (weights go site to site)",
     schedule="sequential",
+    deploy_refusal=(
+        "FNT passes the weights site to site, and Flower has no channel between SuperNodes (every message goes "
+        "through the SuperLink); relaying them through it is SNT: deploy --protocol snt"
+    ),
 )

@@ -126,4 +126,8 @@ SPEC = ProtocolSpec(
     run=run,
     coordinator_sees="opaque AES-GCM blobs of the weights after every site visit",
     schedule="sequential",
+    deploy_refusal=(
+        "the deployed harness measures the model at the coordinator, which would then need the sites' shared "
+        "AES key and could open every blob; SNT deploys once the sites measure the model themselves"
+    ),
 )
