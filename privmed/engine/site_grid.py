@@ -248,8 +248,13 @@ class SiteGrid(Grid):
 
 def as_addressed(msg: Message, context, call_next) -> Message:
     """Site-side mod: the message's destination becomes the node id the coordinator addressed (see ``ADDRESSED``)."""
-    if ADDRESSED in msg.content.config_records:
-        node = int(msg.content.config_records[ADDRESSED]["node-id"])
-        msg.content = RecordDict({k: v for k, v in msg.content.items() if k != ADDRESSED})
-        msg.metadata.__dict__["_dst_node_id"] = node
-    return call_next(msg, context)
+    if ADDRESSED not in msg.content.config_records:
+        return call_next(msg, context)
+    real, node = msg.metadata.dst_node_id, int(msg.content.config_records[ADDRESSED]["node-id"])
+    msg.content = RecordDict({k: v for k, v in msg.content.items() if k != ADDRESSED})
+    msg.metadata.__dict__["_dst_node_id"] = node
+    reply = call_next(msg, context)
+    # the reply leaves from the SuperNode's own Flower id: the SuperLink refuses a reply from another node
+    reply.metadata.__dict__["_src_node_id"] = real
+    msg.metadata.__dict__["_dst_node_id"] = real
+    return reply

@@ -32,8 +32,17 @@ NODE_IDS = [9876, 123, 5555]  # random-looking, and not in site order
 PARTITIONS = [2, 0, 1]
 
 
+class SuperLinkLike(InProcessGrid):
+    """Refuses a reply that does not come from the node the message went to, as the SuperLink does."""
+
+    def _deliver(self, msg, broadcast):
+        reply = super()._deliver(msg, broadcast)
+        assert reply is None or reply.metadata.src_node_id == msg.metadata.dst_node_id, "reply from another node"
+        return reply
+
+
 def fake_superlink(config, node_ids=NODE_IDS, partitions=PARTITIONS) -> InProcessGrid:
-    return InProcessGrid(
+    return SuperLinkLike(
         {n: client_app for n in node_ids},
         run_config=run_config_of(config),
         node_configs={n: {"partition-id": p} for n, p in zip(node_ids, partitions)},
