@@ -100,7 +100,9 @@ def _pem_key(key: ec.EllipticCurvePrivateKey) -> bytes:
 
 
 def _name(common: str) -> x509.Name:
-    return x509.Name([x509.NameAttribute(NameOID.ORGANIZATION_NAME, "privmed"), x509.NameAttribute(NameOID.COMMON_NAME, common)])
+    return x509.Name(
+        [x509.NameAttribute(NameOID.ORGANIZATION_NAME, "privmed"), x509.NameAttribute(NameOID.COMMON_NAME, common)]
+    )
 
 
 def _alt_names(hosts: list[str]) -> list[x509.GeneralName]:
@@ -125,7 +127,7 @@ def make_certs(
     (files.root / "sites").mkdir(parents=True, exist_ok=True)
     os.chmod(files.root, 0o700)
     os.chmod(files.root / "sites", 0o700)
-    now = datetime.datetime.now(datetime.timezone.utc)
+    now = datetime.datetime.now(datetime.UTC)
     start, end = now - datetime.timedelta(minutes=5), now + datetime.timedelta(days=days)
 
     if files.ca_key.exists():  # more sites later: keep the CA and the SuperLink's certificate
