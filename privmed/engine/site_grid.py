@@ -131,7 +131,8 @@ class SiteGrid(Grid):
                 self.node_of[name] = now
 
     def _event(self, kind: str, site: str) -> None:
-        self.events.append({"event": kind, "site": site, "seconds": round(time.monotonic() - self._t0, 2)})
+        now = time.monotonic() - self._t0
+        self.events.append({"event": kind, "site": site, "seconds": round(now, 2), "at": time.time()})
 
     # -- Grid interface -----------------------------------------------------------
     def set_run(self, run) -> None:

@@ -66,7 +66,9 @@ class RejectInvalidUpdates(Strategy):
         self, server_round: int, replies: Iterable[Message]
     ) -> tuple[ArrayRecord | None, MetricRecord | None]:
         kept = []
-        for reply in replies:
+        # in site order: the weighted sum adds its terms in one order on every engine, whatever order Flower's
+        # node sampling (Python's global random, which Flower's HTTP retries also draw from) or arrival gave
+        for reply in sorted(replies, key=lambda r: r.metadata.src_node_id):
             problem = reply_problem(reply, self._sent)
             if problem:
                 self.ctx.reject(self.offset + server_round, reply.metadata.src_node_id, problem)
