@@ -242,6 +242,7 @@ def build_result(
             ),
             "completed": True,
             **({} if in_process else {"nodes": sorted(s.grid.get_node_ids())}),
+            **measured.get("reliability", {}),
         },
         predictor=output.predictor,
     )

@@ -126,7 +126,8 @@ class ProtocolContext:  # pylint: disable=too-many-instance-attributes
 @dataclass
 class ProtocolOutput:
     predictor: Predictor
-    # a protocol's own figures merged into result.json: section ("communication", "runtime", "privacy") -> keys
+    # a protocol's own figures merged into result.json: section ("communication", "runtime", "privacy",
+    # "reliability") -> keys
     measured: dict[str, dict] = field(default_factory=dict)
 
 
