@@ -466,6 +466,9 @@ def site(
     port: int | None = typer.Option(None, help="this SuperNode's own local port (default: a free one)"),
     home: Path | None = typer.Option(None, help="this SuperNode's folder (default runs/site-NAME)"),
     insecure: bool = typer.Option(False, "--insecure", help="plain HTTP to an --insecure coordinator (tests only)"),
+    policy: Path | None = typer.Option(
+        None, "--policy", help="this site's policy file: allowed protocols and mechanisms, DP required, max ε, ledger"
+    ),
 ) -> None:
     """Start one hospital's SuperNode (Flower's flower-supernode) over its own data."""
     from privmed.engine import launch
@@ -478,7 +481,9 @@ def site(
         kind, _, index = data.partition(":")
         if kind != "phantom" or not index.isdigit():
             raise PrivmedError(f"--data {data!r}: this version serves phantom:K (site K of the run's phantom) only")
-        argv = launch.supernode_argv(superlink, site=name, key=key, ca_cert=ca, partition=int(index), port=port)
+        argv = launch.supernode_argv(
+            superlink, site=name, key=key, ca_cert=ca, partition=int(index), port=port, policy=policy
+        )
         folder = home or Path("runs") / f"site-{name}"
         proc = launch.start(argv, flwr_home=folder.resolve())
         console.print(f"site {name}: SuperNode started for {superlink} (its log follows; Ctrl-C stops it)")

@@ -56,6 +56,7 @@ from flwr.serverapp import Grid, ServerApp
 
 from privmed.config import RunConfig, from_dict
 from privmed.engine.faults import parse_faults
+from privmed.engine.policy import load_policy, policy_problem, site_privacy
 from privmed.engine.result import Monitor, RunResult, build_result
 from privmed.engine.session import assemble, build_federation, model_spec, plan_of, resolve
 from privmed.engine.site_grid import IDENTIFY, SiteGrid, as_addressed
@@ -208,17 +209,24 @@ client_app = ClientApp(mods=[as_addressed])
 
 
 @lru_cache(maxsize=4)
-def _site_app(run_config: tuple[tuple[str, Any], ...], partition_id: int) -> ClientApp:
-    """The site's own ClientApp, built once per process for a run config and partition."""
+def _site_app(run_config: tuple[tuple[str, Any], ...], partition_id: int, site: str, policy: str) -> ClientApp:
+    """The site's own ClientApp, built once per process for a run config and partition (and the site's policy)."""
     set_threads()
     config, _ = config_of(dict(run_config))
+    try:
+        config = _as_policy_allows(config, site, policy)
+    except PrivmedError as exc:  # refused: every message of the run gets the reason
+        return _refusing_app(str(exc))
     fed = build_federation(config.data, config.seed)
     if not 0 <= partition_id < len(fed.sites):
         raise PrivmedError(
             f"partition-id {partition_id} out of range: this federation has sites 0..{len(fed.sites) - 1}"
         )
     r = resolve(config)
-    r.mechanism.check(plan_of(config, fed, r))  # as assemble does in-process: DP calibrates, SecAgg+ names its sites
+    try:
+        r.mechanism.check(plan_of(config, fed, r))  # as assemble does: DP calibrates (and checks a ledger), ...
+    except PrivmedError as exc:
+        return _refusing_app(f"{site} refuses: {exc}")
     own = [r.protocol.site_mod(partition_id, r.options)] if r.protocol.site_mod else []
     return make_client_app(
         fed.sites[partition_id],
@@ -229,12 +237,53 @@ def _site_app(run_config: tuple[tuple[str, Any], ...], partition_id: int) -> Cli
     )
 
 
+def _as_policy_allows(config: RunConfig, site: str, policy_path: str) -> RunConfig:
+    """``config`` with the site's own ledger applied, or a PrivmedError naming the policy rule it breaks."""
+    if not policy_path:
+        return config
+    from dataclasses import replace
+
+    from privmed.privacy.accounted import AccountedMechanism
+
+    policy = load_policy(policy_path)
+    r = resolve(config)
+    dp = isinstance(r.mechanism, AccountedMechanism)
+    problem = policy_problem(
+        policy,
+        site=site,
+        protocol=r.protocol.name,
+        mechanism=r.mechanism.name,
+        dp=dp,
+        epsilon=config.privacy.get("epsilon"),
+    )
+    if problem:
+        raise PrivmedError(problem)
+    return replace(config, privacy=site_privacy(policy, config.privacy, dp=dp))
+
+
+def _refusing_app(reason: str) -> ClientApp:
+    app = ClientApp()
+
+    def refuse(msg: Message, context: Context) -> Message:
+        raise PrivmedError(reason)
+
+    app.train()(refuse)
+    app.evaluate()(refuse)
+    return app
+
+
 def _delegate(msg: Message, context: Context) -> Message:
     if "partition-id" not in context.node_config:
         raise PrivmedError(
             'this SuperNode has no partition-id; start it with --node-config "partition-id=<site number>"'
         )
-    app = _site_app(tuple(sorted(context.run_config.items())), int(context.node_config["partition-id"]))
+    nc = context.node_config
+    app = _site_app(
+        tuple(sorted(context.run_config.items())),
+        int(nc["partition-id"]),
+        site_name(nc),
+        str(nc.get("policy", "")),
+    )
     return app(msg, context)
 
 

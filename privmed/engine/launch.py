@@ -82,6 +82,7 @@ def supernode_argv(
     ca_cert: str | Path | None,
     partition: int | None = None,
     port: int | None = None,
+    policy: str | Path | None = None,
 ) -> list[str]:
     """``flower-supernode`` for one hospital; ``key``/``ca_cert`` None only against an ``--insecure`` SuperLink."""
     check_site_name(site)
@@ -95,6 +96,12 @@ def supernode_argv(
     if key is not None:
         argv += ["--auth-supernode-private-key", str(check_private(key).resolve())]
     node_config = f'site-name="{site}"' + (f" partition-id={int(partition)}" if partition is not None else "")
+    if policy is not None:  # the site's policy file (privmed.engine.policy), checked before it trains
+        from privmed.engine.policy import load_policy
+
+        load_policy(policy)  # a broken policy fails here, not at the first message
+        node_config += f' policy="{Path(policy).resolve()}"'
+
     return [*argv, "--node-config", node_config]
 
 
