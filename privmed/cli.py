@@ -469,6 +469,10 @@ def site(
     policy: Path | None = typer.Option(
         None, "--policy", help="this site's policy file: allowed protocols and mechanisms, DP required, max ε, ledger"
     ),
+    restarts: int = typer.Option(
+        20, help="restart the SuperNode this many times if it exits (coordinator restarted, not yet registered)"
+    ),
+    restart_wait_s: float = typer.Option(15.0, help="seconds between restarts"),
 ) -> None:
     """Start one hospital's SuperNode (Flower's flower-supernode) over its own data."""
     from privmed.engine import launch
@@ -485,9 +489,16 @@ def site(
             superlink, site=name, key=key, ca_cert=ca, partition=int(index), port=port, policy=policy
         )
         folder = home or Path("runs") / f"site-{name}"
-        proc = launch.start(argv, flwr_home=folder.resolve())
-        console.print(f"site {name}: SuperNode started for {superlink} (its log follows; Ctrl-C stops it)")
-        code = launch.run_until_stopped(proc)
+        for attempt in range(restarts + 1):
+            proc = launch.start(argv, flwr_home=folder.resolve())
+            console.print(f"site {name}: SuperNode started for {superlink} (its log follows; Ctrl-C stops it)")
+            code = launch.run_until_stopped(proc)
+            # Flower's SuperNode exits when the SuperLink refuses it: a coordinator restarted from its database still
+            # counts the site online for ~60 s, and a key not yet registered is refused; try again a bit later
+            if code in (0, 130) or attempt == restarts:
+                break
+            console.print(f"site {name}: SuperNode exited ({code}); restarting in {restart_wait_s:g} s")
+            time.sleep(restart_wait_s)
     raise typer.Exit(code)
 
 
@@ -498,6 +509,9 @@ def run(
     runs_dir: Path = typer.Option(Path("runs"), help="where the coordinator writes <name>/result.json"),
     wait_sites_s: float = typer.Option(300.0, help="how long the run waits for every site to join"),
     reply_timeout_s: float = typer.Option(600.0, help="how long a round waits for a site's reply"),
+    resume: bool = typer.Option(
+        False, "--resume", help="continue a run whose coordinator was killed, from its last checkpointed round"
+    ),
 ) -> None:
     """Submit a run to the coordinator (Flower's flwr run); takes the same flags as `privmed train`."""
     import subprocess
@@ -508,11 +522,16 @@ def run(
     with user_errors():
         train_cmd = typer.main.get_command(app).commands["train"]  # type: ignore[attr-defined]
         flags = train_cmd.make_context("privmed run", list(ctx.args)).params
-        flags.pop("runs_dir"), flags.pop("resume")
+        flags.pop("runs_dir"), flags.pop("resume")  # privmed run's own --runs-dir and --resume are used
         cfg = config_from_flags(**flags)
         run_dir = (runs_dir / cfg.run_name).resolve()
         app_dir = write_app(
-            run_dir / "app", cfg, result_dir=run_dir, wait_nodes_s=wait_sites_s, reply_timeout_s=reply_timeout_s
+            run_dir / "app",
+            cfg,
+            result_dir=run_dir,
+            wait_nodes_s=wait_sites_s,
+            reply_timeout_s=reply_timeout_s,
+            resume=resume,
         ).parent
         console.print(f"submitting {cfg.run_name} ({cfg.protocol}, {cfg.data.sites} sites) to {federation}")
         done = subprocess.run([launch.flwr_bin(), "run", str(app_dir), federation, "--stream"])

@@ -55,6 +55,7 @@ from flwr.clientapp import ClientApp
 from flwr.serverapp import Grid, ServerApp
 
 from privmed.config import RunConfig, from_dict
+from privmed.engine.checkpoint import Checkpoint
 from privmed.engine.faults import parse_faults
 from privmed.engine.policy import load_policy, policy_problem, site_privacy
 from privmed.engine.result import Monitor, RunResult, build_result
@@ -67,12 +68,18 @@ from privmed.site import make_client_app
 RESULT_DIR = "result-dir"
 WAIT_NODES = "wait-nodes-s"
 REPLY_TIMEOUT = "reply-timeout-s"
-_DEPLOY_KEYS = {RESULT_DIR: "", WAIT_NODES: 120.0, REPLY_TIMEOUT: 600.0}
+RESUME = "resume"  # continue from result-dir/checkpoint.pt (the coordinator was killed)
+_DEPLOY_KEYS = {RESULT_DIR: "", WAIT_NODES: 120.0, REPLY_TIMEOUT: 600.0, RESUME: False}
 _SECTIONS = ("data", "train", "options", "privacy")
 
 
 def run_config_of(
-    config: RunConfig, *, result_dir: str | Path = "", wait_nodes_s: float = 120.0, reply_timeout_s: float = 600.0
+    config: RunConfig,
+    *,
+    result_dir: str | Path = "",
+    wait_nodes_s: float = 120.0,
+    reply_timeout_s: float = 600.0,
+    resume: bool = False,
 ) -> dict[str, Any]:
     """``config`` as Flower run config: flat keys, TOML scalars only."""
     _check_protocol(config)
@@ -83,6 +90,7 @@ def run_config_of(
         else:
             out[key] = value
     out[RESULT_DIR], out[WAIT_NODES], out[REPLY_TIMEOUT] = str(result_dir), float(wait_nodes_s), float(reply_timeout_s)
+    out[RESUME] = bool(resume)
     return out
 
 
@@ -121,6 +129,7 @@ def write_app(
     result_dir: str | Path,
     wait_nodes_s: float = 120.0,
     reply_timeout_s: float = 600.0,
+    resume: bool = False,
 ) -> Path:
     """Write the ``pyproject.toml`` that ``flwr run <app_dir> <superlink>`` needs; ``config`` is its default run config.
 
@@ -149,7 +158,9 @@ def write_app(
         "",
         "[tool.flwr.app.config]",
     ]
-    deploy = run_config_of(config, result_dir=result_dir, wait_nodes_s=wait_nodes_s, reply_timeout_s=reply_timeout_s)
+    deploy = run_config_of(
+        config, result_dir=result_dir, wait_nodes_s=wait_nodes_s, reply_timeout_s=reply_timeout_s, resume=resume
+    )
     for key, value in deploy.items():
         lines.append(f'"{key}" = {_toml_value(key, value)}')
     path = Path(app_dir) / "pyproject.toml"
@@ -181,25 +192,52 @@ def _server_main(grid: Grid, context: Context) -> None:
     config, deploy = config_of(context.run_config)
     if not deploy[RESULT_DIR]:
         raise PrivmedError(f"run config key {RESULT_DIR!r} is empty; set it to the directory for result.json")
-    result = serve(grid, config, wait_nodes_s=float(deploy[WAIT_NODES]), reply_timeout_s=float(deploy[REPLY_TIMEOUT]))
-    result.save(Path(deploy[RESULT_DIR]))
+    run_dir = Path(deploy[RESULT_DIR])
+    result = serve(
+        grid,
+        config,
+        wait_nodes_s=float(deploy[WAIT_NODES]),
+        reply_timeout_s=float(deploy[REPLY_TIMEOUT]),
+        checkpoint_dir=run_dir,
+        resume=bool(deploy[RESUME]),
+    )
+    result.save(run_dir)
+    Checkpoint(run_dir / "checkpoint.pt").discard()
 
 
-def serve(grid: Grid, config: RunConfig, *, wait_nodes_s: float = 120.0, reply_timeout_s: float = 600.0) -> RunResult:
-    """The coordinator's side of :func:`privmed.run.execute`, on any Flower Grid: the same session, monitor and
-    result; the sites are numbered by name (:class:`SiteGrid`)."""
+def serve(
+    grid: Grid,
+    config: RunConfig,
+    *,
+    wait_nodes_s: float = 120.0,
+    reply_timeout_s: float = 600.0,
+    checkpoint_dir: Path | None = None,
+    resume: bool = False,
+) -> RunResult:
+    """The coordinator's side of :func:`privmed.run.execute`, on any Flower Grid: the same session, monitor,
+    checkpoint and result; the sites are numbered by name (:class:`SiteGrid`).
+
+    With ``checkpoint_dir`` every round is checkpointed there; ``resume`` continues from it (the coordinator was
+    killed: at most the round in progress is lost).
+    """
     set_threads()
     started, cpu_start = time.perf_counter(), time.process_time()
+    ckpt = Checkpoint(Path(checkpoint_dir) / "checkpoint.pt") if checkpoint_dir else None
+    if resume and ckpt is None:
+        raise PrivmedError("resume needs the run's result directory (its checkpoint)")
+    saved = ckpt.load(config) if resume else None
     sites = SiteGrid(grid, reply_timeout_s=reply_timeout_s)
     sites.join(config.data.sites, wait_nodes_s)
-    session = assemble(config, grid=sites)
-    monitor = Monitor(session, started=started)
+    session = assemble(config, grid=sites, mechanism_state=Checkpoint.mechanism_state(saved) if saved else None)
+    monitor = Monitor(session, started=started, checkpoint=ckpt)
     session.ctx.evaluate_fn = monitor
+    if saved:
+        monitor.prior_wall = Checkpoint.restore(saved, session, monitor.history)
     with contextlib.closing(session.mechanism):
         output = session.protocol.run(session.ctx)
     output.predictor = session.reveal(output.predictor)
     result = build_result(session, output, monitor, cpu_start=cpu_start, engine="flower-deployment")
-    result.reliability.update(sites=sites.sites, events=sites.events)
+    result.reliability.update(sites=sites.sites, events=sites.events, resumed_from_round=saved["round"] if saved else 0)
     return result
 
 

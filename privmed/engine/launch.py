@@ -144,6 +144,8 @@ def register_site(public_key: str | Path, *, name: str, connection: str, flwr_ho
     env = {**os.environ, "FLWR_HOME": str(flwr_home)}
     argv = [flower_bin("flwr"), "supernode", "register", str(public_key), connection, "--name", name]
     done = subprocess.run(argv, env=env, capture_output=True, text=True, timeout=120)
+    if "already in use" in done.stdout + done.stderr:  # a restarted coordinator (its --database keeps the sites)
+        return f"site {name} is already registered"
     if done.returncode != 0:
         raise PrivmedError(f"registering site {name} failed: {(done.stdout + done.stderr).strip()[-500:]}")
     return done.stdout.strip()

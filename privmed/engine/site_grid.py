@@ -41,6 +41,7 @@ from flwr.app import ConfigRecord, Error, Message, RecordDict
 from flwr.common.constant import ErrorCode
 from flwr.serverapp import Grid
 
+from privmed.engine.grid import Traffic
 from privmed.engine.session import FIRST_NODE_ID  # site k is node FIRST_NODE_ID + k on both engines
 from privmed.errors import PrivmedError
 
@@ -64,6 +65,9 @@ class SiteGrid(Grid):
         self._ready: list[Message] = []  # error replies for sites that were offline
         self.events: list[dict] = []
         self._t0 = time.monotonic()
+        # Flower's grid reports no bytes or site seconds: empty, so a checkpoint keeps a deployed run like another
+        self.traffic = Traffic()
+        self.site_seconds: dict[int, float] = {}
 
     # -- who is there -------------------------------------------------------------
     def join(self, n_sites: int, wait_s: float) -> list[str]:

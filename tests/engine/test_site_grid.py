@@ -13,6 +13,7 @@ agree within one quantisation step's worth, 0.05.
 """
 
 import pytest
+import torch
 from flwr.app import ConfigRecord, Message, RecordDict
 
 from privmed.config import from_dict, replace
@@ -120,3 +121,29 @@ def test_an_offline_site_answers_at_once_with_an_error_and_a_restarted_one_rejoi
     sites.refresh()
     assert sites.node_of["site-1"] == 14
     assert [e["event"] for e in sites.events] == ["offline", "rejoined"]
+
+
+class CoordinatorKilled(Exception):
+    pass
+
+
+def test_a_killed_coordinator_resumes_from_its_last_round_and_loses_at_most_the_round_in_progress(tmp_path):
+    """The ServerApp dies in round 3 of 3; resumed, it ends where an uninterrupted run ends."""
+    config = replace(CONFIG, protocol="cwt", **{"train.rounds": 3})
+    whole = serve(fake_superlink(config), config, wait_nodes_s=5, reply_timeout_s=30)
+
+    def die_in_round_3(msg, reply):
+        if msg.metadata.group_id == "3":
+            raise CoordinatorKilled
+        return reply
+
+    grid = fake_superlink(config)
+    grid.fault = die_in_round_3
+    with pytest.raises(CoordinatorKilled):
+        serve(grid, config, wait_nodes_s=5, reply_timeout_s=30, checkpoint_dir=tmp_path)
+    resumed = serve(fake_superlink(config), config, wait_nodes_s=5, reply_timeout_s=30, checkpoint_dir=tmp_path,
+                    resume=True)  # fmt: skip
+    assert resumed.reliability["resumed_from_round"] == 2
+    assert [h["round"] for h in resumed.performance["history"]] == [1, 2, 3]
+    got, ref = _members(resumed.predictor), _members(whole.predictor)
+    assert all(torch.equal(a[k], b[k]) for a, b in zip(got, ref) for k in a)
