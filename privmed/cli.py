@@ -8,6 +8,7 @@ import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import typer
 from rich.console import Console
@@ -15,6 +16,9 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from rich.table import Table
 
 from privmed.errors import PrivmedError
+
+if TYPE_CHECKING:
+    from privmed.config import RunConfig
 
 app = typer.Typer(
     add_completion=False,
@@ -72,6 +76,28 @@ def parse_key_values(items: list[str]) -> dict:
     return out
 
 
+def config_from_flags(*, config: Path | None, **flags) -> RunConfig:
+    """The RunConfig that ``privmed train``'s flags describe (``privmed run`` takes the same flags); None = keep."""
+    from privmed import config as cfgmod
+
+    f = flags
+    base = cfgmod.load_toml(config) if config else cfgmod.RunConfig()
+    options = dict(base.options)
+    options.update({k: f[k] for k in ("order", "site") if f[k] is not None})
+    options.update(parse_key_values(f["opt"]))
+    priv = dict(base.privacy)
+    if f["privacy"] is not None:
+        priv["mechanism"] = f["privacy"]
+    priv.update(parse_key_values(f["privacy_opt"]))
+    priv.update({k: f[k] for k in ("epsilon", "noise_multiplier") if f[k] is not None})
+    top = {k: f.get(k) for k in ("protocol", "seed", "model", "task", "name", "faults")}
+    top["reproducible_noise"] = f.get("reproducible_noise") or None  # a flag: absent keeps the config file's
+    data = {f"data.{k}": f[k] for k in ("sites", "split", "dataset", "image_size", "patients_scale")}
+    train = {"train.rounds": f["rounds"], "train.local_epochs": f["epochs"], "train.lr": f["lr"]}
+    train.update({"train.batch_size": f["batch_size"], "train.norm_ratio": f.get("norm_ratio")})
+    return cfgmod.replace(base, options=options, privacy=priv, **top, **data, **train)
+
+
 @app.command()
 def train(
     protocol: str | None = typer.Option(
@@ -120,47 +146,41 @@ def train(
         help="derive DP noise from the run seed (tests, debugging): the result is marked NOT private",
     ),
     overwrite: bool = typer.Option(False, "--overwrite", help="replace a finished run of the same name"),
+    faults: str | None = typer.Option(
+        None, help="inject faults (seeded), e.g. crash=0.3,straggle=0.2:5s,drop=0.1,corrupt=0.05,deadline=10s"
+    ),
 ) -> None:
     """Train one protocol and write runs/<name>/result.json."""
-    from privmed import config as cfgmod
     from privmed.engine.session import resolve
     from privmed.run import run
 
     with user_errors():
-        base = cfgmod.load_toml(config) if config else cfgmod.RunConfig()
-        options = dict(base.options)
-        if order is not None:
-            options["order"] = order
-        if site is not None:
-            options["site"] = site
-        options.update(parse_key_values(opt))
-        priv = dict(base.privacy)
-        if privacy is not None:
-            priv["mechanism"] = privacy
-        priv.update(parse_key_values(privacy_opt))
-        priv.update({k: v for k, v in (("epsilon", epsilon), ("noise_multiplier", noise_multiplier)) if v is not None})
-        cfg = cfgmod.replace(
-            base,
+        cfg = config_from_flags(
+            config=config,
             protocol=protocol,
+            sites=sites,
+            split=split,
+            rounds=rounds,
+            epochs=epochs,
+            lr=lr,
+            batch_size=batch_size,
             seed=seed,
             model=model,
             task=task,
+            dataset=dataset,
+            image_size=image_size,
+            patients_scale=patients_scale,
+            order=order,
+            site=site,
+            opt=opt,
+            privacy=privacy,
+            privacy_opt=privacy_opt,
+            epsilon=epsilon,
+            noise_multiplier=noise_multiplier,
             name=name,
-            options=options,
-            privacy=priv,
-            reproducible_noise=reproducible_noise or None,
-            **{
-                "data.sites": sites,
-                "data.split": split,
-                "data.dataset": dataset,
-                "data.image_size": image_size,
-                "data.patients_scale": patients_scale,
-                "train.rounds": rounds,
-                "train.local_epochs": epochs,
-                "train.lr": lr,
-                "train.batch_size": batch_size,
-                "train.norm_ratio": norm_ratio,
-            },
+            faults=faults,
+            reproducible_noise=reproducible_noise,
+            norm_ratio=norm_ratio,
         )
         resolve(cfg)  # names, options and the protocol–mechanism pairing, before anything is written
         try:
@@ -187,6 +207,10 @@ def train(
     table.add_row("wall seconds", f"{result.runtime['wall_seconds']:.1f}")
     if result.reliability["rejected_updates"]:
         table.add_row("rejected updates", str(len(result.reliability["rejected_updates"])))
+    if result.reliability.get("faults_by_kind"):
+        kinds = ", ".join(f"{k} {n}" for k, n in result.reliability["faults_by_kind"].items() if n)
+        lost = result.reliability["rounds_lost"]
+        table.add_row("faults injected (survived)", f"{kinds or 'none'}; rounds lost {lost}")
     Console().print(table)
     console.print(f"wrote {path}")
 
@@ -412,6 +436,154 @@ def crash_log(exc: BaseException) -> Path:
         fh.write(f"privmed {' '.join(sys.argv[1:])}\n")
         fh.write("".join(traceback.format_exception(type(exc), exc, exc.__traceback__)))
     return path
+
+
+# ----------------------------------------------------------------------------- running across hospitals
+
+
+@app.command()
+def certs(
+    out_dir: Path = typer.Argument(..., help="folder for the CA, the SuperLink's certificate and the sites' keys"),
+    site: list[str] = typer.Option(..., "--site", help="a site's name (repeatable); its key pair goes to sites/NAME"),
+    host: list[str] = typer.Option(
+        [], "--host", help="a host name or IP the SuperLink is reached at (repeatable; default 127.0.0.1, localhost)"
+    ),
+) -> None:
+    """Make a CA, the SuperLink's TLS certificate and each site's SuperNode key pair (private keys 0600)."""
+    from privmed.engine.certs import make_certs
+
+    with user_errors():
+        files = make_certs(out_dir, sites=site, hosts=tuple(host) or ("127.0.0.1", "localhost"))
+    console.print(
+        f"wrote {files.ca_cert}, {files.server_cert} (+ key) and, per site, {files.root / 'sites'}/NAME (+ .pub); "
+        "give each hospital ca.crt and its own key, keep ca.key offline",
+        highlight=False,
+    )
+
+
+@app.command()
+def coordinator(
+    certs: Path | None = typer.Option(None, "--certs", help="the folder `privmed certs` wrote (TLS + node auth)"),
+    register: list[Path] = typer.Option(
+        [], "--register", help="a site's public key NAME.pub to register under NAME (repeatable)"
+    ),
+    host: str = typer.Option("127.0.0.1", help="address to listen on (0.0.0.0: reachable from other machines)"),
+    port: int = typer.Option(9092, help="the SuperLink's port (Fleet, Control and Runtime APIs)"),
+    home: Path = typer.Option(Path("runs/coordinator"), help="the SuperLink's folder: state database, apps, log"),
+    insecure: bool = typer.Option(False, "--insecure", help="plain HTTP, no node authentication (tests only)"),
+) -> None:
+    """Start the SuperLink (Flower's flower-superlink) with TLS, SuperNode authentication and a state database."""
+    from privmed.engine import launch
+    from privmed.engine.certs import CertFiles
+
+    with user_errors():
+        if (certs is None) != insecure:
+            raise PrivmedError("give --certs DIR (made by `privmed certs`), or --insecure for a test bench")
+        files = None if insecure else CertFiles(certs)
+        home.mkdir(parents=True, exist_ok=True)
+        argv = launch.superlink_argv(files, host=host, port=port, database=home.resolve() / "state.db")
+        proc = launch.start(argv, flwr_home=home.resolve(), log=home / "superlink.log")
+        try:
+            launch.wait_listening(host, port, proc)
+            local = f"{'127.0.0.1' if host == '0.0.0.0' else host}:{port}"
+            launch.write_connection(home, "privmed", local, None if files is None else files.ca_cert)
+            for key in register:
+                launch.register_site(key, name=key.name.removesuffix(".pub"), connection="privmed", flwr_home=home)
+                console.print(f"registered site {key.name.removesuffix('.pub')}", highlight=False)
+            console.print(
+                f"SuperLink on {host}:{port} ({'plain HTTP' if files is None else 'TLS, SuperNode auth'}); "
+                f"log {home / 'superlink.log'}; submit runs with FLWR_HOME={home} privmed run --federation privmed",
+                highlight=False,
+            )
+            code = launch.run_until_stopped(proc)
+        except PrivmedError:
+            launch.stop(proc)
+            raise
+    raise typer.Exit(code)
+
+
+@app.command()
+def site(
+    superlink: str = typer.Option(..., "--superlink", help="the coordinator's HOST:PORT"),
+    name: str = typer.Option(..., "--name", help="this site's name (as registered with the coordinator)"),
+    data: str = typer.Option(..., "--data", help="this site's data: phantom:K (site K of the run's phantom, demos)"),
+    key: Path | None = typer.Option(None, "--key", help="this site's private key (sites/NAME from `privmed certs`)"),
+    ca: Path | None = typer.Option(None, "--ca", help="the coordinator's CA certificate (ca.crt)"),
+    port: int | None = typer.Option(None, help="this SuperNode's own local port (default: a free one)"),
+    home: Path | None = typer.Option(None, help="this SuperNode's folder (default runs/site-NAME)"),
+    insecure: bool = typer.Option(False, "--insecure", help="plain HTTP to an --insecure coordinator (tests only)"),
+    policy: Path | None = typer.Option(
+        None, "--policy", help="this site's policy file: allowed protocols and mechanisms, DP required, max ε, ledger"
+    ),
+    restarts: int = typer.Option(
+        20, help="restart the SuperNode this many times if it exits (coordinator restarted, not yet registered)"
+    ),
+    restart_wait_s: float = typer.Option(15.0, help="seconds between restarts"),
+) -> None:
+    """Start one hospital's SuperNode (Flower's flower-supernode) over its own data."""
+    from privmed.engine import launch
+
+    with user_errors():
+        if insecure == (key is not None or ca is not None):
+            raise PrivmedError("give --key and --ca (TLS + node authentication), or --insecure for a test bench")
+        if not insecure and (key is None or ca is None):
+            raise PrivmedError("a site needs both --key (its private key) and --ca (the coordinator's ca.crt)")
+        kind, _, index = data.partition(":")
+        if kind != "phantom" or not index.isdigit():
+            raise PrivmedError(f"--data {data!r}: this version serves phantom:K (site K of the run's phantom) only")
+        argv = launch.supernode_argv(
+            superlink, site=name, key=key, ca_cert=ca, partition=int(index), port=port, policy=policy
+        )
+        folder = home or Path("runs") / f"site-{name}"
+        for attempt in range(restarts + 1):
+            proc = launch.start(argv, flwr_home=folder.resolve())
+            console.print(f"site {name}: SuperNode started for {superlink} (its log follows; Ctrl-C stops it)")
+            code = launch.run_until_stopped(proc)
+            # Flower's SuperNode exits when the SuperLink refuses it: a coordinator restarted from its database still
+            # counts the site online for ~60 s, and a key not yet registered is refused; try again a bit later
+            if code in (0, 130) or attempt == restarts:
+                break
+            console.print(f"site {name}: SuperNode exited ({code}); restarting in {restart_wait_s:g} s")
+            time.sleep(restart_wait_s)
+    raise typer.Exit(code)
+
+
+@app.command(context_settings={"allow_extra_args": True, "ignore_unknown_options": True})
+def run(
+    ctx: typer.Context,
+    federation: str = typer.Option(..., "--federation", help="a [superlink.NAME] entry in $FLWR_HOME/config.toml"),
+    runs_dir: Path = typer.Option(Path("runs"), help="where the coordinator writes <name>/result.json"),
+    wait_sites_s: float = typer.Option(300.0, help="how long the run waits for every site to join"),
+    reply_timeout_s: float = typer.Option(600.0, help="how long a round waits for a site's reply"),
+    resume: bool = typer.Option(
+        False, "--resume", help="continue a run whose coordinator was killed, from its last checkpointed round"
+    ),
+) -> None:
+    """Submit a run to the coordinator (Flower's flwr run); takes the same flags as `privmed train`."""
+    import subprocess
+
+    from privmed.engine import launch
+    from privmed.engine.deploy import write_app
+
+    with user_errors():
+        train_cmd = typer.main.get_command(app).commands["train"]  # type: ignore[attr-defined]
+        flags = train_cmd.make_context("privmed run", list(ctx.args)).params
+        flags.pop("runs_dir"), flags.pop("resume")  # privmed run's own --runs-dir and --resume are used
+        cfg = config_from_flags(**flags)
+        run_dir = (runs_dir / cfg.run_name).resolve()
+        app_dir = write_app(
+            run_dir / "app",
+            cfg,
+            result_dir=run_dir,
+            wait_nodes_s=wait_sites_s,
+            reply_timeout_s=reply_timeout_s,
+            resume=resume,
+        ).parent
+        console.print(f"submitting {cfg.run_name} ({cfg.protocol}, {cfg.data.sites} sites) to {federation}")
+        done = subprocess.run([launch.flwr_bin(), "run", str(app_dir), federation, "--stream"])
+        if done.returncode != 0 or not (run_dir / "result.json").exists():
+            raise PrivmedError(f"the run did not finish (flwr run exit code {done.returncode}); see the log above")
+    console.print(f"wrote {run_dir / 'result.json'}")
 
 
 def main() -> None:

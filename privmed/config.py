@@ -97,6 +97,7 @@ class RunConfig:
     train: TrainSettings = field(default_factory=TrainSettings)
     options: dict[str, Any] = field(default_factory=dict)  # protocol options, e.g. order, site
     privacy: dict[str, Any] = field(default_factory=dict)  # {"mechanism": name, **its parameters}
+    faults: str = ""  # in-process fault injection, e.g. "crash=0.3,straggle=0.2:5s,drop=0.1" (engine/faults.py)
     # DP noise and sampling derived from the run seed (tests, debugging): the result is then marked not private
     reproducible_noise: bool = False
 

@@ -66,8 +66,8 @@ def test_protocol_options_are_strict_and_typed(tmp_path):
         "selection (str)",
     )
     assert_one_line_error(
-        invoke("train", "--protocol", "fedavg", "--order", "shuffled", *SMALL, tmp=tmp_path),
-        "unknown option 'order' for protocol fedavg",
+        invoke("train", "--protocol", "swt", "--order", "shuffled", *SMALL, tmp=tmp_path),
+        "unknown option 'order' for protocol swt",
         "valid options: none",
     )
     assert_one_line_error(

@@ -84,13 +84,35 @@ def _scalability(r: dict[str, Any]) -> str:
     return f"{head}; coordinator traffic {_bytes(s['coordinator_bytes_per_round'])}/round, linear in sites"
 
 
-def _reliability(r: dict[str, Any]) -> str:
+def _reliability(r: dict[str, Any], fault_free: dict[str, Any] | None = None) -> str:
     rel = r["reliability"]
     n = len(rel.get("rejected_updates", []))
     faults = rel.get("faults_injected") or []
     if not faults and not n:
         return "no faults injected; 0 updates rejected"
-    return f"{len(faults)} faults injected; {n} updates rejected; {'completed' if rel.get('completed') else 'failed'}"
+    head = f"{len(faults)} faults injected"
+    if rel.get("faults_by_kind"):
+        head += " (" + ", ".join(f"{k} {v}" for k, v in rel["faults_by_kind"].items() if v) + ")"
+        head += f", {rel.get('faults_survived', 0)} survived, {len(rel.get('rounds_lost', []))} rounds lost"
+        head += f", {rel.get('corrupt_caught', 0)} corrupted updates caught"
+    out = f"{head}; {n} updates rejected; {'completed' if rel.get('completed') else 'failed'}"
+    if fault_free is not None:
+        m = r["performance"]["metric"]
+        got, ref = r["performance"]["final"].get(m), fault_free["performance"]["final"].get(m)
+        if got is not None and ref is not None:
+            out += f"; {m} {got - ref:+.3f} against the fault-free run (one seed)"
+    return out
+
+
+def _fault_free(r: dict[str, Any], results: list[dict[str, Any]]) -> dict[str, Any] | None:
+    """The row with the same config but no faults, for a row with injected faults."""
+    if not r["config"].get("faults"):
+        return None
+
+    def key(x: dict[str, Any]) -> dict[str, Any]:
+        return {k: v for k, v in x["config"].items() if k not in ("faults", "name")}
+
+    return next((o for o in results if not o["config"].get("faults") and key(o) == key(r)), None)
 
 
 def _privacy(r: dict[str, Any]) -> str:
@@ -125,7 +147,7 @@ def _data_key(r: dict[str, Any]) -> str:
     return json.dumps(r["config"]["data"], sort_keys=True)
 
 
-def row(r: dict[str, Any], baseline_wall: float | None = None) -> list[str]:
+def row(r: dict[str, Any], baseline_wall: float | None = None, fault_free: dict[str, Any] | None = None) -> list[str]:
     m = r["model"]
     return [
         f"{r.get('label', r['protocol'])} (`{r['technique']}`)",
@@ -134,7 +156,7 @@ def row(r: dict[str, Any], baseline_wall: float | None = None) -> list[str]:
         _performance(r),
         _communication(r),
         _scalability(r),
-        _reliability(r),
+        _reliability(r, fault_free),
         _runtime(r, baseline_wall),
         _privacy(r),
         _security(r),
@@ -175,7 +197,7 @@ def write_report(
         datasets.setdefault(_data_key(r), r)
         if r["protocol"] == WALL_REFERENCE and r["privacy"].get("mechanism") == "none":
             fedavg.setdefault(_data_key(r), r["runtime"]["wall_seconds"] / r["config"]["train"]["rounds"])
-    lines += ["| " + " | ".join(row(r, fedavg.get(_data_key(r)))) + " |" for r in results]
+    lines += ["| " + " | ".join(row(r, fedavg.get(_data_key(r)), _fault_free(r, results))) + " |" for r in results]
     lines += ["", "## Data distribution (per site)"]
     for key, first in datasets.items():
         rows = [r.get("label", r["protocol"]) for r in results if _data_key(r) == key]

@@ -82,10 +82,27 @@ def review_suite(*, seed: int = 0, rounds: int | None = None, n_sites: int = 4) 
         (f"single site-{i}", dataclasses.replace(base, protocol="single", options={"site": i}, name=f"single-site{i}"))
         for i in range(n_sites)
     ]
-    rows += [(p, dataclasses.replace(base, protocol=p, name=p)) for p in ("ensemble", "swt", "cwt", "fedavg")]
+    rows += [
+        (p, dataclasses.replace(base, protocol=p, name=p)) for p in ("ensemble", "swt", "cwt", "fedavg", "admission")
+    ]
+    rows += fault_rows(base)
     rows += encrypted_rows(base)
     rows += dp_rows(base)
     return rows
+
+
+# The faults of the Reliability column (engine/faults.py): each site crashes for a round with probability 0.2,
+# answers 5 s late (inside a 10 s deadline) with 0.2, loses its reply with 0.1, corrupts it with 0.05.
+BENCH_FAULTS = "crash=0.2,straggle=0.2:5s,drop=0.1,corrupt=0.05,deadline=10s"
+
+
+def fault_rows(base: RunConfig) -> list[tuple[str, RunConfig]]:
+    """FedAvg, CWT and the admission ensemble under injected faults; the report compares each with its fault-free
+    row."""
+    return [
+        (f"{p} + faults", dataclasses.replace(base, protocol=p, name=f"{p}-faults", faults=BENCH_FAULTS))
+        for p in ("fedavg", "cwt", "admission")
+    ]
 
 
 # Packed Paillier costs ~2.3 s of encryption per site per round on the default CNN (14k parameters,

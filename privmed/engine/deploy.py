@@ -18,10 +18,15 @@ for every SuperNode to join.
 
 What differs from the in-process engine:
 
-- Only FedAvg: it samples every node and weights by ``num-examples``, so its
-  result does not depend on node ids. The SuperLink assigns random node ids,
-  so protocols that visit sites in node-id order (single, SWT, CWT) would
-  visit them in an order unrelated to ``partition-id``.
+- Sites are numbered by name, not by the SuperLink's random node ids
+  (:class:`privmed.engine.site_grid.SiteGrid`): site *k* in name order is the
+  k-th site in-process, so sequential protocols visit the same hospitals in
+  the same order. A protocol whose spec has a ``deploy_refusal`` is refused
+  with that reason (centralised pools raw data; FNT needs a site-to-site
+  channel Flower does not have).
+- The wait for replies is bounded (``reply-timeout-s``): a SuperNode killed
+  mid-run costs one timeout (or less: the SuperLink marking it offline ends
+  the wait), then the run goes on with the others; a restarted site rejoins.
 - The ServerApp also plays the in-process harness's part: it builds the
   (generated) federation to know the model's shape and to measure the global
   model on the pooled validation and test splits. A real coordinator holds
@@ -31,6 +36,8 @@ What differs from the in-process engine:
   sites the result is bit-identical to the in-process run (a two-term sum
   does not depend on order; tests/engine/test_deployment.py); with three or
   more, the summation order may change the last float32 bits.
+- Fault injection (``faults``) is in-process only; on a deployment, kill a
+  SuperNode.
 """
 
 from __future__ import annotations
@@ -43,25 +50,37 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Any
 
-from flwr.app import Context, Message
+from flwr.app import ConfigRecord, Context, Message, RecordDict
 from flwr.clientapp import ClientApp
 from flwr.serverapp import Grid, ServerApp
 
 from privmed.config import RunConfig, from_dict
+from privmed.engine.checkpoint import Checkpoint
+from privmed.engine.faults import parse_faults
+from privmed.engine.policy import load_policy, policy_problem, site_privacy
 from privmed.engine.result import Monitor, RunResult, build_result
-from privmed.engine.session import assemble, build_federation, model_spec, protocol_site_mods, resolve
+from privmed.engine.session import assemble, build_federation, model_spec, plan_of, protocol_site_mods, resolve
+from privmed.engine.site_grid import IDENTIFY, SiteGrid, as_addressed
 from privmed.errors import PrivmedError
-from privmed.protocols.registry import PROTOCOLS
 from privmed.run import set_threads
 from privmed.site import make_client_app
 
 RESULT_DIR = "result-dir"
 WAIT_NODES = "wait-nodes-s"
-_DEPLOY_KEYS = {RESULT_DIR: "", WAIT_NODES: 120.0}
+REPLY_TIMEOUT = "reply-timeout-s"
+RESUME = "resume"  # continue from result-dir/checkpoint.pt (the coordinator was killed)
+_DEPLOY_KEYS = {RESULT_DIR: "", WAIT_NODES: 120.0, REPLY_TIMEOUT: 600.0, RESUME: False}
 _SECTIONS = ("data", "train", "options", "privacy")
 
 
-def run_config_of(config: RunConfig, *, result_dir: str | Path = "", wait_nodes_s: float = 120.0) -> dict[str, Any]:
+def run_config_of(
+    config: RunConfig,
+    *,
+    result_dir: str | Path = "",
+    wait_nodes_s: float = 120.0,
+    reply_timeout_s: float = 600.0,
+    resume: bool = False,
+) -> dict[str, Any]:
     """``config`` as Flower run config: flat keys, TOML scalars only."""
     _check_protocol(config)
     out: dict[str, Any] = {}
@@ -70,7 +89,8 @@ def run_config_of(config: RunConfig, *, result_dir: str | Path = "", wait_nodes_
             out.update({f"{key}.{k}": v for k, v in value.items()})
         else:
             out[key] = value
-    out[RESULT_DIR], out[WAIT_NODES] = str(result_dir), float(wait_nodes_s)
+    out[RESULT_DIR], out[WAIT_NODES], out[REPLY_TIMEOUT] = str(result_dir), float(wait_nodes_s), float(reply_timeout_s)
+    out[RESUME] = bool(resume)
     return out
 
 
@@ -95,14 +115,22 @@ def config_of(run_config: Mapping[str, Any]) -> tuple[RunConfig, dict[str, Any]]
 def _check_protocol(config: RunConfig) -> None:
     protocol = resolve(config).protocol
     if not protocol.deployable:
-        deployable = [name for name, spec in PROTOCOLS.items() if spec.deployable]
+        raise PrivmedError(f"protocol {protocol.name} does not run on a Flower deployment: {protocol.deploy_refusal}")
+    if parse_faults(config.faults).active:
         raise PrivmedError(
-            f"a Flower deployment runs protocol {' or '.join(map(repr, deployable))} only, not {config.protocol!r}; "
-            "the SuperLink's random node ids would reorder the sites of order-dependent protocols"
+            "fault injection (faults=...) is in-process only; on a deployment, stop or kill a SuperNode instead"
         )
 
 
-def write_app(app_dir: str | Path, config: RunConfig, *, result_dir: str | Path, wait_nodes_s: float = 120.0) -> Path:
+def write_app(
+    app_dir: str | Path,
+    config: RunConfig,
+    *,
+    result_dir: str | Path,
+    wait_nodes_s: float = 120.0,
+    reply_timeout_s: float = 600.0,
+    resume: bool = False,
+) -> Path:
     """Write the ``pyproject.toml`` that ``flwr run <app_dir> <superlink>`` needs; ``config`` is its default run config.
 
     The app bundle holds only this file: the ServerApp and ClientApp are
@@ -130,7 +158,10 @@ def write_app(app_dir: str | Path, config: RunConfig, *, result_dir: str | Path,
         "",
         "[tool.flwr.app.config]",
     ]
-    for key, value in run_config_of(config, result_dir=result_dir, wait_nodes_s=wait_nodes_s).items():
+    deploy = run_config_of(
+        config, result_dir=result_dir, wait_nodes_s=wait_nodes_s, reply_timeout_s=reply_timeout_s, resume=resume
+    )
+    for key, value in deploy.items():
         lines.append(f'"{key}" = {_toml_value(key, value)}')
     path = Path(app_dir) / "pyproject.toml"
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -161,54 +192,79 @@ def _server_main(grid: Grid, context: Context) -> None:
     config, deploy = config_of(context.run_config)
     if not deploy[RESULT_DIR]:
         raise PrivmedError(f"run config key {RESULT_DIR!r} is empty; set it to the directory for result.json")
-    result = serve(grid, config, wait_nodes_s=float(deploy[WAIT_NODES]))
-    result.save(Path(deploy[RESULT_DIR]))
+    run_dir = Path(deploy[RESULT_DIR])
+    result = serve(
+        grid,
+        config,
+        wait_nodes_s=float(deploy[WAIT_NODES]),
+        reply_timeout_s=float(deploy[REPLY_TIMEOUT]),
+        checkpoint_dir=run_dir,
+        resume=bool(deploy[RESUME]),
+    )
+    result.save(run_dir)
+    Checkpoint(run_dir / "checkpoint.pt").discard()
 
 
-def wait_for_nodes(grid: Grid, n: int, timeout_s: float) -> list[int]:
-    """The node ids once ``n`` SuperNodes have joined (a run may start before they all have)."""
-    deadline = time.monotonic() + timeout_s
-    while len(nodes := sorted(grid.get_node_ids())) < n:
-        if time.monotonic() > deadline:
-            raise PrivmedError(
-                f"only {len(nodes)} of {n} SuperNodes joined within {timeout_s:.0f} s; "
-                f"start one flower-supernode per site (partition-id=0..{n - 1})"
-            )
-        time.sleep(0.5)
-    return nodes
+def serve(
+    grid: Grid,
+    config: RunConfig,
+    *,
+    wait_nodes_s: float = 120.0,
+    reply_timeout_s: float = 600.0,
+    checkpoint_dir: Path | None = None,
+    resume: bool = False,
+) -> RunResult:
+    """The coordinator's side of :func:`privmed.run.execute`, on any Flower Grid: the same session, monitor,
+    checkpoint and result; the sites are numbered by name (:class:`SiteGrid`).
 
-
-def serve(grid: Grid, config: RunConfig, *, wait_nodes_s: float = 120.0) -> RunResult:
-    """The coordinator's side of :func:`privmed.run.execute`, on any Flower Grid: the same session, monitor and
-    result."""
+    With ``checkpoint_dir`` every round is checkpointed there; ``resume`` continues from it (the coordinator was
+    killed: at most the round in progress is lost).
+    """
     set_threads()
     started, cpu_start = time.perf_counter(), time.process_time()
-    session = assemble(config, grid=grid)
-    wait_for_nodes(grid, config.data.sites, wait_nodes_s)
-    monitor = Monitor(session, started=started)
+    ckpt = Checkpoint(Path(checkpoint_dir) / "checkpoint.pt") if checkpoint_dir else None
+    if resume and ckpt is None:
+        raise PrivmedError("resume needs the run's result directory (its checkpoint)")
+    saved = ckpt.load(config) if resume else None
+    sites = SiteGrid(grid, reply_timeout_s=reply_timeout_s)
+    sites.join(config.data.sites, wait_nodes_s)
+    session = assemble(config, grid=sites, mechanism_state=Checkpoint.mechanism_state(saved) if saved else None)
+    monitor = Monitor(session, started=started, checkpoint=ckpt)
     session.ctx.evaluate_fn = monitor
+    if saved:
+        monitor.prior_wall = Checkpoint.restore(saved, session, monitor.history)
     with contextlib.closing(session.mechanism):
         output = session.protocol.run(session.ctx)
     output.predictor = session.reveal(output.predictor)
-    return build_result(session, output, monitor, cpu_start=cpu_start, engine="flower-deployment")
+    result = build_result(session, output, monitor, cpu_start=cpu_start, engine="flower-deployment")
+    result.reliability.update(sites=sites.sites, events=sites.events, resumed_from_round=saved["round"] if saved else 0)
+    return result
 
 
 # ----------------------------------------------------------------------------- ClientApp
 
-client_app = ClientApp()
+client_app = ClientApp(mods=[as_addressed])
 
 
 @lru_cache(maxsize=4)
-def _site_app(run_config: tuple[tuple[str, Any], ...], partition_id: int) -> ClientApp:
-    """The site's own ClientApp, built once per process for a run config and partition."""
+def _site_app(run_config: tuple[tuple[str, Any], ...], partition_id: int, site: str, policy: str) -> ClientApp:
+    """The site's own ClientApp, built once per process for a run config and partition (and the site's policy)."""
     set_threads()
     config, _ = config_of(dict(run_config))
+    try:
+        config = _as_policy_allows(config, site, policy)
+    except PrivmedError as exc:  # refused: every message of the run gets the reason
+        return _refusing_app(str(exc))
     fed = build_federation(config.data, config.seed)
     if not 0 <= partition_id < len(fed.sites):
         raise PrivmedError(
             f"partition-id {partition_id} out of range: this federation has sites 0..{len(fed.sites) - 1}"
         )
     r = resolve(config)
+    try:
+        r.mechanism.check(plan_of(config, fed, r))  # as assemble does: DP calibrates (and checks a ledger), ...
+    except PrivmedError as exc:
+        return _refusing_app(f"{site} refuses: {exc}")
     own = protocol_site_mods(r, partition_id, config)
     return make_client_app(
         fed.sites[partition_id],
@@ -219,14 +275,73 @@ def _site_app(run_config: tuple[tuple[str, Any], ...], partition_id: int) -> Cli
     )
 
 
+def _as_policy_allows(config: RunConfig, site: str, policy_path: str) -> RunConfig:
+    """``config`` with the site's own ledger applied, or a PrivmedError naming the policy rule it breaks."""
+    if not policy_path:
+        return config
+    from dataclasses import replace
+
+    from privmed.privacy.accounted import AccountedMechanism
+
+    policy = load_policy(policy_path)
+    r = resolve(config)
+    dp = isinstance(r.mechanism, AccountedMechanism)
+    problem = policy_problem(
+        policy,
+        site=site,
+        protocol=r.protocol.name,
+        mechanism=r.mechanism.name,
+        dp=dp,
+        epsilon=config.privacy.get("epsilon"),
+    )
+    if problem:
+        raise PrivmedError(problem)
+    return replace(config, privacy=site_privacy(policy, config.privacy, dp=dp))
+
+
+def _refusing_app(reason: str) -> ClientApp:
+    app = ClientApp()
+
+    def refuse(msg: Message, context: Context) -> Message:
+        raise PrivmedError(reason)
+
+    app.train()(refuse)
+    app.evaluate()(refuse)
+    return app
+
+
 def _delegate(msg: Message, context: Context) -> Message:
     if "partition-id" not in context.node_config:
         raise PrivmedError(
             'this SuperNode has no partition-id; start it with --node-config "partition-id=<site number>"'
         )
-    app = _site_app(tuple(sorted(context.run_config.items())), int(context.node_config["partition-id"]))
+    nc = context.node_config
+    app = _site_app(
+        tuple(sorted(context.run_config.items())),
+        int(nc["partition-id"]),
+        site_name(nc),
+        str(nc.get("policy", "")),
+    )
     return app(msg, context)
+
+
+def site_name(node_config: Mapping[str, Any]) -> str:
+    """The name a site answers to: ``site-name`` from its node config, else ``site-<partition-id>`` (the phantom's)."""
+    if "site-name" in node_config:
+        return str(node_config["site-name"])
+    if "partition-id" in node_config:
+        return f"site-{int(node_config['partition-id'])}"
+    raise PrivmedError(
+        'this SuperNode has no site-name; start it with `privmed site` (or --node-config "site-name=...")'
+    )
+
+
+def _identify(msg: Message, context: Context) -> Message:
+    if IDENTIFY not in msg.content.config_records.get("config", {}):
+        raise PrivmedError("unknown query; a privmed site answers only the coordinator's identify query")
+    return Message(RecordDict({"config": ConfigRecord({"site": site_name(context.node_config)})}), reply_to=msg)
 
 
 client_app.train()(_delegate)
 client_app.evaluate()(_delegate)
+client_app.query()(_identify)

@@ -119,13 +119,24 @@ class InProcessGrid(Grid):
     """Runs each site's ClientApp in this process when its messages are pulled."""
 
     def __init__(
-        self, apps: dict[int, ClientApp], *, run_config: dict | None = None, fault: FaultHook | None = None
+        self,
+        apps: dict[int, ClientApp],
+        *,
+        run_config: dict | None = None,
+        fault: FaultHook | None = None,
+        node_configs: dict[int, dict] | None = None,
     ) -> None:
         if not apps:
             raise ValueError("an InProcessGrid needs at least one site")
         self._apps = dict(apps)
         self._contexts = {
-            nid: Context(run_id=1, node_id=nid, node_config={}, state=RecordDict(), run_config=dict(run_config or {}))
+            nid: Context(
+                run_id=1,
+                node_id=nid,
+                node_config=dict((node_configs or {}).get(nid, {})),  # a SuperNode's --node-config (tests)
+                state=RecordDict(),
+                run_config=dict(run_config or {}),
+            )
             for nid in self._apps
         }
         self._run = Run.create_empty(run_id=1)

@@ -24,6 +24,7 @@ from flwr.app import ArrayRecord
 
 from privmed import __version__
 from privmed.data.base import ArraySet, Federation
+from privmed.engine.faults import reliability
 from privmed.engine.validate import NORM_RULE
 from privmed.errors import PrivmedError
 from privmed.files import private_dir, private_writer
@@ -170,7 +171,8 @@ class Monitor:
         predictor = s.reveal(predictor)
         now = time.perf_counter()
         rejected = [r for r in s.ctx.rejections if r["round"] == rnd]
-        if rejected and s.in_process and len(rejected) >= _trained_in_round(s.grid, rnd):
+        # with injected faults a round in which no update arrives is a lost round (reported), not a stop
+        if rejected and s.in_process and s.faults is None and len(rejected) >= _trained_in_round(s.grid, rnd):
             raise PrivmedError(f"round {rnd}: every site's update was rejected ({rejected[0]['reason']})")
         metrics = evaluate_predictor(s.model, predictor, self._val, with_loss=True)
         self.history.append({"round": rnd, "seconds": now - self._last, "val": finite_metrics(metrics)})
@@ -287,8 +289,14 @@ def build_result(
             "rejected_updates": s.ctx.rejections,
             "update_norm_bound": {"ratio": config.train.norm_ratio, "rule": NORM_RULE},
             "faults_injected": [],
+            **(
+                reliability(s.faults.events, s.ctx.rejections, s.grid.traffic.records, s.node_site)
+                if s.faults is not None
+                else {}
+            ),
             "completed": True,
             **({} if in_process else {"nodes": sorted(s.grid.get_node_ids())}),
+            **measured.get("reliability", {}),
         },
         predictor=released,
     )

@@ -31,6 +31,7 @@ from flwr.serverapp import Grid
 
 from privmed.config import DataConfig, RunConfig
 from privmed.data.base import Federation, SiteData
+from privmed.engine.faults import FaultInjector, parse_faults
 from privmed.engine.grid import InProcessGrid
 from privmed.errors import PrivmedError
 from privmed.options import parse_options
@@ -66,6 +67,7 @@ def resolve(config: RunConfig) -> Resolved:
         raise PrivmedError(
             f"model {config.model!r} is for {model_task(config.model)}, not {config.task}; pick a {config.task} model"
         )
+    parse_faults(config.faults)  # a bad fault spec is refused before anything runs
     mechanism = make_mechanism(config.privacy)
     if mechanism.protocols is not None and protocol.name not in mechanism.protocols:
         raise PrivmedError(
@@ -161,6 +163,7 @@ class Session:
     in_process: bool  # an InProcessGrid, which counts bytes and site seconds (Flower's deployed Grid does not)
     ctx: ProtocolContext
     n_parameters: int
+    faults: FaultInjector | None = None  # in-process fault injection (config.faults), which records what it injected
 
     @property
     def rounds(self) -> int:
@@ -189,8 +192,9 @@ def assemble(
     site apps are built here then). ``mechanism_state``: a resumed run's saved
     mechanism state, loaded before the mechanism's check so a budget check
     counts the interrupted spend once. ``fault``: the in-process grid's fault
-    hook (tests). ``site_mods``: extra client mods per site index, innermost
-    (next to the site's handlers: tests, attacks).
+    hook (tests; ``config.faults`` builds one, :mod:`privmed.engine.faults`).
+    ``site_mods``: extra client mods per site index, innermost (next to the
+    site's handlers: tests, attacks).
     """
     from privmed.models import n_parameters
 
@@ -205,6 +209,7 @@ def assemble(
     node_site: dict[int, str] = {}
     site_memory: dict[int, dict] = {}
     declared: dict[int, int] = {}  # what each site holds, as the coordinator knows it (a deployment: unknown)
+    injector = None
     if grid is None:
         apps = {}
         for i, site in enumerate(parties(fed, r.protocol)):
@@ -215,7 +220,10 @@ def assemble(
             )
             node_site[FIRST_NODE_ID + i] = site.name
             declared[FIRST_NODE_ID + i] = len(site.train)
-        grid = InProcessGrid(apps, fault=fault)
+        plan = parse_faults(config.faults)
+        if plan.active:
+            injector = FaultInjector(plan, config.seed, node_site)
+        grid = InProcessGrid(apps, fault=fault or injector)
     initial = model.build(seed=config.seed)
     ctx = ProtocolContext(
         grid=grid,
@@ -240,4 +248,5 @@ def assemble(
         in_process=isinstance(grid, InProcessGrid),
         ctx=ctx,
         n_parameters=n_parameters(initial),
+        faults=injector,
     )

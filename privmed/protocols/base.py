@@ -136,7 +136,8 @@ class ProtocolContext:  # pylint: disable=too-many-instance-attributes
 @dataclass
 class ProtocolOutput:
     predictor: Predictor
-    # a protocol's own figures merged into result.json: section ("communication", "runtime", "privacy") -> keys
+    # a protocol's own figures merged into result.json: section ("communication", "runtime", "privacy",
+    # "reliability") -> keys
     measured: dict[str, dict] = field(default_factory=dict)
 
 
@@ -173,8 +174,8 @@ class ProtocolSpec:
     not_applicable: dict[str, str] = field(default_factory=dict)
     # what a site uploads of a one-step update, for the inversion probe: (model, sent, received, options, seed, site)
     probe_upload: Callable[..., tuple[dict, list]] | None = None
-    # runs on a Flower deployment (its result does not depend on the SuperLink's node ids)
-    deployable: bool = False
+    # why the protocol cannot run on a Flower deployment (SuperLink + SuperNodes); None: it runs there
+    deploy_refusal: str | None = None
     # the coordinator's Flower strategy can be swapped (robust aggregators in the poisoning audit)
     pluggable_strategy: bool = False
 
@@ -185,6 +186,10 @@ class ProtocolSpec:
     def all_views(self) -> dict[str, View]:
         """Every party's view, the model user's included (the released model, whatever the protocol)."""
         return {**self.views, "model user": RELEASED_MODEL}
+
+    @property
+    def deployable(self) -> bool:
+        return self.deploy_refusal is None
 
     def __post_init__(self) -> None:
         missing = set(PARTIES) - set(self.views) - {"model user"}

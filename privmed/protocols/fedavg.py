@@ -10,19 +10,39 @@ Flower's own ``FedAvg`` strategy run by its own round loop
 norm against the other sites' median) before Flower averages the rest:
 Flower's FedAvg would average a NaN or huge update in, weight by any
 ``num-examples`` a site claims, and abort the run on one malformed reply.
+A minimum number of usable replies per round (option ``min_sites``, default 1):
+a round with fewer keeps the previous global model (a lost round) instead of
+averaging one or two sites' models. A site that crashes, answers too late or
+loses its reply is left out of that round's average; the others carry on.
 """
 
 from __future__ import annotations
 
 from collections.abc import Iterable
+from dataclasses import dataclass
 
 from flwr.app import ArrayRecord, ConfigRecord, Message, MetricRecord
 from flwr.serverapp import Grid
 from flwr.serverapp.strategy import FedAvg, Strategy
 
 from privmed.engine.validate import by_destination, odd_metric_keys, outliers, reply_problem, update_norm, weights_norm
+from privmed.errors import PrivmedError
+from privmed.options import Options
 from privmed.protocols.base import ProtocolContext, ProtocolOutput, ProtocolSpec, node_ids
 from privmed.threat import AGGREGATE, UPDATE, View
+
+
+@dataclass(frozen=True)
+class FedAvgOptions(Options):
+    min_sites: int = 1  # fewest usable replies a round averages; fewer and the round keeps the previous model
+
+    def __post_init__(self) -> None:
+        if self.min_sites < 1:
+            raise PrivmedError(f"min_sites must be >= 1, got {self.min_sites}")
+
+    def check_sites(self, n_sites: int) -> None:
+        if self.min_sites > n_sites:
+            raise PrivmedError(f"min_sites={self.min_sites} is more than the run's {n_sites} sites")
 
 
 class RejectInvalidUpdates(Strategy):
@@ -33,8 +53,8 @@ class RejectInvalidUpdates(Strategy):
     node that failed comes from node 1, the SuperLink itself.
     """
 
-    def __init__(self, strategy: Strategy, ctx: ProtocolContext, *, rounds_done: int = 0) -> None:
-        self.strategy, self.ctx, self.offset = strategy, ctx, rounds_done
+    def __init__(self, strategy: Strategy, ctx: ProtocolContext, *, rounds_done: int = 0, min_sites: int = 1) -> None:
+        self.strategy, self.ctx, self.offset, self.min_sites = strategy, ctx, rounds_done, min_sites
         self._sent: ArrayRecord | None = None
         self._messages: list[Message] = []
 
@@ -68,7 +88,15 @@ class RejectInvalidUpdates(Strategy):
         problems.update(outliers(norms, ratio=ctx.settings.norm_ratio, fallback=weights_norm(self._sent)))
         for node in sorted(problems):
             ctx.reject(rnd, node, problems[node])
-        return self.strategy.aggregate_train(rnd, [r for n, r in kept.items() if n not in problems])
+        # in site order: the weighted sum adds its terms in one order on every engine, whatever order Flower's
+        # node sampling (Python's global random, which Flower's HTTP retries also draw from) or arrival gave
+        usable = [kept[n] for n in sorted(kept) if n not in problems]
+        if len(usable) < self.min_sites:  # Flower's start() keeps the previous arrays when this returns None
+            reason = f"only {len(usable)} usable replies, fewer than min_sites={self.min_sites}: round not averaged"
+            for reply in usable:
+                ctx.reject(rnd, reply.metadata.src_node_id, reason)
+            return None, None
+        return self.strategy.aggregate_train(rnd, usable)
 
     def configure_evaluate(
         self, server_round: int, arrays: ArrayRecord, config: ConfigRecord, grid: Grid
@@ -87,7 +115,10 @@ def make_strategy(n_sites: int) -> FedAvg:
 def run(ctx: ProtocolContext, strategy: Strategy | None = None) -> ProtocolOutput:
     n = len(node_ids(ctx))
     done = ctx.start_round - 1  # rounds already run before a resume
-    wrapped = RejectInvalidUpdates(ctx.wrap_strategy(strategy or make_strategy(n)), ctx, rounds_done=done)
+    min_sites = getattr(ctx.options, "min_sites", 1)  # a context built for another protocol has no min_sites
+    wrapped = RejectInvalidUpdates(
+        ctx.wrap_strategy(strategy or make_strategy(n)), ctx, rounds_done=done, min_sites=min_sites
+    )
     config = ctx.round_config(0)
 
     def evaluate_fn(rnd: int, arrays: ArrayRecord) -> MetricRecord | None:
@@ -99,7 +130,8 @@ def run(ctx: ProtocolContext, strategy: Strategy | None = None) -> ProtocolOutpu
     result = wrapped.start(
         ctx.grid, ctx.initial, num_rounds=ctx.settings.rounds - done, train_config=config, evaluate_fn=evaluate_fn
     )
-    return ProtocolOutput(result.arrays if result.arrays is not None else ctx.initial)
+    # Flower's result holds the last aggregated arrays; empty if no round averaged anything (all rounds lost)
+    return ProtocolOutput(result.arrays if result.arrays is not None and len(result.arrays) else ctx.initial)
 
 
 SPEC = ProtocolSpec(
@@ -113,6 +145,6 @@ SPEC = ProtocolSpec(
     },
     active_coordinator="nothing: it sees every update and can send each site a model of its choosing",
     schedule="parallel",
-    deployable=True,
+    options=FedAvgOptions,
     pluggable_strategy=True,
 )

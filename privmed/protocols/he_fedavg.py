@@ -277,4 +277,9 @@ SPEC = ProtocolSpec(
     active_coordinator="confidentiality of every update (it holds no secret key); not integrity: it can drop, "
     "replay or substitute ciphertexts of the same key, e.g. return one site's ciphertext as the sum",
     schedule="parallel",
+    deploy_refusal=(
+        "the sites' shared HE keyring is made once among the sites in-process; over Flower every SuperNode would "
+        "make its own (no key agreement between SuperNodes yet), and the deployed harness would need the secret "
+        "key to measure the model (it needs the sites to measure it themselves first)"
+    ),
 )

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from privmed.errors import unknown_name
-from privmed.protocols import cwt, dssgd, ensemble, fedavg, he_fedavg, secagg_fedavg, single, swt
+from privmed.protocols import admission, cwt, dssgd, ensemble, fedavg, he_fedavg, secagg_fedavg, single, swt
 from privmed.protocols.base import ProtocolSpec
 from privmed.protocols.weight_transmission import fnt, snt
 
@@ -21,6 +21,7 @@ PROTOCOLS: dict[str, ProtocolSpec] = {
         snt.SPEC,
         fnt.SPEC,
         dssgd.SPEC,
+        admission.SPEC,
     )
 }
 

@@ -61,6 +61,10 @@ CENTRALISED = ProtocolSpec(
     schedule="one trainer",
     pooled=True,
     traffic="raw data",
+    deploy_refusal=(
+        "centralised training pools every hospital's raw images at one party; a deployment exists to avoid that "
+        "(run it in-process as the non-private reference)"
+    ),
 )
 SINGLE = ProtocolSpec(
     name="single",

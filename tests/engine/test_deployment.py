@@ -1,29 +1,37 @@
-"""The same FedAvg ServerApp and ClientApp on a real Flower deployment.
+"""privmed on a real Flower deployment: SuperLink + three SuperNodes on 127.0.0.1, TLS and node authentication on.
 
-The test starts ``flower-superlink`` and two ``flower-supernode``s on
-127.0.0.1 (free ports, temporary FLWR_HOMEs), submits the app with
-``flwr run`` and compares what the deployed ServerApp wrote with
-:func:`privmed.run.execute` on the same config in-process.
+The module starts, once, what the README's "Running across hospitals"
+walk-through starts (:mod:`privmed.engine.launch`, keys from
+:mod:`privmed.engine.certs`): ``flower-superlink`` with TLS,
+``--enable-supernode-auth`` and a state database, three sites registered with
+``flwr supernode register``, and one ``flower-supernode`` per site
+(partition k of the phantom), each with its key and the CA certificate. Runs
+are submitted with ``flwr run`` and compared with :func:`privmed.run.execute`
+on the same config in-process.
 
-Tolerance: none. The final weights are bit-identical and the metrics equal
-(observed; asserted). Both sides use the same data, initial model, per-site
-seeds and torch thread count; the SuperLink's random node ids change only the
-order in which FedAvg adds up the two weighted replies, and a two-term float
-sum does not depend on its order. With three or more sites the order of the
-sum could change the last float32 bits; this test runs two.
+Tolerance: none. Sites are numbered by name and replies aggregated in the
+order they were asked (:class:`privmed.engine.site_grid.SiteGrid`), so the
+final weights are bit-identical and the metrics equal (asserted) for FedAvg
+and CWT; tests/engine/test_site_grid.py checks every deployable protocol the
+same way without servers.
+
+The security tests try what must fail: a SuperNode whose key was not
+registered, a SuperNode that does not have the CA certificate, plain HTTP to
+the TLS SuperLink. The last test kills one SuperNode with SIGKILL in the
+middle of a run, which must finish with the others in bounded time; it prints
+the time to notice and the time to finish.
 """
 
 from __future__ import annotations
 
 import json
 import os
-import signal
-import socket
 import subprocess
 import sys
 import time
 from pathlib import Path
 
+import httpx
 import pytest
 import torch
 from flwr.app import ConfigRecord, Message, RecordDict
@@ -31,121 +39,88 @@ from flwr.common.config import get_fused_config_from_dir, get_project_config, va
 
 import privmed
 from privmed.config import from_dict, replace
-from privmed.engine.deploy import client_app, config_of, run_config_of, wait_for_nodes, write_app
+from privmed.engine import launch
+from privmed.engine.certs import make_certs
+from privmed.engine.deploy import client_app, config_of, run_config_of, write_app
 from privmed.engine.grid import InProcessGrid
 from privmed.engine.result import load_predictor
-from privmed.engine.session import build_federation, model_spec
-from privmed.errors import PrivmedError
 from privmed.run import execute
 
 BIN = Path(sys.executable).parent
 STARTUP_S = 60  # a loaded 2-core machine can take long to import Flower
-RUN_S = 120
+RUN_S = 180
+SITES = ["site-0", "site-1", "site-2"]
 
 CONFIG = from_dict(
-    {"seed": 5, "data": {"sites": 2, "image_size": 16}, "train": {"rounds": 2, "lr": 0.01, "batch_size": 16}}
+    {"seed": 5, "data": {"sites": 3, "image_size": 16}, "train": {"rounds": 2, "lr": 0.01, "batch_size": 16}}
 )
 
 
-def _free_ports(n: int) -> list[int]:
-    """``n`` distinct ports free now (all held open together, so none repeats)."""
-    socks = [socket.socket() for _ in range(n)]
-    try:
-        for s in socks:
-            s.bind(("127.0.0.1", 0))
-        return [s.getsockname()[1] for s in socks]
-    finally:
-        for s in socks:
-            s.close()
-
-
-def _wait_listening(port: int, proc: subprocess.Popen, log: Path) -> None:
-    deadline = time.monotonic() + STARTUP_S
-    while time.monotonic() < deadline:
-        if proc.poll() is not None:
-            pytest.fail(f"flower-superlink exited with {proc.returncode}:\n{log.read_text()[-3000:]}")
-        with socket.socket() as s:
-            if s.connect_ex(("127.0.0.1", port)) == 0:
-                return
-        time.sleep(0.3)
-    pytest.fail(f"flower-superlink did not listen on {port} within {STARTUP_S} s:\n{log.read_text()[-3000:]}")
-
-
-class Deployment:
-    """A SuperLink and two SuperNodes; ``stop`` kills their process groups."""
+class Hospitals:
+    """The coordinator's SuperLink and one SuperNode per site; ``stop`` ends them and what they started."""
 
     def __init__(self, root: Path) -> None:
-        self.root, self.procs, self.logs = root, [], []
-        repo = str(
-            Path(next(iter(privmed.__path__))).resolve().parent
-        )  # also when privmed resolves as a namespace package
+        self.root, self.procs, self.logs = root, {}, {}
+        repo = str(Path(next(iter(privmed.__path__))).resolve().parent)  # also as a namespace package
         self.env = {
-            **os.environ,
-            "PATH": f"{BIN}{os.pathsep}{os.environ.get('PATH', '')}",
             "PYTHONPATH": os.pathsep.join(p for p in (repo, os.environ.get("PYTHONPATH")) if p),
-            "FLWR_SUPEREXEC_TASK_POLL_INTERVAL": "0.2",
-        }  # Flower's default 1 s, per app process started
+            "FLWR_SUPEREXEC_TASK_POLL_INTERVAL": "0.2",  # Flower's default 1 s, per app process started
+        }
+        self.certs = make_certs(root / "certs", sites=[*SITES, "intruder"])
+        self.port = launch.free_port()
+        self.superlink = f"127.0.0.1:{self.port}"
+        self.admin = root / "admin"
 
-    def start(self, name: str, *args: str) -> subprocess.Popen:
-        home = self.root / name
-        home.mkdir()
-        log = self.root / f"{name}.log"
-        proc = subprocess.Popen(
-            [str(BIN / args[0]), *args[1:]],
-            cwd=home,
-            env={**self.env, "FLWR_HOME": str(home)},
-            stdout=log.open("w"),
-            stderr=subprocess.STDOUT,
-            start_new_session=True,
-        )
-        self.procs.append(proc)
-        self.logs.append(log)
-        return proc
+    def start(self, name: str, argv: list[str]) -> subprocess.Popen:
+        self.logs[name] = self.root / f"{name}.log"
+        self.procs[name] = launch.start(argv, flwr_home=self.root / name, log=self.logs[name], env=self.env)
+        return self.procs[name]
+
+    def start_site(self, k: int, **changes) -> subprocess.Popen:
+        site = SITES[k]
+        args = {"site": site, "key": self.certs.site_key(site), "ca_cert": self.certs.ca_cert, "partition": k}
+        return self.start(site, launch.supernode_argv(self.superlink, **{**args, **changes}))
 
     def logs_tail(self) -> str:
-        return "\n".join(f"--- {log.name}\n{log.read_text()[-2500:]}" for log in self.logs if log.exists())
+        return "\n".join(f"--- {p.name}\n{p.read_text()[-2500:]}" for p in self.logs.values() if p.exists())
+
+    def submit(self, config, result_dir: Path, **deploy) -> tuple[subprocess.Popen, Path]:
+        app = write_app(result_dir / "app", config, result_dir=result_dir, wait_nodes_s=STARTUP_S, **deploy).parent
+        proc = subprocess.Popen(
+            [launch.flwr_bin(), "run", str(app), "hospitals", "--stream"],
+            text=True,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            env={**os.environ, **self.env, "FLWR_HOME": str(self.admin)},
+            start_new_session=True,
+        )
+        self.procs[f"run-{result_dir.name}"] = proc
+        return proc, result_dir / "result.json"
+
+    def finish(self, proc: subprocess.Popen, done: Path) -> dict:
+        try:
+            out, _ = proc.communicate(timeout=RUN_S)
+        except subprocess.TimeoutExpired:
+            pytest.fail(f"the run did not end within {RUN_S} s\n{self.logs_tail()}")
+        assert proc.returncode == 0 and done.exists(), f"{out[-4000:]}\n{self.logs_tail()}"
+        return json.loads(done.read_text())
 
     def stop(self) -> None:
-        for proc in self.procs:
-            if proc.poll() is None:
-                os.killpg(proc.pid, signal.SIGTERM)
-        for proc in self.procs:
-            try:
-                proc.wait(timeout=10)
-            except subprocess.TimeoutExpired:
-                os.killpg(proc.pid, signal.SIGKILL)
-                proc.wait()
+        for proc in self.procs.values():
+            launch.stop(proc)
 
 
-@pytest.fixture
-def deployment(tmp_path):
-    dep = Deployment(tmp_path)
+@pytest.fixture(scope="module")
+def hospitals(tmp_path_factory):
+    dep = Hospitals(tmp_path_factory.mktemp("hospitals"))
     try:
-        port, *node_ports = _free_ports(1 + CONFIG.data.sites)
-        link = dep.start(
-            "superlink",
-            "flower-superlink",
-            "--insecure",
-            "--disable-runtime-dependency-installation",
-            "--host",
-            "127.0.0.1",
-            "--port",
-            str(port),
-        )
-        _wait_listening(port, link, dep.logs[0])
-        for site in range(CONFIG.data.sites):
-            dep.start(
-                f"supernode-{site}",
-                "flower-supernode",
-                "--insecure",
-                "--superlink",
-                f"127.0.0.1:{port}",
-                "--port",
-                str(node_ports[site]),
-                "--node-config",
-                f"partition-id={site} num-partitions={CONFIG.data.sites}",
-            )
-        dep.superlink = f"127.0.0.1:{port}"
+        link = dep.start("superlink", launch.superlink_argv(dep.certs, port=dep.port, database=dep.root / "state.db"))
+        launch.wait_listening("127.0.0.1", dep.port, link, timeout_s=STARTUP_S)
+        launch.write_connection(dep.admin, "hospitals", dep.superlink, dep.certs.ca_cert)
+        for site in SITES:
+            launch.register_site(dep.certs.site_public(site), name=site, connection="hospitals", flwr_home=dep.admin)
+        for k in range(len(SITES)):
+            dep.start_site(k)
         yield dep
     finally:
         dep.stop()
@@ -162,60 +137,82 @@ def test_app_config_round_trips_through_flowers_parser(tmp_path):
     assert got == replace(config, **{"train.lr": 0.5}) and deploy["result-dir"] == "/r"
 
 
-def test_deployment_refuses_order_dependent_protocols():
-    with pytest.raises(PrivmedError, match="fedavg.* only"):
-        run_config_of(from_dict({"protocol": "cwt"}))
-
-
-def test_server_waits_for_every_site_then_names_the_fix():
-    grid = InProcessGrid({2: client_app})
-    with pytest.raises(PrivmedError, match="only 1 of 2 SuperNodes joined"):
-        wait_for_nodes(grid, 2, timeout_s=0.6)
-
-
-def test_supernode_without_partition_id_gets_an_error_reply():
+def test_supernode_without_a_site_identity_gets_an_error_reply():
     grid = InProcessGrid({2: client_app}, run_config=run_config_of(CONFIG))
     msg = Message(RecordDict({"config": ConfigRecord({"seed": 1})}), 2, "train", group_id="1")
     (reply,) = grid.send_and_receive([msg])
     assert reply.has_error() and "partition-id" in reply.error.reason
 
 
-def test_flower_deployment_matches_in_process(deployment, tmp_path):
-    result_dir = tmp_path / "result"
-    app = write_app(tmp_path / "app", CONFIG, result_dir=result_dir, wait_nodes_s=STARTUP_S).parent
-    cli_home = tmp_path / "cli"
-    cli_home.mkdir()
-    (cli_home / "config.toml").write_text(
-        '[superlink]\ndefault = "local-test"\n\n'
-        f'[superlink.local-test]\naddress = "{deployment.superlink}"\ninsecure = true\n'
-    )
-    # --stream: print the run's logs (the ServerApp's traceback, if any) and return when it ends
-    submit = subprocess.Popen(
-        [str(BIN / "flwr"), "run", str(app), "local-test", "--stream"],
-        cwd=tmp_path,
-        text=True,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        env={**deployment.env, "FLWR_HOME": str(cli_home)},
-        start_new_session=True,
-    )
-    deployment.procs.append(submit)
-    local = execute(CONFIG)  # in-process, while the deployment trains
-    try:
-        out, _ = submit.communicate(timeout=RUN_S)
-    except subprocess.TimeoutExpired:
-        pytest.fail(f"the run did not end within {RUN_S} s\n{deployment.logs_tail()}")
-    done = result_dir / "result.json"
-    assert submit.returncode == 0 and done.exists(), f"{out[-4000:]}\n{deployment.logs_tail()}"
-    deployed = json.loads(done.read_text())
+@pytest.mark.parametrize("protocol", ["fedavg", "cwt"])
+def test_tls_deployment_matches_in_process(hospitals, tmp_path, protocol):
+    config = replace(CONFIG, protocol=protocol)
+    submit, done = hospitals.submit(config, tmp_path / protocol)
+    local = execute(config)  # in-process, while the deployment trains
+    deployed = hospitals.finish(submit, done)
 
-    assert len(set(deployed["reliability"]["nodes"])) == 2 and deployed["reliability"]["completed"]
+    assert deployed["reliability"]["sites"] == SITES and deployed["reliability"]["completed"]
     assert [h["round"] for h in deployed["performance"]["history"]] == [1, 2]
     # Tolerance 0 (see the module docstring): bit-identical weights, equal metrics.
-    final, ref = load_predictor(result_dir).to_torch_state_dict(), local.predictor.to_torch_state_dict()
-    initial = model_spec(CONFIG, build_federation(CONFIG.data, CONFIG.seed)).build(seed=CONFIG.seed).state_dict()
-    assert set(final) == set(ref) == set(initial)
-    assert all(torch.equal(final[k], ref[k]) for k in final)
-    assert not all(torch.equal(final[k], initial[k]) for k in final)  # it trained
+    final, ref = load_predictor(done.parent).to_torch_state_dict(), local.predictor.to_torch_state_dict()
+    assert set(final) == set(ref) and all(torch.equal(final[k], ref[k]) for k in final)
     assert deployed["performance"]["final"] == local.performance["final"]
     assert deployed["performance"]["history"][-1]["val"] == local.performance["history"][-1]["val"]
+
+
+def _exits_with(proc: subprocess.Popen, log: Path, needle: str, timeout_s: float = STARTUP_S) -> None:
+    try:
+        proc.wait(timeout=timeout_s)
+    except subprocess.TimeoutExpired:
+        pytest.fail(f"the SuperNode kept running: {log.read_text()[-2000:]}")
+    assert proc.returncode != 0 and needle in log.read_text(), log.read_text()[-2000:]
+
+
+def test_a_supernode_whose_key_is_not_registered_is_refused(hospitals):
+    key = hospitals.certs.site_key("intruder")
+    proc = hospitals.start(
+        "intruder",
+        launch.supernode_argv(hospitals.superlink, site="intruder", key=key, ca_cert=hospitals.certs.ca_cert),
+    )
+    _exits_with(proc, hospitals.logs["intruder"], "Failed to activate SuperNode")
+
+
+def test_a_supernode_without_the_ca_certificate_cannot_connect(hospitals):
+    argv = launch.supernode_argv(
+        hospitals.superlink, site="site-0", key=hospitals.certs.site_key("site-0"), ca_cert=None
+    )
+    argv.remove("--insecure")  # TLS with the system's trust store, which does not know our CA
+    proc = hospitals.start("no-ca", argv)
+    _exits_with(proc, hospitals.logs["no-ca"], "CERTIFICATE_VERIFY_FAILED")
+
+
+def test_plain_http_to_the_tls_superlink_fails(hospitals):
+    with pytest.raises(httpx.HTTPError):
+        httpx.get(f"http://{hospitals.superlink}/", timeout=10).raise_for_status()
+    # the same request over TLS, checked against our CA, is answered (with a 404 for this path): the server is up
+    assert httpx.get(f"https://{hospitals.superlink}/", verify=str(hospitals.certs.ca_cert), timeout=10).status_code
+
+
+def test_kill_9_of_a_supernode_mid_run_the_others_finish(hospitals, tmp_path):
+    """SIGKILL site-2's SuperNode once round 1 is under way: FedAvg finishes its 3 rounds with site-0 and site-1.
+
+    Prints the time from the kill until the coordinator noticed (first event about site-2) and until the run ended.
+    """
+    config = replace(CONFIG, protocol="fedavg", **{"train.rounds": 3})
+    submit, done = hospitals.submit(config, tmp_path / "kill9", reply_timeout_s=15.0)
+    log = hospitals.logs["site-2"]
+    deadline = time.monotonic() + RUN_S
+    while "train message" not in log.read_text() and time.monotonic() < deadline:
+        time.sleep(0.2)
+    killed = time.time()
+    os.killpg(hospitals.procs["site-2"].pid, 9)
+    deployed = hospitals.finish(submit, done)
+    ended = time.time()
+    rel = deployed["reliability"]
+    assert rel["completed"] and [h["round"] for h in deployed["performance"]["history"]] == [1, 2, 3]
+    noticed = [e for e in rel["events"] if e["site"] == "site-2"]
+    assert noticed, rel
+    print(
+        f"\nkill -9 of site-2: noticed after {noticed[0]['at'] - killed:.1f} s ({noticed[0]['event']}); "
+        f"run finished {ended - killed:.1f} s after the kill; events {[(e['event'], e['site']) for e in noticed]}"
+    )

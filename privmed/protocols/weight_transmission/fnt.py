@@ -107,4 +107,8 @@ SPEC = ProtocolSpec(
     },
     active_coordinator="confidentiality (it never holds weights); it can still reorder or skip sites in the schedule",
     schedule="sequential",
+    deploy_refusal=(
+        "FNT passes the weights site to site, and Flower has no channel between SuperNodes (every message goes "
+        "through the SuperLink); relaying them through it is SNT: deploy --protocol snt"
+    ),
 )

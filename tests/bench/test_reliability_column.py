@@ -1,0 +1,29 @@
+"""The bench's Reliability column: measured fault figures, and the accuracy change against the fault-free row."""
+
+from privmed.bench.report import write_report
+from privmed.bench.suite import BENCH_FAULTS, default_suite
+from privmed.config import from_dict, replace
+from privmed.run import execute
+
+BASE = from_dict(
+    {"seed": 4, "data": {"sites": 3, "image_size": 16}, "train": {"rounds": 2, "lr": 0.01, "batch_size": 16}}
+)
+
+
+def test_the_suite_has_fault_rows_for_fedavg_cwt_and_the_admission_ensemble():
+    faulted = {cfg.protocol for _, cfg in default_suite(rounds=1) if cfg.faults}
+    assert faulted == {"fedavg", "cwt", "admission"}
+
+
+def test_a_faulted_row_reports_its_faults_and_its_change_against_the_fault_free_row(tmp_path):
+    rows = []
+    for faults in ("", BENCH_FAULTS.replace("crash=0.2", "crash=0.5")):
+        result = execute(replace(BASE, faults=faults, name=f"f{bool(faults)}"))
+        rows.append({**result.to_dict(), "label": "fedavg" + (" + faults" if faults else "")})
+    write_report(rows, tmp_path / "report.md")
+    text = (tmp_path / "report.md").read_text()
+    faulted = next(line for line in text.splitlines() if line.startswith("| fedavg + faults"))
+    assert "faults injected (crash" in faulted and "survived" in faulted and "rounds lost" in faulted
+    assert "against the fault-free run (one seed)" in faulted
+    plain = next(line for line in text.splitlines() if line.startswith("| fedavg (`"))
+    assert "no faults injected" in plain
