@@ -232,7 +232,7 @@ def serve(
     monitor = Monitor(session, started=started, checkpoint=ckpt)
     session.ctx.evaluate_fn = monitor
     if saved:
-        monitor.prior_wall = Checkpoint.restore(saved, session, monitor.history)
+        monitor.prior_wall = Checkpoint.restore(saved, session, monitor)
     with contextlib.closing(session.mechanism):
         output = session.protocol.run(session.ctx)
     output.predictor = session.reveal(output.predictor)

@@ -162,6 +162,12 @@ class Monitor:
         self.prior_wall = 0.0  # wall seconds an interrupted run had spent before its resume
         self._last = time.perf_counter()
         self._val = session.fed.pooled("val")
+        if not len(self._val):
+            raise PrivmedError(
+                f"{session.fed.dataset_name}: the sites' validation splits are empty "
+                f"({sum(len(s.train) for s in session.fed.sites)} training images, {len(session.fed.sites)} sites); "
+                "the released model is selected on validation: give the data set more patients or use fewer sites"
+            )
         self.best: dict[str, Any] | None = None  # {"round", "loss", "predictor"}
 
     def __call__(self, rnd: int, predictor: Predictor) -> dict:

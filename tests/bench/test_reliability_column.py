@@ -1,7 +1,7 @@
 """The bench's Reliability column: measured fault figures, and the accuracy change against the fault-free row."""
 
 from privmed.bench.report import write_report
-from privmed.bench.suite import BENCH_FAULTS, default_suite
+from privmed.bench.suite import BENCH_FAULTS, review_suite
 from privmed.config import from_dict, replace
 from privmed.run import execute
 
@@ -10,8 +10,8 @@ BASE = from_dict(
 )
 
 
-def test_the_suite_has_fault_rows_for_fedavg_cwt_and_the_admission_ensemble():
-    faulted = {cfg.protocol for _, cfg in default_suite(rounds=1) if cfg.faults}
+def test_the_review_suite_has_fault_rows_for_fedavg_cwt_and_the_admission_ensemble():
+    faulted = {cfg.protocol for _, cfg in review_suite(rounds=1) if cfg.faults}
     assert faulted == {"fedavg", "cwt", "admission"}
 
 

@@ -62,7 +62,11 @@ def test_nifti_slices_train_centralised(tmp_path):
     assert res.exit_code == 0, res.output
 
 
-def test_volumes_without_slices_say_what_to_do(tmp_path):
+def test_volumes_train_as_volumes_and_too_few_patients_for_validation_say_so(tmp_path):
     src = write_nifti_set(tmp_path / "mr", n_patients=4)
     res = train(f"nifti:{src}", tmp_path, "--protocol", "centralised")
-    assert res.exit_code == 2 and "3-D volumes" in res.output and "?slices=axial" in res.output
+    assert res.exit_code == 2 and "validation splits are empty" in res.output and "more patients" in res.output
+    src = write_nifti_set(tmp_path / "mr8", n_patients=8)
+    res = train(f"nifti:{src}", tmp_path, "--protocol", "centralised", "--name", "vol")
+    assert res.exit_code == 0, res.output
+    assert json.loads((tmp_path / "runs" / "vol" / "result.json").read_text())["dataset"]["image_shape"] == [1, 8, 8, 8]
