@@ -290,9 +290,23 @@ def observe_site_update(
 
 
 def score_reconstruction(recon: torch.Tensor, truth: torch.Tensor) -> dict[str, float]:
-    """PSNR and SSIM of matched reconstructions, and the PSNR of a flat mean-intensity guess (chance)."""
+    """PSNR and SSIM of matched reconstructions, beside two null baselines that know nothing of the update.
+
+    ``*_flat_guess``: every pixel at the batch's mean intensity (an attacker
+    that knows only the data's mean brightness); ``*_random_image``: uniform
+    noise in [0, 1] (an attacker that knows only the range). A reconstruction
+    leaks the image only where it beats both.
+    """
     from privmed.attacks.metrics import psnr, ssim
 
     matched = match_to_truth(recon, truth)
     flat = torch.full_like(truth, float(truth.mean()))
-    return {"psnr": psnr(matched, truth), "ssim": ssim(matched, truth), "psnr_flat_guess": psnr(flat, truth)}
+    noise = torch.rand(truth.shape, generator=torch.Generator().manual_seed(0))
+    return {
+        "psnr": psnr(matched, truth),
+        "ssim": ssim(matched, truth),
+        "psnr_flat_guess": psnr(flat, truth),
+        "ssim_flat_guess": ssim(flat, truth),
+        "psnr_random_image": psnr(noise, truth),
+        "ssim_random_image": ssim(noise, truth),
+    }
