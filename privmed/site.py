@@ -58,15 +58,30 @@ def site_seed(config_seed: int, site_index: int) -> int:
 
 
 def make_client_app(
-    site: SiteData, spec: ModelSpec, *, site_index: int, mods: Sequence[Mod] = (), trainer: Trainer | None = None
+    site: SiteData,
+    spec: ModelSpec,
+    *,
+    site_index: int,
+    mods: Sequence[Mod] = (),
+    trainer: Trainer | None = None,
+    memory: dict | None = None,
 ) -> ClientApp:
     """The ClientApp of one site.
 
     ``mods`` wrap it (privacy mechanisms, fault injection); ``trainer`` replaces
-    plain local training (DP-SGD and other private trainers).
+    plain local training (DP-SGD and other private trainers). ``memory``: what
+    the site keeps between messages (its optimiser's state: plain training
+    continues Adam across the site's visits and rounds); it never leaves the
+    site; the in-process checkpoint keeps it as a site would keep its own.
     """
     app = ClientApp(mods=list(mods))
-    local_train = trainer or train_local
+    if trainer is not None:
+        local_train = trainer
+    else:
+        state = memory.setdefault("optimizer", {}) if memory is not None else None
+
+        def local_train(model, data, **kw):
+            return train_local(model, data, optimizer_state=state, **kw)
 
     @app.train()
     def _train(msg: Message, context: Context) -> Message:

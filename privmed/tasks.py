@@ -74,14 +74,22 @@ def train_local(
     batch_size: int = 32,
     lr: float = 1e-3,
     seed: int = 0,
+    optimizer_state: dict | None = None,
 ) -> dict[str, float]:
-    """Train ``model`` in place for ``epochs`` epochs with Adam; return loss and example counts."""
+    """Train ``model`` in place for ``epochs`` epochs with Adam; return loss and example counts.
+
+    ``optimizer_state``: a dict the caller keeps between calls (a site's own memory): Adam's moments and step
+    count are loaded from it and saved back into it, so a site's visits continue one optimisation instead of
+    restarting Adam (whose first steps are sign steps of size lr) at every visit.
+    """
     _check_task(task)
     if len(data) == 0:
         raise PrivmedError("cannot train on an empty data set (a site has no training images)")
     gen = torch.Generator().manual_seed(seed)
     criterion = loss_fn(task)
     opt = torch.optim.Adam(model.parameters(), lr=lr)
+    if optimizer_state:
+        opt.load_state_dict(optimizer_state["adam"])
     model.train()
     total, count = 0.0, 0
     for _ in range(epochs):
@@ -94,6 +102,8 @@ def train_local(
             opt.step()
             total += loss.item() * len(x)
             count += len(x)
+    if optimizer_state is not None:
+        optimizer_state["adam"] = opt.state_dict()
     return {"train_loss": total / max(count, 1), "num-examples": float(len(data))}
 
 

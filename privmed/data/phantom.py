@@ -1,11 +1,9 @@
 """A multi-scanner brain-lesion phantom: a federation's worth of patients, offline.
 
-Each patient has an anatomy of their own (head outline, skull thickness,
-ventricles, tissue texture), shared by all their images; images differ by
-slice position, pose (rotation, translation, scale) and noise. A patient may
-carry a lesion: a compact, sharp-edged, bright blob ("circumscribed") or an
-irregular, diffuse, lower-contrast one ("infiltrative"); its visible size
-depends on the slice. Labels are per patient: 2 classes (lesion absent /
+Each patient has an anatomy of their own, shared by all their images; images
+differ by slice position, pose (rotation, translation, scale) and noise. A
+patient may carry a lesion, "circumscribed" or "infiltrative"; its visible
+size depends on the slice. Labels are per patient: 2 classes (lesion absent /
 present, either kind) or 3 (none / circumscribed / infiltrative).
 
 Each site is a scanner with its own PSF blur, contrast curve (gamma), smooth
@@ -15,22 +13,59 @@ quantity skew and label skew of real multi-institution data. Optionally a
 fraction of patients is referred to a second site, which scans them again
 (same anatomy and label, other scanner, same pseudonymous id).
 
-Calibration (default config, natural split with seed = data seed, SmallCNN
-"cnn", Adam lr 1e-3, batch 32, 10 epochs, accuracy on the pooled test split;
-lesion contrast 0.6-0.8 and radius 0.12-0.2 were chosen by this sweep, the
-earlier 0.12-0.3 / 0.07-0.15 left the CNN at chance):
+Two versions (``PhantomConfig.version``; data set spec ``phantom`` = v2,
+``phantom:v1``):
 
-=========  ===============  =====================================
-data seed  centralised acc  smallest site (site-3) alone, same test
-=========  ===============  =====================================
-0          0.900            0.533
-1          0.800            0.533
-2          0.917            0.508
-=========  ===============  =====================================
+- **v2** (default; anatomy, lesions and scanner in ``phantom_v2``): the label
+  lives in lesion shape and texture — a ring-enhancing lesion whose rim is
+  no brighter than a vessel and whose core is as much darker, or an
+  irregular heterogeneous one, each kind with its own location prior — while
+  calcifications, vessels and dark perivascular spaces appear in both
+  classes, and every image is intensity-normalised. Each site also has
+  held-out test patients (``test_patients_per_site``, 70 by default, half
+  with a lesion): :func:`make_phantom` gives the development patients,
+  :func:`make_phantom_test` the held-out ones, :func:`phantom_federation`
+  sites whose test sets are the held-out patients (1,120 pooled test images).
+- **v1** (until 2026-11): a bright blob, the brightest structure of its image,
+  so that the image maximum alone separates the classes (AUC ≈ 0.95); no
+  held-out test patients. Kept bit for bit (``tests/data/test_phantom_v1.py``)
+  so that old results can be regenerated.
 
-so pooling pays (the smallest site alone is far from the centralised model)
-and the task is neither trivial nor hopeless. ``tests/data/test_phantom.py``
-checks this on the default config.
+Calibration of v2 (issue 11; ``benchmarks/phantom_calibration.py`` reprints
+it, ``tests/data/test_phantom_calibration.py`` checks seed 0). Default
+config, natural split, data seed = model seed; development patients split
+85/15 into train/validation, scores on the 1,120 held-out test images. Simple
+baselines: logistic regression (regularisation chosen on validation) on a
+32-bin histogram + percentiles of each image ("hist LR"), on raw pixels
+("pixel LR"), and the image maximum alone ("max"). CNN: ``cnn`` (SmallCNN),
+plain torch, Adam lr 2e-3, batch 32, until the validation loss has not
+improved for 10 epochs and at least 500 steps are done (cap 2,000), best-
+validation checkpoint; "bacc" is balanced accuracy. Site-3 (15 patients) and
+site-2 (30) are the two smallest sites trained alone, scored on the pooled
+test set; "drop" is a model trained on site 0 (site 1) alone, on its own
+scanner's test patients minus on the other three's, averaged over the two.
+
+====  =======  ========  =====  =======  =======  =======  =======  =====
+seed  hist LR  pixel LR  max    central  central  site-3   site-2   drop
+                                AUROC    bacc     bacc     bacc
+====  =======  ========  =====  =======  =======  =======  =======  =====
+0     0.580    0.600     0.578  0.954    0.874    0.676    0.737    0.259
+1     0.515    0.594     0.557  0.959    0.896    0.500    0.501    0.152
+2     0.594    0.601     0.573  0.945    0.895    0.594    0.721    0.271
+3     0.521    0.567     0.547  0.949    0.876    0.578    0.695    0.137
+4     0.583    0.566     0.614  0.936    0.850    0.615    0.627    0.182
+mean  0.559    0.586     0.574  0.949    0.878    0.593    0.656    0.200
+±CI   0.046    0.022     0.032  0.011    0.023    0.079    0.120    0.076
+====  =======  ========  =====  =======  =======  =======  =======  =====
+
+(targets: baselines ≤ 0.70; central AUROC ≥ 0.90; each small site ≥ 8 points
+of balanced accuracy below central; drop ≥ 5 points; ±CI is the 95 % t
+interval over the five seeds.) With 1,120 test images the binomial standard
+error of an accuracy near 0.85 is about ±1 point.
+
+Calibration of v1 (SmallCNN, Adam lr 1e-3, batch 32, 10 epochs, accuracy on
+the pooled test split of 120 images): centralised 0.900 / 0.800 / 0.917 and
+smallest site alone 0.533 / 0.533 / 0.508 for data seeds 0 / 1 / 2.
 """
 
 from __future__ import annotations
@@ -42,26 +77,25 @@ from typing import Any
 
 import numpy as np
 from scipy.ndimage import gaussian_filter
-from scipy.special import expit
 
-from privmed.data.base import ArraySet, Dataset, PatientMeta
+from privmed.data import phantom_v1, phantom_v2
+from privmed.data.base import ArraySet, Dataset, Federation, PatientMeta
+from privmed.data.partition import partition
 from privmed.errors import PrivmedError
 
 DEFAULT_PATIENTS_PER_SITE = (60, 45, 30, 15)
 DEFAULT_PREVALENCE = (0.5, 0.35, 0.6, 0.25)
 LESION_CLASSES = {2: ("none", "lesion"), 3: ("none", "circumscribed", "infiltrative")}
+VERSIONS = {1: "v1: bright lesion (until 2026-11)", 2: "v2: lesion in shape and texture, held-out test patients"}
+_VERSION_MODULES = {1: phantom_v1, 2: phantom_v2}  # each: draw_anatomy(rng, lesion), tissue(anat, z, ux, uy, px)
+# Held-out test patients are balanced at every site, so that on the pooled test
+# set a site's prevalence (which its scanner reveals) says nothing about a label.
+TEST_PREVALENCE = 0.5
+DEFAULT_TEST_PATIENTS = 70  # v2: held-out test patients per site (4 sites x 70 x 4 images = 1,120)
 
 # Intensity scale: tissue is in [0, ~1]; scanner output is divided by this and
 # clipped to [0, 1] (a fixed scaling, so that scanner differences survive).
 _OUTPUT_SCALE = 1.5
-# Lesion size (radius, canonical units where the head is ~0.8) and contrast
-# (added to tissue ~0.5): the knobs that set how hard the task is.
-LESION_RADIUS = (0.12, 0.2)
-LESION_CONTRAST = (0.6, 0.8)
-SKULL_INTENSITY = (0.85, 1.0)
-EDEMA = (2.0, 0.35)  # perilesional oedema: width (x lesion radius), relative contrast
-LESION_DEPTH = 0.6  # half-extent of a lesion across slices (slices span [-0.5, 0.5])
-LESION_MIN_FRAC = 0.5  # smallest visible radius, as a fraction of the lesion's radius
 
 
 @dataclass(frozen=True)
@@ -83,6 +117,8 @@ class PhantomConfig:
     prevalence: tuple[float, ...] | None = None
     shared_patient_fraction: float = 0.0
     seed: int = 0
+    version: int = 2
+    test_patients_per_site: tuple[int, ...] | None = None
 
     def __post_init__(self) -> None:
         def bad(msg: str) -> PrivmedError:
@@ -101,6 +137,11 @@ class PhantomConfig:
             )
         if not isinstance(self.seed, int):
             raise bad(f"seed must be an integer, got {self.seed!r}")
+        if self.version not in VERSIONS:
+            raise bad(
+                f"version must be one of {sorted(VERSIONS)} (v1 is the pre-2026-11 phantom, kept for old results), "
+                f"got {self.version!r}"
+            )
 
         pps = self.patients_per_site
         if pps is None:
@@ -135,11 +176,34 @@ class PhantomConfig:
             raise bad("shared_patient_fraction > 0 needs at least 2 sites (a patient is shared between two sites)")
         object.__setattr__(self, "shared_patient_fraction", f)
 
+        tps = self.test_patients_per_site
+        if tps is None:
+            tps = (DEFAULT_TEST_PATIENTS if self.version >= 2 else 0,) * self.n_sites
+        tps = tuple(tps)
+        if len(tps) != self.n_sites or any(not isinstance(p, (int, np.integer)) or p < 0 for p in tps):
+            raise bad(f"test_patients_per_site must be one integer >= 0 per site ({self.n_sites}), got {tps}")
+        if self.version == 1 and any(tps):
+            raise bad("version 1 has no held-out test patients; leave test_patients_per_site out")
+        object.__setattr__(self, "test_patients_per_site", tuple(int(p) for p in tps))
+
     def to_dict(self) -> dict[str, Any]:
         d = dataclasses.asdict(self)
         d["patients_per_site"] = list(self.patients_per_site)
         d["prevalence"] = list(self.prevalence)
+        d["test_patients_per_site"] = list(self.test_patients_per_site)
         return d
+
+
+def parse_version(arg: str) -> int:
+    """The phantom version a data set spec names: ``""`` (the default, v2), ``"v1"`` or ``"v2"``."""
+    if not arg:
+        return max(VERSIONS)
+    if arg.strip().lower() in {f"v{v}" for v in VERSIONS}:
+        return int(arg.strip()[1:])
+    raise PrivmedError(
+        f"unknown phantom version {arg!r}; write 'phantom' (v{max(VERSIONS)}) or one of "
+        + ", ".join(f"'phantom:v{v}'" for v in sorted(VERSIONS))
+    )
 
 
 def default_sizes(n_sites: int) -> tuple[int, ...]:
@@ -174,97 +238,17 @@ SCANNER_RANGES = {
 }
 
 
-def _draw_scanners(rng: np.random.Generator, n_sites: int, image_size: int) -> list[dict[str, float]]:
+def _draw_scanners(
+    rng: np.random.Generator, n_sites: int, image_size: int, ranges: dict[str, tuple[float, float]] = SCANNER_RANGES
+) -> list[dict[str, float]]:
     scanners: list[dict[str, float]] = [{} for _ in range(n_sites)]
-    for name, (lo, hi) in SCANNER_RANGES.items():
+    for name, (lo, hi) in ranges.items():
         strata = (rng.permutation(n_sites) + rng.uniform(size=n_sites)) / n_sites
         for s in range(n_sites):
             scanners[s][name] = float(lo + (hi - lo) * strata[s])
     for sc in scanners:
         sc["blur_sigma_px"] *= image_size / 32.0
     return scanners
-
-
-def _draw_anatomy(rng: np.random.Generator, lesion: int) -> dict[str, Any]:
-    """Shape parameters of one patient's head (canonical coordinates in [-1, 1])."""
-    a = {
-        "head_a": rng.uniform(0.68, 0.80),
-        "head_b": rng.uniform(0.80, 0.92),
-        "head_tilt": rng.normal(0, 0.06),
-        "skull": rng.uniform(0.07, 0.11),
-        "skull_int": rng.uniform(*SKULL_INTENSITY),
-        "brain_int": rng.uniform(0.45, 0.58),
-        "vent_int": rng.uniform(0.1, 0.22),
-        "vent_sep": rng.uniform(0.09, 0.15),
-        "vent_a": rng.uniform(0.05, 0.10),
-        "vent_b": rng.uniform(0.14, 0.26),
-        "vent_y": rng.uniform(-0.12, 0.04),
-        "vent_angle": rng.uniform(0.1, 0.4),
-        "blob_xy": rng.uniform(-0.5, 0.5, size=(6, 2)),
-        "blob_amp": rng.uniform(0.03, 0.09, size=6) * rng.choice([-1.0, 1.0], size=6),
-        "blob_w": rng.uniform(0.08, 0.2, size=6),
-        "lesion": lesion,
-    }
-    # Lesion (drawn for everyone so that the stream does not depend on the label).
-    ang, rad = rng.uniform(0, 2 * np.pi), rng.uniform(0.25, 0.6)
-    a["les_xy"] = np.array([rad * np.cos(ang) * a["head_a"], rad * np.sin(ang) * a["head_b"]])
-    a["les_r"] = rng.uniform(*LESION_RADIUS)
-    a["les_z"] = rng.uniform(-0.3, 0.3)
-    a["les_contrast"] = rng.uniform(*LESION_CONTRAST)
-    a["les_harm"] = rng.uniform(0.1, 0.3, size=3)
-    a["les_phase"] = rng.uniform(0, 2 * np.pi, size=3)
-    return a
-
-
-def _tissue(anat: dict[str, Any], z: float, ux: np.ndarray, uy: np.ndarray, px: float) -> tuple[np.ndarray, np.ndarray]:
-    """Noise-free tissue image and lesion mask of one slice in canonical coordinates."""
-    c, s = np.cos(anat["head_tilt"]), np.sin(anat["head_tilt"])
-    hx, hy = c * ux + s * uy, -s * ux + c * uy
-    shrink = np.sqrt(1 - (z / 1.3) ** 2)  # the head narrows away from the central slice
-    rho = np.sqrt((hx / (anat["head_a"] * shrink)) ** 2 + (hy / (anat["head_b"] * shrink)) ** 2)
-    edge = px / 2
-    head = expit((1 - rho) / edge * anat["head_a"])
-    inner = 1 - anat["skull"] / anat["head_a"]
-    brain = expit((inner - rho) / edge * anat["head_a"])
-    t = anat["skull_int"] * (head - brain) + anat["brain_int"] * brain
-
-    # Ventricles: two tilted ellipses, shrinking to nothing away from the centre slice.
-    vscale = np.sqrt(max(0.0, 1 - (z / 0.7) ** 2))
-    if vscale > 0.05:
-        vent = np.zeros_like(t)
-        for side in (-1.0, 1.0):
-            ang = side * anat["vent_angle"]
-            dx, dy = hx - side * anat["vent_sep"], hy - anat["vent_y"]
-            ex, ey = np.cos(ang) * dx + np.sin(ang) * dy, -np.sin(ang) * dx + np.cos(ang) * dy
-            r = np.sqrt((ex / (anat["vent_a"] * vscale)) ** 2 + (ey / (anat["vent_b"] * vscale)) ** 2)
-            vent = np.maximum(vent, expit((1 - r) / edge * anat["vent_a"] * vscale))
-        t = t - (anat["brain_int"] - anat["vent_int"]) * vent * brain
-
-    # Tissue texture (grey/white matter variation): patient-specific smooth bumps.
-    for (bx, by), amp, w in zip(anat["blob_xy"], anat["blob_amp"], anat["blob_w"]):
-        t = t + amp * np.exp(-((hx - bx * anat["head_a"]) ** 2 + (hy - by * anat["head_b"]) ** 2) / (2 * w**2)) * brain
-
-    mask = np.zeros(t.shape, dtype=bool)
-    if anat["lesion"]:
-        frac = np.sqrt(max(LESION_MIN_FRAC**2, 1 - ((z - anat["les_z"]) / LESION_DEPTH) ** 2))  # visible size by slice
-        r = anat["les_r"] * frac
-        dx, dy = hx - anat["les_xy"][0], hy - anat["les_xy"][1]
-        d = np.sqrt(dx**2 + dy**2)
-        if anat["lesion"] == 1:  # circumscribed: compact, sharp edge, bright
-            m = expit((r - d) / edge)
-            contrast = anat["les_contrast"] + 0.05
-        else:  # infiltrative: irregular outline, diffuse edge, lower contrast, larger
-            phi = np.arctan2(dy, dx)
-            wobble = 1 + sum(h * np.cos(k * phi + p) for k, h, p in zip((2, 3, 5), anat["les_harm"], anat["les_phase"]))
-            rr = 1.3 * r * wobble
-            m = expit((rr - d) / (0.35 * rr))
-            contrast = 0.7 * anat["les_contrast"]
-        edema = EDEMA[1] * anat["les_contrast"] * np.exp(-(d**2) / (2 * (EDEMA[0] * r) ** 2))
-        t = t + (contrast * m + edema * (1 - m)) * brain
-        mask = (m > 0.5) & (brain > 0.5)
-        if not mask.any():  # tiny lesion on a coarse grid: mark the pixel nearest its centre
-            mask.flat[int(np.argmin(d))] = True
-    return t, mask
 
 
 def _acquire(
@@ -282,9 +266,15 @@ def _acquire(
 
 
 def _scan(
-    anat: dict[str, Any], scanner: dict[str, float], n_images: int, rng: np.random.Generator, size: int
+    anat: dict[str, Any],
+    scanner: dict[str, float],
+    n_images: int,
+    rng: np.random.Generator,
+    size: int,
+    version: int = 1,
 ) -> tuple[np.ndarray, np.ndarray]:
     """``n_images`` slices of one patient on one scanner: images [n,1,H,W] float32, masks uint8."""
+    tissue = _VERSION_MODULES[version].tissue
     grid = (np.arange(size) + 0.5) / size * 2 - 1
     yy, xx = np.meshgrid(grid, grid, indexing="ij")
     px = 2.0 / size
@@ -297,8 +287,9 @@ def _scan(
         c, s = np.cos(theta), np.sin(theta)
         ux = (c * (xx - tx) + s * (yy - ty)) / scale
         uy = (-s * (xx - tx) + c * (yy - ty)) / scale
-        t, m = _tissue(anat, z, ux, uy, px / scale)
-        imgs[i, 0] = _acquire(t, scanner, xx, yy, rng)
+        t, m = tissue(anat, z, ux, uy, px / scale)
+        img = _acquire(t, scanner, xx, yy, rng)
+        imgs[i, 0] = img if version == 1 else phantom_v2.normalise(img)
         masks[i, 0] = m
     return imgs, masks
 
@@ -306,61 +297,85 @@ def _scan(
 # --------------------------------------------------------------------------- cohort
 
 
-def make_phantom(config: PhantomConfig) -> Dataset:
-    """Generate the phantom described by ``config``; a pure function of it (and its seed)."""
-    seed, n_sites, size, k = config.seed, config.n_sites, config.image_size, config.images_per_patient
-    scanners = _draw_scanners(_rng(seed, _STREAM_SCANNER), n_sites, size)
-    cohort = _rng(seed, _STREAM_COHORT)
-    total = sum(config.patients_per_site)
-    width = max(4, len(str(total)))
-    numbers = cohort.permutation(total) + 1  # pseudonyms carry no site or order information
+@dataclass(frozen=True)
+class _Cohort:
+    """Every patient of a phantom (development and held-out test), before any image is made."""
 
-    # Patients: home site, label, anatomy, quasi-identifiers.
-    home, labels, anats, pids = [], [], [], []
-    patients: dict[str, PatientMeta] = {}
+    pids: list[str]
+    home: list[int]
+    labels: list[int]
+    anats: list[dict[str, Any]]
+    held_out: list[bool]
+    meta: dict[str, PatientMeta]
+    second: dict[int, int]  # referrals: patient index -> second site
+
+
+def _cohort(config: PhantomConfig) -> _Cohort:
+    """Patients: home site, label, anatomy, quasi-identifiers; referrals to a second site."""
+    seed = config.seed
+    draw_anatomy = _VERSION_MODULES[config.version].draw_anatomy
+    cohort = _rng(seed, _STREAM_COHORT)
+    n_dev = sum(config.patients_per_site)
+    total = n_dev + sum(config.test_patients_per_site)
+    width = max(4, len(str(total)))
+    numbers = cohort.permutation(total) + 1  # pseudonyms carry no site, order or role information
+    c = _Cohort([], [], [], [], [], {}, {})
     g = 0
-    for s, n in enumerate(config.patients_per_site):
+    for s, (n, n_test) in enumerate(zip(config.patients_per_site, config.test_patients_per_site)):
         site_rng = _rng(seed, _STREAM_PATIENT, s)
-        n_lesion = int(round(config.prevalence[s] * n))
         has = np.zeros(n, dtype=bool)
-        has[site_rng.permutation(n)[:n_lesion]] = True
+        has[site_rng.permutation(n)[: int(round(config.prevalence[s] * n))]] = True
         age_mean = site_rng.uniform(48, 62)
         start = dt.date(2014, 1, 1) + dt.timedelta(days=int(site_rng.integers(0, 3 * 365)))
-        for j in range(n):
+        if n_test:  # held-out patients, half with a lesion at every site (v1 has none)
+            has_test = np.zeros(n_test, dtype=bool)
+            has_test[site_rng.permutation(n_test)[: int(round(TEST_PREVALENCE * n_test))]] = True
+            has = np.concatenate([has, has_test])
+        for j in range(n + n_test):
             prng = _rng(seed, _STREAM_PATIENT, s, j)
             kind = int(prng.integers(1, 3)) if has[j] else 0  # 1 circumscribed, 2 infiltrative
-            label = kind if config.n_classes == 3 else int(kind > 0)
             pid = f"P{numbers[g]:0{width}d}"
             age = int(np.clip(round(prng.normal(age_mean + 6 * has[j], 14)), 18, 95))
             sex = str(prng.choice(["F", "M"]))
             date = (start + dt.timedelta(days=int(prng.integers(0, 4 * 365)))).isoformat()
-            patients[pid] = PatientMeta(patient_id=pid, age=age, sex=sex, acquisition_date=date, site=s)
-            home.append(s)
-            labels.append(label)
-            anats.append(_draw_anatomy(prng, kind))
-            pids.append(pid)
+            c.meta[pid] = PatientMeta(patient_id=pid, age=age, sex=sex, acquisition_date=date, site=s)
+            c.home.append(s)
+            c.labels.append(kind if config.n_classes == 3 else int(kind > 0))
+            c.anats.append(draw_anatomy(prng, kind))
+            c.pids.append(pid)
+            c.held_out.append(j >= n)
             g += 1
 
-    # Referrals: a fraction of patients is scanned again at a second site.
-    n_shared = int(round(config.shared_patient_fraction * total))
-    shared = np.sort(cohort.choice(total, size=n_shared, replace=False)) if n_shared else np.array([], dtype=int)
-    second: dict[int, int] = {}
-    for p in shared:
-        other = [s for s in range(n_sites) if s != home[p]]
-        second[int(p)] = int(other[int(cohort.integers(len(other)))])
+    # Referrals: a fraction of the development patients is scanned again at a second site.
+    dev = [p for p in range(total) if not c.held_out[p]]
+    n_shared = int(round(config.shared_patient_fraction * n_dev))
+    shared = np.sort(cohort.choice(n_dev, size=n_shared, replace=False)) if n_shared else np.array([], dtype=int)
+    for q in shared:
+        p = dev[int(q)]
+        other = [s for s in range(config.n_sites) if s != c.home[p]]
+        c.second[p] = int(other[int(cohort.integers(len(other)))])
+    return c
 
-    # Acquisitions, grouped by the site that made them.
+
+def _acquisitions(config: PhantomConfig, c: _Cohort, held_out: bool) -> Dataset:
+    """Scan the development (``held_out=False``) or held-out test patients, grouped by the site that scans them."""
+    seed, size, k = config.seed, config.image_size, config.images_per_patient
+    ranges = SCANNER_RANGES if config.version == 1 else {**SCANNER_RANGES, **phantom_v2.SCANNER_OVERRIDES}
+    scanners = _draw_scanners(_rng(seed, _STREAM_SCANNER), config.n_sites, size, ranges)
+    total = len(c.pids)
     images, masks, y, ids, site_of = [], [], [], [], []
-    for s in range(n_sites):
-        visits = [p for p in range(total) if home[p] == s] + [p for p in sorted(second) if second[p] == s]
+    for s in range(config.n_sites):
+        visits = [p for p in range(total) if c.home[p] == s and c.held_out[p] == held_out]
+        visits += [p for p in sorted(c.second) if c.second[p] == s and c.held_out[p] == held_out]
         for p in visits:
-            im, m = _scan(anats[p], scanners[s], k, _rng(seed, _STREAM_IMAGE, s, p), size)
+            im, m = _scan(c.anats[p], scanners[s], k, _rng(seed, _STREAM_IMAGE, s, p), size, config.version)
             images.append(im)
             masks.append(m)
-            y += [labels[p]] * k
-            ids += [pids[p]] * k
+            y += [c.labels[p]] * k
+            ids += [c.pids[p]] * k
             site_of += [s] * k
-
+    if not images:
+        raise PrivmedError("this phantom has no held-out test patients (version 1, or test_patients_per_site all 0)")
     data = ArraySet(
         images=np.concatenate(images),
         labels=np.asarray(y, dtype=np.int64),
@@ -371,13 +386,54 @@ def make_phantom(config: PhantomConfig) -> Dataset:
         "config": config.to_dict(),
         "scanners": scanners,
         "classes": list(LESION_CLASSES[config.n_classes]),
-        "shared_patients": {pids[p]: [home[p], second[p]] for p in sorted(second)},
+        "shared_patients": {c.pids[p]: [c.home[p], c.second[p]] for p in sorted(c.second)},
+        "part": "held-out test" if held_out else "development",
     }
     return Dataset(
-        name="phantom",
+        name="phantom" if config.version == 1 else f"phantom:v{config.version}",  # v1 results always said "phantom"
         n_classes=config.n_classes,
         data=data,
         site_of=np.asarray(site_of, dtype=np.int64),
-        patients=patients,
+        patients={pid: c.meta[pid] for pid in dict.fromkeys(ids)},
         info=info,
     )
+
+
+def make_phantom(config: PhantomConfig) -> Dataset:
+    """The development patients (to split into train/validation) of the phantom ``config`` describes; a pure
+    function of it."""
+    return _acquisitions(config, _cohort(config), held_out=False)
+
+
+def make_phantom_test(config: PhantomConfig) -> Dataset:
+    """The held-out test patients of each site (v2: ``test_patients_per_site``), disjoint from
+    :func:`make_phantom`'s."""
+    return _acquisitions(config, _cohort(config), held_out=True)
+
+
+def phantom_federation(
+    config: PhantomConfig,
+    *,
+    split: str = "natural",
+    seed: int = 0,
+    val_fraction: float = 0.15,
+    n_sites: int | None = None,
+) -> Federation:
+    """Sites whose train/validation come from the development patients and whose test is the held-out patients.
+
+    The development patients are split by ``split`` into sites and then into
+    train/validation (no test); the held-out patients are dealt to sites by
+    the same split (under ``natural``: each stays at the scanner that made its
+    images) and become the sites' test sets, so the pooled test set is large
+    (≥ 1,000 images by default) and shares no patient with training.
+    ``n_sites`` defaults to the phantom's number of scanners (the only choice
+    under ``natural``).
+    """
+    n = config.n_sites if n_sites is None else n_sites
+    dev_fed = partition(
+        make_phantom(config), n_sites=n, split=split, seed=seed, val_fraction=val_fraction, test_fraction=0.0
+    )
+    test = make_phantom_test(config)
+    test_fed = partition(test, n_sites=n, split=split, seed=seed, val_fraction=0.0, test_fraction=0.0)
+    sites = tuple(dataclasses.replace(d, test=t.train) for d, t in zip(dev_fed.sites, test_fed.sites))
+    return dataclasses.replace(dev_fed, sites=sites, patients={**dev_fed.patients, **test.patients})

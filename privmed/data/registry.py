@@ -14,7 +14,7 @@ networks train on). Layouts: README, "Your own data".
 
 from __future__ import annotations
 
-from privmed.data.base import Dataset
+from privmed.data.base import Dataset, Federation
 from privmed.errors import PrivmedError, unknown_name
 
 DATASETS = ("phantom", "medmnist", "dicom", "nifti", "folder")
@@ -50,17 +50,17 @@ def load_dataset(
 ) -> Dataset:
     name, arg, options = parse_spec(spec)
     if name == "phantom":
-        from privmed.data.phantom import PhantomConfig, default_sizes, make_phantom
+        from privmed.data.phantom import make_phantom
 
-        sizes = tuple(patients_scale * n for n in default_sizes(n_sites))
         return make_phantom(
-            PhantomConfig(
+            phantom_config(
+                arg,
+                seed=seed,
                 n_sites=n_sites,
                 image_size=image_size,
                 n_classes=n_classes,
-                patients_per_site=sizes,
                 shared_patient_fraction=shared_patient_fraction,
-                seed=seed,
+                patients_scale=patients_scale,
             )
         )
     if name == "medmnist":
@@ -80,3 +80,64 @@ def load_dataset(
 
         return load_image_folder(arg, size=image_size)
     raise unknown_name("dataset", name, DATASETS)
+
+
+def phantom_config(
+    arg: str,
+    *,
+    seed: int,
+    n_sites: int,
+    image_size: int,
+    n_classes: int,
+    shared_patient_fraction: float,
+    patients_scale: int,
+):
+    """The phantom's config for ``phantom[:vN]`` (``arg`` is what follows the colon)."""
+    from privmed.data.phantom import PhantomConfig, default_sizes, parse_version
+
+    return PhantomConfig(
+        n_sites=n_sites,
+        image_size=image_size,
+        n_classes=n_classes,
+        patients_per_site=tuple(patients_scale * n for n in default_sizes(n_sites)),
+        shared_patient_fraction=shared_patient_fraction,
+        seed=seed,
+        version=parse_version(arg),
+    )
+
+
+def load_federation(
+    spec: str,
+    *,
+    seed: int,
+    sites: int,
+    split: str,
+    scanners: int,
+    image_size: int = 32,
+    n_classes: int = 2,
+    shared_patient_fraction: float = 0.0,
+    patients_scale: int = 1,
+) -> Federation:
+    """The data set ``spec`` split into ``sites`` by ``split``; ``scanners``: how many sites a generator draws.
+
+    Phantom v2 keeps its held-out test patients as the sites' test sets
+    (:func:`privmed.data.phantom.phantom_federation`); every other data set is
+    partitioned into train/validation/test by patient.
+    """
+    from privmed.data.partition import partition
+
+    name, arg, _ = parse_spec(spec)
+    kw = {
+        "image_size": image_size,
+        "n_classes": n_classes,
+        "shared_patient_fraction": shared_patient_fraction,
+        "patients_scale": patients_scale,
+    }
+    if name == "phantom":
+        from privmed.data.phantom import phantom_federation
+
+        config = phantom_config(arg, seed=seed, n_sites=scanners, **kw)
+        if config.version >= 2:
+            return phantom_federation(config, split=split, seed=seed, n_sites=sites)
+    dataset = load_dataset(spec, seed=seed, n_sites=scanners, **kw)
+    return partition(dataset, n_sites=sites, split=split, seed=seed)

@@ -56,6 +56,7 @@ class Checkpoint:
             "protocol_state": json.dumps(ctx.state, default=json_default),
             "global_rng": global_rng_state(),
             "mechanism": json.dumps(session.mechanism.state_dict(), default=json_default),
+            "site_memory": session.site_memory,  # each site's own memory (optimiser state), as the site would keep it
             "wall": wall,
         }
         self.path.parent.mkdir(parents=True, exist_ok=True)
@@ -98,6 +99,9 @@ class Checkpoint:
         grid.traffic.records[:] = json.loads(state["traffic"])
         grid.site_seconds.update({int(k): v for k, v in json.loads(state["site_seconds"]).items()})
         session.mechanism.load_state_dict(json.loads(state["mechanism"]))
+        for i, memory in state.get("site_memory", {}).items():  # into the dicts the sites' apps hold
+            for key, value in memory.items():
+                session.site_memory[int(i)].setdefault(key, {}).update(value)
         return float(state["wall"])
 
     def discard(self) -> None:

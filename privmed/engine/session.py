@@ -88,22 +88,22 @@ def seed_globals(seed: int) -> None:
 
 
 def build_federation(cfg: DataConfig, seed: int) -> Federation:
-    from privmed.data.partition import partition
-    from privmed.data.registry import load_dataset
+    from privmed.data.registry import load_federation
 
     # A generated data set has as many scanners as sites only for the natural
     # split; other splits redistribute the default phantom's patients.
     natural = cfg.split.split(":")[0] == "natural"
-    dataset = load_dataset(
+    return load_federation(
         cfg.dataset,
         seed=seed,
-        n_sites=cfg.sites if natural else DataConfig().sites,
+        sites=cfg.sites,
+        split=cfg.split,
+        scanners=cfg.sites if natural else DataConfig().sites,
         image_size=cfg.image_size,
         n_classes=cfg.n_classes,
         shared_patient_fraction=cfg.shared_patient_fraction,
         patients_scale=cfg.patients_scale,
     )
-    return partition(dataset, n_sites=cfg.sites, split=cfg.split, seed=seed)
 
 
 def model_spec(config: RunConfig, fed: Federation) -> ModelSpec:
@@ -160,6 +160,7 @@ class Session:
     mechanism: Mechanism
     grid: Grid
     node_site: dict[int, str]  # in-process: node id -> site name (a deployment learns it as nodes join)
+    site_memory: dict[int, dict]  # in-process: site index -> what the site keeps between messages (optimiser state)
     in_process: bool  # an InProcessGrid, which counts bytes and site seconds (Flower's deployed Grid does not)
     ctx: ProtocolContext
     n_parameters: int
@@ -205,12 +206,14 @@ def assemble(
         mechanism.load_state_dict(mechanism_state)
     mechanism.check(plan_of(config, fed, r))
     node_site: dict[int, str] = {}
+    site_memory: dict[int, dict] = {}
     if grid is None:
         apps = {}
         for i, site in enumerate(parties(fed, r.protocol)):
             mods = [*mechanism.client_mods(i), *protocol_site_mods(r, i, config), *(site_mods or {}).get(i, [])]
+            site_memory[i] = {}
             apps[FIRST_NODE_ID + i] = make_client_app(
-                site, model, site_index=i, trainer=mechanism.trainer(i), mods=mods
+                site, model, site_index=i, trainer=mechanism.trainer(i), mods=mods, memory=site_memory[i]
             )
             node_site[FIRST_NODE_ID + i] = site.name
         grid = InProcessGrid(apps, fault=fault)
@@ -233,6 +236,7 @@ def assemble(
         mechanism=mechanism,
         grid=grid,
         node_site=node_site,
+        site_memory=site_memory,
         in_process=isinstance(grid, InProcessGrid),
         ctx=ctx,
         n_parameters=n_parameters(initial),
