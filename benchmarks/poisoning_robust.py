@@ -49,6 +49,7 @@ def main() -> None:
     ap.add_argument("--sites", type=int, default=10)
     ap.add_argument("--lr", type=float, default=3e-3)
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--fraction", type=float, default=1.0, help="of a malicious site's training images poisoned")
     args = ap.parse_args()
     set_threads()
     config = RunConfig(
@@ -61,14 +62,20 @@ def main() -> None:
     spec = model_spec(config, fed)
     test = fed.pooled("test")
     clip = honest_norm(config, fed)
-    print(f"{len(fed.sites)} sites, {args.rounds} rounds, lr {args.lr}, test n={len(test)}, norm bound {clip:.4f}")
+    print(
+        f"{len(fed.sites)} sites, {args.rounds} rounds, lr {args.lr}, test n={len(test)}, norm bound {clip:.4f},"
+        f" poisoned fraction {args.fraction}"
+    )
     print("kind       | f | aggregator    | clean acc | attack success [95% CI]   | baseline | s")
     for f in (0, 1, 2):
         for kind in poisoning.KINDS:
             if f == 0 and kind != poisoning.KINDS[0]:
                 continue  # f = 0: one clean run per aggregator serves both attacks' baselines
-            cfg = poisoning.PoisonConfig(kind=kind, n_malicious=f, seed=args.seed)
+            cfg = poisoning.PoisonConfig(kind=kind, n_malicious=f, fraction=args.fraction, seed=args.seed)
             poisoned, bad = poisoning.poison_federation(fed, cfg)
+            if bad:
+                sizes = {s.name: len(s.train) for s in fed.sites if s.name in bad}
+                print(f"-- f={f} {kind}: malicious sites (training images) {sizes}", flush=True)
             for name in poisoning.AGGREGATORS:
                 start = time.perf_counter()
                 try:
@@ -80,7 +87,7 @@ def main() -> None:
                 acc = float((predict(spec, weights, test).argmax(1) == test.labels).mean())
                 kinds = poisoning.KINDS if f == 0 else (kind,)
                 for k in kinds:
-                    c = poisoning.PoisonConfig(kind=k, n_malicious=f, seed=args.seed)
+                    c = poisoning.PoisonConfig(kind=k, n_malicious=f, fraction=args.fraction, seed=args.seed)
                     r = poisoning.attack_success(lambda d, w=weights: predict(spec, w, d), test, c, fed.n_classes)
                     base = r.get("without_trigger", r.get("chance"))
                     lo, hi = r["attack_success_ci95"]

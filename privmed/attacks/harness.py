@@ -29,6 +29,7 @@ from privmed.threat import AGGREGATE, INVERTIBLE, PARTIAL, not_invertible
 
 # Seed salts: each keeps one of the harness's draws apart from the others made from the same run seed.
 PROBE_BATCH_SALT = 29  # which training images the inversion probe's victim batch holds
+NON_MEMBERS_WANTED = 1000  # so that TPR at 0.1 % FPR is not TPR at zero false positives
 ATTACKER_COHORT_SALT = 31  # which held-out patients are LiRA's attacker cohort, which its non-member candidates
 
 
@@ -90,11 +91,11 @@ def measure_loss_threshold(t: Target) -> dict[str, Any]:
     }
 
 
-def _split_by_patient(data: ArraySet, seed: int) -> tuple[ArraySet, ArraySet]:
-    """Two halves of ``data`` with no patient in both (the attacker's cohort, the non-member candidates)."""
+def _split_by_patient(data: ArraySet, seed: int, fraction: float) -> tuple[ArraySet, ArraySet]:
+    """``data`` split by patient: about ``fraction`` of the patients (the attacker's cohort), the rest (non-members)."""
     rng = np.random.default_rng([seed, ATTACKER_COHORT_SALT])
     pids = rng.permutation(np.unique(data.patient_ids))
-    first = np.isin(data.patient_ids, pids[: len(pids) // 2])
+    first = np.isin(data.patient_ids, pids[: max(1, int(round(fraction * len(pids))))])
     return data.subset(np.flatnonzero(first)), data.subset(np.flatnonzero(~first))
 
 
@@ -131,17 +132,18 @@ def measure_lira(t: Target, *, n_shadows: int) -> dict[str, Any]:
     """Offline LiRA with a global variance; the attacker's cohort: held-out patients of the same sites.
 
     Held-out patients of the training sites (same scanners, never trained on)
-    are split by patient: one half is the attacker's own data (its shadows
-    train on it), the other half are the non-member candidates; every training
-    image is a member candidate. Reported with the null (chance) and a
+    are split by patient: a part is the attacker's own data (its shadows
+    train on it; 15-50 %, the least that leaves 1,000 non-members), the rest
+    are the non-member candidates; every training image is a member candidate. Reported with the null (chance) and a
     positive control on an undefended shadow model.
     """
     r = resolve(t.config)
     sites = [t.fed.sites[i] for i in r.protocol.trainers(r.options, len(t.fed.sites))]
     members = ArraySet.concat([s.train for s in sites])
-    aux, non_members = _split_by_patient(
-        ArraySet.concat([s.val for s in sites] + [s.test for s in sites]), t.config.seed
-    )
+    held_out = ArraySet.concat([s.val for s in sites] + [s.test for s in sites])
+    # as many non-members as TPR at 0.1 % FPR needs (1,000) where the held-out data allow, the rest to the attacker
+    fraction = float(np.clip(1 - NON_MEMBERS_WANTED / max(len(held_out), 1), 0.15, 0.5))
+    aux, non_members = _split_by_patient(held_out, t.config.seed, fraction)
     epochs = min(10, t.config.train.rounds * t.config.train.local_epochs)
     cfg = membership.LiraConfig(n_shadows=n_shadows, epochs=epochs, seed=t.config.seed)
     shadow_members: list[np.ndarray] = []
