@@ -65,6 +65,8 @@ def show(name: str, audit) -> None:
             f"model inversion: own-other corr gap {m['own_minus_other']:.3f} (own {m['corr_own_class_mean']:.3f})"
             f" | untrained null gap {m['null_untrained_model']['own_minus_other']:.3f}"
             f" | beyond null {m['gap_beyond_null']:.3f} | class means corr {m['class_means_correlation']:.3f}"
+            f" | class-difference corr {m['corr_class_difference']:.3f}"
+            f" (untrained null {m['null_untrained_model']['corr_class_difference']:.3f})"
         )
     if "linkage" in r:
         lk = r["linkage"]
@@ -87,17 +89,17 @@ def show(name: str, audit) -> None:
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--rounds", type=int, default=30)
-    ap.add_argument("--dp", action="store_true")
+    ap.add_argument("--dp", action="store_true", help="also the same run under DP-SGD at ε = 8")
     ap.add_argument("--out", default="")
     args = ap.parse_args()
     set_threads()
     configs = {"fedavg": RunConfig(protocol="fedavg", name="fedavg", train=TrainSettings(rounds=args.rounds))}
     if args.dp:
-        configs["fedavg + dp-fedavg"] = RunConfig(
+        configs["fedavg + dp-sgd ε=8"] = RunConfig(
             protocol="fedavg",
-            name="dpfedavg",
+            name="dpsgd",
             train=TrainSettings(rounds=args.rounds),
-            privacy={"mechanism": "dp-fedavg"},
+            privacy={"mechanism": "dp-sgd", "epsilon": 8.0},
         )
     with tempfile.TemporaryDirectory() as tmp:
         for name, cfg in configs.items():

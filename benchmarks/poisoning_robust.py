@@ -50,6 +50,7 @@ def main() -> None:
     ap.add_argument("--lr", type=float, default=3e-3)
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--fraction", type=float, default=1.0, help="of a malicious site's training images poisoned")
+    ap.add_argument("--boost", type=float, default=1.0, help="model replacement: malicious updates scaled by this")
     args = ap.parse_args()
     set_threads()
     config = RunConfig(
@@ -64,14 +65,16 @@ def main() -> None:
     clip = honest_norm(config, fed)
     print(
         f"{len(fed.sites)} sites, {args.rounds} rounds, lr {args.lr}, test n={len(test)}, norm bound {clip:.4f},"
-        f" poisoned fraction {args.fraction}"
+        f" poisoned fraction {args.fraction}, boost {args.boost}"
     )
     print("kind       | f | aggregator    | clean acc | attack success [95% CI]   | baseline | s")
     for f in (0, 1, 2):
         for kind in poisoning.KINDS:
             if f == 0 and kind != poisoning.KINDS[0]:
                 continue  # f = 0: one clean run per aggregator serves both attacks' baselines
-            cfg = poisoning.PoisonConfig(kind=kind, n_malicious=f, fraction=args.fraction, seed=args.seed)
+            cfg = poisoning.PoisonConfig(
+                kind=kind, n_malicious=f, fraction=args.fraction, boost=args.boost, seed=args.seed
+            )
             poisoned, bad = poisoning.poison_federation(fed, cfg)
             if bad:
                 sizes = {s.name: len(s.train) for s in fed.sites if s.name in bad}
@@ -83,7 +86,8 @@ def main() -> None:
                 except Exception as exc:  # outside the aggregator's validity condition
                     print(f"{kind:10} | {f} | {name:13} | n/a: {exc}")
                     continue
-                weights = poisoning.train_fedavg(config, poisoned, strategy)
+                mods = poisoning.malicious_mods(fed, bad, cfg)
+                weights = poisoning.train_fedavg(config, poisoned, strategy, site_mods=mods)
                 acc = float((predict(spec, weights, test).argmax(1) == test.labels).mean())
                 kinds = poisoning.KINDS if f == 0 else (kind,)
                 for k in kinds:

@@ -29,6 +29,7 @@ from privmed.threat import AGGREGATE, INVERTIBLE, PARTIAL, not_invertible
 
 # Seed salts: each keeps one of the harness's draws apart from the others made from the same run seed.
 PROBE_BATCH_SALT = 29  # which training images the inversion probe's victim batch holds
+CONTROL_EPOCHS = 60  # LiRA's positive control trains this long on ~100 images: it memorises them
 NON_MEMBERS_WANTED = 1000  # so that TPR at 0.1 % FPR is not TPR at zero false positives
 ATTACKER_COHORT_SALT = 31  # which held-out patients are LiRA's attacker cohort, which its non-member candidates
 
@@ -100,15 +101,25 @@ def _split_by_patient(data: ArraySet, seed: int, fraction: float) -> tuple[Array
 
 
 def _lira_control(
-    shadows: list[nn.Module], members: list[np.ndarray], aux: ArraySet, *, global_variance: bool
+    shadows: list[nn.Module],
+    members: list[np.ndarray],
+    aux: ArraySet,
+    *,
+    global_variance: bool,
+    memorising: nn.Module | None = None,
 ) -> dict[str, Any]:
-    """Positive control: LiRA against shadow 0 (undefended, the target's recipe), whose members the harness knows.
+    """Positive control: LiRA against an undefended model whose members the harness knows.
 
-    Each aux image is scored against the other shadows that did not train on it (leave-one-out offline LiRA).
+    The control target is shadow 0, or ``memorising`` (a model trained on
+    shadow 0's members until it memorises them) when given. Each aux image is
+    scored against the other shadows that did not train on it (leave-one-out
+    offline LiRA).
     """
     from privmed.tasks import predict_proba
 
     phi = np.stack([membership.logit_confidence(predict_proba(m, aux), aux.labels) for m in shadows])
+    if memorising is not None:
+        phi[0] = membership.logit_confidence(predict_proba(memorising, aux), aux.labels)
     trained = np.zeros(phi.shape, dtype=bool)
     for i, idx in enumerate(members):
         trained[i, idx] = True
@@ -119,9 +130,15 @@ def _lira_control(
     sd = np.sqrt(np.nanmean(var) if global_variance else var) + 1e-6
     scores = (phi[0, ok] - mu) / sd
     is_member = trained[0, ok]
-    loss = membership.loss_threshold_scores(predict_proba(shadows[0], aux), aux.labels)[ok]
+    loss = membership.loss_threshold_scores(
+        predict_proba(memorising if memorising is not None else shadows[0], aux), aux.labels
+    )[ok]
     return {
-        "target": "shadow model 0: the target's recipe on half the attacker's cohort, no defence",
+        "target": (
+            "an undefended model trained to memorisation on shadow 0's half of the attacker's cohort"
+            if memorising is not None
+            else "shadow model 0: the target's recipe on half the attacker's cohort, no defence"
+        ),
         "candidates": int(ok.sum()),
         "lira": mia_metrics(scores, is_member),
         "loss_threshold": mia_metrics(loss, is_member),
@@ -158,6 +175,19 @@ def measure_lira(t: Target, *, n_shadows: int) -> dict[str, Any]:
     cand = ArraySet.concat([members, non_members])
     is_member = np.r_[np.ones(len(members), bool), np.zeros(len(non_members), bool)]
     scores = membership.lira(_proba(t, cand), cand, shadows, global_variance=cfg.global_variance)
+    # the control: the target's architecture and optimiser on shadow 0's members, trained until it memorises them
+    from privmed.tasks import train_local
+
+    memorising = t.spec.build(t.config.seed)
+    train_local(
+        memorising,
+        aux.subset(shadow_members[0]),
+        task=t.spec.task,
+        epochs=CONTROL_EPOCHS,
+        batch_size=t.config.train.batch_size,
+        lr=t.config.train.lr,
+        seed=t.config.seed,
+    )
     return {
         "attack": "LiRA offline, global variance (Carlini 2022)",
         "shadows": n_shadows,
@@ -168,7 +198,9 @@ def measure_lira(t: Target, *, n_shadows: int) -> dict[str, Any]:
         "non_members": int((~is_member).sum()),
         **_mia(scores, is_member, cand.patient_ids),
         "null": {"auc": 0.5, "tpr_at_fpr": "equal to the FPR (a score independent of membership)"},
-        "positive_control": _lira_control(shadows, shadow_members, aux, global_variance=cfg.global_variance),
+        "positive_control": _lira_control(
+            shadows, shadow_members, aux, global_variance=cfg.global_variance, memorising=memorising
+        ),
     }
 
 
@@ -230,7 +262,7 @@ def _inversion_control(t: Target) -> dict[str, Any]:
     model = gi.LeNetZhu(x.shape[1], t.fed.n_classes, x.shape[-1], seed=t.config.seed)
     grad = gi.model_gradient(model, x, y)
     labels = gi.infer_labels(grad, n_classes=t.fed.n_classes, batch_size=1)
-    cfg = dc.replace(gi.PRESETS["dlg"], iterations=100, restarts=1, seed=t.config.seed)
+    cfg = dc.replace(gi.PRESETS["dlg"], iterations=100, seed=t.config.seed)  # 4 restarts: DLG diverges from some
     recon = gi.reconstruct(model, grad, shape=tuple(x.shape[1:]), labels=labels, config=cfg)
     return {
         "target": "LeNetZhu (DLG's sigmoid network), one image's raw gradient, DLG",

@@ -18,6 +18,14 @@ each with a Wilson 95 % interval over the test images, beside its baseline
 (backdoor: the same images without the trigger; label flip: the rate of the
 same run without malicious sites, which the experiment runs as ``f = 0``).
 
+Positive control: model replacement (Bagdasaryan, Veit, Hua, Estrin,
+Shmatikov 2020, "How To Backdoor Federated Learning"): a malicious site
+scales its update by ``boost`` (their γ ≈ n/η) so that it survives
+averaging, as a client mod at the malicious sites (:func:`model_replacement_mod`),
+so FedAvg can be captured and the robust aggregators and the norm bound are
+tested against the attack they were designed for. (The audit's "as run"
+re-run poisons data only.)
+
 Validity: Krum needs n > 2f + 2 (Blanchard et al. 2017, Lemma/Prop. 1) and
 is refused otherwise; the trimmed mean cuts a fraction β ≥ f/n at each end
 (Yin et al. 2018), here β = max(f, 1)/n. ``benchmarks/poisoning_robust.py``
@@ -62,12 +70,13 @@ class PoisonConfig:
     fraction: float = 0.5  # of a malicious site's training images poisoned
     patch: int = 4  # trigger: a patch x patch checkerboard in the bottom-right corner
     seed: int = 0
+    boost: float = 1.0  # model replacement: a malicious site scales its update by this (1: plain data poisoning)
 
     def __post_init__(self) -> None:
         if self.kind not in KINDS:
             raise unknown_name("poisoning kind", self.kind, KINDS)
-        if self.n_malicious < 0 or not 0 < self.fraction <= 1 or self.patch < 1:
-            raise PrivmedError("poisoning needs n_malicious >= 0, 0 < fraction <= 1 and patch >= 1")
+        if self.n_malicious < 0 or not 0 < self.fraction <= 1 or self.patch < 1 or not self.boost >= 1:
+            raise PrivmedError("poisoning needs n_malicious >= 0, 0 < fraction <= 1, patch >= 1 and boost >= 1")
 
 
 def add_trigger(images: np.ndarray, patch: int) -> np.ndarray:
@@ -176,12 +185,40 @@ def make_aggregator(name: str, *, n_sites: int, n_malicious: int, clip_norm: flo
     return builders[name]()
 
 
-def train_fedavg(config: RunConfig, fed: Federation, strategy: Strategy) -> ArrayRecord:
+def model_replacement_mod(boost: float):
+    """A malicious site's Flower client mod: send ``w_global + boost * (w_trained - w_global)`` (Bagdasaryan 2020)."""
+    from flwr.app import Context, Message
+    from flwr.clientapp.typing import ClientAppCallable
+
+    def mod(msg: Message, ctx: Context, call_next: ClientAppCallable) -> Message:
+        reply = call_next(msg, ctx)
+        if msg.metadata.message_type != "train" or reply.has_error() or "arrays" not in msg.content.array_records:
+            return reply
+        glob = msg.content["arrays"].to_torch_state_dict()
+        sent = reply.content["arrays"].to_torch_state_dict()
+        reply.content["arrays"] = ArrayRecord({k: glob[k] + boost * (v - glob[k]) for k, v in sent.items()})
+        return reply
+
+    return mod
+
+
+def malicious_mods(fed: Federation, bad: list[str], cfg: PoisonConfig) -> dict[int, list]:
+    """Client mods per site index: model replacement at the malicious sites when ``cfg.boost > 1``."""
+    if cfg.boost <= 1:
+        return {}
+    return {i: [model_replacement_mod(cfg.boost)] for i, s in enumerate(fed.sites) if s.name in bad}
+
+
+def train_fedavg(
+    config: RunConfig, fed: Federation, strategy: Strategy, *, site_mods: dict[int, list] | None = None
+) -> ArrayRecord:
     """Flower's round loop (privmed's FedAvg protocol) on the in-process Grid with ``strategy`` aggregating."""
     from privmed.engine.session import assemble
     from privmed.protocols import fedavg
 
-    session = assemble(dataclasses.replace(config, protocol=fedavg.SPEC.name, options={}, privacy={}), fed=fed)
+    session = assemble(
+        dataclasses.replace(config, protocol=fedavg.SPEC.name, options={}, privacy={}), fed=fed, site_mods=site_mods
+    )
     return fedavg.run(session.ctx, strategy=strategy).predictor
 
 
@@ -207,7 +244,7 @@ def poisoning_experiment(
         except PrivmedError as exc:  # outside the aggregator's validity condition: say so, do not measure
             out[name] = {"not_applicable": str(exc)}
             continue
-        weights = train_fedavg(config, poisoned, strategy)
+        weights = train_fedavg(config, poisoned, strategy, site_mods=malicious_mods(fed, bad, cfg))
         proba = predict(spec, weights, test)
         out[name] = {
             "clean_accuracy": float((proba.argmax(1) == test.labels).mean()),

@@ -3,6 +3,7 @@ majority."""
 
 import numpy as np
 import pytest
+import torch
 
 from privmed.attacks import poisoning
 from privmed.config import RunConfig
@@ -54,3 +55,16 @@ def test_bad_poisoning_requests_are_refused(easy_fed):
         poisoning.poison_federation(easy_fed, poisoning.PoisonConfig(n_malicious=5))
     with pytest.raises(PrivmedError, match="unknown aggregator"):
         poisoning.make_aggregator("mean-ish", n_sites=4, n_malicious=1)
+
+
+def test_model_replacement_sends_the_boosted_update():
+    from flwr.app import ArrayRecord, Message, RecordDict
+
+    glob = {"w": torch.zeros(3)}
+    msg = Message(RecordDict({"arrays": ArrayRecord(glob)}), 2, "train")
+
+    def trained(m, ctx):  # the honest training the malicious site runs first
+        return Message(RecordDict({"arrays": ArrayRecord({"w": torch.tensor([1.0, -1.0, 0.5])})}), reply_to=m)
+
+    sent = poisoning.model_replacement_mod(4.0)(msg, None, trained).content["arrays"].to_torch_state_dict()
+    assert torch.equal(sent["w"], torch.tensor([4.0, -4.0, 2.0]))
