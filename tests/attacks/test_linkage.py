@@ -3,25 +3,9 @@
 import pytest
 
 from privmed.attacks import linkage
-from privmed.data.base import PatientMeta
 from privmed.data.deid import LEVELS, Generalisation, k_anonymise, release
 from privmed.errors import PrivmedError
-
-
-def cohort(n: int, seed: int) -> dict[str, PatientMeta]:
-    import numpy as np
-
-    rng = np.random.default_rng(seed)
-    return {
-        f"P{i:04d}": PatientMeta(
-            f"P{i:04d}",
-            int(rng.integers(20, 90)),
-            str(rng.choice(["F", "M"])),
-            f"{int(rng.integers(2010, 2020))}-{int(rng.integers(1, 13)):02d}-{int(rng.integers(1, 29)):02d}",
-            int(rng.integers(4)),
-        )
-        for i in range(n)
-    }
+from tests.data.test_deid import cohort
 
 
 @pytest.fixture(scope="module")
