@@ -29,7 +29,9 @@ from privmed.threat import AGGREGATE, INVERTIBLE, PARTIAL, not_invertible
 
 # Seed salts: each keeps one of the harness's draws apart from the others made from the same run seed.
 PROBE_BATCH_SALT = 29  # which training images the inversion probe's victim batch holds
-CONTROL_EPOCHS = 60  # LiRA's positive control trains this long on ~100 images: it memorises them
+# LiRA's positive control: the target's network and optimiser (Adam), batch 8, this step size, this long on this
+# many images: it memorises them
+CONTROL_EPOCHS, CONTROL_IMAGES, CONTROL_LR = 100, 32, 1e-2
 NON_MEMBERS_WANTED = 1000  # so that TPR at 0.1 % FPR is not TPR at zero false positives
 ATTACKER_COHORT_SALT = 31  # which held-out patients are LiRA's attacker cohort, which its non-member candidates
 
@@ -107,11 +109,12 @@ def _lira_control(
     *,
     global_variance: bool,
     memorising: nn.Module | None = None,
+    memorised: np.ndarray | None = None,
 ) -> dict[str, Any]:
     """Positive control: LiRA against an undefended model whose members the harness knows.
 
-    The control target is shadow 0, or ``memorising`` (a model trained on
-    shadow 0's members until it memorises them) when given. Each aux image is
+    The control target is shadow 0, or ``memorising`` (a model trained until
+    it memorises the aux images ``memorised``) when given. Each aux image is
     scored against the other shadows that did not train on it (leave-one-out
     offline LiRA).
     """
@@ -123,6 +126,9 @@ def _lira_control(
     trained = np.zeros(phi.shape, dtype=bool)
     for i, idx in enumerate(members):
         trained[i, idx] = True
+    if memorising is not None:
+        trained[0] = False
+        trained[0, memorised] = True
     out_phi = np.where(trained[1:], np.nan, phi[1:])
     ok = (~trained[1:]).sum(0) >= 2  # need two OUT shadows for a variance
     mu = np.nanmean(out_phi[:, ok], 0)
@@ -135,7 +141,7 @@ def _lira_control(
     )[ok]
     return {
         "target": (
-            "an undefended model trained to memorisation on shadow 0's half of the attacker's cohort"
+            f"an undefended model trained to memorisation ({CONTROL_EPOCHS} epochs) on {CONTROL_IMAGES} attacker images"
             if memorising is not None
             else "shadow model 0: the target's recipe on half the attacker's cohort, no defence"
         ),
@@ -178,14 +184,15 @@ def measure_lira(t: Target, *, n_shadows: int) -> dict[str, Any]:
     # the control: the target's architecture and optimiser on shadow 0's members, trained until it memorises them
     from privmed.tasks import train_local
 
+    memorised = shadow_members[0][:CONTROL_IMAGES]
     memorising = t.spec.build(t.config.seed)
     train_local(
         memorising,
-        aux.subset(shadow_members[0]),
+        aux.subset(memorised),
         task=t.spec.task,
         epochs=CONTROL_EPOCHS,
-        batch_size=t.config.train.batch_size,
-        lr=t.config.train.lr,
+        batch_size=8,
+        lr=CONTROL_LR,
         seed=t.config.seed,
     )
     return {
@@ -199,7 +206,12 @@ def measure_lira(t: Target, *, n_shadows: int) -> dict[str, Any]:
         **_mia(scores, is_member, cand.patient_ids),
         "null": {"auc": 0.5, "tpr_at_fpr": "equal to the FPR (a score independent of membership)"},
         "positive_control": _lira_control(
-            shadows, shadow_members, aux, global_variance=cfg.global_variance, memorising=memorising
+            shadows,
+            shadow_members,
+            aux,
+            global_variance=cfg.global_variance,
+            memorising=memorising,
+            memorised=memorised,
         ),
     }
 
