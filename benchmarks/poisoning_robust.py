@@ -51,12 +51,15 @@ def main() -> None:
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--fraction", type=float, default=1.0, help="of a malicious site's training images poisoned")
     ap.add_argument("--boost", type=float, default=1.0, help="model replacement: malicious updates scaled by this")
+    ap.add_argument(
+        "--dataset", default="phantom", help="phantom (v2) or phantom:v1, on which FedAvg learns in 15 rounds"
+    )
     args = ap.parse_args()
     set_threads()
     config = RunConfig(
         protocol="fedavg",
         seed=args.seed,
-        data=DataConfig(sites=args.sites),
+        data=DataConfig(dataset=args.dataset, sites=args.sites),
         train=TrainSettings(rounds=args.rounds, lr=args.lr),
     )
     fed = build_federation(config.data, args.seed)
@@ -65,7 +68,7 @@ def main() -> None:
     clip = honest_norm(config, fed)
     print(
         f"{len(fed.sites)} sites, {args.rounds} rounds, lr {args.lr}, test n={len(test)}, norm bound {clip:.4f},"
-        f" poisoned fraction {args.fraction}, boost {args.boost}"
+        f" poisoned fraction {args.fraction}, boost {args.boost}, {args.dataset}"
     )
     print("kind       | f | aggregator    | clean acc | attack success [95% CI]   | baseline | s")
     for f in (0, 1, 2):
