@@ -187,10 +187,16 @@ def segmentation_metrics(masks: np.ndarray, proba: np.ndarray) -> dict[str, floa
         "empty_false_positive_rate": float(pred_any[~present].float().mean()) if (~present).any() else float("nan"),
     }
     if present.any():
+        import warnings
+
         diagonal = float(np.hypot(*masks.shape[-2:]))
-        hd = compute_hausdorff_distance(pred[present], true[present], percentile=95)[:, 0]
         empty = ~pred_any[present]
-        hd = torch.where(empty | ~torch.isfinite(hd), torch.full_like(hd, diagonal), hd)
+        hd = torch.full((int(present.sum()),), diagonal, dtype=torch.float64)
+        both = present & pred_any  # HD95 is defined where both the mask and the prediction hold a lesion
+        if both.any():
+            with warnings.catch_warnings():  # MONAI 1.5's own deprecation notice inside compute_hausdorff_distance
+                warnings.simplefilter("ignore", FutureWarning)
+                hd[~empty] = compute_hausdorff_distance(pred[both], true[both], percentile=95)[:, 0].double()
         out["hd95"] = float(hd.mean())
         out["hd95_empty_prediction"] = float(empty.float().mean())
     else:
