@@ -22,7 +22,6 @@ failure nothing is written.
 from __future__ import annotations
 
 import json
-import os
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
@@ -30,6 +29,7 @@ from pathlib import Path
 from typing import Any
 
 from privmed.errors import PrivmedError, unknown_name
+from privmed.files import private_writer
 from privmed.threat import INVERTIBLE, not_invertible
 
 ATTACKS = ("membership", "lira", "inversion", "dlg", "model-inversion", "adversarial", "poisoning", "linkage")
@@ -241,12 +241,8 @@ def audit_run(
     target, result = load_target(run_dir)
     audit = run_attacks(target, result, attacks=attacks, n_shadows=n_shadows, run_name=run_dir.name)
     path = run_dir / "audit.json"
-    tmp = path.with_suffix(".json.tmp")
-    try:
-        tmp.write_text(json.dumps(audit.to_dict(), indent=2, default=float))
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
+    with private_writer(path, "w") as fh:
+        fh.write(json.dumps(audit.to_dict(), indent=2, default=float))
     return audit, path
 
 

@@ -20,6 +20,7 @@ app = typer.Typer(
     add_completion=False,
     no_args_is_help=True,
     help="Privacy-preserving deep learning across hospitals: train, measure, audit.",
+    pretty_exceptions_show_locals=False,  # a traceback's local variables held a site's HMAC key
 )
 console = Console(stderr=True)
 
@@ -83,6 +84,9 @@ def train(
     epochs: int | None = typer.Option(None, help="local epochs per round / per site visit"),
     lr: float | None = typer.Option(None, help="learning rate (Adam)"),
     batch_size: int | None = typer.Option(None, help="batch size"),
+    norm_ratio: float | None = typer.Option(
+        None, help="reject a site's update whose norm exceeds this many times the other sites' median (default 100)"
+    ),
     seed: int | None = typer.Option(None, help="run seed (same config + seed = same metrics)"),
     model: str | None = typer.Option(None, help="cnn | densenet121 | unet | seg-cnn"),
     task: str | None = typer.Option(None, help="classification | segmentation"),
@@ -115,6 +119,7 @@ def train(
         "--reproducible-noise",
         help="derive DP noise from the run seed (tests, debugging): the result is marked NOT private",
     ),
+    overwrite: bool = typer.Option(False, "--overwrite", help="replace a finished run of the same name"),
 ) -> None:
     """Train one protocol and write runs/<name>/result.json."""
     from privmed import config as cfgmod
@@ -154,12 +159,13 @@ def train(
                 "train.local_epochs": epochs,
                 "train.lr": lr,
                 "train.batch_size": batch_size,
+                "train.norm_ratio": norm_ratio,
             },
         )
         resolve(cfg)  # names, options and the protocol–mechanism pairing, before anything is written
         try:
             with round_progress(f"{cfg.protocol} ({cfg.data.split}, {cfg.data.sites} sites)") as update:
-                result, path = run(cfg, runs_dir=runs_dir, progress=update, resume=resume)
+                result, path = run(cfg, runs_dir=runs_dir, progress=update, resume=resume, overwrite=overwrite)
         except KeyboardInterrupt:
             console.print(
                 f"interrupted: finished rounds are checkpointed in {runs_dir / cfg.run_name}; "
@@ -204,27 +210,32 @@ def mechanisms() -> None:
 @app.command()
 def bench(
     runs_dir: Path = typer.Option(Path("runs"), help="results go to <runs-dir>/bench"),
-    seed: int = typer.Option(0, help="seed for every run of the suite"),
+    seed: int = typer.Option(0, help="first seed; each row runs with this seed and the next --seeds - 1"),
+    seeds: int | None = typer.Option(None, min=1, help="runs per row (default: the suite's, 3 or 5)"),
     rounds: int | None = typer.Option(None, help="override the suite's number of rounds"),
-    suite: str = typer.Option("default", help="default (every protocol + DP rows) | privacy (ε sweep, DSSGD θu)"),
+    suite: str = typer.Option(
+        "default", help="default (make bench: references + one row per family) | review (every row) | privacy (ε sweep)"
+    ),
     resume: bool = typer.Option(False, "--resume", help="keep the rows an interrupted bench finished; run the rest"),
     jobs: int = typer.Option(min(2, os.cpu_count() or 1), min=1, help="rows run at once, each in its own process"),
 ) -> None:
-    """Run every protocol on the default phantom split; write results.json, report.md and plots."""
-    from privmed.bench.suite import run_suite, suite_attacks, suite_rows
+    """Run a suite over several seeds; write results.json, summary.json (mean ± 95 % CI), report.md and plots."""
+    from privmed.bench.suite import SUITES, run_suite, suite_attacks, suite_rows
 
     with user_errors():
+        rows = suite_rows(suite, seed=seed, rounds=rounds)
         try:
             out = run_suite(
                 runs_dir=runs_dir,
                 seed=seed,
                 rounds=rounds,
                 console=console,
-                rows=suite_rows(suite, seed=seed, rounds=rounds),
+                rows=rows,
                 resume=resume,
                 attacks=suite_attacks(suite),
                 jobs=jobs,
                 row_progress=round_progress,
+                seeds=seeds or SUITES[suite],
             )
         except KeyboardInterrupt:
             console.print(
@@ -234,22 +245,32 @@ def bench(
             raise typer.Exit(130) from None
     import json
 
-    table = Table(title="privmed bench (full table: report.md)")
-    for col in ("row", "technique", "performance", "bytes/site/round", "wall s"):
+    summary = json.loads((out / "summary.json").read_text())
+    table = Table(title=f"privmed bench: mean ± 95 % CI over {summary['seeds']} seed(s) (full report: report.md)")
+    for col in ("row", "technique", "test AUROC", "balanced accuracy", "kB/site/round", "wall s"):
         table.add_column(col)
-    for r in json.loads((out / "results.json").read_text()):
-        f, m = r["performance"]["final"], r["performance"]["metric"]
-        perf = f"{m} {f[m]:.3f}" + (f", AUROC {f['auroc']:.3f}" if f.get("auroc") is not None else "")
-        per = r["communication"].get("bytes_per_site_per_round")
+    for r in summary["rows"]:
+        f = r["figures"]
+
+        def cell(name: str, f=f) -> str:
+            if name not in f:
+                return "–"
+            half = f[name]["ci95"]
+            return f"{f[name]['mean']:.3f}" + ("" if half != half else f" ± {half:.3f}")
+
         table.add_row(
             r["label"],
             r["technique"],
-            perf,
-            "raw data" if per is None else f"{per / 1000:,.1f} kB",
-            f"{r['runtime']['wall_seconds']:.1f}",
+            cell("test AUROC"),
+            cell("balanced accuracy"),
+            cell("kB/site/round"),
+            cell("wall"),
         )
     Console().print(table)
-    console.print(f"wrote {out / 'report.md'}, {out / 'results.json'}, {out / 'validation.png'}")
+    significant = [c for c in summary["comparisons"] if c["significant"]]
+    for c in significant:
+        console.print(f"{c['row']} vs {c['reference']}: {c['figure']} {c['difference']:+.3f} (p = {c['p']:.3f})")
+    console.print(f"wrote {out / 'report.md'}, {out / 'summary.json'}, {out / 'results.json'}, plots")
 
 
 @app.command()
@@ -280,7 +301,9 @@ def audit(
 
 @app.command()
 def budget(
-    ledger: str = typer.Option("sqlite:///runs/ledger.db", help="the budget ledger's URL"),
+    ledger: str | None = typer.Option(
+        None, help="the budget ledger's URL, sqlite:///<absolute path> (default: ledger.db in the per-user data folder)"
+    ),
     limit: float | None = typer.Option(None, help="ε limit per patient: show what is left"),
     delta: float = typer.Option(1e-5, help="δ at which spent ε is stated"),
     top: int = typer.Option(20, help="patients listed (most spent first)"),
@@ -292,9 +315,10 @@ def budget(
     ),
 ) -> None:
     """Per-patient privacy spent across all DP runs and hospitals, and what is left under --limit."""
-    from privmed.privacy.ledger import Ledger, budget_report, sqlite_path
+    from privmed.privacy.ledger import Ledger, budget_report, default_url, sqlite_path
     from privmed.privacy.pseudonym import new_key as make_key
 
+    ledger = ledger or default_url()
     with user_errors():
         if new_key is not None:
             console.print(f"wrote {make_key(new_key)}; give it to every hospital (ledger_key=...)")
@@ -376,12 +400,40 @@ def deid(
     )
 
 
+def crash_log(exc: BaseException) -> Path:
+    """Write the traceback of an unexpected error (no local variables) to an owner-only file; return its path."""
+    import traceback
+
+    from privmed.files import data_home, private_dir, private_writer
+
+    logs = private_dir(data_home() / "logs")
+    path = logs / f"crash-{time.strftime('%Y%m%dT%H%M%SZ', time.gmtime())}-{os.getpid()}.log"
+    with private_writer(path, "w") as fh:
+        fh.write(f"privmed {' '.join(sys.argv[1:])}\n")
+        fh.write("".join(traceback.format_exception(type(exc), exc, exc.__traceback__)))
+    return path
+
+
 def main() -> None:
+    """The ``privmed`` command: a user error is one line and exit 2 (:func:`user_errors`); an unexpected error one
+    line, exit 1, and the path of a log file holding its traceback (never local variables, which held keys)."""
     try:
         app()
     except KeyboardInterrupt:
         console.print("interrupted; nothing was written for the unfinished run")
         sys.exit(130)
+    except Exception as exc:  # a bug: one line here, the traceback in a file
+        first = (str(exc).splitlines() or [""])[0][:300]
+        try:
+            where = f"the traceback is in {crash_log(exc)}"
+        except OSError as log_error:
+            where = f"and its traceback could not be written ({log_error.strerror})"
+        console.print(
+            f"[red]unexpected error[/red] (a bug in privmed): {type(exc).__name__}: {first}; {where}",
+            highlight=False,
+            soft_wrap=True,
+        )
+        sys.exit(1)
 
 
 if __name__ == "__main__":

@@ -4,7 +4,10 @@
 (GroupNorm, no BatchNorm, so Opacus can compute per-sample gradients).
 ``densenet121`` and ``unet`` come from MONAI, the field's library (the role
 NiftyNet had in the review); ``seg-cnn`` is a tiny encoder-decoder for fast
-segmentation tests.
+segmentation tests. Every network is built for 2-D images or 3-D volumes
+(``spatial_dims``, from the data: [C, H, W] or [C, D, H, W]); privmed's own
+networks stay DP-ready in 3-D (Conv3d and GroupNorm have Opacus per-sample
+gradients).
 """
 
 from __future__ import annotations
@@ -17,17 +20,27 @@ from torch import nn
 from privmed.errors import unknown_name
 
 
+def _layers(spatial_dims: int) -> tuple[type, type, type, type]:
+    """(Conv, MaxPool, AdaptiveAvgPool, ConvTranspose) for 2-D or 3-D."""
+    if spatial_dims not in (2, 3):
+        raise ValueError(f"spatial_dims must be 2 or 3, got {spatial_dims}")
+    if spatial_dims == 2:
+        return nn.Conv2d, nn.MaxPool2d, nn.AdaptiveAvgPool2d, nn.ConvTranspose2d
+    return nn.Conv3d, nn.MaxPool3d, nn.AdaptiveAvgPool3d, nn.ConvTranspose3d
+
+
 class SmallCNN(nn.Module):
     """Three conv blocks (conv-GroupNorm-ReLU-pool) and a linear head."""
 
-    def __init__(self, in_channels: int, n_classes: int, width: int = 16) -> None:
+    def __init__(self, in_channels: int, n_classes: int, width: int = 16, spatial_dims: int = 2) -> None:
         super().__init__()
+        conv, pool, gap, _ = _layers(spatial_dims)
 
         def block(cin: int, cout: int) -> nn.Sequential:
-            return nn.Sequential(nn.Conv2d(cin, cout, 3, padding=1), nn.GroupNorm(4, cout), nn.ReLU(), nn.MaxPool2d(2))
+            return nn.Sequential(conv(cin, cout, 3, padding=1), nn.GroupNorm(4, cout), nn.ReLU(), pool(2))
 
         self.features = nn.Sequential(block(in_channels, width), block(width, 2 * width), block(2 * width, 2 * width))
-        self.head = nn.Sequential(nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(2 * width, n_classes))
+        self.head = nn.Sequential(gap(1), nn.Flatten(), nn.Linear(2 * width, n_classes))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.head(self.features(x))
@@ -36,15 +49,14 @@ class SmallCNN(nn.Module):
 class SegCNN(nn.Module):
     """A two-level encoder-decoder with a skip connection (tiny U-Net-like)."""
 
-    def __init__(self, in_channels: int, n_classes: int, width: int = 16) -> None:
+    def __init__(self, in_channels: int, n_classes: int, width: int = 16, spatial_dims: int = 2) -> None:
         super().__init__()
-        self.enc = nn.Sequential(nn.Conv2d(in_channels, width, 3, padding=1), nn.GroupNorm(4, width), nn.ReLU())
-        self.down = nn.Sequential(
-            nn.MaxPool2d(2), nn.Conv2d(width, 2 * width, 3, padding=1), nn.GroupNorm(4, 2 * width), nn.ReLU()
-        )
-        self.up = nn.ConvTranspose2d(2 * width, width, 2, stride=2)
+        conv, pool, _, up = _layers(spatial_dims)
+        self.enc = nn.Sequential(conv(in_channels, width, 3, padding=1), nn.GroupNorm(4, width), nn.ReLU())
+        self.down = nn.Sequential(pool(2), conv(width, 2 * width, 3, padding=1), nn.GroupNorm(4, 2 * width), nn.ReLU())
+        self.up = up(2 * width, width, 2, stride=2)
         self.dec = nn.Sequential(
-            nn.Conv2d(2 * width, width, 3, padding=1), nn.GroupNorm(4, width), nn.ReLU(), nn.Conv2d(width, n_classes, 1)
+            conv(2 * width, width, 3, padding=1), nn.GroupNorm(4, width), nn.ReLU(), conv(width, n_classes, 1)
         )
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -52,17 +64,17 @@ class SegCNN(nn.Module):
         return self.dec(torch.cat([e, self.up(self.down(e))], dim=1))
 
 
-def _densenet121(in_channels: int, n_classes: int) -> nn.Module:
+def _densenet121(in_channels: int, n_classes: int, spatial_dims: int = 2) -> nn.Module:
     from monai.networks.nets import DenseNet121
 
-    return DenseNet121(spatial_dims=2, in_channels=in_channels, out_channels=n_classes)
+    return DenseNet121(spatial_dims=spatial_dims, in_channels=in_channels, out_channels=n_classes)
 
 
-def _unet(in_channels: int, n_classes: int) -> nn.Module:
+def _unet(in_channels: int, n_classes: int, spatial_dims: int = 2) -> nn.Module:
     from monai.networks.nets import UNet
 
     return UNet(
-        spatial_dims=2,
+        spatial_dims=spatial_dims,
         in_channels=in_channels,
         out_channels=n_classes,
         channels=(16, 32, 64),
@@ -72,8 +84,8 @@ def _unet(in_channels: int, n_classes: int) -> nn.Module:
     )
 
 
-# name -> (builder, task kind it produces output for)
-MODELS: dict[str, tuple[Callable[[int, int], nn.Module], str]] = {
+# name -> (builder(in_channels, n_classes, spatial_dims=...), task kind it produces output for)
+MODELS: dict[str, tuple[Callable[..., nn.Module], str]] = {
     "cnn": (SmallCNN, "classification"),
     "densenet121": (_densenet121, "classification"),
     "unet": (_unet, "segmentation"),
@@ -81,14 +93,14 @@ MODELS: dict[str, tuple[Callable[[int, int], nn.Module], str]] = {
 }
 
 
-def build_model(name: str, *, in_channels: int, n_classes: int, seed: int) -> nn.Module:
-    """Build the network ``name`` with weights initialised from ``seed``."""
+def build_model(name: str, *, in_channels: int, n_classes: int, seed: int, spatial_dims: int = 2) -> nn.Module:
+    """Build the network ``name`` for 2-D images or 3-D volumes, with weights initialised from ``seed``."""
     if name not in MODELS:
         raise unknown_name("model", name, list(MODELS))
     builder, _ = MODELS[name]
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
-        return builder(in_channels, n_classes)
+        return builder(in_channels, n_classes, spatial_dims=spatial_dims)
 
 
 def model_task(name: str) -> str:

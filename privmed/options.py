@@ -21,11 +21,11 @@ from privmed.errors import PrivmedError
 T = TypeVar("T")
 
 
-def _accepts(kind: Any, value: Any) -> bool:
+def accepts(kind: Any, value: Any) -> bool:
     if kind is Any:
         return True
     if typing.get_origin(kind) in (typing.Union, types.UnionType):
-        return any(_accepts(k, value) for k in typing.get_args(kind))
+        return any(accepts(k, value) for k in typing.get_args(kind))
     if kind is type(None):
         return value is None
     if kind is bool:
@@ -37,9 +37,9 @@ def _accepts(kind: Any, value: Any) -> bool:
     return isinstance(value, kind)
 
 
-def _type_name(kind: Any) -> str:
+def type_name(kind: Any) -> str:
     if typing.get_origin(kind) in (typing.Union, types.UnionType):
-        return " or ".join(_type_name(k) for k in typing.get_args(kind))
+        return " or ".join(type_name(k) for k in typing.get_args(kind))
     return "none" if kind is type(None) else getattr(kind, "__name__", str(kind))
 
 
@@ -51,7 +51,7 @@ def option_types(cls: type) -> dict[str, Any]:
 
 def describe(cls: type) -> str:
     """``theta_u (float), selection (str)`` — the valid keys and their types, for error messages and help."""
-    return ", ".join(f"{k} ({_type_name(t)})" for k, t in option_types(cls).items()) or "none"
+    return ", ".join(f"{k} ({type_name(t)})" for k, t in option_types(cls).items()) or "none"
 
 
 def parse_options(cls: type[T], values: dict[str, Any], *, owner: str) -> T:
@@ -60,9 +60,9 @@ def parse_options(cls: type[T], values: dict[str, Any], *, owner: str) -> T:
     for key, value in values.items():
         if key not in kinds:
             raise PrivmedError(f"unknown option {key!r} for {owner}; valid options: {describe(cls)}")
-        if not _accepts(kinds[key], value):
+        if not accepts(kinds[key], value):
             raise PrivmedError(
-                f"option {key!r} for {owner} must be {_type_name(kinds[key])}, got {value!r}; "
+                f"option {key!r} for {owner} must be {type_name(kinds[key])}, got {value!r}; "
                 f"valid options: {describe(cls)}"
             )
     return cls(**{k: _coerce(kinds[k], v) for k, v in values.items()})
@@ -70,7 +70,7 @@ def parse_options(cls: type[T], values: dict[str, Any], *, owner: str) -> T:
 
 def _coerce(kind: Any, value: Any) -> Any:
     """An int given for a float field becomes a float (TOML and ``--opt gamma=1`` give ints)."""
-    if isinstance(value, int) and not isinstance(value, bool) and _accepts(kind, 0.5) and not _accepts(kind, 1):
+    if isinstance(value, int) and not isinstance(value, bool) and accepts(kind, 0.5) and not accepts(kind, 1):
         return float(value)
     return value
 

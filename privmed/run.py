@@ -17,7 +17,7 @@ from pathlib import Path
 
 import torch
 
-from privmed.config import RunConfig
+from privmed.config import RunConfig, check_run_name
 from privmed.data.base import Federation
 from privmed.engine.checkpoint import Checkpoint
 from privmed.engine.grid import setup_frozen
@@ -49,7 +49,9 @@ def execute(
     monitor = Monitor(session, progress=progress, checkpoint=ckpt, started=started)
     session.ctx.evaluate_fn = monitor
     if saved:
-        monitor.prior_wall = Checkpoint.restore(saved, session, monitor.history)
+        monitor.prior_wall = Checkpoint.restore(saved, session, monitor)
+    elif ckpt:  # round 0: what a kill before the first round needs to resume (the ledger's run id, the streams)
+        ckpt.save(session, 0, session.ctx.initial, [], 0.0)
     with setup_frozen(), contextlib.closing(session.mechanism):  # close: a budget ledger drops the run's hold
         output = session.protocol.run(session.ctx)
     output.predictor = session.reveal(output.predictor)
@@ -68,15 +70,25 @@ def set_threads() -> None:
 
 
 def run(
-    config: RunConfig, *, runs_dir: str | Path = "runs", progress: Progress | None = None, resume: bool = False
+    config: RunConfig,
+    *,
+    runs_dir: str | Path = "runs",
+    progress: Progress | None = None,
+    resume: bool = False,
+    overwrite: bool = False,
 ) -> tuple[RunResult, Path]:
     """Execute ``config`` and write ``<runs_dir>/<name>/result.json`` (and model.pt).
 
     A checkpoint is kept in the run directory while the run goes; if the run
     is interrupted it stays there and ``resume=True`` continues from it. A user
-    error discards it (resuming would meet the same error).
+    error discards it (resuming would meet the same error). A finished run of
+    the same name is refused before anything trains, unless ``overwrite``.
     """
-    run_dir = Path(runs_dir) / config.run_name
+    run_dir = Path(runs_dir) / check_run_name(config.run_name)
+    if (run_dir / "result.json").exists() and not (overwrite or resume):
+        raise PrivmedError(
+            f"run {config.run_name!r} already finished in {run_dir}; give another --name, or --overwrite to replace it"
+        )
     ckpt = Checkpoint(run_dir / "checkpoint.pt")
     try:
         result = execute(config, progress=progress, checkpoint_dir=run_dir, resume=resume)
@@ -84,6 +96,7 @@ def run(
         if not resume:
             ckpt.discard()
         raise
+    (run_dir / "audit.json").unlink(missing_ok=True)  # it audited the result this one replaces
     path = result.save(run_dir)
     ckpt.discard()
     return result, path

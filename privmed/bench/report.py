@@ -152,12 +152,18 @@ def distribution_table(r: dict[str, Any]) -> list[str]:
     return lines
 
 
-def write_report(results: list[dict[str, Any]], path: Path, *, plot_name: str | None = None) -> None:
-    lines = [
-        "# privmed bench",
-        "",
+def write_report(
+    results: list[dict[str, Any]], path: Path, *, plot_name: str | None = None, summary: dict[str, Any] | None = None
+) -> None:
+    lines = ["# privmed bench", ""]
+    if summary:
+        lines += summary_section(summary)
+        first_seed = min(int(r["seed"]) for r in results)
+        results = [r for r in results if int(r["seed"]) == first_seed]
+        lines += ["", f"## Details of seed {first_seed} (every seed: results.json)", ""]
+    lines += [
         "Every row: same model, same seed, same machine; the same data unless its Dataset cell says otherwise. "
-        "Performance is on the pooled held-out test split of all sites.",
+        "Performance is on the pooled held-out test split of all sites, of the model selected on validation.",
         "",
         "| " + " | ".join(COLUMNS) + " |",
         "|" + "---|" * len(COLUMNS),
@@ -197,6 +203,43 @@ def write_report(results: list[dict[str, Any]], path: Path, *, plot_name: str | 
         ]
     lines += threat_section(results)
     path.write_text("\n".join(lines) + "\n")
+
+
+def _cell(f: dict[str, Any] | None) -> str:
+    if f is None:
+        return "–"
+    digits = 3 if abs(f["mean"]) < 10 else 1
+    half = "" if f["ci95"] != f["ci95"] else f" ± {f['ci95']:.{digits}f}"  # NaN: one seed
+    return f"{f['mean']:.{digits}f}{half}"
+
+
+def summary_section(summary: dict[str, Any]) -> list[str]:
+    """Each row's figures as mean ± 95 % CI over seeds, and the differences to the references that are significant."""
+    rows = summary["rows"]
+    names = [n for n in dict.fromkeys(k for r in rows for k in r["figures"])]
+    units = {n: r["figures"][n]["unit"] for r in rows for n in r["figures"]}
+    lines = [
+        f"## Summary: mean ± 95 % CI over {summary['seeds']} seed(s)",
+        "",
+        "Each figure's baseline is in its header (chance AUC 0.5; the inversion's flat mean-intensity guess). The "
+        "model of each run is the round with the lowest pooled validation loss (selected on validation only); "
+        "'released round' says where that was in the budget.",
+        "",
+        "| row | " + " | ".join(f"{n} ({units[n]})" if units[n] else n for n in names) + " |",
+        "|" + "---|" * (len(names) + 1),
+    ]
+    lines += ["| " + " | ".join([r["label"], *(_cell(r["figures"].get(n)) for n in names)]) + " |" for r in rows]
+    comparisons = summary.get("comparisons", [])
+    if comparisons:
+        lines += ["", "### Differences to the reference rows (paired over seeds, two-sided t-test, p < 0.05)", ""]
+        lines += ["| row | reference | figure | difference ± 95 % CI | p | significant |", "|---|---|---|---|---|---|"]
+        for c in comparisons:
+            half = "" if c["ci95"] != c["ci95"] else f" ± {c['ci95']:.3f}"
+            lines.append(
+                f"| {c['row']} | {c['reference']} | {c['figure']} | {c['difference']:+.3f}{half} | {c['p']:.3f} | "
+                f"{'**yes**' if c['significant'] else 'no (not shown with these seeds)'} |"
+            )
+    return lines
 
 
 def threat_section(results: list[dict[str, Any]]) -> list[str]:

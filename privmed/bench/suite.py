@@ -1,8 +1,16 @@
-"""``privmed bench``: run the default suite and write results.json, report.md and a plot.
+"""``privmed bench``: run a suite over several seeds and write results.json, summary.json, report.md and plots.
 
-Every row runs on the same phantom federation (built once), the same model
-and the same seed. Rows are (label, RunConfig) pairs, so later mechanisms add
-rows here rather than new code paths.
+Rows are (label, RunConfig) pairs, so later mechanisms add rows here rather
+than new code paths. Every row runs once per seed (``seeds``: the suite's
+default, or ``--seeds N``); all rows share each seed's phantom cohort, so
+rows are compared paired by seed (:mod:`privmed.bench.stats`): the report
+gives each figure's mean and 95 % CI and which differences to the reference
+rows (:data:`REFERENCES`) are significant.
+
+Suites: ``default`` (``make bench``: the reference points and one row per
+family of protocol, 3 seeds, within ~5 minutes on 2 cores), ``review`` (every
+row of the review's tables, 5 seeds, the reference run), ``privacy`` (the ε
+sweep and DSSGD over θu).
 """
 
 from __future__ import annotations
@@ -21,17 +29,54 @@ from rich.console import Console
 
 from privmed.bench.privacy import dp_rows, privacy_section, privacy_suite, write_epsilon_plot
 from privmed.bench.report import write_plot, write_privacy_plot, write_report
+from privmed.bench.stats import compare, summarise
 from privmed.config import RunConfig, TrainSettings
 from privmed.engine.result import Progress, json_default
 
-DEFAULT_ROUNDS = 10
+DEFAULT_ROUNDS = None  # the training budget of TrainSettings (past the default phantom's validation plateau)
+# the rows every other row is compared with, paired over seeds: the pooled-data upper bound and plain FedAvg
+REFERENCES = ("centralised", "fedavg")
 # A progress display for one row: label -> context manager yielding the row's Progress callback (or None)
 RowProgress = Callable[[str], AbstractContextManager[Progress | None]]
 
 
-def default_suite(*, seed: int = 0, rounds: int | None = None, n_sites: int = 4) -> list[tuple[str, RunConfig]]:
-    train = TrainSettings(rounds=rounds or DEFAULT_ROUNDS, local_epochs=1)
-    base = RunConfig(seed=seed, train=train)
+def _base(seed: int, rounds: int | None) -> RunConfig:
+    train = TrainSettings(rounds=rounds or TrainSettings().rounds, local_epochs=1)
+    return RunConfig(seed=seed, train=train)
+
+
+def default_suite(*, seed: int = 0, rounds: int | None = None) -> list[tuple[str, RunConfig]]:
+    """``make bench``: the two references, the smallest site alone, CWT, SecAgg+ FedAvg, CWT with DP-SGD (ε = 3)."""
+    base = _base(seed, rounds)
+    rows = [
+        (label, dataclasses.replace(base, protocol=label, name=label)) for label in ("centralised", "fedavg", "cwt")
+    ]
+    rows.insert(
+        1, ("single site-3", dataclasses.replace(base, protocol="single", options={"site": 3}, name="single-site3"))
+    )
+    rows.append(
+        (
+            "secagg-fedavg",
+            dataclasses.replace(base, protocol="secagg-fedavg", privacy={"mechanism": "secagg"}, name="secagg-fedavg"),
+        )
+    )
+    rows.append(
+        (
+            "cwt + DP-SGD (sample, ε=3)",
+            dataclasses.replace(
+                base,
+                protocol="cwt",
+                name="cwt-dp-sgd-eps3",
+                privacy={"mechanism": "dp-sgd", "epsilon": 3.0, "delta": 1e-5},
+            ),
+        )
+    )
+    return rows
+
+
+def review_suite(*, seed: int = 0, rounds: int | None = None, n_sites: int = 4) -> list[tuple[str, RunConfig]]:
+    """Every row of the review's tables: each protocol, each encrypted variant, the DP rows, DSSGD."""
+    base = _base(seed, rounds)
     rows = [("centralised", dataclasses.replace(base, protocol="centralised", name="centralised"))]
     rows += [
         (f"single site-{i}", dataclasses.replace(base, protocol="single", options={"site": i}, name=f"single-site{i}"))
@@ -81,15 +126,31 @@ def suite_attacks(suite: str) -> tuple[str, ...] | None:
     return ("membership", "inversion") if suite == "privacy" else None
 
 
+SUITES = {"default": 3, "review": 5, "privacy": 3}  # suite -> its default number of seeds
+
+
 def suite_rows(suite: str, *, seed: int = 0, rounds: int | None = None) -> list[tuple[str, RunConfig]]:
-    """``default`` (every protocol, DP rows) or ``privacy`` (the privacy–utility sweep)."""
+    """``default`` (make bench), ``review`` (every row) or ``privacy`` (the privacy–utility sweep)."""
     from privmed.errors import unknown_name
 
     if suite == "default":
         return default_suite(seed=seed, rounds=rounds)
+    if suite == "review":
+        return review_suite(seed=seed, rounds=rounds)
     if suite == "privacy":
-        return privacy_suite(RunConfig(seed=seed, train=TrainSettings(rounds=rounds or DEFAULT_ROUNDS, local_epochs=1)))
-    raise unknown_name("suite", suite, ["default", "privacy"])
+        return privacy_suite(_base(seed, rounds))
+    raise unknown_name("suite", suite, list(SUITES))
+
+
+def with_seeds(rows: list[tuple[str, RunConfig]], seeds: int) -> list[tuple[str, RunConfig]]:
+    """Each row once per seed (its config's seed, then the next ``seeds - 1``), row by row; run names say the seed."""
+    if seeds == 1:
+        return list(rows)
+    return [
+        (label, dataclasses.replace(cfg, seed=cfg.seed + k, name=f"{cfg.run_name}-s{cfg.seed + k}"))
+        for label, cfg in rows
+        for k in range(seeds)
+    ]
 
 
 def run_suite(
@@ -103,6 +164,8 @@ def run_suite(
     attacks: tuple[str, ...] | None = None,
     jobs: int = 1,
     row_progress: RowProgress | None = None,
+    seeds: int = 1,
+    references: tuple[str, ...] = REFERENCES,
 ) -> Path:
     """Run ``rows`` (default: :func:`default_suite`) and write the bench directory atomically.
 
@@ -113,9 +176,10 @@ def run_suite(
     :data:`privmed.audit.BENCH_ATTACKS`). ``jobs`` > 1 runs that many rows at
     once, each in its own process (every row is seeded, so its numbers do not
     depend on what runs beside it; its wall time may, a little). ``row_progress``
-    shows a serial row's rounds (the CLI passes a progress bar).
+    shows a serial row's rounds (the CLI passes a progress bar). ``seeds``: runs
+    per row (:func:`with_seeds`); ``references``: the rows the others are compared with.
     """
-    rows = rows or default_suite(seed=seed, rounds=rounds)
+    rows = with_seeds(rows or default_suite(seed=seed, rounds=rounds), seeds)
     out = Path(runs_dir) / "bench"
     work = Path(runs_dir) / ".bench.partial"
     if not resume:
@@ -139,7 +203,9 @@ def run_suite(
                 by_index[i] = run_row(label, cfg, work, attacks, progress=update, console=console)
     results = [by_index[i] for i in range(len(rows))]
     (work / "results.json").write_text(json.dumps(results, indent=2))
-    write_report(results, work / "report.md", plot_name="validation.png")
+    summary = {"seeds": seeds, "rows": summarise(results), "comparisons": compare(results, references)}
+    (work / "summary.json").write_text(json.dumps(summary, indent=2))
+    write_report(results, work / "report.md", plot_name="validation.png", summary=summary)
     write_plot(results, work / "validation.png")
     write_privacy_plot(results, work / "privacy_utility.png")
     if write_epsilon_plot(results, work / "epsilon_utility.png"):
@@ -171,6 +237,7 @@ def run_row(
     from privmed.audit import BENCH_ATTACKS, bench_audit
     from privmed.engine.session import build_federation
     from privmed.errors import PrivmedError
+    from privmed.files import private_dir, private_writer
     from privmed.run import execute
 
     if (cfg.data, cfg.seed) not in _FEDERATIONS:
@@ -185,11 +252,11 @@ def run_row(
         )
         result.privacy["audit_error"] = str(exc)
         audit = None
-    row_dir = work / cfg.run_name
-    row_dir.mkdir(parents=True, exist_ok=True)
+    row_dir = private_dir(work / cfg.run_name)
     if audit is not None:
         result.privacy["leakage"], result.security["attacks"] = audit.leakage(), audit.security()
-        (row_dir / "audit.json").write_text(json.dumps(audit.to_dict(), indent=2, default=float))
+        with private_writer(row_dir / "audit.json", "w") as fh:
+            fh.write(json.dumps(audit.to_dict(), indent=2, default=float))
     result.save(row_dir)  # result.json last: it marks the row finished
     return {"label": label, **json.loads((row_dir / "result.json").read_text())}
 

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import contextlib
 import json
-import os
 import random
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -24,6 +23,7 @@ from flwr.app import ArrayRecord
 from privmed.config import RunConfig
 from privmed.engine.result import json_default
 from privmed.errors import PrivmedError
+from privmed.files import private_dir, private_writer
 from privmed.protocols.base import Predictor
 
 if TYPE_CHECKING:
@@ -35,15 +35,32 @@ def config_key(config: RunConfig) -> str:
     return json.dumps(config.to_dict(), sort_keys=True, default=json_default)
 
 
+# what a checkpoint holds (``protocol_state`` and ``global_rng`` may be missing from older ones)
+KEYS = {
+    "config",
+    "round",
+    "ensemble",
+    "members",
+    "history",
+    "rejections",
+    "traffic",
+    "site_seconds",
+    "mechanism",
+    "wall",
+}
+
+
 class Checkpoint:
     """The state of a run after a round: enough to resume it where it stopped."""
 
     def __init__(self, path: Path) -> None:
         self.path = path
 
-    def save(self, session: Session, rnd: int, predictor: Predictor, history: list, wall: float) -> None:
+    def save(
+        self, session: Session, rnd: int, predictor: Predictor, history: list, wall: float, *, best: dict | None = None
+    ) -> None:
         ctx, grid = session.ctx, session.grid
-        members = predictor if isinstance(predictor, list) else [predictor]
+        members = _members(predictor)
         state = {
             "config": config_key(session.config),
             "round": rnd,
@@ -56,13 +73,20 @@ class Checkpoint:
             "protocol_state": json.dumps(ctx.state, default=json_default),
             "global_rng": global_rng_state(),
             "mechanism": json.dumps(session.mechanism.state_dict(), default=json_default),
-            "site_memory": session.site_memory,  # each site's own memory (optimiser state), as the site would keep it
+            "site_memory": session.site_memory,
+            "best": None
+            if best is None
+            else {
+                "round": best["round"],
+                "loss": best["loss"],
+                "ensemble": isinstance(best["predictor"], list),
+                "members": [m.to_torch_state_dict() for m in _members(best["predictor"])],
+            },  # each site's own memory (optimiser state), as the site would keep it
             "wall": wall,
         }
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = self.path.with_suffix(".tmp")
-        torch.save(state, tmp)
-        os.replace(tmp, self.path)
+        private_dir(self.path.parent)
+        with private_writer(self.path) as fh:
+            torch.save(state, fh)
 
     def load(self, config: RunConfig) -> dict[str, Any]:
         """The saved state, checked to belong to ``config``."""
@@ -74,6 +98,10 @@ class Checkpoint:
             raise PrivmedError(
                 f"checkpoint {self.path} is unreadable ({type(exc).__name__}); delete it and start again"
             ) from None
+        missing = sorted(KEYS - set(state)) if isinstance(state, dict) else sorted(KEYS)
+        if missing or not isinstance(state["round"], int) or state["round"] < 0:
+            why = f"lacks {', '.join(missing)}" if missing else f"has round {state['round']!r}"
+            raise PrivmedError(f"checkpoint {self.path} is damaged ({why}); delete it and start again")
         if state["config"] != config_key(config):
             raise PrivmedError(
                 f"checkpoint {self.path} was made with a different config; use the same config or run without --resume"
@@ -85,9 +113,15 @@ class Checkpoint:
         return json.loads(state["mechanism"])
 
     @staticmethod
-    def restore(state: dict[str, Any], session: Session, history: list) -> float:
-        """Load a saved state (:meth:`load`) into a fresh session; return the wall seconds already spent."""
+    def restore(state: dict[str, Any], session: Session, monitor: Any) -> float:
+        """Load a saved state (:meth:`load`) into a fresh session and its monitor; return the wall seconds spent."""
+        history = monitor.history
         ctx, grid = session.ctx, session.grid
+        if state["round"] > session.rounds:
+            raise PrivmedError(
+                f"the checkpoint says round {state['round']} finished, but the run has {session.rounds}; "
+                "delete the checkpoint and start again"
+            )
         members = [ArrayRecord(sd) for sd in state["members"]]
         ctx.initial = members if state["ensemble"] else members[0]
         ctx.start_round = state["round"] + 1
@@ -99,6 +133,11 @@ class Checkpoint:
         grid.traffic.records[:] = json.loads(state["traffic"])
         grid.site_seconds.update({int(k): v for k, v in json.loads(state["site_seconds"]).items()})
         session.mechanism.load_state_dict(json.loads(state["mechanism"]))
+        if state.get("best"):
+            best = state["best"]
+            members = [ArrayRecord(sd) for sd in best["members"]]
+            predictor = members if best["ensemble"] else members[0]
+            monitor.best = {"round": best["round"], "loss": best["loss"], "predictor": predictor}
         for i, memory in state.get("site_memory", {}).items():  # into the dicts the sites' apps hold
             for key, value in memory.items():
                 session.site_memory[int(i)].setdefault(key, {}).update(value)
@@ -108,6 +147,10 @@ class Checkpoint:
         self.path.unlink(missing_ok=True)
         with contextlib.suppress(OSError):
             self.path.parent.rmdir()  # only if the run left nothing else there
+
+
+def _members(predictor: Predictor) -> list[ArrayRecord]:
+    return predictor if isinstance(predictor, list) else [predictor]
 
 
 def global_rng_state() -> dict[str, Any]:

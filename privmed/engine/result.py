@@ -11,7 +11,6 @@ protocol's spec (``traffic``, ``schedule``), never its name.
 from __future__ import annotations
 
 import json
-import os
 import platform
 import time
 from collections.abc import Callable, Iterable
@@ -25,10 +24,12 @@ from flwr.app import ArrayRecord
 
 from privmed import __version__
 from privmed.data.base import ArraySet, Federation
+from privmed.engine.validate import NORM_RULE
 from privmed.errors import PrivmedError
+from privmed.files import private_dir, private_writer
 from privmed.protocols.base import Predictor, ProtocolOutput, ProtocolSpec
 from privmed.site import ModelSpec, load_arrays
-from privmed.tasks import PRIMARY_METRIC, metrics_from_proba, predict_proba
+from privmed.tasks import PRIMARY_METRIC, metrics_from_proba, predict_proba, targets
 from privmed.threat import matrix as threat_matrix
 
 if TYPE_CHECKING:
@@ -51,8 +52,22 @@ def predict(spec: ModelSpec, predictor: Predictor, data: ArraySet) -> np.ndarray
     return out / len(members)
 
 
-def evaluate_predictor(spec: ModelSpec, predictor: Predictor, data: ArraySet) -> dict[str, float]:
-    return metrics_from_proba(data, predict(spec, predictor, data), task=spec.task)
+def evaluate_predictor(
+    spec: ModelSpec, predictor: Predictor, data: ArraySet, *, with_loss: bool = False
+) -> dict[str, float]:
+    """The task's metrics of ``predictor`` on ``data``; ``with_loss`` adds the mean cross-entropy (model selection)."""
+    proba = predict(spec, predictor, data)
+    out = metrics_from_proba(data, proba, task=spec.task)
+    if with_loss:
+        y = torch.from_numpy(targets(data, spec.task))
+        out["loss"] = float(torch.nn.functional.nll_loss(torch.log(torch.from_numpy(proba).clamp_min(1e-12)), y))
+    return out
+
+
+# Model selection on validation only: the round with the lowest pooled validation loss is the released model.
+SELECTION = "lowest pooled validation loss"
+# A run has converged when its best round came before the last PLATEAU_TAIL of its budget.
+PLATEAU_TAIL = 0.2
 
 
 def finite_metrics(d: dict[str, float]) -> dict[str, float | None]:
@@ -94,28 +109,33 @@ class RunResult:
         return {k: v for k, v in self.__dict__.items() if k != "predictor"}
 
     def save(self, run_dir: Path) -> Path:
-        """Write model.pt then result.json, each atomically; result.json last marks the run complete."""
-        run_dir.mkdir(parents=True, exist_ok=True)
+        """Write model.pt then result.json, each atomically, owner-only; result.json last marks the run complete."""
+        private_dir(run_dir)
         if self.predictor is not None:
             members = self.predictor if isinstance(self.predictor, list) else [self.predictor]
-            tmp = run_dir / "model.pt.tmp"
-            torch.save(
-                {"ensemble": isinstance(self.predictor, list), "members": [m.to_torch_state_dict() for m in members]},
-                tmp,
-            )
-            os.replace(tmp, run_dir / "model.pt")
+            with private_writer(run_dir / "model.pt") as fh:
+                torch.save(
+                    {
+                        "ensemble": isinstance(self.predictor, list),
+                        "members": [m.to_torch_state_dict() for m in members],
+                    },
+                    fh,
+                )
         path = run_dir / "result.json"
-        tmp = path.with_suffix(".json.tmp")
-        tmp.write_text(json.dumps(self.to_dict(), indent=2, default=json_default))
-        os.replace(tmp, path)
+        with private_writer(path, "w") as fh:
+            fh.write(json.dumps(self.to_dict(), indent=2, default=json_default))
         return path
 
 
 def load_predictor(run_dir: Path) -> Predictor:
-    """The final model saved by :meth:`RunResult.save`."""
-    saved = torch.load(Path(run_dir) / "model.pt", weights_only=True)
-    members = [ArrayRecord(sd) for sd in saved["members"]]
-    return members if saved["ensemble"] else members[0]
+    """The final model saved by :meth:`RunResult.save`; a PrivmedError if the file is damaged or foreign."""
+    path = Path(run_dir) / "model.pt"
+    try:
+        saved = torch.load(path, weights_only=True)
+        members = [ArrayRecord(sd) for sd in saved["members"]]
+        return members if saved["ensemble"] else members[0]
+    except Exception as exc:  # truncated, garbled, a foreign pickle (refused by weights_only), wrong layout
+        raise PrivmedError(f"{path} is not a privmed model ({type(exc).__name__}); re-run `privmed train`") from None
 
 
 class Monitor:
@@ -123,6 +143,8 @@ class Monitor:
 
     A round in which every site's update was rejected stops the run (on an
     in-process grid, which counts who was asked to train; not yet in a deployment).
+    It keeps the round with the lowest validation loss (:data:`SELECTION`): the
+    run releases that model, selected on validation only, never on test.
     """
 
     def __init__(
@@ -139,6 +161,7 @@ class Monitor:
         self.prior_wall = 0.0  # wall seconds an interrupted run had spent before its resume
         self._last = time.perf_counter()
         self._val = session.fed.pooled("val")
+        self.best: dict[str, Any] | None = None  # {"round", "loss", "predictor"}
 
     def __call__(self, rnd: int, predictor: Predictor) -> dict:
         s = self.session
@@ -149,17 +172,37 @@ class Monitor:
         rejected = [r for r in s.ctx.rejections if r["round"] == rnd]
         if rejected and s.in_process and len(rejected) >= _trained_in_round(s.grid, rnd):
             raise PrivmedError(f"round {rnd}: every site's update was rejected ({rejected[0]['reason']})")
-        metrics = evaluate_predictor(s.model, predictor, self._val)
+        metrics = evaluate_predictor(s.model, predictor, self._val, with_loss=True)
         self.history.append({"round": rnd, "seconds": now - self._last, "val": finite_metrics(metrics)})
+        if self.best is None or metrics["loss"] < self.best["loss"]:
+            self.best = {"round": rnd, "loss": metrics["loss"], "predictor": predictor}
         self._last = time.perf_counter()
         if self.checkpoint:
-            self.checkpoint.save(s, rnd, predictor, self.history, self.wall())
+            self.checkpoint.save(s, rnd, predictor, self.history, self.wall(), best=self.best)
         if self.progress:
             self.progress(rnd, s.rounds, metrics)
         return metrics
 
     def wall(self) -> float:
         return self.prior_wall + time.perf_counter() - self.started
+
+    def selection(self, rounds: int, metric: str) -> dict[str, Any]:
+        """Which round was released and whether the budget was past the validation plateau."""
+        best = self.best["round"] if self.best else rounds
+        target = TARGETS.get(metric)
+        reached = [h["round"] for h in self.history if target and (h["val"].get(target[0]) or 0) >= target[1]]
+        return {
+            "criterion": SELECTION,
+            "round": best,
+            "rounds_run": rounds,
+            "converged": best <= (1 - PLATEAU_TAIL) * rounds,
+            "rounds_to_target": reached[0] if reached else None,
+            "target": f"validation {target[0]} >= {target[1]}" if target else None,
+        }
+
+
+# The validation level at which "rounds to target" is counted, per task's primary metric
+TARGETS = {"accuracy": ("auroc", 0.9), "dice": ("dice", 0.5)}
 
 
 def _trained_in_round(grid: Any, rnd: int) -> int:
@@ -179,9 +222,10 @@ def build_result(
     wall = monitor.wall()
     s, config = session, session.config
     fed, spec = s.fed, s.protocol
-    final = finite_metrics(evaluate_predictor(s.model, output.predictor, fed.pooled("test")))
+    released = monitor.best["predictor"] if monitor.best else output.predictor  # selected on validation only
+    final = finite_metrics(evaluate_predictor(s.model, released, fed.pooled("test")))
     per_site = {
-        site.name: finite_metrics(evaluate_predictor(s.model, output.predictor, site.test))
+        site.name: finite_metrics(evaluate_predictor(s.model, released, site.test))
         for site in fed.sites
         if len(site.test)
     }
@@ -212,7 +256,14 @@ def build_result(
             "distribution": fed.distribution(),
         },
         model={"name": config.model, "parameters": s.n_parameters},
-        performance={"metric": PRIMARY_METRIC[config.task], "final": final, "per_site": per_site, "history": history},
+        performance={
+            "metric": PRIMARY_METRIC[config.task],
+            "final": final,
+            "per_site": per_site,
+            "history": history,
+            "selection": monitor.selection(s.rounds, PRIMARY_METRIC[config.task]),
+            "budget": training_budget(s),
+        },
         communication=communication,
         runtime={
             "wall_seconds": wall,
@@ -234,12 +285,28 @@ def build_result(
         security={"attacks": "not measured yet"},
         reliability={
             "rejected_updates": s.ctx.rejections,
+            "update_norm_bound": {"ratio": config.train.norm_ratio, "rule": NORM_RULE},
             "faults_injected": [],
             "completed": True,
             **({} if in_process else {"nodes": sorted(s.grid.get_node_ids())}),
         },
-        predictor=output.predictor,
+        predictor=released,
     )
+
+
+def training_budget(session: Session) -> dict[str, Any]:
+    """Compute spent, from what the sites counted (in-process): local optimiser steps and sample-gradients."""
+    counts = [m.get("budget", {}) for m in session.site_memory.values()]
+    if not counts:
+        return {"note": "not measured: the sites' training happens on the SuperNodes"}
+    steps, samples = sum(c.get("local_steps", 0) for c in counts), sum(c.get("sample_gradients", 0) for c in counts)
+    rounds = max(session.rounds, 1)
+    return {
+        "local_steps": steps,
+        "sample_gradients": samples,
+        "local_steps_per_round": steps / rounds,
+        "sample_gradients_per_round": samples / rounds,
+    }
 
 
 def measure_scalability(

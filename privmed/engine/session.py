@@ -107,13 +107,10 @@ def build_federation(cfg: DataConfig, seed: int) -> Federation:
 
 
 def model_spec(config: RunConfig, fed: Federation) -> ModelSpec:
-    if len(fed.image_shape) != 3:  # [C, D, H, W]: 3-D networks are not wired to the protocols yet
-        raise PrivmedError(
-            f"{fed.dataset_name} holds 3-D volumes {list(fed.image_shape)} and privmed's networks are 2-D; "
-            "add ?slices=axial to the data set name to train on their axial slices"
-        )
+    """The network every party builds: from the config's name and the data's channels and dimensions."""
     n_out = 2 if config.task == "segmentation" else fed.n_classes
-    return ModelSpec(config.model, in_channels=fed.image_shape[0], n_classes=n_out, task=config.task)
+    dims = len(fed.image_shape) - 1  # [C, H, W] -> 2, [C, D, H, W] -> 3
+    return ModelSpec(config.model, in_channels=fed.image_shape[0], n_classes=n_out, task=config.task, spatial_dims=dims)
 
 
 def parties(fed: Federation, protocol: ProtocolSpec) -> tuple[SiteData, ...]:
@@ -207,6 +204,7 @@ def assemble(
     mechanism.check(plan_of(config, fed, r))
     node_site: dict[int, str] = {}
     site_memory: dict[int, dict] = {}
+    declared: dict[int, int] = {}  # what each site holds, as the coordinator knows it (a deployment: unknown)
     if grid is None:
         apps = {}
         for i, site in enumerate(parties(fed, r.protocol)):
@@ -216,6 +214,7 @@ def assemble(
                 site, model, site_index=i, trainer=mechanism.trainer(i), mods=mods, memory=site_memory[i]
             )
             node_site[FIRST_NODE_ID + i] = site.name
+            declared[FIRST_NODE_ID + i] = len(site.train)
         grid = InProcessGrid(apps, fault=fault)
     initial = model.build(seed=config.seed)
     ctx = ProtocolContext(
@@ -227,6 +226,7 @@ def assemble(
         options=r.options,
         wrap_strategy=mechanism.wrap_strategy,
         reproducible_noise=config.reproducible_noise,
+        declared=declared,
     )
     return Session(
         config=config,

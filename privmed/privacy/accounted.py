@@ -4,9 +4,13 @@ A mechanism that spends a privacy budget subclasses :class:`AccountedMechanism`
 and supplies the RDP curve each patient would spend at each site under the
 run's plan (``planned_rdp``); it charges what it actually spent through
 :meth:`AccountedMechanism.charge` as it spends it. With a ledger configured
-(``ledger=sqlite:///...``, ``ledger_key=<file>``), the check refuses a run
-whose plan would push any patient over ``budget`` (ε at ``budget_delta``)
-before anything trains, and nothing is written for a refused run.
+(``ledger=sqlite:///...``, ``ledger_key=<file>``; a ``budget`` or a
+``ledger_key`` without ``ledger`` uses the per-user default ledger), the
+check refuses a run whose plan would push any patient over ``budget`` (ε at
+``budget_delta``) before anything trains, and nothing is written for a
+refused run. The run's ledger id and each site's charge count are kept by
+the checkpoint, so a resumed run repeats the charges of its interrupted
+round under the same numbers and the ledger records them once.
 """
 
 from __future__ import annotations
@@ -38,8 +42,6 @@ class BudgetOptions:
     def __post_init__(self) -> None:
         if self.budget is not None and not self.budget > 0:
             raise PrivmedError(f"budget must be > 0 (an ε limit per patient), got {self.budget}")
-        if self.budget is not None and self.ledger is None:
-            raise PrivmedError("a budget needs a ledger: add ledger=sqlite:///runs/ledger.db and ledger_key=<key file>")
         if not 0 < self.budget_delta < 1:
             raise PrivmedError(f"budget_delta must be in (0, 1), got {self.budget_delta}")
 
@@ -73,7 +75,8 @@ class AccountedMechanism(Mechanism):
         self.sites: list[tuple[str, ArraySet]] = []
         self._ledger = None
         self._pseudonyms: dict[str, str] = {}
-        self.run_id = ""
+        self.run_id = ""  # the run's id in the ledger, kept across a resume
+        self.seq: dict[int, int] = {}  # site index -> charges made so far (numbers them in the ledger)
         self.charged: dict[str, np.ndarray] = {}
 
     # --- subclasses ---
@@ -85,41 +88,46 @@ class AccountedMechanism(Mechanism):
         raise NotImplementedError
 
     # --- shared ---
+    @property
+    def ledger_url(self) -> str | None:
+        """The ledger this run charges: the one given, the per-user default if a budget or key asks for one, or none."""
+        from privmed.privacy.ledger import default_url
+
+        b = self.budget
+        return b.ledger or (default_url() if b.budget is not None or b.ledger_key is not None else None)
+
     def check(self, plan: Plan) -> None:
         config = plan.config
         self.reproducible = config.reproducible_noise
         self.sites = list(plan.sites)
         self.prepare(plan)
-        if self.budget.ledger is None:
+        if self.ledger_url is None:
             return
         from privmed.privacy.ledger import Ledger
         from privmed.privacy.pseudonym import load_key, pseudonyms
 
         key = load_key(self.budget.ledger_key)
         self._pseudonyms = pseudonyms(key, np.concatenate([s.patient_ids for _, s in self.sites]))
-        ledger = Ledger(self.budget.ledger)
-        self.run_id = (
+        ledger = Ledger(self.ledger_url)
+        self.run_id = self.run_id or (  # a resumed run keeps its id (its checkpoint's mechanism state)
             f"{config.run_name}@{time.strftime('%Y-%m-%dT%H:%M:%S', time.gmtime())}.{time.time_ns() % 10**9:09d}"
         )
         ledger.reserve(
             run=config.run_name,
             run_id=self.run_id,
-            plan=self._remaining_plan(),
+            plan=self._whole_plan(),
             limit=self.budget.budget,
             delta=self.budget.budget_delta,
         )
         self._ledger = ledger
 
-    def _remaining_plan(self) -> dict[str, np.ndarray]:
-        """Pseudonym -> RDP the plan will still spend: all sites' plans, less what a resumed run already charged."""
+    def _whole_plan(self) -> dict[str, np.ndarray]:
+        """Pseudonym -> RDP the whole plan spends (the ledger counts what a resumed run, same id, charged of it)."""
         plan: dict[str, np.ndarray] = {}
         for i in range(len(self.sites)):
             for pid, rdp in self.planned_rdp(i).items():
                 p = self._pseudonyms[pid]
                 plan[p] = plan.get(p, 0) + rdp
-        for pid, rdp in self.charged.items():  # a resumed run: its interrupted rounds are in the ledger and in the plan
-            p = self._pseudonyms[pid]
-            plan[p] = np.maximum(plan[p] - rdp, 0)
         return plan
 
     def close(self) -> None:
@@ -131,6 +139,7 @@ class AccountedMechanism(Mechanism):
         """Record what a site spent just now (in the ledger when one is configured)."""
         for pid, rdp in rdp_by_patient.items():
             self.charged[pid] = self.charged.get(pid, 0) + rdp
+        self.seq[site_index] = self.seq.get(site_index, 0) + 1
         if self._ledger is not None:
             name = self.sites[site_index][0]
             self._ledger.charge(
@@ -138,15 +147,22 @@ class AccountedMechanism(Mechanism):
                 site=name,
                 unit=self.unit,
                 rdp_by_patient={self._pseudonyms[p]: r for p, r in rdp_by_patient.items()},
+                seq=self.seq[site_index],
             )
 
     def state_dict(self) -> dict[str, Any]:
         """This run's per-patient spend so far (the ledger keeps its own rows; a resumed run charges only what it
         adds)."""
-        return {"charged": {p: [float(x) for x in r] for p, r in self.charged.items()}}
+        return {
+            "charged": {p: [float(x) for x in r] for p, r in self.charged.items()},
+            "run_id": self.run_id,
+            "seq": {str(i): n for i, n in self.seq.items()},
+        }
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         self.charged = {p: np.asarray(r) for p, r in state.get("charged", {}).items()}
+        self.run_id = str(state.get("run_id", ""))
+        self.seq = {int(i): int(n) for i, n in state.get("seq", {}).items()}
 
     def noise_report(self) -> dict[str, Any]:
         """Where the noise came from, and what the result may claim (:mod:`privmed.privacy.randomness`)."""
@@ -166,5 +182,5 @@ class AccountedMechanism(Mechanism):
             "patient_composition": "RDP curves summed order by order, converted once (Opacus)",
         }
         if self._ledger is not None:
-            out["ledger"] = {"url": self.budget.ledger, "run_id": self.run_id}
+            out["ledger"] = {"url": self._ledger.url, "path": str(self._ledger.path), "run_id": self.run_id}
         return {**out, **self.noise_report()}

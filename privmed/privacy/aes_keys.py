@@ -22,11 +22,9 @@ Diffie-Hellman (X25519) in-process rather than distributed beforehand.
 from __future__ import annotations
 
 import contextlib
-import errno
 import json
 import os
 import re
-import stat
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -37,6 +35,7 @@ from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 
 from privmed.errors import PrivmedError
+from privmed.files import read_private
 
 NONCE_BYTES = 12
 KEY_FILE_MAX_BYTES = 4096  # a key file is 65 bytes; more is not a key file
@@ -45,43 +44,16 @@ KEY_FILE_MAX_BYTES = 4096  # a key file is 65 bytes; more is not a key file
 def load_key(path: str | Path) -> bytes:
     """A 256-bit key from a file of 64 hex digits, owned by this user and accessible by no one else.
 
-    The file is opened once (not followed if it is a symbolic link) and every
-    check is made on that open file, so it cannot be swapped between check and read.
+    The file checks (one open, no symbolic link, a regular file of this user's,
+    mode 600 or stricter) are :func:`privmed.files.read_private`'s.
     """
-    p = Path(path)
-    try:  # O_NONBLOCK: a FIFO put in the key's place must not hang the open; no effect on a regular file
-        fd = os.open(p, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK)
-    except FileNotFoundError:
-        raise PrivmedError(f"key file {p} does not exist; create one with privmed.privacy.aes_keys.write_key") from None
-    except OSError as exc:
-        why = (
-            "is a symbolic link; give the path of the key file itself"
-            if exc.errno == errno.ELOOP
-            else f"cannot be opened ({exc.strerror})"
-        )
-        raise PrivmedError(f"key file {p} {why}") from None
-    try:
-        st = os.fstat(fd)
-        if not stat.S_ISREG(st.st_mode):
-            raise PrivmedError(f"key file {p} is not a regular file; give the path of a file written by write_key")
-        if st.st_uid != os.geteuid():
-            raise PrivmedError(
-                f"key file {p} is owned by uid {st.st_uid}, not by this user (uid {os.geteuid()}); "
-                "use a key file of your own (copy it, then chmod 600)"
-            )
-        mode = stat.S_IMODE(st.st_mode)
-        if mode & 0o077:
-            raise PrivmedError(f"key file {p} is accessible by group or others (mode {mode:o}); run: chmod 600 {p}")
-        raw = b""
-        while len(raw) <= KEY_FILE_MAX_BYTES and (chunk := os.read(fd, KEY_FILE_MAX_BYTES + 1 - len(raw))):
-            raw += chunk
-    finally:
-        os.close(fd)
-    text = raw[:KEY_FILE_MAX_BYTES].decode("utf-8", errors="replace").strip()
-    if len(raw) > KEY_FILE_MAX_BYTES or not re.fullmatch(r"[0-9a-fA-F]{64}", text):
-        found = f"more than {KEY_FILE_MAX_BYTES} bytes" if len(raw) > KEY_FILE_MAX_BYTES else f"{len(text)} characters"
+    make = "create one with privmed.privacy.aes_keys.write_key"
+    raw = read_private(path, what="key file", max_bytes=KEY_FILE_MAX_BYTES, make=make)
+    text = raw.decode("utf-8", errors="replace").strip()
+    if not re.fullmatch(r"[0-9a-fA-F]{64}", text):
         raise PrivmedError(
-            f"key file {p} must hold one 256-bit AES key as 64 hex digits; found {found}, not 64 hex digits"
+            f"key file {path} must hold one 256-bit AES key as 64 hex digits; found {len(text)} characters, "
+            "not 64 hex digits"
         )
     return bytes.fromhex(text)
 

@@ -18,6 +18,7 @@ from collections.abc import Iterable
 from pathlib import Path
 
 from privmed.errors import PrivmedError
+from privmed.files import private_dir, read_private
 
 KEY_BYTES = 32
 
@@ -27,7 +28,7 @@ def new_key(path: str | Path) -> Path:
     p = Path(path)
     if p.exists():
         raise PrivmedError(f"key file {p} already exists; keep it (the hospitals share it) or remove it first")
-    p.parent.mkdir(parents=True, exist_ok=True)
+    private_dir(p.parent)
     fd = os.open(p, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
     with os.fdopen(fd, "wb") as f:
         f.write(secrets.token_bytes(KEY_BYTES))
@@ -41,12 +42,8 @@ def load_key(path: str | Path | None) -> bytes:
             "(create one with `privmed budget --new-key <path>`)"
         )
     p = Path(path)
-    if not p.is_file():
-        raise PrivmedError(
-            f"pseudonym key file {p} not found; create it with `privmed budget --new-key {p}` and share it with the "
-            "hospitals"
-        )
-    key = p.read_bytes()
+    make = f"create it with `privmed budget --new-key {p}` and share it with the hospitals"
+    key = read_private(p, what="pseudonym key file", max_bytes=4096, make=make)
     if len(key) < 16:
         raise PrivmedError(f"pseudonym key file {p} holds {len(key)} bytes; a key needs at least 16 (make a new one)")
     return key

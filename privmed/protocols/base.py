@@ -27,7 +27,7 @@ from flwr.serverapp import Grid
 from flwr.serverapp.strategy import Strategy
 
 from privmed.config import TrainSettings
-from privmed.engine.validate import reply_problem
+from privmed.engine.validate import NormGuard, reply_problem, update_norm, weights_norm
 from privmed.options import NoOptions
 from privmed.threat import PARTIES, RELEASED_MODEL, View
 
@@ -105,6 +105,13 @@ class ProtocolContext:  # pylint: disable=too-many-instance-attributes
     state: dict = field(default_factory=dict)
     # --reproducible-noise: DP noise derived from the run seed (the result must say it is not private)
     reproducible_noise: bool = False
+    # node -> the training-set size the site declared (in-process: its data; empty when unknown)
+    declared: dict[int, int] = field(default_factory=dict)
+    # sequential protocols' bound on update norms (engine/validate.py); after a resume it starts empty
+    norms: NormGuard = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.norms = NormGuard(self.settings.norm_ratio)
 
     def round_seed(self, rnd: int) -> int:
         return int(self.seed * ROUND_SEED_STRIDE + rnd)
@@ -200,7 +207,10 @@ def train_at(
     if not replies:
         ctx.reject(rnd, node, "no reply")
         return None
-    problem = reply_problem(replies[0], arrays)
+    problem = reply_problem(replies[0], arrays, declared=ctx.declared.get(node))
+    if not problem:
+        norm = update_norm(replies[0].content["arrays"], arrays)
+        problem = ctx.norms.problem(norm, fallback=weights_norm(arrays))
     if problem:
         ctx.reject(rnd, node, problem)
         return None

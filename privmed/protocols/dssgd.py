@@ -48,6 +48,7 @@ import torch
 from flwr.app import Array, ArrayRecord, ConfigRecord, Context, Message, RecordDict
 from flwr.clientapp.typing import ClientAppCallable
 
+from privmed.engine.validate import reply_problem
 from privmed.errors import PrivmedError
 from privmed.options import Options
 from privmed.privacy.randomness import guarantee, numpy_noise_generator
@@ -228,7 +229,10 @@ def run(ctx: ProtocolContext) -> ProtocolOutput:
                 payload = {"full": _unflat(glob, template)}
             msg = Message(RecordDict({**payload, "config": ConfigRecord(cfg)}), node, "train", group_id=str(rnd))
             replies = list(ctx.grid.send_and_receive([msg]))
-            problem = _reply_problem(replies, glob.size)
+            problem = _reply_problem(replies, glob.size, declared=ctx.declared.get(node))
+            if not problem:
+                val = replies[0].content["up"]["val"].numpy()
+                problem = ctx.norms.problem(_norm(val), fallback=_norm(glob))
             if problem:
                 ctx.reject(rnd, node, problem)
                 continue
@@ -248,18 +252,28 @@ def run(ctx: ProtocolContext) -> ProtocolOutput:
     )
 
 
-def _reply_problem(replies: list[Message], size: int) -> str | None:
+def _reply_problem(replies: list[Message], size: int, *, declared: int | None = None) -> str | None:
+    """Why a DSSGD upload cannot be added to the global parameters, or None (records, metrics, then the sparse pair)."""
     if not replies:
         return "no reply"
-    r = replies[0]
-    if r.has_error():
-        return f"site error: {r.error.reason}"
-    if "up" not in r.content.array_records:
-        return "reply holds no upload"
-    idx, val = r.content["up"]["idx"].numpy(), r.content["up"]["val"].numpy()
-    if idx.shape != val.shape or (idx.size and (idx.min() < 0 or idx.max() >= size)) or not np.all(np.isfinite(val)):
-        return "upload has out-of-range indices or non-finite values"
+    problem = reply_problem(replies[0], None, records=("up", "metrics"), declared=declared)
+    if problem:
+        return problem
+    up = replies[0].content["up"]
+    if sorted(up.keys()) != ["idx", "val"]:
+        return f"upload holds arrays {sorted(up.keys())}, expected ['idx', 'val']"
+    idx, val = up["idx"].numpy(), up["val"].numpy()
+    if idx.dtype != np.int64 or val.dtype != np.float32 or idx.ndim != 1 or idx.shape != val.shape:
+        return f"upload is ({idx.dtype} {idx.shape}, {val.dtype} {val.shape}), expected int64 and float32 of one length"
+    if idx.size and (idx.min() < 0 or idx.max() >= size or np.any(np.diff(idx) <= 0)):
+        return "upload has out-of-range or repeated indices"
+    if not np.all(np.isfinite(val)):
+        return "upload holds NaN or Inf"
     return None
+
+
+def _norm(values: np.ndarray) -> float:
+    return float(np.linalg.norm(values.astype(np.float64)))
 
 
 def _privacy(opts: DSSGDOptions, per_site: int, *, reproducible_noise: bool) -> dict:

@@ -5,9 +5,11 @@ Paper: McMahan et al. 2017; for medical segmentation, Sheller et al. 2018
 round every site trains the global model locally, the coordinator averages
 the returned weights weighted by the number of training examples. This is
 Flower's own ``FedAvg`` strategy run by its own round loop
-(``Strategy.start``); privmed adds only a wrapper that rejects NaN or
-wrong-shaped updates before Flower averages them (Flower's FedAvg would
-average them in).
+(``Strategy.start``); privmed adds only a wrapper that checks every reply
+(engine/validate.py: records, metrics, ``num-examples``, weights, update
+norm against the other sites' median) before Flower averages the rest:
+Flower's FedAvg would average a NaN or huge update in, weight by any
+``num-examples`` a site claims, and abort the run on one malformed reply.
 """
 
 from __future__ import annotations
@@ -18,17 +20,23 @@ from flwr.app import ArrayRecord, ConfigRecord, Message, MetricRecord
 from flwr.serverapp import Grid
 from flwr.serverapp.strategy import FedAvg, Strategy
 
-from privmed.engine.validate import reply_problem
+from privmed.engine.validate import by_destination, odd_metric_keys, outliers, reply_problem, update_norm, weights_norm
 from privmed.protocols.base import ProtocolContext, ProtocolOutput, ProtocolSpec, node_ids
 from privmed.threat import AGGREGATE, UPDATE, View
 
 
 class RejectInvalidUpdates(Strategy):
-    """Wrap a Flower strategy: drop error, NaN and wrong-shaped train replies, record why."""
+    """Wrap a Flower strategy: drop the train replies the coordinator cannot trust, record which site and why.
+
+    A reply is filed under the node the train message went to (by the id it
+    replies to), not its source: an error reply the SuperLink makes for a
+    node that failed comes from node 1, the SuperLink itself.
+    """
 
     def __init__(self, strategy: Strategy, ctx: ProtocolContext, *, rounds_done: int = 0) -> None:
         self.strategy, self.ctx, self.offset = strategy, ctx, rounds_done
         self._sent: ArrayRecord | None = None
+        self._messages: list[Message] = []
 
     def summary(self) -> None:
         self.strategy.summary()
@@ -41,19 +49,26 @@ class RejectInvalidUpdates(Strategy):
         messages = list(self.strategy.configure_train(rnd, arrays, config, grid))
         for msg in messages:  # Flower leaves group_id empty; the engine counts bytes per round by it
             msg.metadata.group_id = str(rnd)
+        self._messages = messages  # the Grid sets their ids when it sends them
         return messages
 
     def aggregate_train(
         self, server_round: int, replies: Iterable[Message]
     ) -> tuple[ArrayRecord | None, MetricRecord | None]:
-        kept = []
-        for reply in replies:
-            problem = reply_problem(reply, self._sent)
+        rnd, ctx = self.offset + server_round, self.ctx
+        answered = by_destination(self._messages, replies)
+        problems = {n: "no reply" for m in self._messages if (n := m.metadata.dst_node_id) not in answered}
+        for node, reply in answered.items():
+            problem = reply_problem(reply, self._sent, declared=ctx.declared.get(node))
             if problem:
-                self.ctx.reject(self.offset + server_round, reply.metadata.src_node_id, problem)
-            else:
-                kept.append(reply)
-        return self.strategy.aggregate_train(self.offset + server_round, kept)
+                problems[node] = problem
+        kept = {n: r for n, r in answered.items() if n not in problems}
+        problems.update(odd_metric_keys(kept))
+        norms = {n: update_norm(r.content["arrays"], self._sent) for n, r in kept.items() if n not in problems}
+        problems.update(outliers(norms, ratio=ctx.settings.norm_ratio, fallback=weights_norm(self._sent)))
+        for node in sorted(problems):
+            ctx.reject(rnd, node, problems[node])
+        return self.strategy.aggregate_train(rnd, [r for n, r in kept.items() if n not in problems])
 
     def configure_evaluate(
         self, server_round: int, arrays: ArrayRecord, config: ConfigRecord, grid: Grid

@@ -49,7 +49,7 @@ from typing import Any
 
 from flwr.app import ArrayRecord, ConfigRecord, Context, Message, MetricRecord, RecordDict
 
-from privmed.engine.validate import train_checked
+from privmed.engine.validate import by_destination, reply_problem, train_checked
 from privmed.errors import PrivmedError
 from privmed.privacy.base import Mechanism, Plan
 from privmed.privacy.he import Keyring, make_aggregator, make_keyring
@@ -152,22 +152,21 @@ class HEMechanism(Mechanism):
 
 def setup(ctx: ProtocolContext, nodes: list[int]) -> tuple[str, bytes, dict[int, int]]:
     """Ask the sites for the public key material and their example counts; every site must answer."""
-    replies = list(
-        ctx.grid.send_and_receive(
-            [Message(RecordDict({SETUP: ConfigRecord()}), n, "train", group_id="0") for n in nodes]
-        )
-    )
+    msgs = [Message(RecordDict({SETUP: ConfigRecord()}), n, "train", group_id="0") for n in nodes]
     counts, public = {}, None
-    for r in replies:
+    for node, r in by_destination(msgs, ctx.grid.send_and_receive(msgs)).items():
         if r.has_error() or "he-public" not in r.content.config_records:
             reason = r.error.reason if r.has_error() else "no public key"
             raise PrivmedError(
-                f"site node {r.metadata.src_node_id} has no HE keys ({reason}); "
+                f"site node {node} has no HE keys ({reason}); "
                 "run he-fedavg with --privacy he-paillier or --privacy he-ckks"
             )
         rec = r.content["he-public"]
         public = public or (str(rec["scheme"]), bytes(rec["public"]))
-        counts[r.metadata.src_node_id] = int(rec["num-examples"])
+        n, top = rec.get("num-examples"), ctx.declared.get(node, float("inf"))
+        if not isinstance(n, int) or not 1 <= n <= top:
+            raise PrivmedError(f"HE set-up: site node {node} reports {n!r} training examples, not a count in 1..{top}")
+        counts[node] = n
     missing = sorted(set(nodes) - set(counts))
     if missing:
         raise PrivmedError(
@@ -178,11 +177,15 @@ def setup(ctx: ProtocolContext, nodes: list[int]) -> tuple[str, bytes, dict[int,
 
 
 def ciphertext_problem(reply: Message, aggregator, n: int) -> str | None:
-    if reply.has_error():
-        return f"site error: {reply.error.reason}"
+    # the example counts were declared, and checked, at set-up; a reply carries the ciphertext and timings only
+    problem = reply_problem(reply, None, records=("he", "metrics"), metrics=("he-encrypt-s", "he-decrypt-s"))
+    if problem:
+        return problem
     if "he" not in reply.content.config_records:
         return "reply carries no ciphertext"
     rec = reply.content["he"]
+    if not isinstance(rec.get("ciphertext"), bytes):
+        return "the ciphertext is not bytes"
     if str(rec.get("key-id", "")) != aggregator.key_id:
         return f"ciphertext under another key (key id {rec.get('key-id')!r}, expected {aggregator.key_id!r})"
     return aggregator.check(bytes(rec["ciphertext"]), n_values=n)
@@ -205,7 +208,7 @@ def run(ctx: ProtocolContext) -> ProtocolOutput:
         cfg = ctx.round_config(rnd)
         cfg["he-total-examples"] = total
         msgs = [Message(RecordDict({**content, "config": cfg}), node, "train", group_id=str(rnd)) for node in nodes]
-        replies = {r.metadata.src_node_id: r for r in ctx.grid.send_and_receive(msgs)}
+        replies = by_destination(msgs, ctx.grid.send_and_receive(msgs))
         kept, cts = [], []
         for node in nodes:
             problem = "no reply" if node not in replies else ciphertext_problem(replies[node], aggregator, n)

@@ -42,9 +42,9 @@ def test_a_failed_audit_keeps_its_row_with_the_error(tmp_path, monkeypatch):
     report = (out / "report.md").read_text()
     assert "audit failed (probe exploded)" in report
     # the DP row is on other data: two distribution tables, and no wall ratio against FedAvg on the smaller data
-    assert "150 patients: 2 rows" in report and "300 patients: 1 row" in report
-    dp_line = next(line for line in report.splitlines() if line.startswith("| fedavg dp"))
-    assert "300 patients" in dp_line and "FedAvg wall" not in dp_line
+    assert "430 patients: 2 rows" in report and "580 patients: 1 row" in report  # v2: + 4 x 70 held-out
+    dp_line = next(line for line in report.splitlines() if line.startswith("| fedavg dp (`"))  # its detail row
+    assert "580 patients" in dp_line and "FedAvg wall" not in dp_line
 
 
 def test_an_interrupted_bench_resumes_without_rerunning_finished_rows(tmp_path, monkeypatch):
@@ -96,3 +96,25 @@ def test_rows_run_in_parallel_give_the_same_numbers(tmp_path):
     for a, b in zip(serial, parallel):
         assert a["performance"]["final"] == b["performance"]["final"]
         assert a["privacy"]["leakage"] == b["privacy"]["leakage"]
+
+
+def test_every_row_runs_over_seeds_and_the_report_gives_mean_ci_and_paired_differences(tmp_path):
+    out = run_suite(runs_dir=tmp_path, rows=ROWS, seeds=2, attacks=("membership",))
+    results = json.loads((out / "results.json").read_text())
+    assert [(r["label"], r["seed"]) for r in results] == [
+        ("centralised", 0),
+        ("centralised", 1),
+        ("fedavg", 0),
+        ("fedavg", 1),
+    ]
+    summary = json.loads((out / "summary.json").read_text())
+    auroc = {r["label"]: r["figures"]["test AUROC"] for r in summary["rows"]}
+    values = [r["performance"]["final"]["auroc"] for r in results if r["label"] == "fedavg"]
+    assert auroc["fedavg"]["n"] == 2 and auroc["fedavg"]["mean"] == pytest.approx(sum(values) / 2)
+    assert auroc["fedavg"]["ci95"] > 0 or values[0] == values[1]
+    (fedavg_vs_central,) = [
+        c for c in summary["comparisons"] if c["row"] == "fedavg" and c["reference"] == "centralised"
+    ]
+    assert fedavg_vs_central["pairs"] == 2 and "significant" in fedavg_vs_central
+    report = (out / "report.md").read_text()
+    assert "mean ± 95 % CI over 2 seed(s)" in report and "paired over seeds" in report

@@ -93,6 +93,7 @@ def digest(folder):
 def key(tmp_path):
     k = tmp_path / "site.key"
     k.write_bytes(b"k" * 32)
+    k.chmod(0o600)  # a key others can read is refused
     return k
 
 
@@ -245,6 +246,7 @@ def test_vendor_files_uids_consistent_across_a_series_and_runs_inputs_unchanged(
     ) == ["b", "b.deid-audit.jsonl", "b.deid-summary.json"]  # a re-identification table only when asked
     other = tmp_path / "other.key"
     other.write_bytes(b"o" * 32)
+    other.chmod(0o600)
     deidentify_tree(src, tmp_path / "c", key_file=other)
     assert not set(outputs(tmp_path / "c")) & set(out_a)
     table = read_reid_table(tmp_path / "reid.bin", key=key.read_bytes())

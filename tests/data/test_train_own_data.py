@@ -43,6 +43,7 @@ def test_deidentified_dicom_series_train_slice_wise_with_fedavg(tmp_path):
     src = write_dicom_set(tmp_path / "ct")
     key = tmp_path / "site.key"
     key.write_bytes(b"s" * 32)
+    key.chmod(0o600)  # a key others can read is refused
     summary = deidentify_tree(src, tmp_path / "deid", key_file=key)
     assert summary.written == 48 and [p for p, _ in summary.skipped] == ["labels.csv"]
     # the site relabels by pseudonym: the de-identified tree holds no original id

@@ -152,7 +152,8 @@ def deployment(tmp_path):
 
 
 def test_app_config_round_trips_through_flowers_parser(tmp_path):
-    config = replace(CONFIG, name='ward "7" \\ north')
+    # quotes and a backslash in a string value (a run name may not hold them: it is a folder name)
+    config = replace(CONFIG, **{"data.dataset": 'folder:/data/ward "7" \\ north.csv'})
     write_app(tmp_path, config, result_dir="/r")
     project = get_project_config(tmp_path)
     assert validate_config(project, project_dir=tmp_path)[0]

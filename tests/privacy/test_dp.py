@@ -123,7 +123,7 @@ def test_patient_gradients_match_autograd_per_patient():
         ({"epsilon": 0.5, "noise_multiplier": 0.3, "delta": 1e-3}, "gives epsilon"),
         ({"noise_multiplier": 1.0, "accountant": "moments"}, "valid accountants"),
         ({"noise_multiplier": 1.0, "clip": 2}, "valid options"),
-        ({"noise_multiplier": 1.0, "budget": 3.0}, "needs a ledger"),
+        ({"noise_multiplier": 1.0, "budget": -3.0}, "budget must be > 0"),
     ],
 )
 def test_impossible_settings_refused_before_training(toy_fed, opts, match):

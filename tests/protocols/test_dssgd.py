@@ -33,7 +33,7 @@ def test_svt_releases_at_most_c_truncated_values():
 
 def test_protocol_uploads_only_theta_u_and_learns():
     fed = make_fed(n_sites=2, patients=6)
-    base = RunConfig(protocol="dssgd", train=TrainSettings(rounds=2, batch_size=4, lr=0.01))
+    base = RunConfig(protocol="dssgd", train=TrainSettings(rounds=4, batch_size=4, lr=0.01))
     full = execute(RunConfig(**{**base.__dict__, "options": {"theta_u": 1.0}}), fed=fed)
     tenth = execute(RunConfig(**{**base.__dict__, "options": {"theta_u": 0.1}}), fed=fed)
     assert tenth.communication["bytes_up"] < 0.15 * full.communication["bytes_up"]
@@ -42,8 +42,8 @@ def test_protocol_uploads_only_theta_u_and_learns():
     dp = execute(RunConfig(**{**base.__dict__, "options": {"theta_u": 0.1, "gamma": 0.01, "dp_epsilon": 2.0}}), fed=fed)
     from privmed.privacy.accounting import epsilon_from_rdp, rdp_pure
 
-    # two uploads per site (2 rounds): the better of basic composition (4.0) and RDP composition
-    expected = min(2 * 2.0, epsilon_from_rdp(rdp_pure(epsilon=2.0, releases=2), delta=dp.privacy["delta"]))
+    # four uploads per site (4 rounds): the better of basic composition (8.0) and RDP composition
+    expected = min(4 * 2.0, epsilon_from_rdp(rdp_pure(epsilon=2.0, releases=4), delta=dp.privacy["delta"]))
     assert dp.privacy["unit"] == "site" and dp.privacy["epsilon"] == pytest.approx(expected)
 
 

@@ -47,6 +47,17 @@ def dropping(*visits):
     return hook
 
 
+def failing(rnd):
+    """A site mod that fails a site's train message of round ``rnd`` before it trains."""
+
+    def mod(msg, context, call_next):
+        if msg.metadata.message_type == "train" and msg.metadata.group_id == str(rnd):
+            raise RuntimeError("cannot open the weights")
+        return call_next(msg, context)
+
+    return mod
+
+
 def tampering(rnd, node):
     """A fault hook that flips a byte of the blob a site uploads in one visit (in transit to the coordinator)."""
 
@@ -238,9 +249,12 @@ def test_snt_tampered_blob_is_rejected_by_the_next_site_and_the_run_goes_on(smal
             and small_fed.sites[1].name in r["reason"]
             and small_fed.sites[2].name in r["reason"]
         )
-    # both visits are lost: the model is CWT's without them, and so is round 1's evaluated model
-    reference_1 = run_protocol(small_fed, cwt.run, "cwt", rounds=1, fault=dropping((1, uploader), (1, receiver)))[0]
-    reference = run_protocol(small_fed, cwt.run, "cwt", fault=dropping((1, uploader), (1, receiver)))[0]
+    # both visits are lost: the model is CWT's without them, and so is round 1's evaluated model (the uploader
+    # trained, its update was lost; the receiver could not open the blob, so it never trained: its optimiser's
+    # state did not move)
+    lost = {"fault": dropping((1, uploader)), "site_mods": {2: [failing(1)]}}
+    reference_1 = run_protocol(small_fed, cwt.run, "cwt", rounds=1, **lost)[0]
+    reference = run_protocol(small_fed, cwt.run, "cwt", **lost)[0]
     assert [r for r, _ in evaluated] == [1, 2] and np.array_equal(flat(evaluated[0][1]), flat(reference_1))
     assert np.array_equal(flat(model), flat(reference))
 

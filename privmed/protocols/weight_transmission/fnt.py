@@ -27,6 +27,7 @@ from __future__ import annotations
 
 from flwr.app import ConfigRecord, Message, RecordDict
 
+from privmed.engine.validate import records_problem
 from privmed.errors import PrivmedError
 from privmed.privacy.sealed import seal_predictor
 from privmed.protocols.base import ProtocolContext, ProtocolOutput, ProtocolSpec, node_ids
@@ -44,7 +45,12 @@ def _ask(ctx: ProtocolContext, node: int, route: dict, rnd: int, arrays=None) ->
         return None, f"site error: {replies[0].error.reason}"
     if "fnt" not in replies[0].content.config_records:
         return None, "site does not speak FNT (is --privacy aes-gcm set?)"
-    return replies[0], None
+    if route.get("setup"):
+        return replies[0], None
+    problem = records_problem(replies[0], ("fnt",))  # a visit's reply holds only the bytes it sent on the peer link
+    if problem is None and not isinstance(replies[0].content["fnt"].get("sent-bytes"), int):
+        problem = "reply does not say how many bytes it sent"
+    return (None, problem) if problem else (replies[0], None)
 
 
 def run(ctx: ProtocolContext) -> ProtocolOutput:

@@ -32,6 +32,7 @@ from __future__ import annotations
 
 from flwr.app import ConfigRecord, Message, RecordDict
 
+from privmed.engine.validate import reply_problem
 from privmed.errors import PrivmedError
 from privmed.privacy.sealed import layout_of, n_values, seal_predictor
 from privmed.protocols.base import ProtocolContext, ProtocolOutput, ProtocolSpec, node_ids
@@ -53,11 +54,15 @@ def visit(ctx: ProtocolContext, node: int, content: dict, rnd: int) -> tuple[byt
     if not replies:
         return None, "no reply"
     reply = replies[0]
-    if reply.has_error():
-        return None, f"site error: {reply.error.reason}"
-    if "sealed" not in reply.content.config_records:
+    if not reply.has_error() and "sealed" not in reply.content.config_records:
         return None, "reply carries no sealed weights (is --privacy aes-gcm set?)"
-    return bytes(reply.content["sealed"]["blob"]), None
+    problem = reply_problem(reply, None, records=("sealed",))  # the blob only: no metrics leave the site in the clear
+    if problem:
+        return None, problem
+    blob = reply.content["sealed"].get("blob")
+    if not isinstance(blob, bytes):
+        return None, "the sealed weights are not bytes"
+    return blob, None
 
 
 def verify(ctx: ProtocolContext, nodes: list[int], content: dict, rnd: int) -> str | None:

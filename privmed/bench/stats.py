@@ -1,0 +1,132 @@
+"""Numbers over seeds: mean and 95 % confidence interval per bench row, and which differences are significant.
+
+Every row of a suite runs once per seed (the seed draws the phantom cohort,
+the initialisation and the shuffling; DP noise is secret and differs anyway).
+A row's figure is the mean over its seeds with a Student-t 95 % interval;
+two rows are compared paired by seed (same data, same initialisation), with
+a two-sided paired t-test. With 3 seeds the test has little power: a
+difference it does not flag is "not shown", not "absent".
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+from typing import Any
+
+import numpy as np
+
+ALPHA = 0.05
+
+Getter = Callable[[dict[str, Any]], float | None]
+
+
+def _get(*path: str) -> Getter:
+    def get(r: dict[str, Any]) -> float | None:
+        v: Any = r
+        for key in path:
+            if not isinstance(v, dict) or key not in v:
+                return None
+            v = v[key]
+        return float(v) if isinstance(v, (int, float)) and not isinstance(v, bool) else None
+
+    return get
+
+
+def _per_site_round_kb(r: dict[str, Any]) -> float | None:
+    v = _get("communication", "bytes_per_site_per_round")(r)
+    return None if v is None else v / 1000
+
+
+# (column, unit or baseline, getter): the summary table's figures
+FIGURES: tuple[tuple[str, str, Getter], ...] = (
+    ("test AUROC", "0.5 = chance", _get("performance", "final", "auroc")),
+    ("balanced accuracy", "0.5 = chance", _get("performance", "final", "balanced_accuracy")),
+    ("Dice", "", _get("performance", "final", "dice")),
+    ("kB/site/round", "kB", _per_site_round_kb),
+    ("wall", "s", _get("runtime", "wall_seconds")),
+    ("released round", "of the budget", _get("performance", "selection", "round")),
+    ("ε", "", _get("privacy", "epsilon")),
+    ("MIA AUC", "0.5 = chance", _get("privacy", "leakage", "MIA AUC")),
+    ("inversion PSNR", "dB", _get("privacy", "leakage", "inversion PSNR dB")),
+    ("flat-guess PSNR", "dB (inversion baseline)", _get("privacy", "leakage", "inversion flat-guess PSNR dB")),
+    ("PGD accuracy ε=8/255", "", _get("security", "attacks", "PGD acc ε=8/255")),
+    ("backdoor success", "", _get("security", "attacks", "backdoor success")),
+)
+
+
+def mean_ci(values: list[float]) -> tuple[float, float]:
+    """Mean and the half-width of its 95 % Student-t interval (NaN half-width with one value)."""
+    from scipy import stats
+
+    x = np.asarray(values, dtype=float)
+    if len(x) < 2:
+        return float(x.mean()), math.nan
+    return float(x.mean()), float(stats.t.ppf(0.975, len(x) - 1) * x.std(ddof=1) / math.sqrt(len(x)))
+
+
+def paired_p(a: list[float], b: list[float]) -> float:
+    """Two-sided paired t-test p-value (NaN with fewer than two pairs; 1.0 for identical pairs)."""
+    from scipy import stats
+
+    d = np.asarray(a, dtype=float) - np.asarray(b, dtype=float)
+    if len(d) < 2:
+        return math.nan
+    if np.allclose(d, d[0]):
+        return 1.0 if d[0] == 0 else 0.0
+    return float(stats.ttest_rel(a, b).pvalue)
+
+
+def by_label(results: list[dict[str, Any]]) -> dict[str, dict[int, dict[str, Any]]]:
+    """label -> seed -> result, in suite order."""
+    out: dict[str, dict[int, dict[str, Any]]] = {}
+    for r in results:
+        out.setdefault(r["label"], {})[int(r["seed"])] = r
+    return out
+
+
+def summarise(results: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Per row: each figure's mean, CI half-width and seed count (figures a row does not have are left out)."""
+    rows = []
+    for label, runs in by_label(results).items():
+        figures = {}
+        for name, unit, get in FIGURES:
+            values = [v for v in (get(r) for r in runs.values()) if v is not None and math.isfinite(v)]
+            if values:
+                mean, half = mean_ci(values)
+                figures[name] = {"mean": mean, "ci95": half, "n": len(values), "unit": unit}
+        first = next(iter(runs.values()))
+        rows.append({"label": label, "technique": first["technique"], "seeds": sorted(runs), "figures": figures})
+    return rows
+
+
+def compare(results: list[dict[str, Any]], references: tuple[str, ...], figure: str = "test AUROC") -> list[dict]:
+    """Every row against each reference row on ``figure``, paired by seed: mean difference, CI, p, significant."""
+    get = next(g for name, _, g in FIGURES if name == figure)
+    rows = by_label(results)
+    out = []
+    for ref in references:
+        if ref not in rows:
+            continue
+        for label, runs in rows.items():
+            seeds = [s for s in runs if s in rows[ref]]
+            a = [get(runs[s]) for s in seeds]
+            b = [get(rows[ref][s]) for s in seeds]
+            pairs = [(x, y) for x, y in zip(a, b) if x is not None and y is not None]
+            if label == ref or len(pairs) < 2:
+                continue
+            diff, half = mean_ci([x - y for x, y in pairs])
+            p = paired_p([x for x, _ in pairs], [y for _, y in pairs])
+            out.append(
+                {
+                    "row": label,
+                    "reference": ref,
+                    "figure": figure,
+                    "difference": diff,
+                    "ci95": half,
+                    "p": p,
+                    "significant": bool(p < ALPHA),
+                    "pairs": len(pairs),
+                }
+            )
+    return out
