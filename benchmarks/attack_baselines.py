@@ -6,7 +6,7 @@ offline LiRA with a global variance), Inverting Gradients against each
 party's view, model inversion (with the untrained-model null) and linkage,
 and prints each figure with the baseline an attacker gets for free and the
 control that shows the attack can succeed. ``--dp`` adds the same run under
-DP-FedAvg for comparison.
+DP-SGD at ε = 8 for comparison.
 
 Run: PYTHONPATH=. python benchmarks/attack_baselines.py [--rounds N] [--dp]
 """

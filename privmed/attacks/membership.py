@@ -27,8 +27,9 @@ neither members nor candidates, the candidates (members = training images,
 non-members = other held-out patients' images), scores at image and patient
 level (:func:`privmed.attacks.metrics.per_patient`), and reports beside the
 target's figures the null (chance, AUC 0.5) and a positive control: LiRA
-against one undefended shadow model, whose members the harness knows, scored
-with the other shadows.
+against an undefended model of the target's network trained to memorise 32
+attacker images (whose membership the harness knows), scored with the
+shadows that did not train on each image.
 """
 
 from __future__ import annotations
