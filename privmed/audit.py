@@ -48,11 +48,8 @@ def not_applicable(
     """Why ``attack`` does not apply to a run, or None if it does (the protocol's spec declares its own reasons)."""
     from privmed.protocols.registry import get_protocol
 
-    if attack == "lira" and dataset != "phantom":
-        return (
-            "LiRA's shadow models train on a fresh phantom cohort; "
-            f"{dataset!r} has no same-distribution generator for them"
-        )
+    # ``dataset`` is kept for callers: LiRA's attacker cohort is held-out patients of the run's own sites, so it
+    # applies to any data set (it no longer needs a phantom generator)
     if attack == "linkage" and not has_metadata:
         return "the data set carries no patient metadata (age, sex, dates) to link"
     spec = get_protocol(protocol)
@@ -89,8 +86,10 @@ class AuditResult:
             out["MIA AUC (patient)"] = r["membership"]["patient"]["auc"]
         if "lira" in r:
             out["LiRA AUC"] = r["lira"]["image"]["auc"]
-        if "lira" in r:
             out["LiRA TPR at 1% FPR"] = r["lira"]["image"]["tpr_at_1pct_fpr"]
+            out["LiRA AUC, positive control"] = r["lira"]["positive_control"]["lira"]["auc"]
+        if "membership" in r or "lira" in r:
+            out["MIA AUC, null (chance)"] = 0.5
         if "inversion" in r:  # per party that sees an update; the headline is the most exposed party's
             psnr = {
                 party: next(iter(v["per_batch_size"].values()))["psnr"]
@@ -99,12 +98,22 @@ class AuditResult:
             }
             out["inversion PSNR dB"] = max(psnr.values())
             out.update({f"inversion PSNR dB, {party}": value for party, value in psnr.items()})
+            first = next(v for v in r["inversion"]["per_party"].values() if "per_batch_size" in v)
+            row = next(iter(first["per_batch_size"].values()))
+            out["inversion PSNR dB, null (flat guess)"] = row["psnr_flat_guess"]
+            out["inversion PSNR dB, null (random image)"] = row["psnr_random_image"]
+            out["inversion PSNR dB, positive control"] = r["inversion"]["positive_control"]["psnr"]
         if "model-inversion" in r:
             out["model inversion corr. to class mean"] = r["model-inversion"]["corr_own_class_mean"]
+            out["model inversion own-other gap beyond untrained null"] = r["model-inversion"]["gap_beyond_null"]
         if "linkage" in r:
             for release, v in r["linkage"].items():
-                if isinstance(v, dict):
+                if isinstance(v, dict) and release != "positive_control" and "reidentified" in v:
                     out[f"re-identified ({release})"] = v["reidentified"]
+            out["re-identified, positive control (exact full register)"] = r["linkage"]["positive_control"][
+                "reidentified"
+            ]
+            out["re-identified, null (random guess)"] = r["linkage"]["null_random_guess"]
         return out
 
     def security(self) -> dict[str, float]:

@@ -28,8 +28,12 @@ from privmed.site import ModelSpec, load_arrays
 from privmed.threat import AGGREGATE, INVERTIBLE, PARTIAL, not_invertible
 
 # Seed salts: each keeps one of the harness's draws apart from the others made from the same run seed.
-SHADOW_DATA_SALT = 10_007  # LiRA's attacker cohort: a fresh phantom, data seed = run seed + this
 PROBE_BATCH_SALT = 29  # which training images the inversion probe's victim batch holds
+# LiRA's positive control: the target's network and optimiser (Adam), batch 8, this step size, this long on this
+# many images: it memorises them
+CONTROL_EPOCHS, CONTROL_IMAGES, CONTROL_LR = 100, 32, 1e-2
+NON_MEMBERS_WANTED = 1000  # so that TPR at 0.1 % FPR is not TPR at zero false positives
+ATTACKER_COHORT_SALT = 31  # which held-out patients are LiRA's attacker cohort, which its non-member candidates
 
 
 @dataclass
@@ -90,29 +94,125 @@ def measure_loss_threshold(t: Target) -> dict[str, Any]:
     }
 
 
-def measure_lira(t: Target, *, n_shadows: int) -> dict[str, Any]:
-    """Offline LiRA; the attacker's data is a fresh phantom cohort (another data seed)."""
-    from privmed.data.phantom import PhantomConfig, make_phantom
+def _split_by_patient(data: ArraySet, seed: int, fraction: float) -> tuple[ArraySet, ArraySet]:
+    """``data`` split by patient: about ``fraction`` of the patients (the attacker's cohort), the rest (non-members)."""
+    rng = np.random.default_rng([seed, ATTACKER_COHORT_SALT])
+    pids = rng.permutation(np.unique(data.patient_ids))
+    first = np.isin(data.patient_ids, pids[: max(1, int(round(fraction * len(pids))))])
+    return data.subset(np.flatnonzero(first)), data.subset(np.flatnonzero(~first))
 
-    d = t.config.data
-    aux = make_phantom(
-        PhantomConfig(
-            n_sites=d.sites, image_size=d.image_size, n_classes=d.n_classes, seed=t.config.seed + SHADOW_DATA_SALT
-        )
-    ).data
+
+def _lira_control(
+    shadows: list[nn.Module],
+    members: list[np.ndarray],
+    aux: ArraySet,
+    *,
+    global_variance: bool,
+    memorising: nn.Module | None = None,
+    memorised: np.ndarray | None = None,
+) -> dict[str, Any]:
+    """Positive control: LiRA against an undefended model whose members the harness knows.
+
+    The control target is shadow 0, or ``memorising`` (a model trained until
+    it memorises the aux images ``memorised``) when given. Each aux image is
+    scored against the other shadows that did not train on it (leave-one-out
+    offline LiRA).
+    """
+    from privmed.tasks import predict_proba
+
+    phi = np.stack([membership.logit_confidence(predict_proba(m, aux), aux.labels) for m in shadows])
+    if memorising is not None:
+        phi[0] = membership.logit_confidence(predict_proba(memorising, aux), aux.labels)
+    trained = np.zeros(phi.shape, dtype=bool)
+    for i, idx in enumerate(members):
+        trained[i, idx] = True
+    if memorising is not None:
+        trained[0] = False
+        trained[0, memorised] = True
+    out_phi = np.where(trained[1:], np.nan, phi[1:])
+    ok = (~trained[1:]).sum(0) >= 2  # need two OUT shadows for a variance
+    mu = np.nanmean(out_phi[:, ok], 0)
+    var = np.nanvar(out_phi[:, ok], 0, ddof=1)
+    sd = np.sqrt(np.nanmean(var) if global_variance else var) + 1e-6
+    scores = (phi[0, ok] - mu) / sd
+    is_member = trained[0, ok]
+    loss = membership.loss_threshold_scores(
+        predict_proba(memorising if memorising is not None else shadows[0], aux), aux.labels
+    )[ok]
+    return {
+        "target": (
+            f"an undefended model trained to memorisation ({CONTROL_EPOCHS} epochs) on {CONTROL_IMAGES} attacker images"
+            if memorising is not None
+            else "shadow model 0: the target's recipe on half the attacker's cohort, no defence"
+        ),
+        "candidates": int(ok.sum()),
+        "lira": mia_metrics(scores, is_member),
+        "loss_threshold": mia_metrics(loss, is_member),
+    }
+
+
+def measure_lira(t: Target, *, n_shadows: int) -> dict[str, Any]:
+    """Offline LiRA with a global variance; the attacker's cohort: held-out patients of the same sites.
+
+    Held-out patients of the training sites (same scanners, never trained on)
+    are split by patient: a part is the attacker's own data (its shadows
+    train on it; 15-50 %, the least that leaves 1,000 non-members), the rest
+    are the non-member candidates; every training image is a member candidate. Reported with the null (chance) and a
+    positive control on an undefended shadow model.
+    """
+    r = resolve(t.config)
+    sites = [t.fed.sites[i] for i in r.protocol.trainers(r.options, len(t.fed.sites))]
+    members = ArraySet.concat([s.train for s in sites])
+    held_out = ArraySet.concat([s.val for s in sites] + [s.test for s in sites])
+    # as many non-members as TPR at 0.1 % FPR needs (1,000) where the held-out data allow, the rest to the attacker
+    fraction = float(np.clip(1 - NON_MEMBERS_WANTED / max(len(held_out), 1), 0.15, 0.5))
+    aux, non_members = _split_by_patient(held_out, t.config.seed, fraction)
     epochs = min(10, t.config.train.rounds * t.config.train.local_epochs)
     cfg = membership.LiraConfig(n_shadows=n_shadows, epochs=epochs, seed=t.config.seed)
+    shadow_members: list[np.ndarray] = []
     shadows = membership.train_shadows(
-        t.spec.build, aux, config=cfg, batch_size=t.config.train.batch_size, lr=t.config.train.lr
+        t.spec.build,
+        aux,
+        config=cfg,
+        batch_size=t.config.train.batch_size,
+        lr=t.config.train.lr,
+        members_out=shadow_members,
     )
-    cand, is_member = _candidates(t)
-    scores = membership.lira(_proba(t, cand), cand, shadows)
+    cand = ArraySet.concat([members, non_members])
+    is_member = np.r_[np.ones(len(members), bool), np.zeros(len(non_members), bool)]
+    scores = membership.lira(_proba(t, cand), cand, shadows, global_variance=cfg.global_variance)
+    # the control: the target's architecture and optimiser on shadow 0's members, trained until it memorises them
+    from privmed.tasks import train_local
+
+    memorised = shadow_members[0][:CONTROL_IMAGES]
+    memorising = t.spec.build(t.config.seed)
+    train_local(
+        memorising,
+        aux.subset(memorised),
+        task=t.spec.task,
+        epochs=CONTROL_EPOCHS,
+        batch_size=8,
+        lr=CONTROL_LR,
+        seed=t.config.seed,
+    )
     return {
-        "attack": "LiRA offline (Carlini 2022)",
+        "attack": "LiRA offline, global variance (Carlini 2022)",
         "shadows": n_shadows,
         "shadow_epochs": epochs,
+        "attacker_images": len(aux),
         "candidates": len(cand),
+        "members": int(is_member.sum()),
+        "non_members": int((~is_member).sum()),
         **_mia(scores, is_member, cand.patient_ids),
+        "null": {"auc": 0.5, "tpr_at_fpr": "equal to the FPR (a score independent of membership)"},
+        "positive_control": _lira_control(
+            shadows,
+            shadow_members,
+            aux,
+            global_variance=cfg.global_variance,
+            memorising=memorising,
+            memorised=memorised,
+        ),
     }
 
 
@@ -156,7 +256,30 @@ def measure_inversion(
         if view.kind not in by_kind:
             by_kind[view.kind] = _invert_view(t, r, view.kind, batch_sizes=batch_sizes, config=config)
         out["per_party"][party] = {"observed": view.sees, **by_kind[view.kind]}
+    out["positive_control"] = _inversion_control(t)
     return out
+
+
+def _inversion_control(t: Target) -> dict[str, Any]:
+    """Positive control: DLG on the raw gradient of DLG's own victim network (sigmoid LeNet) for one probe image.
+
+    Shows the attacker works where the literature says it should, in the same
+    audit; the nulls (flat guess, random image) come with every score.
+    """
+    import dataclasses as dc
+
+    train = t.fed.sites[0].train
+    i = int(np.random.default_rng([t.config.seed, PROBE_BATCH_SALT]).integers(len(train)))
+    x, y = torch.from_numpy(train.images[i : i + 1]), torch.from_numpy(train.labels[i : i + 1])
+    model = gi.LeNetZhu(x.shape[1], t.fed.n_classes, x.shape[-1], seed=t.config.seed)
+    grad = gi.model_gradient(model, x, y)
+    labels = gi.infer_labels(grad, n_classes=t.fed.n_classes, batch_size=1)
+    cfg = dc.replace(gi.PRESETS["dlg"], iterations=100, seed=t.config.seed)  # 4 restarts: DLG diverges from some
+    recon = gi.reconstruct(model, grad, shape=tuple(x.shape[1:]), labels=labels, config=cfg)
+    return {
+        "target": "LeNetZhu (DLG's sigmoid network), one image's raw gradient, DLG",
+        **gi.score_reconstruction(recon, x),
+    }
 
 
 def _invert_view(t: Target, r: Any, kind: str, *, batch_sizes: tuple[int, ...], config: Any) -> dict[str, Any]:
@@ -208,7 +331,9 @@ def _invert_view(t: Target, r: Any, kind: str, *, batch_sizes: tuple[int, ...], 
 
 
 def measure_model_inversion(t: Target) -> dict[str, Any]:
-    sim = model_inversion.inversion_similarity(released_model(t), t.fed.pooled("train"), t.fed.n_classes)
+    """Model inversion of the released model, beside the same attack on an untrained model (the null)."""
+    untrained = t.spec.build(t.config.seed).eval()
+    sim = model_inversion.inversion_with_null(released_model(t), untrained, t.fed.pooled("train"), t.fed.n_classes)
     return {"attack": "model inversion (Fredrikson 2015)", **sim}
 
 
@@ -244,30 +369,79 @@ def measure_backdoor(t: Target, cfg: poisoning.PoisonConfig) -> dict[str, float]
 def measure_poisoning(
     t: Target, *, n_malicious: int = 1, kinds: tuple[str, ...] | None = None, aggregators: bool = True
 ) -> dict[str, Any]:
-    """Each poisoning kind through the run's own protocol; for plain FedAvg also under each robust aggregator."""
+    """Each poisoning kind through the run's own protocol; for plain FedAvg also under each robust aggregator.
+
+    The aggregator comparison runs both kinds with ``n_malicious`` attackers
+    and, where the federation is large enough for Krum with two (n > 6), also
+    with ``n_malicious + 1`` (``aggregators_f{f}``); aggregators outside their
+    validity condition are recorded as not applicable.
+    """
     out: dict[str, Any] = {"attack": "label flip and trigger backdoor (Chen 2017)", "n_malicious": n_malicious}
+    n = len(t.fed.sites)
     for kind in kinds or poisoning.KINDS:
         cfg = poisoning.PoisonConfig(kind=kind, n_malicious=n_malicious, seed=t.config.seed)
         out[kind] = {"as_run": measure_backdoor(t, cfg)}
         pluggable = resolve(t.config).protocol.pluggable_strategy  # FedAvg: Flower's strategy can be swapped
-        if aggregators and kind == "backdoor" and pluggable and t.config.privacy.get("mechanism", "none") == "none":
+        if aggregators and pluggable and t.config.privacy.get("mechanism", "none") == "none":
             out[kind]["aggregators"] = poisoning.poisoning_experiment(t.config, t.fed, cfg)["results"]
+            more = n_malicious + 1
+            if n > 2 * more + 2:
+                cfg2 = dataclasses.replace(cfg, n_malicious=more)
+                out[kind][f"aggregators_f{more}"] = poisoning.poisoning_experiment(t.config, t.fed, cfg2)["results"]
     return out
 
 
-def measure_linkage(t: Target, *, k: int = 5) -> dict[str, Any]:
-    """Re-identification from the data set's metadata, released raw (pseudonyms only) and k-anonymised."""
+def measure_linkage(t: Target, *, k: int = 5, ks: tuple[int, ...] = (1, 2, 5, 10)) -> dict[str, Any]:
+    """Re-identification of the released metadata by a realistic attacker, against k and attacker knowledge.
+
+    Headline rows (``pseudonymised``, ``{k}-anonymous``): the realistic
+    register (partial, noisy, with every kind of knowledge in
+    :data:`linkage.KNOWLEDGE`). Beside them: the positive control (the exact
+    register of every patient, Sweeney's setting), the null (a guess among the
+    register), ARX's prosecutor and journalist risks, and the table over k and
+    knowledge.
+    """
     from privmed.data.deid import LEVELS, k_anonymise, release
 
-    outside = linkage.outside_table(t.fed.patients, extra_people=4 * len(t.fed.patients), seed=t.config.seed)
-    raw, key = release(t.fed.patients, LEVELS[0], seed=t.config.seed)
-    anon, akey, g = k_anonymise(t.fed.patients, k=k, seed=t.config.seed)
-    return {
-        "attack": "linkage on quasi-identifiers (Sweeney 2002)",
-        "outside_table_rows": len(outside),
-        "pseudonymised": linkage.reidentification_rate(linkage.link(raw, outside, LEVELS[0]), key),
-        f"{k}-anonymous": {
-            **linkage.reidentification_rate(linkage.link(anon, outside, g), akey),
+    reg_cfg = linkage.RegisterConfig(seed=t.config.seed)
+    people = linkage.population(t.fed.patients, factor=reg_cfg.population_factor, seed=t.config.seed)
+    register = linkage.public_register(people, reg_cfg)
+    full = linkage.KNOWLEDGE["+ visit week"]
+
+    def releases(kk: int):
+        if kk == 1:
+            raw, key = release(t.fed.patients, LEVELS[0], seed=t.config.seed)
+            return raw, key, LEVELS[0]
+        return k_anonymise(t.fed.patients, k=kk, seed=t.config.seed)
+
+    table = []
+    by_k = {}
+    for kk in sorted(set(ks) | {1, k}):
+        rel, key, g = releases(kk)
+        by_k[kk] = (rel, key, g)
+        for name, knows in linkage.KNOWLEDGE.items():
+            rate = linkage.reidentification_rate(linkage.link_register(rel, register, knows, reg_cfg), key)
+            table.append({"k": kk, "knowledge": name, **rate})
+
+    def row(kk: int) -> dict[str, Any]:
+        rel, key, g = by_k[kk]
+        return {
+            **linkage.reidentification_rate(linkage.link_register(rel, register, full, reg_cfg), key),
+            **linkage.risk(rel, people, g),
             "generalisation": dataclasses.asdict(g),
+        }
+
+    raw, key, g0 = by_k[1]
+    exact = linkage.outside_table(t.fed.patients, extra_people=4 * len(t.fed.patients), seed=t.config.seed)
+    return {
+        "attack": "linkage on quasi-identifiers (Sweeney 2002) with a partial, noisy register (El Emam 2013; ARX)",
+        "register": {**dataclasses.asdict(reg_cfg), "rows": len(register), "population": len(people)},
+        "pseudonymised": row(1),
+        f"{k}-anonymous": row(k),
+        "null_random_guess": 1 / max(len(register), 1),
+        "positive_control": {
+            "register": "every patient, exact age, date and site (Sweeney's setting)",
+            **linkage.reidentification_rate(linkage.link(raw, exact, g0), key),
         },
+        "by_k_and_knowledge": table,
     }

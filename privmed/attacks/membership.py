@@ -14,13 +14,22 @@ LiRA variant: **offline** (Carlini et al. Sec. VI-C): shadows are trained
 only on the attacker's own data (all OUT for every candidate); per candidate
 the attacker fits a Gaussian to the shadows' logit-scaled confidences
 ``phi = log(p_y / (1 - p_y))`` and scores the target's ``phi`` by its one-sided
-z-score against that OUT distribution (the paper's offline test, with a
-per-example variance). Online LiRA would need shadows trained with every
-candidate IN, i.e. the run's private data, which this attacker does not hold.
-Differs from the paper: no augmentation queries; few shadows by default.
-The harness chooses candidates (members = training images, non-members =
-held-out images of the same sites) and scores at image and patient level
-(:func:`privmed.attacks.metrics.per_patient`).
+z-score against that OUT distribution. With few shadows the per-example
+variance is too noisy; the paper then uses one **global variance** shared by
+all examples (Carlini et al. Sec. VI-B, "fixed variance"), privmed's default
+(``LiraConfig.global_variance``). Online LiRA would need shadows trained with
+every candidate IN, i.e. the run's private data, which this attacker does not
+hold. Differs from the paper: no augmentation queries; 8 shadows by default
+(the paper: 64-256).
+The harness (:mod:`privmed.attacks.harness`) chooses the attacker's data
+from the target's own sites (same scanners) but from patients who are
+neither members nor candidates, the candidates (members = training images,
+non-members = other held-out patients' images), scores at image and patient
+level (:func:`privmed.attacks.metrics.per_patient`), and reports beside the
+target's figures the null (chance, AUC 0.5) and a positive control: LiRA
+against an undefended model of the target's network trained to memorise 32
+attacker images (whose membership the harness knows), scored with the
+shadows that did not train on each image.
 """
 
 from __future__ import annotations
@@ -45,6 +54,7 @@ class LiraConfig:
     shadow_fraction: float = 0.5  # each shadow trains on this fraction of the attacker's data
     epochs: int = 10
     seed: int = 0
+    global_variance: bool = True  # one variance for all candidates (Carlini et al.'s choice with few shadows)
 
     def __post_init__(self) -> None:
         if self.n_shadows < 2:
@@ -68,10 +78,17 @@ def logit_confidence(proba: np.ndarray, labels: np.ndarray) -> np.ndarray:
     return np.log(p) - np.log1p(-p)
 
 
-def lira_offline_scores(target_phi: np.ndarray, shadow_out_phi: np.ndarray) -> np.ndarray:
-    """Offline LiRA: z-score of the target's ``phi`` against the OUT shadows' (shadows x candidates)."""
+def lira_offline_scores(
+    target_phi: np.ndarray, shadow_out_phi: np.ndarray, *, global_variance: bool = False
+) -> np.ndarray:
+    """Offline LiRA: z-score of the target's ``phi`` against the OUT shadows' (shadows x candidates).
+
+    ``global_variance``: one standard deviation pooled over all candidates (the
+    root mean of the per-candidate variances) instead of each candidate's own.
+    """
     mu = shadow_out_phi.mean(0)
-    sd = shadow_out_phi.std(0, ddof=1) + 1e-6
+    var = shadow_out_phi.var(0, ddof=1)
+    sd = np.sqrt(var.mean() if global_variance else var) + 1e-6
     return (target_phi - mu) / sd
 
 
@@ -83,8 +100,12 @@ def train_shadows(
     batch_size: int,
     lr: float,
     task: str = "classification",
+    members_out: list[np.ndarray] | None = None,
 ) -> list[nn.Module]:
-    """Shadow models on random halves of the attacker's own data, by the target's training recipe."""
+    """Shadow models on random halves of the attacker's own data, by the target's training recipe.
+
+    ``members_out``: if given, receives each shadow's training indices into ``aux`` (for a positive control).
+    """
     from privmed.tasks import train_local
 
     rng = np.random.default_rng([config.seed, SHADOW_SPLIT_SALT])
@@ -92,7 +113,9 @@ def train_shadows(
     shadows = []
     for _ in range(config.n_shadows):
         model = build(int(rng.integers(2**31)))
-        idx = rng.choice(len(aux), size=n_take, replace=False)
+        idx = np.sort(rng.choice(len(aux), size=n_take, replace=False))
+        if members_out is not None:
+            members_out.append(idx)
         train_local(
             model,
             aux.subset(idx),
@@ -106,12 +129,16 @@ def train_shadows(
     return shadows
 
 
-def lira(target_proba: np.ndarray, candidates: ArraySet, shadows: list[nn.Module]) -> np.ndarray:
+def lira(
+    target_proba: np.ndarray, candidates: ArraySet, shadows: list[nn.Module], *, global_variance: bool = True
+) -> np.ndarray:
     """Offline LiRA membership scores of ``candidates`` (higher = member)."""
     from privmed.tasks import predict_proba
 
     out_phi = np.stack([logit_confidence(predict_proba(m, candidates), candidates.labels) for m in shadows])
-    return lira_offline_scores(logit_confidence(target_proba, candidates.labels), out_phi)
+    return lira_offline_scores(
+        logit_confidence(target_proba, candidates.labels), out_phi, global_variance=global_variance
+    )
 
 
 def candidates(

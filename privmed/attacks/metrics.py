@@ -8,7 +8,9 @@
   because neither scikit-image nor torchmetrics is a dependency.
 - Membership inference: ``mia_metrics`` returns ``{auc, tpr_at_1pct_fpr,
   tpr_at_0.1pct_fpr}`` like Privacy Meter's one benchmark row; TPR at a fixed
-  FPR is read from the ROC curve (Carlini et al. 2022 report it this way).
+  FPR is read from the ROC curve (Carlini et al. 2022 report it this way). A
+  TPR at an FPR below ``1 / non_members`` would be a TPR at zero false
+  positives, not at that FPR: it is NaN there, and ``non_members`` is reported.
 """
 
 from __future__ import annotations
@@ -57,10 +59,16 @@ def mia_metrics(scores: np.ndarray, is_member: np.ndarray) -> dict[str, float]:
     if is_member.all() or not is_member.any():
         raise ValueError("membership metrics need both members and non-members")
     fpr, tpr, _ = roc_curve(is_member, scores)
+    n_neg = int((~is_member).sum())
+
+    def at(target: float) -> float:
+        return _tpr_at(fpr, tpr, target) if n_neg * target >= 1 else float("nan")
+
     return {
         "auc": float(roc_auc_score(is_member, scores)),
-        "tpr_at_1pct_fpr": _tpr_at(fpr, tpr, 0.01),
-        "tpr_at_0.1pct_fpr": _tpr_at(fpr, tpr, 0.001),
+        "tpr_at_1pct_fpr": at(0.01),
+        "tpr_at_0.1pct_fpr": at(0.001),
+        "non_members": n_neg,
     }
 
 

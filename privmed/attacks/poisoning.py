@@ -13,7 +13,23 @@ al. 2017) — and an update-norm bound (Sun et al. 2019, "Can You Really
 Backdoor Federated Learning?"), here Flower's server-side fixed clipping
 wrapper with zero noise. The harness reports clean test accuracy and the
 attack success rate (backdoor: triggered non-target test images classified
-as the target; label flip: test images classified as their flipped label).
+as the target; label flip: test images classified as their flipped label),
+each with a Wilson 95 % interval over the test images, beside its baseline
+(backdoor: the same images without the trigger; label flip: the rate of the
+same run without malicious sites, which the experiment runs as ``f = 0``).
+
+Positive control: model replacement (Bagdasaryan, Veit, Hua, Estrin,
+Shmatikov 2020, "How To Backdoor Federated Learning"): a malicious site
+scales its update by ``boost`` (their γ ≈ n/η) so that it survives
+averaging, as a client mod at the malicious sites (:func:`model_replacement_mod`),
+so FedAvg can be captured and the robust aggregators and the norm bound are
+tested against the attack they were designed for. (The audit's "as run"
+re-run poisons data only.)
+
+Validity: Krum needs n > 2f + 2 (Blanchard et al. 2017, Lemma/Prop. 1) and
+is refused otherwise; the trimmed mean cuts a fraction β ≥ f/n at each end
+(Yin et al. 2018), here β = max(f, 1)/n. ``benchmarks/poisoning_robust.py``
+runs 10 sites with f = 1 and 2, both attacks, every aggregator.
 """
 
 from __future__ import annotations
@@ -54,12 +70,13 @@ class PoisonConfig:
     fraction: float = 0.5  # of a malicious site's training images poisoned
     patch: int = 4  # trigger: a patch x patch checkerboard in the bottom-right corner
     seed: int = 0
+    boost: float = 1.0  # model replacement: a malicious site scales its update by this (1: plain data poisoning)
 
     def __post_init__(self) -> None:
         if self.kind not in KINDS:
             raise unknown_name("poisoning kind", self.kind, KINDS)
-        if self.n_malicious < 0 or not 0 < self.fraction <= 1 or self.patch < 1:
-            raise PrivmedError("poisoning needs n_malicious >= 0, 0 < fraction <= 1 and patch >= 1")
+        if self.n_malicious < 0 or not 0 < self.fraction <= 1 or self.patch < 1 or not self.boost >= 1:
+            raise PrivmedError("poisoning needs n_malicious >= 0, 0 < fraction <= 1, patch >= 1 and boost >= 1")
 
 
 def add_trigger(images: np.ndarray, patch: int) -> np.ndarray:
@@ -97,6 +114,16 @@ def poison_federation(fed: Federation, cfg: PoisonConfig) -> tuple[Federation, l
     return dataclasses.replace(fed, sites=sites), [fed.sites[i].name for i in sorted(bad)]
 
 
+def wilson(successes: int, n: int, z: float = 1.96) -> list[float]:
+    """Wilson score 95 % interval of a binomial rate (Wilson 1927)."""
+    if n == 0:
+        return [float("nan"), float("nan")]
+    p = successes / n
+    centre = (p + z * z / (2 * n)) / (1 + z * z / n)
+    half = z * np.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / (1 + z * z / n)
+    return [float(centre - half), float(centre + half)]
+
+
 def attack_success(proba_fn, test: ArraySet, cfg: PoisonConfig, n_classes: int) -> dict[str, float]:
     """Harness side: attack success on held-out images, and the same rate without the attack (its baseline).
 
@@ -109,18 +136,32 @@ def attack_success(proba_fn, test: ArraySet, cfg: PoisonConfig, n_classes: int) 
         if not len(clean):
             return {"attack_success": float("nan"), "without_trigger": float("nan")}
         triggered = dataclasses.replace(clean, images=add_trigger(clean.images, cfg.patch))
+        hit = int((proba_fn(triggered).argmax(1) == cfg.target_class).sum())
         return {
-            "attack_success": float((proba_fn(triggered).argmax(1) == cfg.target_class).mean()),
+            "attack_success": hit / len(clean),
+            "attack_success_ci95": wilson(hit, len(clean)),
             "without_trigger": float((proba_fn(clean).argmax(1) == cfg.target_class).mean()),
+            "n": len(clean),
         }
+    hit = int((proba_fn(test).argmax(1) == (test.labels + 1) % n_classes).sum())
     return {
-        "attack_success": float((proba_fn(test).argmax(1) == (test.labels + 1) % n_classes).mean()),
+        "attack_success": hit / len(test),
+        "attack_success_ci95": wilson(hit, len(test)),
         "chance": 1.0 / n_classes,
+        "n": len(test),
     }
 
 
 def make_aggregator(name: str, *, n_sites: int, n_malicious: int, clip_norm: float = 1.0) -> Strategy:
-    """A Flower strategy by name; Krum assumes the number of malicious sites is known (its paper's f)."""
+    """A Flower strategy by name; Krum assumes the number of malicious sites is known (its paper's f).
+
+    Krum and MultiKrum are refused outside their condition n > 2f + 2.
+    """
+    if name in ("krum", "multikrum") and not n_sites > 2 * n_malicious + 2:
+        raise PrivmedError(
+            f"{name} tolerates f malicious sites only when n > 2f + 2 (Blanchard et al. 2017); "
+            f"n = {n_sites}, f = {n_malicious}: use at least {2 * n_malicious + 3} sites"
+        )
     common = {
         "fraction_train": 1.0,
         "fraction_evaluate": 0.0,
@@ -130,7 +171,7 @@ def make_aggregator(name: str, *, n_sites: int, n_malicious: int, clip_norm: flo
     builders: dict[str, Callable[[], Strategy]] = {
         "fedavg": lambda: FedAvg(**common),
         "fedmedian": lambda: FedMedian(**common),
-        "fedtrimmedavg": lambda: FedTrimmedAvg(**common, beta=0.25),
+        "fedtrimmedavg": lambda: FedTrimmedAvg(**common, beta=min(max(n_malicious, 1) / n_sites, 0.49)),
         "krum": lambda: Krum(**common, num_malicious_nodes=n_malicious),
         "multikrum": lambda: MultiKrum(
             **common, num_malicious_nodes=n_malicious, num_nodes_to_select=max(1, n_sites - n_malicious)
@@ -144,12 +185,40 @@ def make_aggregator(name: str, *, n_sites: int, n_malicious: int, clip_norm: flo
     return builders[name]()
 
 
-def train_fedavg(config: RunConfig, fed: Federation, strategy: Strategy) -> ArrayRecord:
+def model_replacement_mod(boost: float):
+    """A malicious site's Flower client mod: send ``w_global + boost * (w_trained - w_global)`` (Bagdasaryan 2020)."""
+    from flwr.app import Context, Message
+    from flwr.clientapp.typing import ClientAppCallable
+
+    def mod(msg: Message, ctx: Context, call_next: ClientAppCallable) -> Message:
+        reply = call_next(msg, ctx)
+        if msg.metadata.message_type != "train" or reply.has_error() or "arrays" not in msg.content.array_records:
+            return reply
+        glob = msg.content["arrays"].to_torch_state_dict()
+        sent = reply.content["arrays"].to_torch_state_dict()
+        reply.content["arrays"] = ArrayRecord({k: glob[k] + boost * (v - glob[k]) for k, v in sent.items()})
+        return reply
+
+    return mod
+
+
+def malicious_mods(fed: Federation, bad: list[str], cfg: PoisonConfig) -> dict[int, list]:
+    """Client mods per site index: model replacement at the malicious sites when ``cfg.boost > 1``."""
+    if cfg.boost <= 1:
+        return {}
+    return {i: [model_replacement_mod(cfg.boost)] for i, s in enumerate(fed.sites) if s.name in bad}
+
+
+def train_fedavg(
+    config: RunConfig, fed: Federation, strategy: Strategy, *, site_mods: dict[int, list] | None = None
+) -> ArrayRecord:
     """Flower's round loop (privmed's FedAvg protocol) on the in-process Grid with ``strategy`` aggregating."""
     from privmed.engine.session import assemble
     from privmed.protocols import fedavg
 
-    session = assemble(dataclasses.replace(config, protocol=fedavg.SPEC.name, options={}, privacy={}), fed=fed)
+    session = assemble(
+        dataclasses.replace(config, protocol=fedavg.SPEC.name, options={}, privacy={}), fed=fed, site_mods=site_mods
+    )
     return fedavg.run(session.ctx, strategy=strategy).predictor
 
 
@@ -168,13 +237,14 @@ def poisoning_experiment(
     poisoned, bad = poison_federation(fed, cfg)
     spec = model_spec(config, fed)
     test = fed.pooled("test")
-    out = {}
+    out: dict[str, dict] = {}
     for name in aggregators:
-        weights = train_fedavg(
-            config,
-            poisoned,
-            make_aggregator(name, n_sites=len(fed.sites), n_malicious=cfg.n_malicious, clip_norm=clip_norm),
-        )
+        try:
+            strategy = make_aggregator(name, n_sites=len(fed.sites), n_malicious=cfg.n_malicious, clip_norm=clip_norm)
+        except PrivmedError as exc:  # outside the aggregator's validity condition: say so, do not measure
+            out[name] = {"not_applicable": str(exc)}
+            continue
+        weights = train_fedavg(config, poisoned, strategy, site_mods=malicious_mods(fed, bad, cfg))
         proba = predict(spec, weights, test)
         out[name] = {
             "clean_accuracy": float((proba.argmax(1) == test.labels).mean()),

@@ -28,10 +28,19 @@ run); at θd < 1 the site's other parameters become the global ones.
 Options: theta_u, theta_d, selection ("largest" | "random"), tau, gamma,
 dp_epsilon.
 The site half (``site_mod``) runs at each site as a Flower client mod.
+
+Evaluation as the paper does it: Shokri & Shmatikov score each
+participant's own local model (their Fig. 6-8: accuracy of the participants'
+models vs θu, with and without DP), not the server's global vector. The
+coordinator never receives a local model; an evaluator may read them the way
+it reads ground truth, at the sites, through :func:`watch_local_models`
+(``benchmarks/dssgd_participants.py`` prints both).
 """
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 
 import numpy as np
@@ -128,6 +137,26 @@ def _sparse(idx: np.ndarray, val: np.ndarray) -> ArrayRecord:
     return ArrayRecord({"idx": Array(idx.astype(np.int64)), "val": Array(val.astype(np.float32))})
 
 
+# Evaluator's hook (never the coordinator's): while :func:`watch_local_models` is active, each site writes its
+# own model after every visit into the dict it returned, keyed by site index.
+_WATCHERS: list[dict[int, ArrayRecord]] = []
+
+
+@contextmanager
+def watch_local_models() -> Iterator[dict[int, ArrayRecord]]:
+    """Within the block, every DSSGD site's latest local model (after its visit), keyed by site index.
+
+    Site-side and in-process only, for evaluation as the paper does it; nothing
+    here travels to the coordinator.
+    """
+    seen: dict[int, ArrayRecord] = {}
+    _WATCHERS.append(seen)
+    try:
+        yield seen
+    finally:
+        _WATCHERS.remove(seen)
+
+
 @dataclass
 class SiteState:
     """A participant's own model, kept between visits (the site's memory, never sent whole)."""
@@ -168,6 +197,8 @@ def site_mod(site_index: int, options: DSSGDOptions | None = None, *, reproducib
         rng = numpy_noise_generator(None) if private else selection_rng(int(cfg.get("seed", 0)), site_index)
         idx, val = select(new - state.local, opts, rng)
         state.local = new
+        for watcher in _WATCHERS:
+            watcher[site_index] = _unflat(new, state.template)
         return Message(RecordDict({"up": _sparse(idx, val), "metrics": reply.content["metrics"]}), reply_to=msg)
 
     return mod

@@ -47,9 +47,19 @@ def test_loss_threshold_detects_memorisation_and_not_a_bystander(world):
 
 def test_lira_offline_detects_memorisation(world):
     target, bystander, cand, is_member, aux = world
+    members: list = []
     shadows = membership.train_shadows(
-        SPEC.build, aux, config=membership.LiraConfig(n_shadows=4, epochs=60, seed=0), batch_size=8, lr=1e-2
+        SPEC.build,
+        aux,
+        config=membership.LiraConfig(n_shadows=4, epochs=60, seed=0),
+        batch_size=8,
+        lr=1e-2,
+        members_out=members,
     )
+    from privmed.attacks.harness import _lira_control
+
+    control = _lira_control(shadows, members, aux, global_variance=True)  # the audit's positive control
+    assert control["lira"]["auc"] > 0.85 and control["candidates"] > 10
     assert mia_metrics(membership.lira(predict_proba(target, cand), cand, shadows), is_member)["auc"] > 0.85
     assert (
         abs(mia_metrics(membership.lira(predict_proba(bystander, cand), cand, shadows), is_member)["auc"] - 0.5) < 0.2
@@ -60,6 +70,11 @@ def test_lira_offline_score_is_the_out_z_score():
     out = np.array([[0.0, 1.0], [2.0, 3.0], [4.0, 5.0]])
     got = membership.lira_offline_scores(np.array([2.0, 9.0]), out)
     assert np.allclose(got, [0.0, (9.0 - 3.0) / 2.0], atol=1e-5)
+    out = np.array([[0.0, 0.0], [2.0, 6.0]])  # per-candidate variances 2 and 18: global sd = sqrt(10)
+    got = membership.lira_offline_scores(np.array([1.0, 3.0]), out, global_variance=True)
+    assert np.allclose(got, [0.0, 0.0], atol=1e-5)
+    got = membership.lira_offline_scores(np.array([1.0 + np.sqrt(10), 3.0]), out, global_variance=True)
+    assert np.allclose(got, [1.0, 0.0], atol=1e-5)
 
 
 def test_logit_confidence_and_candidates_are_balanced_by_patient():

@@ -52,13 +52,32 @@ def test_mia_auc_is_the_mann_whitney_statistic(scores, seed):
     ref = ((pos[:, None] > neg[None]).sum() + 0.5 * (pos[:, None] == neg[None]).sum()) / (len(pos) * len(neg))
     out = mia_metrics(s, m)
     assert abs(out["auc"] - ref) < 1e-9
-    assert 0 <= out["tpr_at_0.1pct_fpr"] <= out["tpr_at_1pct_fpr"] <= 1
+    assert np.isnan(out["tpr_at_1pct_fpr"]) == (len(neg) < 100)  # fewer than 100 non-members: not measurable
+
+
+@settings(max_examples=20, deadline=None)
+@given(st.integers(0, 2**16), st.integers(100, 400))
+def test_tpr_at_fpr_is_the_brute_force_best_threshold(seed, n_neg):
+    rng = np.random.default_rng(seed)
+    s = np.r_[rng.normal(1, 1, 60), rng.normal(0, 1, n_neg)]
+    m = np.r_[np.ones(60, bool), np.zeros(n_neg, bool)]
+    best = max(
+        ((s[m] >= t).mean() for t in np.r_[s, np.inf] if (s[~m] >= t).mean() <= 0.01),
+        default=0.0,
+    )
+    assert mia_metrics(s, m)["tpr_at_1pct_fpr"] == best
 
 
 def test_mia_tpr_at_low_fpr():
     scores = np.r_[np.linspace(10, 11, 50), np.linspace(0, 1, 1000)]
     members = np.r_[np.ones(50, bool), np.zeros(1000, bool)]
-    assert mia_metrics(scores, members) == {"auc": 1.0, "tpr_at_1pct_fpr": 1.0, "tpr_at_0.1pct_fpr": 1.0}
+    assert mia_metrics(scores, members) == {
+        "auc": 1.0,
+        "tpr_at_1pct_fpr": 1.0,
+        "tpr_at_0.1pct_fpr": 1.0,
+        "non_members": 1000,
+    }
+    assert np.isnan(mia_metrics(scores[:-1], members[:-1])["tpr_at_0.1pct_fpr"])  # 999 non-members: unmeasurable
     assert mia_metrics(-scores, members)["tpr_at_1pct_fpr"] == 0.0
 
 

@@ -3,6 +3,7 @@ majority."""
 
 import numpy as np
 import pytest
+import torch
 
 from privmed.attacks import poisoning
 from privmed.config import RunConfig
@@ -33,10 +34,20 @@ def test_backdoor_needs_malicious_sites_and_a_malicious_majority_captures_krum_a
     majority = poisoning.poisoning_experiment(
         CFG, easy_fed, poisoning.PoisonConfig(n_malicious=3), aggregators=("krum", "fedmedian")
     )
-    for r in majority[
-        "results"
-    ].values():  # the "robust" choice is the attackers' update: backdoor in, clean task intact
-        assert r["attack_success"] > 0.8 and r["without_trigger"] < 0.2 and r["clean_accuracy"] > 0.9
+    assert "n > 2f + 2" in majority["results"]["krum"]["not_applicable"]  # refused, not mis-measured
+    r = majority["results"]["fedmedian"]  # the median is the attackers' update: backdoor in, clean task intact
+    assert r["attack_success"] > 0.8 and r["without_trigger"] < 0.2 and r["clean_accuracy"] > 0.9
+
+
+def test_krum_is_refused_outside_n_greater_than_2f_plus_2():
+    with pytest.raises(PrivmedError, match="n > 2f \\+ 2"):
+        poisoning.make_aggregator("krum", n_sites=4, n_malicious=1)
+    poisoning.make_aggregator("krum", n_sites=5, n_malicious=1)  # 5 > 4: valid
+
+
+def test_wilson_interval_closed_form():
+    lo, hi = poisoning.wilson(5, 10)  # p = 0.5, n = 10: 0.5 -/+ 0.2366 (Wilson 1927)
+    assert abs(lo - 0.2366) < 1e-3 and abs(hi - 0.7634) < 1e-3
 
 
 def test_bad_poisoning_requests_are_refused(easy_fed):
@@ -44,3 +55,16 @@ def test_bad_poisoning_requests_are_refused(easy_fed):
         poisoning.poison_federation(easy_fed, poisoning.PoisonConfig(n_malicious=5))
     with pytest.raises(PrivmedError, match="unknown aggregator"):
         poisoning.make_aggregator("mean-ish", n_sites=4, n_malicious=1)
+
+
+def test_model_replacement_sends_the_boosted_update():
+    from flwr.app import ArrayRecord, Message, RecordDict
+
+    glob = {"w": torch.zeros(3)}
+    msg = Message(RecordDict({"arrays": ArrayRecord(glob)}), 2, "train")
+
+    def trained(m, ctx):  # the honest training the malicious site runs first
+        return Message(RecordDict({"arrays": ArrayRecord({"w": torch.tensor([1.0, -1.0, 0.5])})}), reply_to=m)
+
+    sent = poisoning.model_replacement_mod(4.0)(msg, None, trained).content["arrays"].to_torch_state_dict()
+    assert torch.equal(sent["w"], torch.tensor([4.0, -4.0, 2.0]))
