@@ -49,7 +49,8 @@ FIGURES: tuple[tuple[str, str, Getter], ...] = (
     ("ε", "", _get("privacy", "epsilon")),
     ("MIA AUC", "0.5 = chance", _get("privacy", "leakage", "MIA AUC")),
     ("inversion PSNR", "dB", _get("privacy", "leakage", "inversion PSNR dB")),
-    ("flat-guess PSNR", "dB (inversion baseline)", _get("privacy", "leakage", "inversion flat-guess PSNR dB")),
+    ("flat-guess PSNR", "dB, inversion null", _get("privacy", "leakage", "inversion PSNR dB, null (flat guess)")),
+    ("inversion control", "dB, DLG on LeNet", _get("privacy", "leakage", "inversion PSNR dB, positive control")),
     ("PGD accuracy ε=8/255", "", _get("security", "attacks", "PGD acc ε=8/255")),
     ("backdoor success", "", _get("security", "attacks", "backdoor success")),
 )
