@@ -147,15 +147,19 @@ def from_dict(values: dict[str, Any]) -> RunConfig:
         raise PrivmedError(f"bad config value: {exc}") from None
 
 
-def load_toml(path: str | Path) -> RunConfig:
+def read_toml(path: str | Path, *, what: str) -> dict[str, Any]:
+    """A TOML file's table; a missing or malformed file is one PrivmedError naming ``what`` and the file."""
     p = Path(path)
     if not p.is_file():
-        raise PrivmedError(f"config file {p} does not exist")
+        raise PrivmedError(f"{what} {p} does not exist")
     try:
-        values = tomllib.loads(p.read_text())
+        return tomllib.loads(p.read_text())
     except tomllib.TOMLDecodeError as exc:
-        raise PrivmedError(f"config file {p} is not valid TOML: {exc}") from None
-    return from_dict(values)
+        raise PrivmedError(f"{what} {p} is not valid TOML: {exc}") from None
+
+
+def load_toml(path: str | Path) -> RunConfig:
+    return from_dict(read_toml(path, what="config file"))
 
 
 def replace(config: RunConfig, **changes: Any) -> RunConfig:

@@ -24,11 +24,11 @@ refuses a plan that would exceed it).
 
 from __future__ import annotations
 
-import tomllib
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from privmed.config import read_toml
 from privmed.errors import PrivmedError
 from privmed.options import parse_options
 
@@ -50,14 +50,7 @@ class SitePolicy:
 
 
 def load_policy(path: str | Path) -> SitePolicy:
-    p = Path(path)
-    if not p.is_file():
-        raise PrivmedError(f"site policy {p} does not exist")
-    try:
-        values = tomllib.loads(p.read_text())
-    except tomllib.TOMLDecodeError as exc:
-        raise PrivmedError(f"site policy {p} is not valid TOML: {exc}") from None
-    return parse_options(SitePolicy, values, owner=f"site policy {p}")
+    return parse_options(SitePolicy, read_toml(path, what="site policy"), owner=f"site policy {path}")
 
 
 def policy_problem(
