@@ -61,24 +61,13 @@ class TrainInstruction:
     seed: int = 0  # the round's seed for the site's local shuffling (not privacy randomness)
     server_round: int = 0
 
-    KEYS = {
-        "local_epochs": "local-epochs",
-        "lr": "lr",
-        "batch_size": "batch-size",
-        "seed": "seed",
-        "server_round": "server-round",
-    }
+    # field -> the record's key (Flower's hyphenated config names)
+    KEYS = {"local_epochs": "local-epochs", "lr": "lr", "batch_size": "batch-size", "seed": "seed",
+            "server_round": "server-round"}  # fmt: skip
 
     def to_record(self) -> ConfigRecord:
-        return ConfigRecord(
-            {
-                "local-epochs": int(self.local_epochs),
-                "lr": float(self.lr),
-                "batch-size": int(self.batch_size),
-                "seed": int(self.seed),
-                "server-round": int(self.server_round),
-            }
-        )
+        default = TrainInstruction()
+        return ConfigRecord({k: type(getattr(default, f))(getattr(self, f)) for f, k in self.KEYS.items()})
 
     @classmethod
     def from_record(cls, record: ConfigRecord) -> TrainInstruction:
