@@ -52,3 +52,22 @@ def test_every_network_builds_for_volumes(name):
     model = build_model(name, in_channels=1, n_classes=2, seed=0, spatial_dims=3)
     out = model(torch.zeros(2, 1, 32, 32, 32))
     assert out.shape[0] == 2 and (out.dim() == 2 or out.shape[2:] == (32, 32, 32))
+
+
+def test_the_phantom_makes_volumes_with_3d_lesion_masks_and_they_train():
+    """``phantom:v2?volume=1``: one image_size³ volume per patient visit; the 2-D phantom's cohort and scanners."""
+    from privmed.engine.session import build_federation
+    from privmed.errors import PrivmedError
+
+    data = DataConfig(dataset="phantom:v2?volume=1", image_size=16)
+    fed = build_federation(data, 0)
+    flat = build_federation(DataConfig(image_size=16), 0)
+    assert fed.image_shape == (1, 16, 16, 16) and fed.sites[0].train.masks.shape[1:] == (1, 16, 16, 16)
+    assert [s.train.n_patients for s in fed.sites] == [s.train.n_patients for s in flat.sites]  # one volume each
+    lesion = fed.pooled("train").labels == 1
+    masks = fed.pooled("train").masks
+    assert masks[lesion].reshape(lesion.sum(), 16, -1).any(axis=2).sum(axis=1).max() > 1  # lesions span slices
+    result = execute(RunConfig(protocol="fedavg", data=data, train=TrainSettings(rounds=2, batch_size=8)))
+    assert result.dataset["image_shape"] == [1, 16, 16, 16] and np.isfinite(result.performance["final"]["auroc"])
+    with pytest.raises(PrivmedError, match="volumes are a v2 feature"):
+        build_federation(DataConfig(dataset="phantom:v1?volume=1", image_size=16), 0)

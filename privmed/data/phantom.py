@@ -119,6 +119,9 @@ class PhantomConfig:
     seed: int = 0
     version: int = 2
     test_patients_per_site: tuple[int, ...] | None = None
+    # v2 only: each image is a volume of image_size³ voxels (the same anatomy sampled at image_size slice
+    # positions through the head, one pose per volume), with its 3-D lesion mask
+    volume: bool = False
 
     def __post_init__(self) -> None:
         def bad(msg: str) -> PrivmedError:
@@ -137,6 +140,8 @@ class PhantomConfig:
             )
         if not isinstance(self.seed, int):
             raise bad(f"seed must be an integer, got {self.seed!r}")
+        if self.volume and self.version == 1:
+            raise bad("volumes are a v2 feature: use phantom:v2?volume=1")
         if self.version not in VERSIONS:
             raise bad(
                 f"version must be one of {sorted(VERSIONS)} (v1 is the pre-2026-11 phantom, kept for old results), "
@@ -272,25 +277,32 @@ def _scan(
     rng: np.random.Generator,
     size: int,
     version: int = 1,
+    volume: bool = False,
 ) -> tuple[np.ndarray, np.ndarray]:
-    """``n_images`` slices of one patient on one scanner: images [n,1,H,W] float32, masks uint8."""
+    """``n_images`` slices of one patient on one scanner: images [n,1,H,W] float32, masks uint8.
+
+    ``volume``: each image is instead a volume [1, D, H, W] (D = size): the slices at ``size`` evenly spaced
+    positions through the head under one pose, each acquired by the scanner, normalised as one volume (v2).
+    """
     tissue = _VERSION_MODULES[version].tissue
     grid = (np.arange(size) + 0.5) / size * 2 - 1
     yy, xx = np.meshgrid(grid, grid, indexing="ij")
     px = 2.0 / size
-    imgs = np.empty((n_images, 1, size, size), dtype=np.float32)
-    masks = np.zeros((n_images, 1, size, size), dtype=np.uint8)
+    depth = (size,) if volume else ()
+    imgs = np.empty((n_images, 1, *depth, size, size), dtype=np.float32)
+    masks = np.zeros((n_images, 1, *depth, size, size), dtype=np.uint8)
     for i in range(n_images):
-        z = rng.uniform(-0.5, 0.5)
+        zs = np.linspace(-0.5, 0.5, size) if volume else [rng.uniform(-0.5, 0.5)]
         theta, scale = rng.normal(0, 0.12), rng.uniform(0.93, 1.07)
         tx, ty = rng.normal(0, 0.04, size=2)
         c, s = np.cos(theta), np.sin(theta)
         ux = (c * (xx - tx) + s * (yy - ty)) / scale
         uy = (-s * (xx - tx) + c * (yy - ty)) / scale
-        t, m = tissue(anat, z, ux, uy, px / scale)
-        img = _acquire(t, scanner, xx, yy, rng)
-        imgs[i, 0] = img if version == 1 else phantom_v2.normalise(img)
-        masks[i, 0] = m
+        planes = [tissue(anat, z, ux, uy, px / scale) for z in zs]
+        img = np.stack([_acquire(t, scanner, xx, yy, rng) for t, _ in planes])
+        img = img if version == 1 else phantom_v2.normalise(img)  # per image, or per volume
+        imgs[i, 0] = img if volume else img[0]
+        masks[i, 0] = np.stack([m for _, m in planes]) if volume else planes[0][1]
     return imgs, masks
 
 
@@ -368,7 +380,9 @@ def _acquisitions(config: PhantomConfig, c: _Cohort, held_out: bool) -> Dataset:
         visits = [p for p in range(total) if c.home[p] == s and c.held_out[p] == held_out]
         visits += [p for p in sorted(c.second) if c.second[p] == s and c.held_out[p] == held_out]
         for p in visits:
-            im, m = _scan(c.anats[p], scanners[s], k, _rng(seed, _STREAM_IMAGE, s, p), size, config.version)
+            im, m = _scan(
+                c.anats[p], scanners[s], k, _rng(seed, _STREAM_IMAGE, s, p), size, config.version, config.volume
+            )
             images.append(im)
             masks.append(m)
             y += [c.labels[p]] * k

@@ -18,7 +18,8 @@ from privmed.data.base import Dataset, Federation
 from privmed.errors import PrivmedError, unknown_name
 
 DATASETS = ("phantom", "medmnist", "dicom", "nifti", "folder")
-OPTIONS = {"medmnist": ("slices",), "dicom": ("slices",), "nifti": ("slices",)}
+OPTIONS = {"medmnist": ("slices",), "dicom": ("slices",), "nifti": ("slices",), "phantom": ("volume",)}
+NEEDS_PATH = ("medmnist", "dicom", "nifti", "folder")
 
 
 def parse_spec(spec: str) -> tuple[str, str, dict[str, str]]:
@@ -32,7 +33,7 @@ def parse_spec(spec: str) -> tuple[str, str, dict[str, str]]:
             valid = ", ".join(f"{k}=..." for k in OPTIONS.get(name, ())) or "none"
             raise PrivmedError(f"data set option {item!r} is not valid for {name}; valid options: {valid}")
         options[key] = value
-    if name in OPTIONS or name == "folder":
+    if name in NEEDS_PATH:
         if not arg:
             raise PrivmedError(f"{name} needs a path: --dataset {name}:<path>")
     return name, arg, options
@@ -61,6 +62,7 @@ def load_dataset(
                 n_classes=n_classes,
                 shared_patient_fraction=shared_patient_fraction,
                 patients_scale=patients_scale,
+                options=options,
             )
         )
     if name == "medmnist":
@@ -91,11 +93,20 @@ def phantom_config(
     n_classes: int,
     shared_patient_fraction: float,
     patients_scale: int,
+    options: dict[str, str] | None = None,
 ):
-    """The phantom's config for ``phantom[:vN]`` (``arg`` is what follows the colon)."""
+    """The phantom's config for ``phantom[:vN][?volume=1]`` (``arg`` is what follows the colon, before ``?``).
+
+    ``volume=1``: one volume of ``image_size``³ voxels per patient visit instead of four 2-D slices.
+    """
     from privmed.data.phantom import PhantomConfig, default_sizes, parse_version
 
+    volume = (options or {}).get("volume", "0")
+    if volume not in ("0", "1"):
+        raise PrivmedError(f"phantom option volume must be 0 or 1, got {volume!r}")
     return PhantomConfig(
+        images_per_patient=1 if volume == "1" else 4,
+        volume=volume == "1",
         n_sites=n_sites,
         image_size=image_size,
         n_classes=n_classes,
@@ -126,7 +137,7 @@ def load_federation(
     """
     from privmed.data.partition import partition
 
-    name, arg, _ = parse_spec(spec)
+    name, arg, options = parse_spec(spec)
     kw = {
         "image_size": image_size,
         "n_classes": n_classes,
@@ -136,7 +147,7 @@ def load_federation(
     if name == "phantom":
         from privmed.data.phantom import phantom_federation
 
-        config = phantom_config(arg, seed=seed, n_sites=scanners, **kw)
+        config = phantom_config(arg, seed=seed, n_sites=scanners, options=options, **kw)
         if config.version >= 2:
             return phantom_federation(config, split=split, seed=seed, n_sites=sites)
     dataset = load_dataset(spec, seed=seed, n_sites=scanners, **kw)
