@@ -47,8 +47,9 @@ def secret_seed() -> int:
 
 def torch_noise_generator(reproducible_seed: int | None) -> torch.Generator:
     """A generator for DP noise and sampling: secret-seeded, unless a reproducible seed is given (not private)."""
-    seed = secret_seed() % (1 << 63) if reproducible_seed is None else reproducible_seed
-    return torch.Generator().manual_seed(seed)
+    if reproducible_seed is not None:  # --reproducible-noise only: the result then says it is not private
+        return torch.Generator().manual_seed(reproducible_seed)
+    return torch.Generator().manual_seed(secret_seed() % (1 << 63))  # 63 secret bits: torch's seed range
 
 
 def numpy_noise_generator(reproducible_seed: int | list[int] | None) -> np.random.Generator:

@@ -22,7 +22,9 @@ def write(path, n=(30, 6, 8), shape=(28, 28), classes=3, **override):
 def test_loads_and_partitions(tmp_path):
     ds = load_medmnist(write(tmp_path / "pneumoniamnist.npz"))
     assert ds.data.images.shape == (44, 1, 28, 28) and ds.data.images.dtype == np.float32
-    assert 0 <= ds.data.images.min() and ds.data.images.max() <= 1
+    with np.load(tmp_path / "pneumoniamnist.npz") as raw:  # uint8 / 255, splits pooled in order
+        pooled = np.concatenate([raw[f"{s}_images"] for s in ("train", "val", "test")])
+    np.testing.assert_allclose(ds.data.images[:, 0], pooled / 255.0, rtol=1e-6)
     assert ds.n_classes == 3 and ds.site_of is None
     assert len(np.unique(ds.data.patient_ids)) == 44  # each image its own patient
     fed = partition(ds, n_sites=3, split="iid", seed=0)

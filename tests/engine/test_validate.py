@@ -135,7 +135,6 @@ def test_a_malformed_reply_rejects_that_site_for_the_round_and_nothing_else(prot
     mine = [r for r in rejections if (r["round"], r["node"]) == (rnd, node)]
     assert len(mine) == 1 and mine[0]["reason"] != "no reply", rejections
     assert [(r["round"], r["node"]) for r in rejections] == [(r["round"], r["node"]) for r in expected_rejections]
-    assert np.isfinite(model).all()
     np.testing.assert_array_equal(model, expected)
 
 
@@ -227,7 +226,11 @@ def test_fedavg_survives_a_reply_without_metrics_and_one_with_two_array_records(
 
     model, rejections = run("fedavg", fault)
     assert {(r["round"], r["node"]) for r in rejections} == {(rnd, n) for rnd in (1, 2) for n in NODES[:2]}
-    assert np.isfinite(model).all()
+    # the same as a run in which those two sites' replies were lost: only the third site's update counts
+    lost, _ = run(
+        "fedavg", lambda m, r: None if m.metadata.message_type == "train" and m.metadata.dst_node_id in NODES[:2] else r
+    )
+    np.testing.assert_array_equal(model, lost)
 
 
 def test_a_site_refuses_to_train_or_evaluate_non_finite_weights():
