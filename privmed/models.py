@@ -4,7 +4,8 @@
 (GroupNorm, no BatchNorm, so Opacus can compute per-sample gradients).
 ``densenet121`` and ``unet`` come from MONAI, the field's library (the role
 NiftyNet had in the review); ``seg-cnn`` is a tiny encoder-decoder for fast
-segmentation tests. Every network is built for 2-D images or 3-D volumes
+segmentation tests; ``privacy-net`` is Privacy-Net's encoder, segmenter and
+Siamese discriminator in one module (privmed.obfuscation). Every network is built for 2-D images or 3-D volumes
 (``spatial_dims``, from the data: [C, H, W] or [C, D, H, W]); privmed's own
 networks stay DP-ready in 3-D (Conv3d and GroupNorm have Opacus per-sample
 gradients).
@@ -84,12 +85,19 @@ def _unet(in_channels: int, n_classes: int, spatial_dims: int = 2) -> nn.Module:
     )
 
 
+def _privacy_net(in_channels: int, n_classes: int, spatial_dims: int = 2) -> nn.Module:
+    from privmed.obfuscation import PrivacyNet
+
+    return PrivacyNet(in_channels, n_classes, spatial_dims=spatial_dims)
+
+
 # name -> (builder(in_channels, n_classes, spatial_dims=...), task kind it produces output for)
 MODELS: dict[str, tuple[Callable[..., nn.Module], str]] = {
     "cnn": (SmallCNN, "classification"),
     "densenet121": (_densenet121, "classification"),
     "unet": (_unet, "segmentation"),
     "seg-cnn": (SegCNN, "segmentation"),
+    "privacy-net": (_privacy_net, "segmentation"),
 }
 
 

@@ -108,7 +108,11 @@ def make_client_app(
     if memory is not None:
         memory.setdefault("optimizer", {})
 
-    def local_train(model: torch.nn.Module, data: Any, context: Context, **kw: Any) -> dict[str, float]:
+    def local_train(model: torch.nn.Module, data: Any, context: Context, config: ConfigRecord, **kw: Any) -> dict:
+        if hasattr(model, "train_site"):  # a network with its own objective (Privacy-Net's adversarial training)
+            if trainer is not None:
+                raise ValueError("a network that trains itself (privacy-net) cannot take a private trainer")
+            return model.train_site(data, config=config, optimizer_state=memory["optimizer"] if memory else {}, **kw)
         if trainer is not None:  # DP trainers: their own optimiser per call (Opacus wraps it)
             return trainer(model, data, **kw)
         if memory is not None:
@@ -136,6 +140,7 @@ def make_client_app(
             model,
             site.train,
             context,
+            msg.content["config"],
             task=spec.task,
             epochs=todo.local_epochs,
             batch_size=todo.batch_size,
