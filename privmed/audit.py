@@ -13,7 +13,9 @@ another site, an eavesdropper and a model user each see):
 - membership inference, model inversion and adversarial examples attack the
   released final model (any protocol; classification only);
 - poisoning re-runs the protocol with malicious sites (not ``single``);
-- linkage attacks the data set's released metadata.
+- linkage attacks the data set's released metadata;
+- re-identification attacks the encodings a protocol sends instead of the
+  images (Privacy-Net): a fresh Siamese attacker on the frozen encoder.
 
 ``audit.json`` is written atomically after every attack has finished; on any
 failure nothing is written.
@@ -32,7 +34,17 @@ from privmed.errors import PrivmedError, unknown_name
 from privmed.files import private_writer
 from privmed.threat import INVERTIBLE, not_invertible
 
-ATTACKS = ("membership", "lira", "inversion", "dlg", "model-inversion", "adversarial", "poisoning", "linkage")
+ATTACKS = (
+    "membership",
+    "lira",
+    "inversion",
+    "dlg",
+    "model-inversion",
+    "adversarial",
+    "poisoning",
+    "linkage",
+    "reidentification",
+)
 MODEL_ATTACKS = ("membership", "lira", "model-inversion", "adversarial")
 
 
@@ -54,6 +66,8 @@ def not_applicable(
         return "the data set carries no patient metadata (age, sex, dates) to link"
     spec = get_protocol(protocol)
     declared = spec.not_applicable
+    if attack == "reidentification":
+        return None if spec.encodes else "the protocol sends no encoding of the images to re-identify patients from"
     if attack in ("inversion", "dlg"):  # needs a party that sees an update (privmed.threat)
         views = spec.all_views()
         if not any(v.kind in INVERTIBLE for v in views.values()):
@@ -114,6 +128,15 @@ class AuditResult:
                 "reidentified"
             ]
             out["re-identified, null (random guess)"] = r["linkage"]["null_random_guess"]
+        if "reidentification" in r:
+            reid = r["reidentification"]
+            out["re-identification top-1 (fresh attacker, encodings)"] = reid["encoded"]["top1"]
+            out["re-identification verification AUC (encodings)"] = reid["encoded"]["verification_auc"]
+            out["re-identification top-1, positive control (raw images)"] = reid["positive_control_raw"]["top1"]
+            out["re-identification verification AUC, positive control (raw images)"] = reid["positive_control_raw"][
+                "verification_auc"
+            ]
+            out["re-identification top-1, null (chance)"] = reid["null"]["top1"]
         return out
 
     def security(self) -> dict[str, float]:
@@ -209,6 +232,7 @@ def run_attacks(
         ),
         "poisoning": lambda: h.measure_poisoning(target, kinds=("backdoor",) if cheap else None, aggregators=not cheap),
         "linkage": lambda: h.measure_linkage(target),
+        "reidentification": lambda: h.measure_reidentification(target, epochs=5 if cheap else 10),
     }
     for name in attacks or ATTACKS:
         why = not_applicable(
@@ -246,7 +270,7 @@ def audit_run(
     return audit, path
 
 
-BENCH_ATTACKS = ("membership", "inversion", "adversarial", "poisoning")
+BENCH_ATTACKS = ("membership", "inversion", "adversarial", "poisoning", "reidentification")
 
 
 def bench_audit(config, fed, result, attacks: tuple[str, ...] = BENCH_ATTACKS) -> AuditResult:

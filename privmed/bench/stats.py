@@ -51,6 +51,22 @@ FIGURES: tuple[tuple[str, str, Getter], ...] = (
     ("inversion PSNR", "dB", _get("privacy", "leakage", "inversion PSNR dB")),
     ("flat-guess PSNR", "dB, inversion null", _get("privacy", "leakage", "inversion PSNR dB, null (flat guess)")),
     ("inversion control", "dB, DLG on LeNet", _get("privacy", "leakage", "inversion PSNR dB, positive control")),
+    (
+        "re-identification top-1",
+        "fresh attacker on encodings",
+        _get("privacy", "leakage", "re-identification top-1 (fresh attacker, encodings)"),
+    ),
+    (
+        "re-identification control",
+        "top-1 on raw images",
+        _get("privacy", "leakage", "re-identification top-1, positive control (raw images)"),
+    ),
+    ("re-identification null", "top-1 by chance", _get("privacy", "leakage", "re-identification top-1, null (chance)")),
+    (
+        "re-id verification AUC",
+        "0.5 = chance",
+        _get("privacy", "leakage", "re-identification verification AUC (encodings)"),
+    ),
     ("PGD accuracy ε=8/255", "", _get("security", "attacks", "PGD acc ε=8/255")),
     ("backdoor success", "", _get("security", "attacks", "backdoor success")),
 )

@@ -88,7 +88,35 @@ def review_suite(*, seed: int = 0, rounds: int | None = None, n_sites: int = 4) 
     rows += fault_rows(base)
     rows += encrypted_rows(base)
     rows += dp_rows(base)
+    rows += privacy_net_rows(base)
     return rows
+
+
+# Privacy-Net's adversarial weight in the review row (the trade-off over λ: benchmarks/privacy_net_tradeoff.py)
+PRIVACY_NET_LAM = 1.0
+
+
+def privacy_net_rows(base: RunConfig) -> list[tuple[str, RunConfig]]:
+    """Privacy-Net (issue 15) and its raw-image reference: the same FedAvg rounds, a U-Net segmenting raw images.
+
+    Segmentation rows: their Dice compares with each other, not with the classification rows' AUROC; the
+    Privacy column is the fresh attacker's re-identification (audit ``reidentification``) with its raw-image
+    positive control and chance.
+    """
+    seg = dataclasses.replace(base, task="segmentation")
+    return [
+        ("fedavg unet (segmentation, raw images)", dataclasses.replace(seg, model="unet", name="fedavg-unet-seg")),
+        (
+            f"privacy-net λ={PRIVACY_NET_LAM:g}",
+            dataclasses.replace(
+                seg,
+                protocol="privacy-net",
+                model="privacy-net",
+                options={"lam": PRIVACY_NET_LAM},
+                name="privacy-net",
+            ),
+        ),
+    ]
 
 
 # The faults of the Reliability column (engine/faults.py): each site crashes for a round with probability 0.2,

@@ -167,6 +167,8 @@ class ProtocolSpec:
     deploy_refusal: str | None = None
     # the coordinator's Flower strategy can be swapped (robust aggregators in the poisoning audit)
     pluggable_strategy: bool = False
+    # at use, the sites send encodings of their images (Privacy-Net): the audit's re-identification attack applies
+    encodes: bool = False
 
     @property
     def coordinator_sees(self) -> str:

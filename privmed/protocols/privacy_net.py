@@ -97,4 +97,5 @@ SPEC = ProtocolSpec(
     active_coordinator="nothing: it sees every update and can send each site an encoder of its choosing",
     schedule="parallel",
     options=PrivacyNetOptions,
+    encodes=True,
 )
