@@ -57,7 +57,7 @@ def test_pairs_are_balanced_and_two_images_of_each_patient():
         assert len(set(ids[idx[::2]])) == len(idx) // 2
     left, right, same = pair_targets(4)
     assert same.sum() == 4 and len(same) == 8
-    assert all(ids[batches[0][l]] != ids[batches[0][r]] for l, r, s in zip(left, right, same) if s == 0)
+    assert all(ids[batches[0][a]] != ids[batches[0][b]] for a, b, s in zip(left, right, same) if s == 0)
     with pytest.raises(PrivmedError, match="at least 2 patients with 2 or more images"):
         pair_batches(np.array(["a", "b", "c"]), batch_size=8, rng=np.random.default_rng(0))
 
