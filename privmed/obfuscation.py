@@ -44,6 +44,7 @@ from privmed.tasks import DivergedError, batch_loss, loss_fn, targets
 
 # The record key a coordinator sets in the ``train`` config to give the sites λ.
 LAM_KEY = "privacy-net-lam"
+D_STEPS_KEY = "privacy-net-d-steps"  # discriminator steps per encoder-segmenter step
 
 
 def _unet(in_channels: int, out_channels: int, channels: tuple[int, ...], spatial_dims: int) -> nn.Module:
@@ -101,28 +102,40 @@ class PrivacyNet(nn.Module):
     def train_site(self, data: ArraySet, *, config, **kw) -> dict[str, float]:
         """The site's training visit (privmed.site calls it for a network with its own objective)."""
         lam = float(config.get(LAM_KEY, 0.0))
-        return adversarial_train(self, data, lam=lam, **kw)
+        d_steps = int(config.get(D_STEPS_KEY, 1))
+        return adversarial_train(self, data, lam=lam, d_steps=d_steps, **kw)
 
 
-def pair_batches(patient_ids: np.ndarray, batch_size: int, rng: np.random.Generator) -> list[np.ndarray]:
-    """One epoch of batches, each two images of each of ``batch_size // 2`` patients (pairs at [2i, 2i+1])."""
-    by_patient: dict[str, np.ndarray] = {}
+def pair_batches(
+    patient_ids: np.ndarray, batch_size: int, rng: np.random.Generator, groups: np.ndarray | None = None
+) -> list[np.ndarray]:
+    """One epoch of batches, each two images of each of ``batch_size // 2`` patients (pairs at [2i, 2i+1]).
+
+    ``groups`` (e.g. the site of each image): every batch draws its patients from one group, chosen in
+    proportion to its images, so different-patient pairs never differ by group (a scanner is not an identity).
+    """
+    groups = np.zeros(len(patient_ids), dtype=np.int64) if groups is None else np.asarray(groups)
+    by_group: dict = {}
     for p in np.unique(patient_ids):
         idx = np.flatnonzero(patient_ids == p)
         if len(idx) >= 2:
-            by_patient[str(p)] = idx
-    if len(by_patient) < 2:
+            by_group.setdefault(groups[idx[0]], {})[str(p)] = idx
+    by_group = {g: v for g, v in by_group.items() if len(v) >= 2}
+    if not by_group:
         raise PrivmedError(
             "Privacy-Net's discriminator needs at least 2 patients with 2 or more images each at every site; "
-            f"this site has {len(by_patient)}"
+            f"this site has {len(np.unique(patient_ids))} patients, too few with two images"
         )
-    names = sorted(by_patient)
+    keys = sorted(by_group)
+    weight = np.array([sum(len(v) for v in by_group[g].values()) for g in keys], dtype=float)
     per_batch = max(2, batch_size // 2)
     steps = max(1, len(patient_ids) // (2 * per_batch))
     out = []
     for _ in range(steps):
+        patients = by_group[keys[rng.choice(len(keys), p=weight / weight.sum())]]
+        names = sorted(patients)
         chosen = rng.choice(len(names), size=min(per_batch, len(names)), replace=False)
-        out.append(np.concatenate([rng.choice(by_patient[names[c]], size=2, replace=False) for c in chosen]))
+        out.append(np.concatenate([rng.choice(patients[names[c]], size=2, replace=False) for c in chosen]))
     return out
 
 
@@ -144,6 +157,7 @@ def adversarial_train(
     data: ArraySet,
     *,
     lam: float,
+    d_steps: int = 1,
     task: str = "segmentation",
     epochs: int = 1,
     batch_size: int = 32,
@@ -176,14 +190,15 @@ def adversarial_train(
         for idx in pair_batches(data.patient_ids, batch_size, rng):
             x, y = x_all[idx], y_all[idx]
             left, right, same = pair_targets(len(idx) // 2)
-            # the discriminator's step, on encodings it cannot push back into the encoder
+            # the discriminator's steps, on encodings it cannot push back into the encoder
             with torch.no_grad():
                 z = model.encoder(x)
-            d_opt.zero_grad(set_to_none=True)
-            logit = model.discriminator(z[left], z[right])
-            d_loss = bce(logit, same)
-            d_loss.backward()
-            d_opt.step()
+            for _ in range(d_steps):
+                d_opt.zero_grad(set_to_none=True)
+                logit = model.discriminator(z[left], z[right])
+                d_loss = bce(logit, same)
+                d_loss.backward()
+                d_opt.step()
             # the encoder's and segmenter's step: segment well, leave the discriminator at chance
             es.zero_grad(set_to_none=True)
             z = model.encoder(x)

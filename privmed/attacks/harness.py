@@ -455,8 +455,9 @@ def measure_reidentification(t: Target, *, max_patients: int = 60, epochs: int =
 
     The attacker (the server, or anyone who sees encodings) learns, on the
     frozen encoder's encodings of up to ``max_patients`` training patients whose
-    identities it knows, a Siamese same-patient network; it is scored on up to
-    ``max_patients`` held-out test patients it has never seen. The same attacker
+    identities it knows (spread over the sites), a Siamese same-patient network;
+    it is scored on up to ``max_patients`` held-out test patients it has never
+    seen, pairs within a site (it knows which site sent an encoding). The same attacker
     on the raw images is the positive control; chance is the null
     (:mod:`privmed.attacks.reidentification`).
     """
@@ -465,17 +466,23 @@ def measure_reidentification(t: Target, *, max_patients: int = 60, epochs: int =
 
     model = t.spec.build()
     load_arrays(model, t.predictor)
-    train, test = t.fed.pooled("train"), t.fed.pooled("test")
-    train = train.subset(reid.cohort(train.patient_ids, max_patients, seed=t.config.seed * 1000 + REID_COHORT_SALT))
-    test = test.subset(reid.cohort(test.patient_ids, max_patients, seed=t.config.seed * 1000 + REID_COHORT_SALT + 1))
+    salt = t.config.seed * 1000 + REID_COHORT_SALT
+    per_site = max(2, max_patients // len(t.fed.sites))
+    train, train_sites = reid.by_site([s.train for s in t.fed.sites], per_site, salt)
+    test, test_sites = reid.by_site([s.test for s in t.fed.sites], per_site, salt + 100)
     start = time.perf_counter()
     encoded = reid.reidentify(
-        encode(model, train.images), train.patient_ids, encode(model, test.images), test.patient_ids,
-        epochs=epochs, seed=t.config.seed,
-    )  # fmt: skip
+        (encode(model, train.images), train.patient_ids, train_sites),
+        (encode(model, test.images), test.patient_ids, test_sites),
+        epochs=epochs,
+        seed=t.config.seed,
+    )
     seconds = time.perf_counter() - start
     raw = reid.reidentify(
-        train.images, train.patient_ids, test.images, test.patient_ids, epochs=epochs, seed=t.config.seed
+        (train.images, train.patient_ids, train_sites),
+        (test.images, test.patient_ids, test_sites),
+        epochs=epochs,
+        seed=t.config.seed,
     )
     return {
         "encoded": encoded,

@@ -35,7 +35,7 @@ from flwr.serverapp import Grid
 from flwr.serverapp.strategy import FedAvg
 
 from privmed.errors import PrivmedError
-from privmed.obfuscation import LAM_KEY
+from privmed.obfuscation import D_STEPS_KEY, LAM_KEY
 from privmed.options import Options
 from privmed.protocols import fedavg
 from privmed.protocols.base import ProtocolContext, ProtocolOutput, ProtocolSpec, node_ids
@@ -45,6 +45,7 @@ from privmed.threat import AGGREGATE, UPDATE, View
 @dataclass(frozen=True)
 class PrivacyNetOptions(Options):
     lam: float = 1.0  # λ: weight of the adversarial (confusion) term in the encoder's loss; 0 = no adversary
+    d_steps: int = 5  # discriminator steps per encoder-segmenter step (one let the encoder fool a weak D only)
     min_sites: int = 1  # as FedAvg's: fewest usable replies a round averages
 
     def __post_init__(self) -> None:
@@ -52,6 +53,8 @@ class PrivacyNetOptions(Options):
             raise PrivmedError(f"lam (the adversarial weight) must be >= 0, got {self.lam}")
         if self.min_sites < 1:
             raise PrivmedError(f"min_sites must be >= 1, got {self.min_sites}")
+        if self.d_steps < 1:
+            raise PrivmedError(f"d_steps (discriminator steps per encoder step) must be >= 1, got {self.d_steps}")
 
     def check_sites(self, n_sites: int) -> None:
         if self.min_sites > n_sites:
@@ -59,16 +62,17 @@ class PrivacyNetOptions(Options):
 
 
 class WithLam(FedAvg):
-    """Flower's FedAvg whose train instruction also carries λ (the sites' adversarial weight)."""
+    """Flower's FedAvg whose train instruction also carries λ and the discriminator's steps per encoder step."""
 
-    def __init__(self, lam: float, **kw) -> None:
+    def __init__(self, lam: float, d_steps: int, **kw) -> None:
         super().__init__(**kw)
-        self.lam = lam
+        self.lam, self.d_steps = lam, d_steps
 
     def configure_train(
         self, server_round: int, arrays: ArrayRecord, config: ConfigRecord, grid: Grid
     ) -> Iterable[Message]:
         config[LAM_KEY] = float(self.lam)
+        config[D_STEPS_KEY] = int(self.d_steps)
         return super().configure_train(server_round, arrays, config, grid)
 
 
@@ -77,7 +81,12 @@ def run(ctx: ProtocolContext) -> ProtocolOutput:
         raise PrivmedError("the privacy-net protocol trains Privacy-Net's networks: use --model privacy-net")
     n = len(node_ids(ctx))
     strategy = WithLam(
-        ctx.options.lam, fraction_train=1.0, fraction_evaluate=0.0, min_train_nodes=n, min_available_nodes=n
+        ctx.options.lam,
+        ctx.options.d_steps,
+        fraction_train=1.0,
+        fraction_evaluate=0.0,
+        min_train_nodes=n,
+        min_available_nodes=n,
     )
     return fedavg.run(ctx, strategy=strategy)
 

@@ -66,3 +66,29 @@ def test_reidentification_applies_only_where_encodings_are_sent():
     assert not_applicable("reidentification", protocol="privacy-net", task="segmentation", privacy={}) is None
     why = not_applicable("reidentification", protocol="fedavg", task="segmentation", privacy={})
     assert "no encoding" in why
+
+
+def test_fresh_attacker_reidentifies_raw_images_far_better_than_the_encodings():
+    """Privacy-Net's default λ and discriminator steps, trained at one site of the 16 px phantom; the audit's
+    fresh attacker (not the co-trained discriminator) on the frozen encoder, the raw images as control."""
+    from flwr.app import ArrayRecord
+
+    from privmed.attacks.harness import Target, measure_reidentification
+    from privmed.config import DataConfig
+    from privmed.engine.session import build_federation, model_spec
+    from privmed.obfuscation import adversarial_train
+    from privmed.protocols.privacy_net import PrivacyNetOptions
+
+    config = dataclasses.replace(PNET, data=DataConfig(image_size=16))
+    fed = build_federation(config.data, config.seed)
+    spec = model_spec(config, fed)
+    model = spec.build(seed=0)
+    default = PrivacyNetOptions()
+    adversarial_train(model, fed.sites[0].train, lam=default.lam, d_steps=default.d_steps, epochs=20, seed=0)
+    reid = measure_reidentification(
+        Target(config, fed, spec, ArrayRecord(model.state_dict())), max_patients=400, epochs=5
+    )
+    raw, enc, null = reid["positive_control_raw"], reid["encoded"], reid["null"]
+    assert raw["verification_auc"] > 0.7 and raw["top1"] > 3 * null["top1"]  # the attacker works on raw images
+    assert raw["verification_auc"] - enc["verification_auc"] > 0.08
+    assert enc["top1"] < 0.7 * raw["top1"]
