@@ -38,7 +38,7 @@ def main() -> None:
     ap.add_argument("--rounds", type=int, default=10)
     ap.add_argument("--image-size", type=int, default=16)
     ap.add_argument("--lams", default="0,0.1,1,10")
-    ap.add_argument("--attacker-epochs", type=int, default=10)
+    ap.add_argument("--attacker-epochs", type=int, default=5)
     args = ap.parse_args()
     set_threads()
     lams = [float(v) for v in args.lams.split(",")]
@@ -65,13 +65,15 @@ def main() -> None:
             kb=raw.communication["bytes_per_site_per_round"] / 1000,
             wall=raw.runtime["wall_seconds"],
         )
+        control = None  # the raw-image attacker: the same cohorts for every λ of this seed, measured once
         for lam in lams:
             cfg = dataclasses.replace(base, protocol="privacy-net", model="privacy-net", options={"lam": lam})
             result = execute(cfg, fed=fed)
             start = time.perf_counter()
             reid = measure_reidentification(
-                Target(cfg, fed, model_spec(cfg, fed), result.predictor), epochs=args.attacker_epochs
+                Target(cfg, fed, model_spec(cfg, fed), result.predictor), epochs=args.attacker_epochs, control=control
             )
+            control = reid["positive_control_raw"]
             add(
                 f"privacy-net λ={lam:g}",
                 dice=result.performance["final"]["dice"],
@@ -83,6 +85,11 @@ def main() -> None:
                 kb=result.communication["bytes_per_site_per_round"] / 1000,
                 wall=result.runtime["wall_seconds"],
                 attack_s=time.perf_counter() - start,
+            )
+            print(
+                f"seed {seed} λ={lam:g}: "
+                + ", ".join(f"{k} {v[-1]:.3f}" for k, v in rows[f"privacy-net λ={lam:g}"].items()),
+                flush=True,
             )
         print(f"seed {seed} done", flush=True)
 

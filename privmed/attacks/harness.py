@@ -450,7 +450,9 @@ def measure_linkage(t: Target, *, k: int = 5, ks: tuple[int, ...] = (1, 2, 5, 10
 REID_COHORT_SALT = 37  # which training and test patients the re-identification attacker's cohorts hold
 
 
-def measure_reidentification(t: Target, *, max_patients: int = 60, epochs: int = 10) -> dict[str, Any]:
+def measure_reidentification(
+    t: Target, *, max_patients: int = 1000, epochs: int = 5, control: dict[str, Any] | None = None
+) -> dict[str, Any]:
     """Re-identification from the encodings a Privacy-Net site sends, by a fresh attacker (not the co-trained D).
 
     The attacker (the server, or anyone who sees encodings) learns, on the
@@ -458,7 +460,8 @@ def measure_reidentification(t: Target, *, max_patients: int = 60, epochs: int =
     identities it knows (spread over the sites), a Siamese same-patient network;
     it is scored on up to ``max_patients`` held-out test patients it has never
     seen, pairs within a site (it knows which site sent an encoding). The same attacker
-    on the raw images is the positive control; chance is the null
+    on the raw images is the positive control (``control``: one already measured on
+    the same cohorts, e.g. by a benchmark sweeping λ); chance is the null
     (:mod:`privmed.attacks.reidentification`).
     """
     from privmed.attacks import reidentification as reid
@@ -478,7 +481,7 @@ def measure_reidentification(t: Target, *, max_patients: int = 60, epochs: int =
         seed=t.config.seed,
     )
     seconds = time.perf_counter() - start
-    raw = reid.reidentify(
+    raw = control or reid.reidentify(
         (train.images, train.patient_ids, train_sites),
         (test.images, test.patient_ids, test_sites),
         epochs=epochs,
