@@ -218,6 +218,9 @@ def write_report(
             "inversion PSNR is Inverting Gradients (Geiping 2020) against each party that sees an update (one image "
             "from one site's one-step update, or one image per site in the aggregate), headline = the most exposed "
             "party (a flat mean-intensity guess scores ~15 dB; the threat matrix below says who sees what). "
+            "Re-identification (rows that send encodings: Privacy-Net) is a fresh Siamese attacker's top-1 retrieval "
+            "and verification AUC on unseen patients from the frozen encoder's outputs, beside the same attacker on "
+            "the raw images (control) and chance (null), pairs within a site. "
             "Security: PGD-10 accuracy at ε = 8/255 and the success of a "
             "trigger backdoor from 1 malicious site through the row's own protocol. Details per row: <run>/audit.json.",
             "",
