@@ -1,4 +1,4 @@
-"""Privacy-Net's three networks and their adversarial training (Kim, Kim & Cho 2019).
+"""Privacy-Net's three networks and their adversarial training (Kim, Dolz, Jodoin & Desrosiers 2019).
 
 Paper: B. N. Kim, J. Dolz, P.-M. Jodoin, C. Desrosiers, "Privacy-Net: an
 adversarial approach for identity-obfuscated segmentation of medical images"
@@ -14,7 +14,8 @@ image's size; S is a U-Net on E's output; D is a Siamese network (one shared
 embedding for both encodings, a head on the absolute difference of the
 embeddings) trained on balanced same-patient / different-patient pairs from
 the same mini-batch (each batch holds two images of each of its patients);
-E and D are updated alternately, every step; λ weighs the adversarial term.
+E+S and D are updated alternately, every batch; λ weighs the adversarial
+term.
 
 Differs: (1) the adversarial term is a *confusion* loss — the cross-entropy
 of D's output against the uniform target 0.5 — rather than the negated
@@ -26,7 +27,10 @@ privmed segmenter trains with, not the paper's Dice alone; (3) 2-D phantom
 slices (four slices per patient visit) instead of 3-D brain MRI volumes, and
 the networks are small (CPU); (4) Adam for all three networks at the run's
 learning rate (the paper's code: Adam 1e-4); D is a small conv net, not the
-code's DenseNet/ResNet features. The paper trains E, S and D jointly at one place; the
+code's DenseNet/ResNet features; (5) D takes ``d_steps`` steps (default 5)
+per E+S step: with one, the encoder learnt to fool the weak co-trained D
+(accuracy ~0.66) while a fresh attacker re-identified its encodings as well
+at λ = 10 as at λ = 0. The paper trains E, S and D jointly at one place; the
 protocol (:mod:`privmed.protocols.privacy_net`) trains them at each site on
 its own patients — patient identities, which D needs, never leave a site —
 and averages the sites' networks (FedAvg).
