@@ -65,6 +65,7 @@ def main() -> None:
             kb=raw.communication["bytes_per_site_per_round"] / 1000,
             wall=raw.runtime["wall_seconds"],
         )
+        print(f"seed {seed} raw images: dice {raw.performance['final']['dice']:.3f}", flush=True)
         control = None  # the raw-image attacker: the same cohorts for every λ of this seed, measured once
         for lam in lams:
             cfg = dataclasses.replace(base, protocol="privacy-net", model="privacy-net", options={"lam": lam})
