@@ -251,6 +251,7 @@ def summary_section(summary: dict[str, Any]) -> list[str]:
         "|" + "---|" * (len(names) + 1),
     ]
     lines += ["| " + " | ".join([r["label"], *(_cell(r["figures"].get(n)) for n in names)]) + " |" for r in rows]
+    lines += _attacks_table(rows)
     comparisons = summary.get("comparisons", [])
     if comparisons:
         lines += ["", "### Differences to the reference rows (paired over seeds, two-sided t-test, p < 0.05)", ""]
@@ -261,6 +262,22 @@ def summary_section(summary: dict[str, Any]) -> list[str]:
                 f"| {c['row']} | {c['reference']} | {c['figure']} | {c['difference']:+.3f}{half} | {c['p']:.3f} | "
                 f"{'**yes**' if c['significant'] else 'no (not shown with these seeds)'} |"
             )
+    return lines
+
+
+def _attacks_table(rows: list[dict[str, Any]]) -> list[str]:
+    """Every leakage and security number of the audit with its interval over seeds, beside its null and control."""
+    if not any(r.get("attacks") for r in rows):
+        return []
+    lines = [
+        "",
+        "### Every attack figure (mean ± 95 % CI over seeds; nulls and positive controls are the rows that say so)",
+        "",
+        "| row | figure | value | seeds |",
+        "|---|---|---|---|",
+    ]
+    for r in rows:
+        lines += [f"| {r['label']} | {name} | {_cell(f)} | {f['n']} |" for name, f in r.get("attacks", {}).items()]
     return lines
 
 
