@@ -324,6 +324,48 @@ def audit(
 
 
 @app.command()
+def infer(
+    run_dir: Path = typer.Argument(..., help="a run written by `privmed train --model he-clstm` (runs/<name>)"),
+    he: str = typer.Option("ckks", help="homomorphic scheme: ckks (TenSEAL)"),
+    limit: int | None = typer.Option(None, help="encrypt only this many test sequences (spread over the sites)"),
+) -> None:
+    """Encrypted inference (HE-CLSTM under CKKS) of a run's model on its test sequences; writes he_inference.json."""
+    import json
+
+    from privmed.privacy.he_inference import evaluate_run
+
+    with user_errors():
+        if he != "ckks":
+            raise PrivmedError(f"unknown --he scheme {he!r}; valid: ckks")
+        if limit is not None and limit < 1:
+            raise PrivmedError(f"--limit must be >= 1, got {limit}")
+        out = evaluate_run(run_dir, limit=limit)
+    table = Table(title=f"{run_dir}: encrypted (CKKS) vs plaintext inference, {out['sequences']} sequences")
+    table.add_column("measure")
+    table.add_column("value", justify="right")
+    for key in (
+        "identical_decisions",
+        "max_abs_error",
+        "auroc_encrypted",
+        "auroc_plaintext",
+        "seconds_per_sequence",
+        "plaintext_seconds_per_sequence",
+        "bytes_up_per_sequence",
+        "bytes_down_per_sequence",
+        "context_bytes",
+        "max_levels_used",
+        "refresh_rounds_per_sequence",
+    ):
+        v = out[key]
+        table.add_row(key, "n/a" if v is None else f"{v:,.4g}")
+    Console().print(table)
+    console.print(f"refreshes reveal {out['refreshes_reveal']}")
+    path = Path(run_dir) / "he_inference.json"
+    path.write_text(json.dumps(out, indent=2))
+    console.print(f"wrote {path}")
+
+
+@app.command()
 def budget(
     ledger: str | None = typer.Option(
         None, help="the budget ledger's URL, sqlite:///<absolute path> (default: ledger.db in the per-user data folder)"

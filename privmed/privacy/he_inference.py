@@ -304,3 +304,95 @@ def infer(pair: Setup, sequence: np.ndarray) -> tuple[np.ndarray, InferenceStats
     stats.client_seconds = client.seconds
     stats.server_seconds = stats.seconds - client.seconds
     return logits, stats
+
+
+def evaluate(model: HECLSTM, sequences: np.ndarray, labels: np.ndarray, *, limit: int | None = None) -> dict:
+    """Encrypted and plaintext inference of ``model`` on ``sequences`` [N, T, H, W], compared.
+
+    Returns agreement (max |logit difference|, identical decisions), AUROC of
+    both paths, per-sequence latency of both (the plaintext one is the
+    baseline, measured in the same call), bytes each way, levels used and
+    refresh rounds (with what each reveals), and the one-time key setup.
+    """
+    from sklearn.metrics import roc_auc_score
+
+    if not isinstance(model, HECLSTM):
+        raise PrivmedError("encrypted inference needs a he-clstm model (privmed train --model he-clstm ...)")
+    if sequences.ndim != 4 or sequences.shape[1] != model.visits:
+        raise PrivmedError(
+            f"he-clstm takes sequences [N, {model.visits}, H, W]; the data set gives {list(sequences.shape)} "
+            f"(use phantom:v2?sequence={model.visits})"
+        )
+    n = len(sequences) if limit is None else min(int(limit), len(sequences))
+    pick = np.linspace(0, len(sequences) - 1, n).round().astype(int)  # spread over the sites' test sets
+    x, y = np.asarray(sequences[pick]), np.asarray(labels[pick])
+    model = model.eval()
+    start = time.perf_counter()
+    with torch.no_grad():
+        plain = model(torch.from_numpy(x)).double().numpy()
+    plain_seconds = (time.perf_counter() - start) / max(n, 1)
+    pair = setup(model, image_size=x.shape[-1])
+    total, enc = InferenceStats(), []
+    for seq in x:
+        logits, stats = infer(pair, seq)
+        enc.append(logits)
+        total.add(stats)
+    encrypted = np.array(enc)
+
+    def auroc(z: np.ndarray) -> float | None:
+        p = torch.softmax(torch.from_numpy(z), 1)[:, 1].numpy()
+        return float(roc_auc_score(y, p)) if len(set(y.tolist())) == 2 else None
+
+    return {
+        "sequences": n,
+        "visits": int(x.shape[1]),
+        "image_size": int(x.shape[-1]),
+        "max_abs_error": float(np.abs(encrypted - plain).max()),
+        "identical_decisions": float(np.mean(encrypted.argmax(1) == plain.argmax(1))),
+        "auroc_encrypted": auroc(encrypted),
+        "auroc_plaintext": auroc(plain),
+        "accuracy_encrypted": float(np.mean(encrypted.argmax(1) == y)),
+        "accuracy_plaintext": float(np.mean(plain.argmax(1) == y)),
+        "seconds_per_sequence": total.seconds / n,
+        "server_seconds_per_sequence": total.server_seconds / n,
+        "client_seconds_per_sequence": total.client_seconds / n,
+        "plaintext_seconds_per_sequence": plain_seconds,
+        "bytes_up_per_sequence": total.bytes_up / n,
+        "bytes_down_per_sequence": total.bytes_down / n,
+        "setup_seconds": pair.seconds,
+        "context_bytes": pair.context_bytes,
+        "levels": LEVELS,
+        "max_levels_used": total.max_levels_used,
+        "refresh_rounds_per_sequence": total.refresh_rounds / n,
+        "refreshed_ciphertexts_per_sequence": total.refreshed_ciphertexts / n,
+        "refreshes_reveal": (
+            "to the client, in the clear, each refresh round's values: the gate inputs and the cell state of "
+            "every visit (server-model activations; the server sees only ciphertexts)"
+        ),
+        "parameters": {
+            "poly_modulus_degree": POLY_MODULUS_DEGREE,
+            "coeff_mod_bit_sizes": list(COEFF_MOD_BIT_SIZES),
+            "scale_bits": SCALE_BITS,
+        },
+        "encrypted_logits": encrypted.tolist(),
+        "plaintext_logits": plain.tolist(),
+    }
+
+
+def evaluate_run(run_dir, *, limit: int | None = None) -> dict:
+    """:func:`evaluate` on a trained run's model (``privmed train --model he-clstm``) and its test sequences."""
+    from privmed.audit import load_target
+    from privmed.site import load_arrays
+
+    target, _ = load_target(run_dir)
+    if target.spec.name != "he-clstm":
+        raise PrivmedError(
+            f"run {run_dir} trained {target.spec.name!r}; encrypted inference needs --model he-clstm "
+            "on phantom:v2?sequence=T"
+        )
+    if isinstance(target.predictor, list):
+        raise PrivmedError(f"run {run_dir} holds an ensemble; encrypted inference takes one model")
+    model = target.spec.build()
+    load_arrays(model, target.predictor)
+    test = target.fed.pooled("test")
+    return evaluate(model, test.images, test.labels, limit=limit)
