@@ -349,6 +349,7 @@ def infer(
         "auroc_encrypted",
         "auroc_plaintext",
         "seconds_per_sequence",
+        "cpu_seconds_per_sequence",
         "plaintext_seconds_per_sequence",
         "bytes_up_per_sequence",
         "bytes_down_per_sequence",

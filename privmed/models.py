@@ -82,8 +82,8 @@ class HECLSTM(nn.Module):
     """HE-CLSTM (Yue et al. 2019): conv block -> LSTM with polynomial activations -> weighted voting over visits.
 
     Input [N, T, H, W] (visit t in channel t). Per visit: Conv(1 -> ``channels``,
-    kernel = stride = ``kernel``, non-overlapping windows, so the first layer is
-    one im2col product), x², average pooling of the window grid to ``grid``²
+    ``kernel``, ``stride``, no padding, so the first layer is one im2col
+    product), x², adaptive average pooling of the window grid to ``grid``²
     (linear: folds into the next layer's weights), a dense layer to the four
     gates. The LSTM step uses :data:`SIGMOID3` and :data:`TANH3` for the
     sigmoid and tanh; each visit's hidden state gives a score vector
@@ -100,13 +100,14 @@ class HECLSTM(nn.Module):
         channels: int = 4,
         hidden: int = 4,
         kernel: int = 4,
+        stride: int = 2,
         grid: int = 4,
     ) -> None:
         super().__init__()
         if spatial_dims != 2:
             raise ValueError("he-clstm takes 2-D image sequences [T, H, W] (e.g. phantom:v2?sequence=4)")
-        self.visits, self.hidden, self.kernel = in_channels, hidden, kernel
-        self.conv = nn.Conv2d(1, channels, kernel, stride=kernel)
+        self.visits, self.hidden, self.kernel, self.stride = in_channels, hidden, kernel, stride
+        self.conv = nn.Conv2d(1, channels, kernel, stride=stride)
         self.pool = nn.AdaptiveAvgPool2d(grid)
         self.gates_x = nn.Linear(channels * grid * grid, 4 * hidden)
         self.gates_h = nn.Linear(hidden, 4 * hidden, bias=False)

@@ -16,7 +16,7 @@ Protocol, with TenSEAL's CKKS (Microsoft SEAL, RNS-CKKS):
    OS's entropy, never from a run seed) and sends the server the public part:
    public, relinearisation and Galois keys, no secret key.
 2. The client encrypts each visit as an im2col ciphertext (``ts.im2col_encoding``,
-   kernel = stride: non-overlapping windows) and sends the T ciphertexts.
+   the model's kernel and stride) and sends the T ciphertexts.
 3. The server evaluates, on ciphertexts: per visit and channel the
    convolution (``conv2d_im2col``) plus bias, x², and for each gate unit the
    dense layer (average pooling folded into its weights) as a plaintext
@@ -108,8 +108,8 @@ def _levels_left(ct: ts.CKKSVector) -> int:
 class Client:
     """The data owner: holds the secret key, encrypts its sequence, refreshes, decrypts the scores."""
 
-    def __init__(self, *, kernel: int, n_threads: int = 1) -> None:
-        self.kernel = kernel
+    def __init__(self, *, kernel: int, stride: int, n_threads: int = 1) -> None:
+        self.kernel, self.stride = kernel, stride
         self.context = ts.context(
             ts.SCHEME_TYPE.CKKS,
             poly_modulus_degree=POLY_MODULUS_DEGREE,
@@ -129,7 +129,7 @@ class Client:
         start = time.perf_counter()
         out, windows = [], 0
         for image in np.asarray(sequence, dtype=np.float64):
-            ct, windows = ts.im2col_encoding(self.context, image.tolist(), self.kernel, self.kernel, self.kernel)
+            ct, windows = ts.im2col_encoding(self.context, image.tolist(), self.kernel, self.kernel, self.stride)
             out.append(ct.serialize())
         self.seconds += time.perf_counter() - start
         return out, windows
@@ -157,24 +157,29 @@ class Server:
         if self.context.has_secret_key():
             raise PrivmedError("the server was given a CKKS context with the secret key; give it the public one")
         sd = {k: v.detach().double().numpy() for k, v in model.state_dict().items()}
-        self.hidden, k = model.hidden, model.kernel
-        if image_size % k:
-            raise PrivmedError(f"he-clstm's kernel {k} must divide the image size {image_size}")
-        side, grid = image_size // k, model.pool.output_size
-        grid = grid if isinstance(grid, int) else grid[0]
-        if side % grid:
-            raise PrivmedError(f"the {side}x{side} window grid does not pool evenly to {grid}x{grid}")
+        self.hidden, k, stride = model.hidden, model.kernel, model.stride
+        if image_size < k:
+            raise PrivmedError(f"he-clstm's kernel {k} is larger than the image ({image_size} px)")
+        side = (image_size - k) // stride + 1
         self.kernels = sd["conv.weight"][:, 0]  # [C, k, k]
         self.conv_bias = sd["conv.bias"]
         channels = len(self.kernels)
-        # Average pooling folded into the dense layer: one weight per (gate unit, channel, window).
-        wx = sd["gates_x.weight"].reshape(-1, channels, grid, grid)
-        r = side // grid
-        self.wx = np.repeat(np.repeat(wx, r, axis=2), r, axis=3).reshape(len(wx), channels, side * side) / r**2
+        # The pooling is linear: its matrix [grid², side²], read off by pooling each unit window, folds into the
+        # dense layer, one weight per (gate unit, channel, window).
+        with torch.no_grad():
+            pool = model.pool(torch.eye(side * side, dtype=torch.float64).reshape(-1, 1, side, side))
+        pool = pool.reshape(side * side, -1).T.numpy()
+        wx = sd["gates_x.weight"].reshape(len(sd["gates_x.weight"]), channels, -1)
+        self.wx = np.einsum("jcg,gw->jcw", wx, pool)
         self.bx, self.wh = sd["gates_x.bias"], sd["gates_h.weight"]
         self.w_out, self.b_out = sd["out.weight"], sd["out.bias"]
         self.vote = torch.softmax(torch.from_numpy(sd["vote"]), 0).numpy()
         self.windows = side * side
+        if k * k * self.windows > POLY_MODULUS_DEGREE // 2:
+            raise PrivmedError(
+                f"an im2col image of {k * k} x {self.windows} values does not fit one ciphertext's "
+                f"{POLY_MODULUS_DEGREE // 2} slots; use a larger stride or smaller images"
+            )
 
     def _load(self, blob: bytes) -> ts.CKKSVector:
         return ts.ckks_vector_from(self.context, blob)
@@ -233,7 +238,7 @@ class Setup:
 def setup(model: HECLSTM, *, image_size: int) -> Setup:
     """Key generation at the client, the public context sent to the server."""
     start = time.perf_counter()
-    client = Client(kernel=model.kernel)
+    client = Client(kernel=model.kernel, stride=model.stride)
     public = client.public()
     server = Server(model, public, image_size=image_size)
     return Setup(client, server, len(public), time.perf_counter() - start)
@@ -333,11 +338,13 @@ def evaluate(model: HECLSTM, sequences: np.ndarray, labels: np.ndarray, *, limit
     plain_seconds = (time.perf_counter() - start) / max(n, 1)
     pair = setup(model, image_size=x.shape[-1])
     total, enc = InferenceStats(), []
+    cpu = time.process_time()
     for seq in x:
         logits, stats = infer(pair, seq)
         enc.append(logits)
         total.add(stats)
     encrypted = np.array(enc)
+    cpu = time.process_time() - cpu  # client and server share this process: their CPU time together
 
     def auroc(z: np.ndarray) -> float | None:
         p = torch.softmax(torch.from_numpy(z), 1)[:, 1].numpy()
@@ -356,6 +363,7 @@ def evaluate(model: HECLSTM, sequences: np.ndarray, labels: np.ndarray, *, limit
         "seconds_per_sequence": total.seconds / n,
         "server_seconds_per_sequence": total.server_seconds / n,
         "client_seconds_per_sequence": total.client_seconds / n,
+        "cpu_seconds_per_sequence": cpu / n,
         "plaintext_seconds_per_sequence": plain_seconds,
         "bytes_up_per_sequence": total.bytes_up / n,
         "bytes_down_per_sequence": total.bytes_down / n,
@@ -396,3 +404,41 @@ def evaluate_run(run_dir, *, limit: int | None = None) -> dict:
     load_arrays(model, target.predictor)
     test = target.fed.pooled("test")
     return evaluate(model, test.images, test.labels, limit=limit)
+
+
+# A bench row encrypts this many of its test sequences (spread over the sites): ~3-20 s each on 2 shared cores.
+BENCH_SEQUENCES = 10
+
+
+def bench_encrypted_inference(spec, predictor, fed, result, *, limit: int = BENCH_SEQUENCES) -> None:
+    """Add encrypted inference's figures to a bench row's ``result`` when its model is HE-CLSTM (else nothing).
+
+    Performance: identical decisions and both AUROCs on ``limit`` test
+    sequences; communication: bytes per sequence each way and the one-time
+    context; runtime: seconds per sequence against the plaintext baseline;
+    privacy: what the server sees and what each refresh shows the client.
+    """
+    from privmed.site import load_arrays
+
+    model = spec.build()
+    if not isinstance(model, HECLSTM) or isinstance(predictor, list):
+        return
+    load_arrays(model, predictor)
+    test = fed.pooled("test")
+    out = evaluate(model, test.images, test.labels, limit=limit)
+    result.extra["encrypted_inference"] = {k: v for k, v in out.items() if not k.endswith("_logits")}
+    result.performance["encrypted_inference"] = {
+        k: out[k] for k in ("sequences", "identical_decisions", "max_abs_error", "auroc_encrypted", "auroc_plaintext")
+    }
+    result.communication["note"] = (
+        f"CKKS inference: {out['bytes_up_per_sequence'] / 1e6:.1f} MB up / "
+        f"{out['bytes_down_per_sequence'] / 1e6:.1f} MB down per sequence, public context "
+        f"{out['context_bytes'] / 1e6:.0f} MB once"
+    )
+    result.runtime["encrypted_inference_seconds_per_sequence"] = out["seconds_per_sequence"]
+    result.runtime["plaintext_inference_seconds_per_sequence"] = out["plaintext_seconds_per_sequence"]
+    result.privacy["encrypted_inference"] = (
+        f"server sees CKKS ciphertexts only; {out['refresh_rounds_per_sequence']:.0f} client refreshes per "
+        f"sequence show the client the gate inputs and cell states; {out['max_levels_used']} of "
+        f"{out['levels']} levels used"
+    )

@@ -67,6 +67,6 @@ def test_encrypted_and_plaintext_predictions_agree():
 
 
 def test_server_context_has_no_secret_key():
-    client = he_inference.Client(kernel=4)
+    client = he_inference.Client(kernel=4, stride=2)
     with pytest.raises(PrivmedError, match="secret key"):
         he_inference.Server(HECLSTM(2, 2), client.context.serialize(save_secret_key=True), image_size=16)
