@@ -52,7 +52,8 @@ def _performance(r: dict[str, Any]) -> str:
 def _communication(r: dict[str, Any]) -> str:
     c = r["communication"]
     if "raw_data_bytes_up" in c:
-        return f"raw data {_bytes(c['raw_data_bytes_up'])} up"
+        out = f"raw data {_bytes(c['raw_data_bytes_up'])} up"
+        return f"{out} ({c['note']})" if c.get("note") else out
     per_site = _bytes(c.get("bytes_per_site_per_round", 0))
     out = f"{_bytes(c['bytes_up'])} up / {_bytes(c['bytes_down'])} down; {per_site}/site/round"
     if c.get("peer_bytes_per_site_per_round") is not None:  # FNT: weights go site to site, not through the Grid
