@@ -70,3 +70,14 @@ def test_server_context_has_no_secret_key():
     client = he_inference.Client(kernel=4, stride=2)
     with pytest.raises(PrivmedError, match="secret key"):
         he_inference.Server(HECLSTM(2, 2), client.context.serialize(save_secret_key=True), image_size=16)
+
+
+def test_infer_command_refuses_bad_input_in_one_line(tmp_path):
+    from typer.testing import CliRunner
+
+    from privmed.cli import app
+
+    res = CliRunner().invoke(app, ["infer", str(tmp_path / "missing"), "--he", "ckks"])
+    assert res.exit_code == 2 and "does not exist" in res.output
+    res = CliRunner().invoke(app, ["infer", str(tmp_path), "--he", "paillier"])
+    assert res.exit_code == 2 and "valid: ckks" in res.output
