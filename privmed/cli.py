@@ -114,9 +114,9 @@ def train(
         None, help="reject a site's update whose norm exceeds this many times the other sites' median (default 100)"
     ),
     seed: int | None = typer.Option(None, help="run seed (same config + seed = same metrics)"),
-    model: str | None = typer.Option(None, help="cnn | densenet121 | unet | seg-cnn"),
+    model: str | None = typer.Option(None, help="cnn | densenet121 | unet | seg-cnn | he-clstm"),
     task: str | None = typer.Option(None, help="classification | segmentation"),
-    dataset: str | None = typer.Option(None, help="phantom | medmnist:<path.npz>"),
+    dataset: str | None = typer.Option(None, help="phantom | phantom:v2?sequence=T | medmnist:<path.npz>"),
     image_size: int | None = typer.Option(None, help="phantom image size"),
     patients_scale: int | None = typer.Option(
         None, help="phantom: multiply each site's patient count (default 60, 45, 30, 15)"

@@ -26,6 +26,9 @@ Two versions (``PhantomConfig.version``; data set spec ``phantom`` = v2,
   with a lesion): :func:`make_phantom` gives the development patients,
   :func:`make_phantom_test` the held-out ones, :func:`phantom_federation`
   sites whose test sets are the held-out patients (1,120 pooled test images).
+- **sequences** (v2, ``sequence=T``, data set spec ``phantom:v2?sequence=T``):
+  each image is a follow-up sequence [T, H, W] of one slice position, labelled
+  stable / progression (:func:`_scan_sequence`); for HE-CLSTM (issue 14).
 - **v1** (until 2026-11): a bright blob, the brightest structure of its image,
   so that the image maximum alone separates the classes (AUC ≈ 0.95); no
   held-out test patients. Kept bit for bit (``tests/data/test_phantom_v1.py``)

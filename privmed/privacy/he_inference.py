@@ -1,20 +1,20 @@
 """CKKS-encrypted inference of HE-CLSTM: the client's visit sequence stays encrypted at the server.
 
-Paper: Yue, Ding, Li, Zhang, Sun, Dong 2019/2021, "Privacy-preserving time
-series medical images analysis using a hybrid deep learning framework"
-(HE-CLSTM; ACM TOIT 21(3):57): a CNN extracts features from each image of a
-patient's sequence, an LSTM runs over the sequence, the per-step outputs are
-combined by weighted voting, and the whole network is evaluated on
-homomorphically encrypted inputs with polynomial activations. No code was
-published; the encoding follows TenSEAL's encrypted-MNIST tutorial (im2col
-for the first convolution, Benaissa et al. 2021).
+Paper: Yue, Ding, Zhao, Zhang, Cao, Tanveer, Jolfaei, Zheng 2019,
+"Privacy-preserving time series medical images analysis using a hybrid deep
+learning framework" (HE-CLSTM; ACM Transactions on Internet Technology): a
+patient's homomorphically encrypted image sequence goes to a server, where
+convolution blocks, LSTM cells and a weighted sequence-voting layer classify it
+(AUC > 0.94 on colposcopy and breast-biopsy sequences; no runtime was
+reported; one client). No code was published; the encoding follows TenSEAL's
+encrypted-MNIST tutorial (im2col for the first convolution).
 
 Protocol, with TenSEAL's CKKS (Microsoft SEAL, RNS-CKKS):
 
 1. The client makes a context (N = 8192, coefficient moduli
-   ``COEFF_MOD_BIT_SIZES``, scale 2^25; SEAL draws the secret key from the
-   OS's entropy, never from a run seed) and sends the server the public part:
-   public, relinearisation and Galois keys, no secret key.
+   ``COEFF_MOD_BIT_SIZES`` = [40, 33×4, 40], scale 2^33; SEAL draws the secret
+   key from the OS's entropy, never from a run seed) and sends the server the
+   public part: public, relinearisation and Galois keys, no secret key.
 2. The client encrypts each visit as an im2col ciphertext (``ts.im2col_encoding``,
    the model's kernel and stride) and sends the T ciphertexts.
 3. The server evaluates, on ciphertexts: per visit and channel the
@@ -29,29 +29,31 @@ Protocol, with TenSEAL's CKKS (Microsoft SEAL, RNS-CKKS):
 4. The client decrypts the class scores.
 
 Depth and the client-assisted refresh: SEAL has no bootstrapping. The
-modulus chain gives ``LEVELS`` = 6 multiplications; the gate inputs are at
-level 3 (conv, x², dense), the gates at 5, the new cell state at 6, so
-``tanh(c_t)`` and ``o·tanh(c_t)`` do not fit. Wherever a ciphertext has fewer
-levels left than its next operation needs, the server sends it to the client,
-which decrypts and re-encrypts it fresh (one *refresh round*; the ciphertexts
-of one round travel together). With this network that happens twice per step
-(the cell state before ``tanh``, the hidden state before the next step and
-the vote): 2·T rounds per sequence, each counted with its bytes. What a refresh
-reveals: the refreshed values (cell and hidden states, ``hidden`` numbers
-each) to the client in the clear — intermediate activations of the server's
-model, i.e. model information (a help to model extraction); the server
-learns nothing, since it only ever sees ciphertexts. What it costs: a round
-trip per refresh round, ``hidden`` ciphertexts each way, and the client's
-decryption and encryption time (all in :class:`InferenceStats`).
+modulus chain gives ``LEVELS`` = 4 multiplications (212 of the 218 bits SEAL
+allows at N = 8192; more levels at this N meant a scale of 2^25-2^26, where the
+convolution alone erred by 5e-3-1e-2, measured). The gate inputs use 3 (conv,
+x², dense), a degree-3 activation 2, so a step does not fit. Wherever a
+ciphertext has fewer levels left than its next operation needs, the server
+sends it to the client, which decrypts and re-encrypts it fresh (one *refresh
+round*; the ciphertexts of a round travel together). With this network that
+happens twice per visit: the gate inputs (4·hidden ciphertexts) before the
+activations, the new cell state (hidden ciphertexts) before ``tanh`` — 2·T
+rounds per sequence, each counted with its bytes (:class:`InferenceStats`).
+What a refresh reveals: those values, in the clear, to the client —
+activations of the server's model, i.e. model information (a help to model
+extraction), not patient data; the server learns nothing, since it only ever
+sees ciphertexts. What it costs: a round trip per round, the ciphertexts each
+way, and the client's decryption and encryption time.
 
-Faithful: the network's structure (conv block -> LSTM -> weighted voting),
-the whole evaluation under a leveled HE scheme on the client's ciphertexts,
-polynomial activations used in training and inference alike. Differs: the
-paper's scheme and parameters are its own (we use CKKS via TenSEAL); its
-activations and image sizes differ; the refresh (the paper's network is
-evaluated in one pass) is the documented client-assisted substitute for
-bootstrapping, which SEAL lacks; the server's values could be additively
-masked before a refresh to hide them from the client (not done here).
+Faithful: the pipeline (encrypted sequence -> convolution -> LSTM ->
+weighted sequence voting -> encrypted score), evaluated by the server on the
+client's ciphertexts, with polynomial activations used in training and
+inference alike. Differs: CKKS through TenSEAL rather than the paper's own
+HE setting; one convolution layer (im2col works once, as the first layer),
+degree-3 sigmoid/tanh, 16-32 px phantom sequences instead of colposcopy and
+biopsy images; the client-assisted refresh stands in for the bootstrapping
+SEAL lacks; the server's values could be additively masked before a refresh
+to hide them from the client (not done here).
 
 Written with TenSEAL's operations rather than its ``mm``: ``mm`` costs one
 rotation per input (2 s for 64 inputs at N = 8192 here), while a slot sum costs
