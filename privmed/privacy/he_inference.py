@@ -334,6 +334,8 @@ def evaluate(model: HECLSTM, sequences: np.ndarray, labels: np.ndarray, *, limit
     pick = np.linspace(0, len(sequences) - 1, n).round().astype(int)  # spread over the sites' test sets
     x, y = np.asarray(sequences[pick]), np.asarray(labels[pick])
     model = model.eval()
+    with torch.no_grad():
+        model(torch.from_numpy(x[:1]))  # warm-up: the first call pays torch's one-time costs
     start = time.perf_counter()
     with torch.no_grad():  # one sequence per call, as the server would answer one client (the baseline)
         plain = np.concatenate([model(torch.from_numpy(x[i : i + 1])).double().numpy() for i in range(n)])
