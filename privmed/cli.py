@@ -114,9 +114,9 @@ def train(
         None, help="reject a site's update whose norm exceeds this many times the other sites' median (default 100)"
     ),
     seed: int | None = typer.Option(None, help="run seed (same config + seed = same metrics)"),
-    model: str | None = typer.Option(None, help="cnn | densenet121 | unet | seg-cnn"),
+    model: str | None = typer.Option(None, help="cnn | densenet121 | unet | seg-cnn | he-clstm"),
     task: str | None = typer.Option(None, help="classification | segmentation"),
-    dataset: str | None = typer.Option(None, help="phantom | medmnist:<path.npz>"),
+    dataset: str | None = typer.Option(None, help="phantom | phantom:v2?sequence=T | medmnist:<path.npz>"),
     image_size: int | None = typer.Option(None, help="phantom image size"),
     patients_scale: int | None = typer.Option(
         None, help="phantom: multiply each site's patient count (default 60, 45, 30, 15)"
@@ -320,6 +320,49 @@ def audit(
     for name, why in result.not_applicable.items():
         table.add_row(name, f"not applicable: {why}")
     Console().print(table)
+    console.print(f"wrote {path}")
+
+
+@app.command()
+def infer(
+    run_dir: Path = typer.Argument(..., help="a run written by `privmed train --model he-clstm` (runs/<name>)"),
+    he: str = typer.Option("ckks", help="homomorphic scheme: ckks (TenSEAL)"),
+    limit: int | None = typer.Option(None, help="encrypt only this many test sequences (spread over the sites)"),
+) -> None:
+    """Encrypted inference (HE-CLSTM under CKKS) of a run's model on its test sequences; writes he_inference.json."""
+    import json
+
+    from privmed.privacy.he_inference import evaluate_run
+
+    with user_errors():
+        if he != "ckks":
+            raise PrivmedError(f"unknown --he scheme {he!r}; valid: ckks")
+        if limit is not None and limit < 1:
+            raise PrivmedError(f"--limit must be >= 1, got {limit}")
+        out = evaluate_run(run_dir, limit=limit)
+    table = Table(title=f"{run_dir}: encrypted (CKKS) vs plaintext inference, {out['sequences']} sequences")
+    table.add_column("measure")
+    table.add_column("value", justify="right")
+    for key in (
+        "identical_decisions",
+        "max_abs_error",
+        "auroc_encrypted",
+        "auroc_plaintext",
+        "seconds_per_sequence",
+        "cpu_seconds_per_sequence",
+        "plaintext_seconds_per_sequence",
+        "bytes_up_per_sequence",
+        "bytes_down_per_sequence",
+        "context_bytes",
+        "max_levels_used",
+        "refresh_rounds_per_sequence",
+    ):
+        v = out[key]
+        table.add_row(key, "n/a" if v is None else f"{v:,.4g}")
+    Console().print(table)
+    console.print(f"refreshes reveal {out['refreshes_reveal']}")
+    path = Path(run_dir) / "he_inference.json"
+    path.write_text(json.dumps(out, indent=2))
     console.print(f"wrote {path}")
 
 

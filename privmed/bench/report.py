@@ -39,13 +39,21 @@ def _bytes(n: float) -> str:
 def _performance(r: dict[str, Any]) -> str:
     f = r["performance"]["final"]
     keys = ["accuracy", "auroc", "balanced_accuracy"] if "accuracy" in f else ["dice"]
-    return ", ".join(f"{k.replace('balanced_accuracy', 'bal.acc')} {f[k]:.3f}" for k in keys if f.get(k) is not None)
+    out = ", ".join(f"{k.replace('balanced_accuracy', 'bal.acc')} {f[k]:.3f}" for k in keys if f.get(k) is not None)
+    enc = r["performance"].get("encrypted_inference")
+    if enc:  # HE-CLSTM: encrypted vs plaintext inference on some test sequences
+        out += (
+            f"; encrypted inference on {enc['sequences']} sequences: {enc['identical_decisions']:.0%} identical "
+            f"decisions, max logit error {enc['max_abs_error']:.1e}"
+        )
+    return out
 
 
 def _communication(r: dict[str, Any]) -> str:
     c = r["communication"]
     if "raw_data_bytes_up" in c:
-        return f"raw data {_bytes(c['raw_data_bytes_up'])} up"
+        out = f"raw data {_bytes(c['raw_data_bytes_up'])} up"
+        return f"{out} ({c['note']})" if c.get("note") else out
     per_site = _bytes(c.get("bytes_per_site_per_round", 0))
     out = f"{_bytes(c['bytes_up'])} up / {_bytes(c['bytes_down'])} down; {per_site}/site/round"
     if c.get("peer_bytes_per_site_per_round") is not None:  # FNT: weights go site to site, not through the Grid
@@ -61,6 +69,9 @@ def _runtime(r: dict[str, Any], baseline_wall: float | None) -> str:
     phases = [(p, t.get(f"{p}_seconds_per_round")) for p in ("encrypt", "aggregate", "decrypt")]
     if any(v is not None for _, v in phases):
         out += "; per round " + ", ".join(f"{p} {v:.3f} s" for p, v in phases if v is not None)
+    if t.get("encrypted_inference_seconds_per_sequence") is not None:
+        enc, plain = t["encrypted_inference_seconds_per_sequence"], t["plaintext_inference_seconds_per_sequence"]
+        out += f"; encrypted inference {enc:.1f} s/sequence ({enc / plain:,.0f}x plaintext)"
     if (
         baseline_wall and r["privacy"].get("mechanism", "none") != "none"
     ):  # per round: rows with fewer rounds compare too
@@ -118,6 +129,8 @@ def _fault_free(r: dict[str, Any], results: list[dict[str, Any]]) -> dict[str, A
 def _privacy(r: dict[str, Any]) -> str:
     p = r["privacy"]
     parts = [f"coordinator sees {p['coordinator_sees']}"]
+    if p.get("encrypted_inference"):
+        parts.append(p["encrypted_inference"])
     if p.get("epsilon") is not None:
         parts.append(f"ε={p['epsilon']:.2f}, δ={p['delta']:g} ({p['unit']}-level)")
     leak = p.get("leakage")

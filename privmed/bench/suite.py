@@ -87,6 +87,7 @@ def review_suite(*, seed: int = 0, rounds: int | None = None, n_sites: int = 4) 
     ]
     rows += fault_rows(base)
     rows += encrypted_rows(base)
+    rows += he_clstm_rows(base)
     rows += dp_rows(base)
     return rows
 
@@ -134,6 +135,18 @@ def encrypted_rows(base: RunConfig) -> list[tuple[str, RunConfig]]:
         ),
         ("snt", dataclasses.replace(base, protocol="snt", privacy={"mechanism": "aes-gcm"}, name="snt")),
         ("fnt", dataclasses.replace(base, protocol="fnt", privacy={"mechanism": "aes-gcm"}, name="fnt")),
+    ]
+
+
+def he_clstm_rows(base: RunConfig) -> list[tuple[str, RunConfig]]:
+    """HE-CLSTM (issue 14): trained centrally on follow-up sequences; the row adds CKKS-encrypted inference
+    (:func:`privmed.privacy.he_inference.bench_encrypted_inference`) on its test sequences."""
+    data = dataclasses.replace(base.data, dataset="phantom:v2?sequence=4", image_size=16)
+    return [
+        (
+            "he-clstm (CKKS inference)",
+            dataclasses.replace(base, protocol="centralised", model="he-clstm", data=data, name="he-clstm-ckks"),
+        )
     ]
 
 
@@ -252,15 +265,18 @@ def run_row(
 ) -> dict[str, Any]:
     """Train one row, audit it, write ``work/<run>/`` (result.json last) and return its result dict."""
     from privmed.audit import BENCH_ATTACKS, bench_audit
-    from privmed.engine.session import build_federation
+    from privmed.engine.session import build_federation, model_spec
     from privmed.errors import PrivmedError
     from privmed.files import private_dir, private_writer
+    from privmed.privacy.he_inference import bench_encrypted_inference
     from privmed.run import execute
 
     if (cfg.data, cfg.seed) not in _FEDERATIONS:
         _FEDERATIONS[cfg.data, cfg.seed] = build_federation(cfg.data, cfg.seed)
     fed = _FEDERATIONS[cfg.data, cfg.seed]
     result = execute(cfg, progress=progress, fed=fed)
+    spec = model_spec(cfg, fed)
+    bench_encrypted_inference(spec, result.predictor, fed, result)  # HE-CLSTM rows only
     try:
         audit = bench_audit(cfg, fed, result, attacks or BENCH_ATTACKS)  # Privacy and Security columns, measured
     except PrivmedError as exc:
