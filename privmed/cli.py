@@ -102,7 +102,8 @@ def config_from_flags(*, config: Path | None, **flags) -> RunConfig:
 def train(
     protocol: str | None = typer.Option(
         None,
-        help="centralised | single | ensemble | swt | cwt | fedavg | dssgd | he-fedavg | secagg-fedavg | snt | fnt | more",
+        help="centralised | single | ensemble | swt | cwt | fedavg | dssgd | he-fedavg | secagg-fedavg | snt | fnt "
+        "| more",
     ),
     sites: int | None = typer.Option(None, help="number of sites (hospitals)"),
     split: str | None = typer.Option(None, help="natural | iid | dirichlet:<alpha> | quantity:<beta>"),

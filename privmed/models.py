@@ -47,7 +47,7 @@ class SmallCNN(nn.Module):
 
 
 class Poly(nn.Module):
-    """``a·x + b·x²``: a polynomial activation (what encrypted arithmetic can evaluate; CryptoNets' and MORE's style)."""
+    """``a·x + b·x²``: a polynomial activation (what encrypted arithmetic evaluates; CryptoNets' and MORE's style)."""
 
     def __init__(self, a: float = 0.5, b: float = 0.25) -> None:
         super().__init__()
