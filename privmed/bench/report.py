@@ -61,6 +61,8 @@ def _runtime(r: dict[str, Any], baseline_wall: float | None) -> str:
     phases = [(p, t.get(f"{p}_seconds_per_round")) for p in ("encrypt", "aggregate", "decrypt")]
     if any(v is not None for _, v in phases):
         out += "; per round " + ", ".join(f"{p} {v:.3f} s" for p, v in phases if v is not None)
+    if t.get("time_ratio_vs_plaintext") is not None:  # training on encrypted data (MORE), timed in the same run
+        out += f"; {t['time_ratio_vs_plaintext']:.1f}x the same network's epoch on plaintext"
     if (
         baseline_wall and r["privacy"].get("mechanism", "none") != "none"
     ):  # per round: rows with fewer rounds compare too
