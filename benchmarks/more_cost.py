@@ -33,7 +33,7 @@ from privmed.privacy import more
 from privmed.privacy import more_net as mn
 from privmed.tasks import classification_metrics
 
-LR, MOMENTUM, BATCH = 0.1, 0.9, 32  # protocol more's defaults (MoreOptions, TrainSettings.batch_size)
+LR, MOMENTUM, BATCH = 0.05, 0.9, 32  # protocol more's defaults (MoreOptions, TrainSettings.batch_size)
 
 
 def metrics(model: torch.nn.Module, x: torch.Tensor, y: np.ndarray) -> dict[str, float]:
