@@ -192,9 +192,9 @@ def collect(ctx: ProtocolContext, nodes: list[int]) -> tuple[torch.Tensor, torch
         )
     if len(key_ids) != 1:
         raise PrivmedError(f"more: the sites encrypted under {len(key_ids)} different keys; they must share one")
-    shapes = {tuple(x.shape[1:]) for x in images} | {(-1,)}
-    if len(shapes) != 2:
-        raise PrivmedError(f"more: the sites' encrypted images differ in shape ({sorted(shapes)[1:]})")
+    shapes = {tuple(x.shape[1:]) for x in images}
+    if len(shapes) != 1:
+        raise PrivmedError(f"more: the sites' encrypted images differ in shape ({sorted(shapes)})")
     return torch.cat(images), torch.cat(labels), {"key-id": key_ids.pop(), "encrypt_seconds": enc_s}
 
 
