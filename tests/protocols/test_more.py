@@ -109,3 +109,20 @@ def test_the_audit_reports_pairs_needed_and_exact_fractions_beside_null_and_posi
     assert r["positive_control_true_key"]["images_exact"] == 1.0
     headline = AuditResult("r", "more", "more", 0, "", results={"key-recovery": r}).leakage()
     assert headline["MORE images decrypted, 1 known pixel"] == 1.0
+
+
+def test_a_malformed_upload_excludes_that_site_and_the_server_trains_on_the_others(small_fed):
+    from flwr.app import Array, ArrayRecord, ConfigRecord, Message, MetricRecord, RecordDict
+
+    def truncate(msg, reply):
+        if msg.metadata.dst_node_id != 3 or "more-data" not in reply.content.array_records:
+            return reply
+        bad = ArrayRecord({"images": Array(np.zeros((2, 1, 16, 16, 2), np.float32)), "labels": Array(np.zeros(2))})
+        content = {"more-data": bad, "more": ConfigRecord({"key-id": "x"}), "metrics": MetricRecord({"n": 1})}
+        return Message(RecordDict(content), reply_to=msg)
+
+    session = assemble(CFG, fed=small_fed, fault=truncate)
+    out = session.protocol.run(session.ctx)
+    assert [(r["node"], r["reason"].split(":")[0]) for r in session.ctx.rejections] == [(3, "malformed ciphertexts")]
+    expected = sum(len(s.train) for i, s in enumerate(small_fed.sites) if i != 1)
+    assert out.measured["communication"]["more_ciphertext_bytes"] == expected * (16 * 16 + 2) * 16
