@@ -62,23 +62,23 @@ class PolyCNN(nn.Module):
 
     Only additions, multiplications and public constants: it trains on MORE
     ciphertexts (:mod:`privmed.protocols.more`, after Vizitiu et al. 2019's
-    CNN with polynomial activations). 2-D only; no normalisation layers.
+    CNN with polynomial activations; 2-D images only there). No normalisation layers.
     """
 
     def __init__(self, in_channels: int, n_classes: int, width: int = 8, spatial_dims: int = 2) -> None:
         super().__init__()
-        if spatial_dims != 2:
-            raise ValueError("poly-cnn is 2-D only (MORE's ring convolution is written for images)")
+        conv, _, gap, _ = _layers(spatial_dims)
+        pool = nn.AvgPool2d if spatial_dims == 2 else nn.AvgPool3d
         self.features = nn.Sequential(
-            nn.Conv2d(in_channels, width, 3, padding=1),
+            conv(in_channels, width, 3, padding=1),
             Poly(),
-            nn.AvgPool2d(2),
-            nn.Conv2d(width, 2 * width, 3, padding=1),
+            pool(2),
+            conv(width, 2 * width, 3, padding=1),
             Poly(),
-            nn.AvgPool2d(2),
+            pool(2),
         )
         # to 4x4, not 1x1: with global pooling the polynomial network did not learn the phantom (measured)
-        self.head = nn.Sequential(nn.AdaptiveAvgPool2d(4), nn.Flatten(), nn.Linear(2 * width * 16, n_classes))
+        self.head = nn.Sequential(gap(4), nn.Flatten(), nn.Linear(2 * width * 4**spatial_dims, n_classes))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.head(self.features(x))

@@ -46,13 +46,13 @@ def ring_layers(model: nn.Module) -> list[tuple[str, nn.Module]]:
         ok = (
             (isinstance(mod, nn.Conv2d) and mod.stride == (1, 1) and mod.groups == 1 and mod.dilation == (1, 1))
             or isinstance(mod, (Poly, nn.Flatten, nn.Linear))
-            or (isinstance(mod, nn.AvgPool2d) and mod.kernel_size == mod.stride)
+            or (isinstance(mod, nn.AvgPool2d) and mod.kernel_size == mod.stride and not mod.padding)
             or isinstance(mod, nn.AdaptiveAvgPool2d)
         )
         if not ok:
             raise PrivmedError(
-                f"layer {name} ({type(mod).__name__}) cannot run on MORE ciphertexts: only convolutions, dense "
-                "layers, average pooling and polynomial activations can; use --model poly-cnn"
+                f"layer {name} ({type(mod).__name__}) cannot run on MORE ciphertexts: only 2-D convolutions, dense "
+                "layers, average pooling and polynomial activations can; use --model poly-cnn on 2-D images"
             )
         out.append((name, mod))
     return out
