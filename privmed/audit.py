@@ -13,7 +13,9 @@ another site, an eavesdropper and a model user each see):
 - membership inference, model inversion and adversarial examples attack the
   released final model (any protocol; classification only);
 - poisoning re-runs the protocol with malicious sites (not ``single``);
-- linkage attacks the data set's released metadata.
+- linkage attacks the data set's released metadata;
+- key recovery (MORE) attacks the server's ciphertexts, for the protocols
+  that declare it (``ProtocolSpec.extra_attacks``: ``more``).
 
 ``audit.json`` is written atomically after every attack has finished; on any
 failure nothing is written.
@@ -32,7 +34,19 @@ from privmed.errors import PrivmedError, unknown_name
 from privmed.files import private_writer
 from privmed.threat import INVERTIBLE, not_invertible
 
-ATTACKS = ("membership", "lira", "inversion", "dlg", "model-inversion", "adversarial", "poisoning", "linkage")
+ATTACKS = (
+    "membership",
+    "lira",
+    "inversion",
+    "dlg",
+    "model-inversion",
+    "adversarial",
+    "poisoning",
+    "linkage",
+    "key-recovery",
+)
+# attacks on one scheme, run only against protocols whose spec opts in (``ProtocolSpec.extra_attacks``)
+OPT_IN_ATTACKS = {"key-recovery": "the server sees no MORE ciphertexts (only protocol more trains on them)"}
 MODEL_ATTACKS = ("membership", "lira", "model-inversion", "adversarial")
 
 
@@ -54,6 +68,8 @@ def not_applicable(
         return "the data set carries no patient metadata (age, sex, dates) to link"
     spec = get_protocol(protocol)
     declared = spec.not_applicable
+    if attack in OPT_IN_ATTACKS and attack not in spec.extra_attacks:
+        return OPT_IN_ATTACKS[attack]
     if attack in ("inversion", "dlg"):  # needs a party that sees an update (privmed.threat)
         views = spec.all_views()
         if not any(v.kind in INVERTIBLE for v in views.values()):
@@ -106,6 +122,12 @@ class AuditResult:
         if "model-inversion" in r:
             out["model inversion corr. to class mean"] = r["model-inversion"]["corr_own_class_mean"]
             out["model inversion own-other gap beyond untrained null"] = r["model-inversion"]["gap_beyond_null"]
+        if "key-recovery" in r:
+            kr = r["key-recovery"]
+            out["MORE images decrypted, 1 known pixel"] = kr["known_plaintext"]["with_one_pair"]["images_exact"]
+            out["MORE images decrypted, ciphertext only"] = kr["ciphertext_only"]["images_exact"]
+            out["MORE images decrypted, null (random key)"] = kr["null_random_key"]["images_exact"]
+            out["MORE images decrypted, positive control (true key)"] = kr["positive_control_true_key"]["images_exact"]
         if "linkage" in r:
             for release, v in r["linkage"].items():
                 if isinstance(v, dict) and release != "positive_control" and "reidentified" in v:
@@ -209,6 +231,7 @@ def run_attacks(
         ),
         "poisoning": lambda: h.measure_poisoning(target, kinds=("backdoor",) if cheap else None, aggregators=not cheap),
         "linkage": lambda: h.measure_linkage(target),
+        "key-recovery": lambda: h.measure_key_recovery(target),
     }
     for name in attacks or ATTACKS:
         why = not_applicable(
@@ -246,7 +269,7 @@ def audit_run(
     return audit, path
 
 
-BENCH_ATTACKS = ("membership", "inversion", "adversarial", "poisoning")
+BENCH_ATTACKS = ("membership", "inversion", "adversarial", "poisoning", "key-recovery")
 
 
 def bench_audit(config, fed, result, attacks: tuple[str, ...] = BENCH_ATTACKS) -> AuditResult:

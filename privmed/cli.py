@@ -102,7 +102,8 @@ def config_from_flags(*, config: Path | None, **flags) -> RunConfig:
 def train(
     protocol: str | None = typer.Option(
         None,
-        help="centralised | single | ensemble | swt | cwt | fedavg | dssgd | he-fedavg | secagg-fedavg | snt | fnt",
+        help="centralised | single | ensemble | swt | cwt | fedavg | dssgd | he-fedavg | secagg-fedavg | snt | fnt "
+        "| more",
     ),
     sites: int | None = typer.Option(None, help="number of sites (hospitals)"),
     split: str | None = typer.Option(None, help="natural | iid | dirichlet:<alpha> | quantity:<beta>"),
@@ -114,7 +115,7 @@ def train(
         None, help="reject a site's update whose norm exceeds this many times the other sites' median (default 100)"
     ),
     seed: int | None = typer.Option(None, help="run seed (same config + seed = same metrics)"),
-    model: str | None = typer.Option(None, help="cnn | densenet121 | unet | seg-cnn | he-clstm"),
+    model: str | None = typer.Option(None, help="cnn | poly-cnn | densenet121 | unet | seg-cnn | he-clstm"),
     task: str | None = typer.Option(None, help="classification | segmentation"),
     dataset: str | None = typer.Option(None, help="phantom | phantom:v2?sequence=T | medmnist:<path.npz>"),
     image_size: int | None = typer.Option(None, help="phantom image size"),

@@ -48,6 +48,44 @@ class SmallCNN(nn.Module):
         return self.head(self.features(x))
 
 
+class Poly(nn.Module):
+    """``a·x + b·x²``: a polynomial activation (what encrypted arithmetic evaluates; CryptoNets' and MORE's style)."""
+
+    def __init__(self, a: float = 0.5, b: float = 0.25) -> None:
+        super().__init__()
+        self.a, self.b = a, b
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.a * x + self.b * x * x
+
+
+class PolyCNN(nn.Module):
+    """Two conv blocks (conv-polynomial-average pool), average pooling to 4×4 and a linear head.
+
+    Only additions, multiplications and public constants: it trains on MORE
+    ciphertexts (:mod:`privmed.protocols.more`, after Vizitiu et al. 2019's
+    CNN with polynomial activations; 2-D images only there). No normalisation layers.
+    """
+
+    def __init__(self, in_channels: int, n_classes: int, width: int = 8, spatial_dims: int = 2) -> None:
+        super().__init__()
+        conv, _, gap, _ = _layers(spatial_dims)
+        pool = nn.AvgPool2d if spatial_dims == 2 else nn.AvgPool3d
+        self.features = nn.Sequential(
+            conv(in_channels, width, 3, padding=1),
+            Poly(),
+            pool(2),
+            conv(width, 2 * width, 3, padding=1),
+            Poly(),
+            pool(2),
+        )
+        # to 4x4, not 1x1: with global pooling the polynomial network did not learn the phantom (measured)
+        self.head = nn.Sequential(gap(4), nn.Flatten(), nn.Linear(2 * width * 4**spatial_dims, n_classes))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.head(self.features(x))
+
+
 class SegCNN(nn.Module):
     """A two-level encoder-decoder with a skip connection (tiny U-Net-like)."""
 
@@ -160,6 +198,7 @@ def _unet(in_channels: int, n_classes: int, spatial_dims: int = 2) -> nn.Module:
 # name -> (builder(in_channels, n_classes, spatial_dims=...), task kind it produces output for)
 MODELS: dict[str, tuple[Callable[..., nn.Module], str]] = {
     "cnn": (SmallCNN, "classification"),
+    "poly-cnn": (PolyCNN, "classification"),
     "densenet121": (_densenet121, "classification"),
     "unet": (_unet, "segmentation"),
     "seg-cnn": (SegCNN, "segmentation"),

@@ -72,6 +72,8 @@ def _runtime(r: dict[str, Any], baseline_wall: float | None) -> str:
     if t.get("encrypted_inference_seconds_per_sequence") is not None:
         enc, plain = t["encrypted_inference_seconds_per_sequence"], t["plaintext_inference_seconds_per_sequence"]
         out += f"; encrypted inference {enc:.1f} s/sequence ({enc / plain:,.0f}x plaintext)"
+    if t.get("time_ratio_vs_plaintext") is not None:  # training on encrypted data (MORE), timed in the same run
+        out += f"; {t['time_ratio_vs_plaintext']:.1f}x the same network's epoch on plaintext"
     if (
         baseline_wall and r["privacy"].get("mechanism", "none") != "none"
     ):  # per round: rows with fewer rounds compare too

@@ -88,8 +88,15 @@ def review_suite(*, seed: int = 0, rounds: int | None = None, n_sites: int = 4) 
     rows += fault_rows(base)
     rows += encrypted_rows(base)
     rows += he_clstm_rows(base)
+    rows += computing_on_encrypted_rows(base)
     rows += dp_rows(base)
     return rows
+
+
+def computing_on_encrypted_rows(base: RunConfig) -> list[tuple[str, RunConfig]]:
+    """Training on encrypted data (issue 14): MORE (Vizitiu 2019), the server trains poly-cnn on ciphertexts."""
+    more = dataclasses.replace(base, protocol="more", model="poly-cnn", privacy={"mechanism": "more"}, name="more")
+    return [("more (Vizitiu 2019)", more)]
 
 
 # The faults of the Reliability column (engine/faults.py): each site crashes for a round with probability 0.2,

@@ -167,6 +167,8 @@ class ProtocolSpec:
     deploy_refusal: str | None = None
     # the coordinator's Flower strategy can be swapped (robust aggregators in the poisoning audit)
     pluggable_strategy: bool = False
+    # audit attacks that apply only to protocols that opt in (privmed.audit.OPT_IN_ATTACKS), e.g. "key-recovery"
+    extra_attacks: tuple[str, ...] = ()
 
     @property
     def coordinator_sees(self) -> str:
