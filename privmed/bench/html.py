@@ -25,7 +25,7 @@ from typing import Any
 from markdown_it import MarkdownIt
 
 from privmed.bench import crossover, review_tables
-from privmed.bench.privacy import privacy_section, write_epsilon_plot
+from privmed.bench.privacy import curves, privacy_section, write_epsilon_plot
 from privmed.bench.report import (
     COLUMNS,
     distribution_table,
@@ -34,7 +34,7 @@ from privmed.bench.report import (
     write_plot,
     write_privacy_plot,
 )
-from privmed.bench.stats import REFERENCES, compare, summarise
+from privmed.bench.stats import FIGURES, REFERENCES, compare, summarise
 
 # +1: higher is better, -1: lower is better (figures without a direction are not coloured)
 DIRECTION = {
@@ -61,6 +61,8 @@ th{background:#f3f3f3;text-align:left}
 td.num{text-align:right;white-space:nowrap;font-variant-numeric:tabular-nums}
 td.better{background:#dff0d8}td.worse{background:#f8dcdc}td.ref{background:#e8eef8}
 td.nyi{color:#999;font-style:italic}
+table.review{table-layout:fixed;width:100%;font-size:11.5px}table.review td{overflow-wrap:anywhere}
+table.review td:nth-child(-n+5){color:#555;font-size:11px}
 .note{color:#555;font-size:12.5px;max-width:1100px}
 img{max-width:100%;border:1px solid #eee;margin:6px 0}
 details{margin:4px 0}summary{cursor:pointer;font-weight:600}
@@ -95,7 +97,11 @@ def _fmt(mean: float, half: float) -> str:
 def summary_table(summary: dict[str, Any]) -> str:
     """The compact table: rows × figures, each cell mean ± 95 % CI, coloured against the centralised row."""
     rows = summary["rows"]
-    names = list(dict.fromkeys(k for r in rows for k in r["figures"]))
+    order = [name for name, _, _ in FIGURES]
+    names = sorted(
+        dict.fromkeys(k for r in rows for k in r["figures"]),
+        key=lambda n: (n not in order, order.index(n) if n in order else 0),
+    )
     units = {n: r["figures"][n]["unit"] for r in rows for n in r["figures"]}
     ref = next((r["figures"] for r in rows if r["label"] == REFERENCE), None)
     marks: dict[str, str] = {}
@@ -278,8 +284,9 @@ def build_html(
         "pooled held-out test split of all sites, of the model selected on validation.</p>",
         f"<h2>Summary: mean ± 95 % CI over {summary['seeds']} seed(s)</h2>",
         summary_table(summary),
-        "<h3>Paired differences to the reference rows</h3>",
+        "<details><summary>Paired differences to the reference rows (test AUROC)</summary>",
         comparisons_table(summary) or '<p class="note">none: fewer than two paired seeds</p>',
+        "</details>",
         "<h2>The review's Tables 1–3, measured</h2>",
         review_tables.html_tables(results, summary),
     ]
@@ -292,9 +299,8 @@ def build_html(
             parts += [f"<h3>{html.escape(name)}</h3>", _img(uri, name)]
             if note:
                 parts.append(f'<p class="note">{html.escape(note)}</p>')
-    eps = privacy_section(results, "")
-    if len(eps) > 6:  # a sweep with at least one DP row
-        parts.append(_md([x for x in eps if not x.startswith("![")]))
+    if curves(results):  # a sweep with at least one DP row: its table
+        parts.append(_md([x for x in privacy_section(results, "") if not x.startswith("![")]))
     threat = threat_section(main_rows)
     if threat:
         parts.append(_md(threat))

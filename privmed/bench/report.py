@@ -315,8 +315,13 @@ def write_privacy_plot(results: list[dict[str, Any]], path: Path) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, axes = plt.subplots(1, 2, figsize=(10, 4.5))
-    for ax, key, chance in ((axes[0], "MIA AUC", 0.5), (axes[1], "inversion PSNR dB", None)):
+    panels = [
+        (key, chance)
+        for key, chance in (("MIA AUC", 0.5), ("inversion PSNR dB", None))
+        if any(isinstance(r["privacy"].get("leakage"), dict) and key in r["privacy"]["leakage"] for r in results)
+    ] or [("MIA AUC", 0.5)]
+    fig, axes = plt.subplots(1, len(panels), figsize=(5 * len(panels), 4.5), squeeze=False)
+    for ax, (key, chance) in zip(axes[0], panels):
         for r in results:
             leak, perf = r["privacy"].get("leakage"), r["performance"]["final"]
             if isinstance(leak, dict) and key in leak and perf.get(r["performance"]["metric"]) is not None:

@@ -379,7 +379,7 @@ def html_tables(results: list[dict[str, Any]], summary: dict[str, Any]) -> str:
                 section = system.section
                 out.append(f'<tr><th colspan="{len(ATTRIBUTES) + 1}">{html.escape(section)}</th></tr>')
             tds = "".join(
-                f'<td class="{"nyi" if c[a] in (NOT_YET, NOT_IN_BENCH) else ""}">{html.escape(c[a])}</td>'
+                ('<td class="nyi">' if c[a] in (NOT_YET, NOT_IN_BENCH) else "<td>") + f"{html.escape(c[a])}</td>"
                 for a in ATTRIBUTES
             )
             out.append(f"<tr>{tds}<td>{html.escape(system.published)}</td></tr>")
