@@ -216,6 +216,19 @@ def _bytes_plot(results: list[dict[str, Any]], path: Any) -> bool:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
+    if len({n for xy in pts.values() for n, _ in xy}) == 1:  # one federation size: a bar per protocol
+        n = next(iter(pts.values()))[0][0]
+        keys = sorted(pts, key=lambda k: sum(b for _, b in pts[k]) / len(pts[k]))
+        fig, ax = plt.subplots(figsize=(7, 0.8 + 0.3 * len(keys)))
+        ax.barh(keys, [sum(b for _, b in pts[k]) / len(pts[k]) / 1e6 for k in keys], color="tab:blue")
+        ax.set_xscale("log")
+        ax.set_xlabel(f"coordinator traffic per round at {n} sites (MB, up + down)")
+        ax.tick_params(axis="y", labelsize=8)
+        ax.grid(alpha=0.3, axis="x")
+        fig.tight_layout()
+        fig.savefig(path, dpi=110)
+        plt.close(fig)
+        return True
     fig, ax = plt.subplots(figsize=(7, 4.2))
     for key, xy in sorted(pts.items()):
         by: dict[int, list[float]] = {}

@@ -257,6 +257,10 @@ ATTRIBUTES = (
 )
 
 
+# column widths (%) of the 14 attributes and the published figure: the paper's metadata narrow, measurements wide
+WIDTHS = (7, 5, 8, 3.5, 5, 7, 5.5, 8, 8, 7, 6, 7, 8, 6, 9)
+
+
 def _f(fig: dict[str, Any] | None, unit: str = "") -> str | None:
     if fig is None:
         return None
@@ -337,7 +341,7 @@ def _privacy(f: dict[str, Any]) -> str:
     if f.get("ε"):
         parts.append("ε " + _f(f["ε"]))
     if f.get("MIA AUC"):
-        parts.append(f"MIA AUC {_f(f['MIA AUC'])} (chance 0.5)")
+        parts.append(f"MIA AUC {_f(f['MIA AUC'])}")
     if f.get("inversion PSNR"):
         null = f.get("flat-guess PSNR")
         parts.append(
@@ -366,12 +370,17 @@ def html_tables(results: list[dict[str, Any]], summary: dict[str, Any]) -> str:
     """Tables 1–3 as HTML: the review's 14 attributes, measured, and the paper's published figure."""
     out = [
         '<p class="note">The review\'s rows and its 14 attributes; measured cells are mean ± 95 % CI over seeds on '
-        "privmed's data and model (the Dataset cell); <em>published</em> quotes the paper. A row whose protocol is "
+        "privmed's data and model (the Dataset cell); MIA AUC's chance level is 0.5, the inversion's null is its "
+        "flat guess; <em>published</em> quotes the paper. A row whose protocol is "
         f"not in privmed says “{NOT_YET}”.</p>"
     ]
     for number, rows in tables(results, summary).items():
         head = "".join(f"<th>{a}</th>" for a in ATTRIBUTES) + "<th>published (the paper)</th>"
-        out.append(f'<h3>Table {number}</h3><div class="wide"><table class="review"><thead><tr>{head}</tr></thead>')
+        cols = "".join(f'<col style="width:{w}%">' for w in WIDTHS)
+        out.append(
+            f'<h3>Table {number}</h3><div class="wide"><table class="review"><colgroup>{cols}</colgroup>'
+            f"<thead><tr>{head}</tr></thead>"
+        )
         out.append("<tbody>")
         section = None
         for system, c in rows:

@@ -76,3 +76,16 @@ def test_the_sweep_spans_sites_skews_and_the_four_protocols():
     assert {k for _, _, k in got} == {"natural", "dirichlet:0.1", "dirichlet:1", "dirichlet:100"}
     assert all(c.run_name.startswith(crossover.PREFIX) and c.data.image_size == 16 for _, c in rows)
     assert {c.privacy.get("mechanism") for _, c in rows if c.protocol == "snt"} == {"aes-gcm"}
+
+
+def test_by_default_each_cell_races_to_the_level_both_fedavg_and_cwt_reach():
+    cwt = result("cwt", "sequential", 4, [0.6, 0.8, 0.9])
+    fl = result("fedavg", "parallel", 4, [0.7, 0.75, 0.7])
+    assert crossover.common_level([cwt, fl]) == 0.75
+    recs = [x for x in sweep([cwt, fl]) if x["link"] == LINKS[0].name]
+    assert {x["protocol"]: x["round"] for x in recs} == {"cwt": 2, "fedavg": 2}
+    # a pair member that never learns leaves the cell without a target, not with a meaningless one
+    flat = result("fedavg", "parallel", 4, [0.5, 0.55, 0.52])
+    assert crossover.common_level([cwt, flat]) is None
+    assert all(x["seconds"] is None for x in sweep([cwt, flat]))
+    assert crossover.answer_text(answer(table(sweep([cwt, flat])))[0]).startswith("no common level")
