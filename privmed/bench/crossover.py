@@ -123,6 +123,18 @@ def busy_fraction(r: dict[str, Any]) -> float:
     return 1.0 if not wall or cpu is None else min(1.0, cpu / wall)
 
 
+def without_crossover(summary: dict[str, Any], results: list[dict[str, Any]]) -> dict[str, Any]:
+    """The summary less the crossover sweep's rows (their own section reports them; other data, no audit)."""
+    swept = {r["label"] for r in results if is_crossover(r)}
+    if not swept:
+        return summary
+    return {
+        **summary,
+        "rows": [r for r in summary["rows"] if r["label"] not in swept],
+        "comparisons": [c for c in summary.get("comparisons", []) if c["row"] not in swept],
+    }
+
+
 def round_seconds(r: dict[str, Any], link: Link) -> list[float]:
     """Simulated seconds of each round of one run over ``link`` (the model in the module docstring)."""
     n = len(r["dataset"]["distribution"])
@@ -332,7 +344,7 @@ def write_crossover_plot(results: list[dict[str, Any]], path: Any) -> bool:
 
 
 def _fmt_s(v: float | None) -> str:
-    return "not reached" if v is None else (f"{v:.1f} s" if v < 100 else f"{v / 60:.1f} min")
+    return "not reached" if v is None else (f"{v:.1f}" if v < 100 else f"{v:.0f}")
 
 
 def crossover_section(results: list[dict[str, Any]], plot_name: str | None = None) -> list[str]:
@@ -353,21 +365,28 @@ def crossover_section(results: list[dict[str, Any]], plot_name: str | None = Non
         "|---|---|---|",
     ]
     lines += [f"| {a['skew']} | {a['link']} | {answer_text(a)} |" for a in answer(cells)]
+    links = " / ".join(link.name.split(" (")[0] for link in LINKS)
     lines += [
         "",
-        "| skew | link | sites | level (val. AUROC) | " + " | ".join(PROTOCOLS) + " |",
-        "|---|---|---|---|" + "---|" * len(PROTOCOLS),
+        f"Seconds to the level on each link ({links}), then the bytes sent until then (the same on every link).",
+        "",
+        "| skew | sites | level (val. AUROC) | " + " | ".join(PROTOCOLS) + " |",
+        "|---|---|---|" + "---|" * len(PROTOCOLS),
     ]
     by = {(c["skew"], c["link"], c["sites"], c["protocol"]): c for c in cells}
-    for skew, link, sites in dict.fromkeys((c["skew"], c["link"], c["sites"]) for c in cells):
+    for skew, sites in dict.fromkeys((c["skew"], c["sites"]) for c in cells):
+        level = next((c["level"] for c in cells if (c["skew"], c["sites"]) == (skew, sites)), None)
         row = []
         for p in PROTOCOLS:
-            c = by.get((skew, link, sites, p))
-            row.append("–" if c is None else f"{_fmt_s(c['seconds'])}, {_mb(c['bytes'])}")
-        level = next((c["level"] for c in cells if (c["skew"], c["link"], c["sites"]) == (skew, link, sites)), None)
-        lines.append(
-            f"| {skew} | {link} | {sites} | {'–' if level is None else f'{level:.3f}'} | " + " | ".join(row) + " |"
-        )
+            got = [by.get((skew, link.name, sites, p)) for link in LINKS]
+            if level is None or got[0] is None:
+                row.append("–")
+            elif got[0]["seconds"] is None:
+                row.append("not reached")
+            else:
+                row.append(" / ".join(_fmt_s(c["seconds"]) for c in got) + f" · {_mb(got[0]['bytes'])}")
+        shown = "no common level" if level is None else f"{level:.3f}"
+        lines.append(f"| {skew} | {sites} | {shown} | " + " | ".join(row) + " |")
     if plot_name:
         lines += ["", f"![CWT vs FedAvg time to the common level]({plot_name})"]
     return lines

@@ -285,6 +285,7 @@ def build_html(
     """The page, from ``results`` (and their ``summary``; computed from the results when not given)."""
     if summary is None:
         summary = summary_of(results)
+    summary = crossover.without_crossover(summary, results)
     first = min((int(r["seed"]) for r in results), default=0)
     main_rows = [r for r in results if int(r["seed"]) == first and not crossover.is_crossover(r)]
     parts = [

@@ -367,7 +367,7 @@ def write_short_report(
         "[details.md](details.md); every run: results.json, summary.json, and `<run>/result.json`, "
         "`<run>/audit.json`.",
         "",
-        *summary_section(summary),
+        *summary_section(crossover.without_crossover(summary, results)),
     ]
     cells = crossover.table(crossover.sweep(results))
     if cells:

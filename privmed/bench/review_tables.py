@@ -326,13 +326,18 @@ def _performance(f: dict[str, Any]) -> str:
 
 
 def _scalability(r: dict[str, Any], xo: list[dict[str, Any]]) -> str:
+    """The schedule; with a crossover sweep, each protocol's time to the common level at its fewest and most sites
+    on the first (fastest) link."""
     s = (r.get("scalability") or {}).get("schedule", "–")
-    reached = sorted((c["sites"], c["seconds"]) for c in xo if c["seconds"] is not None)
-    if reached:
-        lo, hi = reached[0], reached[-1]
-        s += (
-            f"; time to target {lo[1]:.1f} s at {lo[0]} sites, {hi[1]:.1f} s at {hi[0]} (crossover sweep, fastest link)"
-        )
+    lan = crossover.LINKS[0].name
+    for protocol in dict.fromkeys(c["protocol"] for c in xo):
+        got = sorted((c["sites"], c["seconds"]) for c in xo if c["protocol"] == protocol and c["link"] == lan)
+        got = [(n, t) for n, t in got if t is not None]
+        if got:
+            (n0, t0), (n1, t1) = got[0], got[-1]
+            s += (
+                f"; {protocol} to the common level: {t0:.1f} s at {n0} sites, {t1:.1f} s at {n1} ({lan.split(' (')[0]})"
+            )
     return s
 
 
