@@ -331,8 +331,11 @@ def _scalability(r: dict[str, Any], xo: list[dict[str, Any]]) -> str:
     s = (r.get("scalability") or {}).get("schedule", "–")
     lan = crossover.LINKS[0].name
     for protocol in dict.fromkeys(c["protocol"] for c in xo):
-        got = sorted((c["sites"], c["seconds"]) for c in xo if c["protocol"] == protocol and c["link"] == lan)
-        got = [(n, t) for n, t in got if t is not None]
+        got = sorted(
+            (c["sites"], c["seconds"])
+            for c in xo
+            if c["protocol"] == protocol and c["link"] == lan and c["seconds"] is not None
+        )
         if got:
             (n0, t0), (n1, t1) = got[0], got[-1]
             s += (
