@@ -90,3 +90,12 @@ def test_by_default_each_cell_races_to_the_level_both_fedavg_and_cwt_reach():
     assert crossover.common_level([cwt, flat]) is None
     assert all(x["seconds"] is None for x in sweep([cwt, flat]))
     assert crossover.answer_text(answer(table(sweep([cwt, flat])))[0]).startswith("no common level")
+
+
+def test_the_section_shows_the_measured_seconds_and_bytes():
+    runs = [result("cwt", "sequential", 4, [0.6, 0.8]), result("fedavg", "parallel", 4, [0.8, 0.9])]
+    text = "\n".join(crossover.crossover_section(runs))
+    cwt = to_target(runs[0], LINKS[0], ("auroc", 0.8))  # the common level: FedAvg's best is higher
+    row = next(line for line in text.splitlines() if line.startswith("| natural | 4 | 0.800 |"))
+    assert f"{cwt['seconds']:.1f} / " in row and f"{cwt['bytes'] / 1e6:.1f} MB" in row
+    assert "| natural | campus LAN (1 Gbit/s, 1 ms) | from 4 sites (compared at 4) |" in text
