@@ -22,7 +22,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from privmed.bench import crossover
-from privmed.bench.report import dataset_line
+from privmed.bench.report import COLUMNS, dataset_line
 
 NOT_YET = "not implemented yet"
 NOT_IN_BENCH = "not in these results"
@@ -239,22 +239,7 @@ SYSTEMS = (
     ),
 )
 
-ATTRIBUTES = (
-    "Key",
-    "Author",
-    "Title",
-    "Year",
-    "Journal",
-    "Dataset",
-    "Model",
-    "Performance",
-    "Communication",
-    "Scalability",
-    "Reliability",
-    "Runtime",
-    "Privacy",
-    "Security",
-)
+ATTRIBUTES = ("Key", "Author", "Title", "Year", "Journal", *COLUMNS[1:])  # the review's 14 data attributes
 
 
 # column widths (%) of the 14 attributes and the published figure: the paper's metadata narrow, measurements wide
