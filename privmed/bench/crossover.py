@@ -106,7 +106,7 @@ def crossover_rows(base: RunConfig) -> list[tuple[str, RunConfig]]:
                 privacy=privacy,
                 name=f"{PREFIX}{protocol}-{sites}-{_tag(skew)}",
             )
-            rows.append((f"{protocol}, {sites} sites, {skew}", cfg))
+            rows.append((f"{protocol}, {sites} sites, {skew.replace('dirichlet:', 'Dirichlet α=')}", cfg))
     return rows
 
 
