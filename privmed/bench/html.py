@@ -184,7 +184,7 @@ def _per_site_plot(results: list[dict[str, Any]], path: Any) -> bool:
     grid = np.array(
         [[(r["performance"]["per_site"].get(s) or {}).get(metric) or np.nan for s in sites] for r in rows], float
     )
-    fig, ax = plt.subplots(figsize=(1.2 + 0.7 * len(sites), 0.9 + 0.28 * len(rows)))
+    fig, ax = plt.subplots(figsize=(3.8 + 0.7 * len(sites), 0.9 + 0.28 * len(rows)))  # room for the row labels
     im = ax.imshow(grid, cmap="viridis", vmin=0.4 if metric == "auroc" else 0, vmax=1, aspect="auto")
     for i in range(len(rows)):
         for j in range(len(sites)):

@@ -162,6 +162,7 @@ def write_epsilon_plot(results: list[dict[str, Any]], path: Path) -> bool:
         ax.set_xscale("log")
         ticks = sorted(set(finite)) + [inf_x]
         ax.set_xticks(ticks, [f"{t:g}" for t in ticks[:-1]] + ["∞"])
+        ax.set_xticks([], minor=True)  # no log-scale minor labels between the ε values
         ax.set_xlabel("ε (δ = 1e-5; unit in legend)")
         ax.set_ylabel(f"test {results[0]['performance']['metric']}")
         ax.set_title("privacy–utility")

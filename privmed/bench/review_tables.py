@@ -315,6 +315,7 @@ def _scalability(r: dict[str, Any], xo: list[dict[str, Any]]) -> str:
     on the first (fastest) link."""
     s = (r.get("scalability") or {}).get("schedule", "–")
     lan = crossover.LINKS[0].name
+    times = []
     for protocol in dict.fromkeys(c["protocol"] for c in xo):
         got = sorted(
             (c["sites"], c["seconds"])
@@ -323,9 +324,9 @@ def _scalability(r: dict[str, Any], xo: list[dict[str, Any]]) -> str:
         )
         if got:
             (n0, t0), (n1, t1) = got[0], got[-1]
-            s += (
-                f"; {protocol} to the common level: {t0:.1f} s at {n0} sites, {t1:.1f} s at {n1} ({lan.split(' (')[0]})"
-            )
+            times.append(f"{protocol} {t0:.1f} s at {n0} → {t1:.1f} s at {n1} sites")
+    if times:
+        s += f"; to the crossover's common level on a {lan.split(' (')[0]}: " + ", ".join(times)
     return s
 
 
