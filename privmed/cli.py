@@ -239,7 +239,9 @@ def bench(
     seeds: int | None = typer.Option(None, min=1, help="runs per row (default: the suite's, 3 or 5)"),
     rounds: int | None = typer.Option(None, help="override the suite's number of rounds"),
     suite: str = typer.Option(
-        "default", help="default (make bench: references + one row per family) | review (every row) | privacy (ε sweep)"
+        "default",
+        help="default (make bench: references + one row per family) | review (every row + crossover) | privacy (ε "
+        "sweep) | crossover (CWT ↔ FL: sites, skew, links)",
     ),
     resume: bool = typer.Option(False, "--resume", help="keep the rows an interrupted bench finished; run the rest"),
     jobs: int = typer.Option(min(2, os.cpu_count() or 1), min=1, help="rows run at once, each in its own process"),
@@ -271,7 +273,7 @@ def bench(
     import json
 
     summary = json.loads((out / "summary.json").read_text())
-    table = Table(title=f"privmed bench: mean ± 95 % CI over {summary['seeds']} seed(s) (full report: report.md)")
+    table = Table(title=f"privmed bench: mean ± 95 % CI over {summary['seeds']} seed(s) (full report: report.html)")
     for col in ("row", "technique", "test AUROC", "balanced accuracy", "kB/site/round", "wall s"):
         table.add_column(col)
     for r in summary["rows"]:
@@ -295,7 +297,24 @@ def bench(
     significant = [c for c in summary["comparisons"] if c["significant"]]
     for c in significant:
         console.print(f"{c['row']} vs {c['reference']}: {c['figure']} {c['difference']:+.3f} (p = {c['p']:.3f})")
-    console.print(f"wrote {out / 'report.md'}, {out / 'summary.json'}, {out / 'results.json'}, plots")
+    console.print(
+        f"wrote {out / 'report.html'}, {out / 'report.md'}, {out / 'summary.json'}, {out / 'results.json'}, plots"
+    )
+
+
+@app.command()
+def report(
+    runs: list[Path] = typer.Argument(..., help="result.json / results.json files, or folders holding them"),
+    out: Path = typer.Option(Path("runs/report.html"), "--out", "-o", help="where the HTML report goes"),
+    title: str = typer.Option("privmed report", help="the page's title"),
+) -> None:
+    """Build the self-contained HTML report (tables, Tables 1–3, plots, threat matrix) from result files only."""
+    from privmed.bench.html import report_from_files
+
+    with user_errors():
+        out.parent.mkdir(parents=True, exist_ok=True)
+        path = report_from_files(runs, out, title=title)
+    console.print(f"wrote {path}")
 
 
 @app.command()

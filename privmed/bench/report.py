@@ -151,7 +151,7 @@ def _security(r: dict[str, Any]) -> str:
     return s if isinstance(s, str) else ", ".join(f"{k} {v:.3f}" for k, v in s.items())
 
 
-def _dataset(r: dict[str, Any]) -> str:
+def dataset_line(r: dict[str, Any]) -> str:
     d = r["dataset"]
     patients = sum(s["patients"] for s in d["distribution"])
     shape = "x".join(map(str, d["image_shape"]))
@@ -166,7 +166,7 @@ def row(r: dict[str, Any], baseline_wall: float | None = None, fault_free: dict[
     m = r["model"]
     return [
         f"{r.get('label', r['protocol'])} (`{r['technique']}`)",
-        _dataset(r),
+        dataset_line(r),
         f"{m['name']} ({m['parameters']:,} params)",
         _performance(r),
         _communication(r),
@@ -218,7 +218,7 @@ def write_report(
         rows = [r.get("label", r["protocol"]) for r in results if _data_key(r) == key]
         lines += [
             "",
-            f"{_dataset(first)}: {len(rows)} row{'s' * (len(rows) != 1)}"
+            f"{dataset_line(first)}: {len(rows)} row{'s' * (len(rows) != 1)}"
             + ("" if len(datasets) == 1 else f" ({', '.join(rows[:4])}{', …' if len(rows) > 4 else ''})"),
             "",
         ]
@@ -347,8 +347,13 @@ def write_privacy_plot(results: list[dict[str, Any]], path: Path) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, axes = plt.subplots(1, 2, figsize=(10, 4.5))
-    for ax, key, chance in ((axes[0], "MIA AUC", 0.5), (axes[1], "inversion PSNR dB", None)):
+    panels = [
+        (key, chance)
+        for key, chance in (("MIA AUC", 0.5), ("inversion PSNR dB", None))
+        if any(isinstance(r["privacy"].get("leakage"), dict) and key in r["privacy"]["leakage"] for r in results)
+    ] or [("MIA AUC", 0.5)]
+    fig, axes = plt.subplots(1, len(panels), figsize=(5 * len(panels), 4.5), squeeze=False)
+    for ax, (key, chance) in zip(axes[0], panels):
         for r in results:
             leak, perf = r["privacy"].get("leakage"), r["performance"]["final"]
             if isinstance(leak, dict) and key in leak and perf.get(r["performance"]["metric"]) is not None:
@@ -358,7 +363,18 @@ def write_privacy_plot(results: list[dict[str, Any]], path: Path) -> None:
                     r.get("label", r["protocol"]), (x, y), fontsize=7, xytext=(3, 3), textcoords="offset points"
                 )
         if chance is not None:
-            ax.axvline(chance, color="grey", ls="--", lw=0.8)
+            ax.axvline(chance, color="grey", ls="--", lw=0.8, label="chance")
+        else:  # the inversion's nulls and control, averaged over the rows that carry them
+            for name, style in (("null (flat guess)", "--"), ("positive control", ":")):
+                vals = [
+                    r["privacy"]["leakage"][f"{key}, {name}"]
+                    for r in results
+                    if isinstance(r["privacy"].get("leakage"), dict) and f"{key}, {name}" in r["privacy"]["leakage"]
+                ]
+                if vals:
+                    ax.axvline(sum(vals) / len(vals), color="grey", ls=style, lw=0.8, label=name)
+        if ax.get_legend_handles_labels()[0]:
+            ax.legend(fontsize=7, loc="lower right")
         ax.set_xlabel(key + (" (0.5 = chance)" if chance else ""))
         ax.set_ylabel(f"test {results[0]['performance']['metric']}")
         ax.grid(alpha=0.3)
@@ -366,3 +382,30 @@ def write_privacy_plot(results: list[dict[str, Any]], path: Path) -> None:
     fig.tight_layout()
     fig.savefig(path, dpi=120)
     plt.close(fig)
+
+
+def write_short_report(
+    results: list[dict[str, Any]], summary: dict[str, Any], path: Path, *, plots: list[str] = ()
+) -> None:
+    """report.md: the summary over seeds, the crossover's answer if swept, and links to everything else."""
+    from privmed.bench import crossover
+
+    lines = [
+        "# privmed bench",
+        "",
+        "The full report is [report.html](report.html): one self-contained file (the summary coloured against the "
+        "centralised reference, the review's Tables 1–3 measured beside each paper's figure, the CWT ↔ FL "
+        "crossover, every plot, the threat matrix and the details behind each row). The details in Markdown: "
+        "[details.md](details.md); every run: results.json, summary.json, and `<run>/result.json`, "
+        "`<run>/audit.json`.",
+        "",
+        *summary_section(crossover.without_crossover(summary, results)),
+    ]
+    cells = crossover.table(crossover.sweep(results))
+    if cells:
+        lines += ["", "## CWT ↔ FL crossover (time to target; the tables are in report.html)", ""]
+        lines += ["| skew | link | FedAvg reaches the common level sooner than CWT |", "|---|---|---|"]
+        lines += [f"| {a['skew']} | {a['link']} | {crossover.answer_text(a)} |" for a in crossover.answer(cells)]
+    if plots:
+        lines += ["", "Plots: " + ", ".join(f"[{p}]({p})" for p in plots)]
+    path.write_text("\n".join(lines) + "\n")

@@ -17,6 +17,8 @@ from typing import Any
 import numpy as np
 
 ALPHA = 0.05
+# the rows every other row is compared with, paired over seeds: the pooled-data upper bound and plain FedAvg
+REFERENCES = ("centralised", "fedavg")
 
 Getter = Callable[[dict[str, Any]], float | None]
 

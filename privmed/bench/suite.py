@@ -9,8 +9,9 @@ rows (:data:`REFERENCES`) are significant.
 
 Suites: ``default`` (``make bench``: the reference points and one row per
 family of protocol, 3 seeds, within ~5 minutes on 2 cores), ``review`` (every
-row of the review's tables, 5 seeds, the reference run), ``privacy`` (the ε
-sweep and DSSGD over θu).
+row of the review's tables and the CWT ↔ FL crossover, 5 seeds, the reference
+run), ``privacy`` (the ε sweep and DSSGD over θu), ``crossover`` (the
+crossover sweep alone, one seed).
 """
 
 from __future__ import annotations
@@ -27,15 +28,15 @@ from typing import Any
 
 from rich.console import Console
 
+from privmed.bench import crossover
+from privmed.bench.html import write_html
 from privmed.bench.privacy import dp_rows, privacy_section, privacy_suite, write_epsilon_plot
-from privmed.bench.report import write_plot, write_privacy_plot, write_report
-from privmed.bench.stats import compare, summarise
+from privmed.bench.report import write_plot, write_privacy_plot, write_report, write_short_report
+from privmed.bench.stats import REFERENCES, compare, summarise
 from privmed.config import RunConfig, TrainSettings
 from privmed.engine.result import Progress, json_default
 
 DEFAULT_ROUNDS = None  # the training budget of TrainSettings (past the default phantom's validation plateau)
-# the rows every other row is compared with, paired over seeds: the pooled-data upper bound and plain FedAvg
-REFERENCES = ("centralised", "fedavg")
 # A progress display for one row: label -> context manager yielding the row's Progress callback (or None)
 RowProgress = Callable[[str], AbstractContextManager[Progress | None]]
 
@@ -75,7 +76,8 @@ def default_suite(*, seed: int = 0, rounds: int | None = None) -> list[tuple[str
 
 
 def review_suite(*, seed: int = 0, rounds: int | None = None, n_sites: int = 4) -> list[tuple[str, RunConfig]]:
-    """Every row of the review's tables: each protocol, each encrypted variant, the DP rows, DSSGD."""
+    """Every row of the review's tables: each protocol, each encrypted variant, the DP rows, DSSGD; and the CWT ↔ FL
+    crossover sweep (:mod:`privmed.bench.crossover`, its own small images and rounds, not audited)."""
     base = _base(seed, rounds)
     rows = [("centralised", dataclasses.replace(base, protocol="centralised", name="centralised"))]
     rows += [
@@ -90,6 +92,7 @@ def review_suite(*, seed: int = 0, rounds: int | None = None, n_sites: int = 4) 
     rows += he_clstm_rows(base)
     rows += computing_on_encrypted_rows(base)
     rows += dp_rows(base)
+    rows += crossover.crossover_rows(base)
     return rows
 
 
@@ -163,7 +166,7 @@ def suite_attacks(suite: str) -> tuple[str, ...] | None:
     return ("membership", "inversion") if suite == "privacy" else None
 
 
-SUITES = {"default": 3, "review": 5, "privacy": 3}  # suite -> its default number of seeds
+SUITES = {"default": 3, "review": 5, "privacy": 3, "crossover": 1}  # suite -> its default number of seeds
 
 
 def suite_rows(suite: str, *, seed: int = 0, rounds: int | None = None) -> list[tuple[str, RunConfig]]:
@@ -176,6 +179,8 @@ def suite_rows(suite: str, *, seed: int = 0, rounds: int | None = None) -> list[
         return review_suite(seed=seed, rounds=rounds)
     if suite == "privacy":
         return privacy_suite(_base(seed, rounds))
+    if suite == "crossover":
+        return crossover.crossover_rows(_base(seed, rounds))
     raise unknown_name("suite", suite, list(SUITES))
 
 
@@ -242,15 +247,26 @@ def run_suite(
     (work / "results.json").write_text(json.dumps(results, indent=2))
     summary = {"seeds": seeds, "rows": summarise(results), "comparisons": compare(results, references)}
     (work / "summary.json").write_text(json.dumps(summary, indent=2))
-    write_report(results, work / "report.md", plot_name="validation.png", summary=summary)
-    write_plot(results, work / "validation.png")
-    write_privacy_plot(results, work / "privacy_utility.png")
-    if write_epsilon_plot(results, work / "epsilon_utility.png"):
-        with open(work / "report.md", "a") as f:
-            f.write("\n".join(privacy_section(results, "epsilon_utility.png")) + "\n")
+    write_outputs(results, summary, work)
     shutil.rmtree(out, ignore_errors=True)
     os.replace(work, out)
     return out
+
+
+def write_outputs(results: list[dict[str, Any]], summary: dict[str, Any], out: Path) -> None:
+    """report.html (everything, self-contained), report.md (the summary and links), details.md and the plots."""
+    plain = [r for r in results if not crossover.is_crossover(r)]
+    write_report(plain or results, out / "details.md", plot_name="validation.png", summary=summary)
+    write_plot(plain or results, out / "validation.png")
+    write_privacy_plot(plain or results, out / "privacy_utility.png")
+    if write_epsilon_plot(results, out / "epsilon_utility.png"):
+        with open(out / "details.md", "a") as f:
+            f.write("\n".join(privacy_section(results, "epsilon_utility.png")) + "\n")
+    plots = ["validation.png", "privacy_utility.png"]
+    if crossover.write_crossover_plot(results, out / "crossover.png"):
+        plots.append("crossover.png")
+    write_short_report(results, summary, out / "report.md", plots=plots)
+    write_html(results, out / "report.html", summary)
 
 
 @contextlib.contextmanager
@@ -285,7 +301,9 @@ def run_row(
     spec = model_spec(cfg, fed)
     bench_encrypted_inference(spec, result.predictor, fed, result)  # HE-CLSTM rows only
     try:
-        audit = bench_audit(cfg, fed, result, attacks or BENCH_ATTACKS)  # Privacy and Security columns, measured
+        # the crossover sweep measures time and bytes, not leakage: its rows are not audited
+        audited = not cfg.run_name.startswith(crossover.PREFIX)
+        audit = bench_audit(cfg, fed, result, attacks or BENCH_ATTACKS) if audited else None  # Privacy, Security
     except PrivmedError as exc:
         (console or Console(stderr=True)).print(
             f"[yellow]warning[/]: {label}: the audit failed ({exc}); the row is kept without its attack columns"
