@@ -188,9 +188,7 @@ def steps_for_target(*, epsilon: float, delta: float, q: float, noise_multiplier
     return lo
 
 
-def patient_rdp(
-    patient_ids: np.ndarray, *, q: float, noise_multiplier: float, steps: int
-) -> dict[str, np.ndarray]:
+def patient_rdp(patient_ids: np.ndarray, *, q: float, noise_multiplier: float, steps: int) -> dict[str, np.ndarray]:
     """Per patient, the RDP the discriminator's training spent: sampled Gaussian (1 image) or group bound (k > 1)."""
     ids, counts = np.unique(patient_ids, return_counts=True)
     one = rdp_sgm(q=q, noise_multiplier=noise_multiplier, steps=steps)
@@ -302,6 +300,38 @@ def train_cgan(data: ArraySet, n_classes: int, cfg: CGANConfig) -> CGANResult:
     return CGANResult(g, d, n_classes, cfg, steps, privacy, time.perf_counter() - t0)
 
 
+def make_private_discriminator(
+    d: nn.Module,
+    d_opt: torch.optim.Optimizer,
+    x: torch.Tensor,
+    y: torch.Tensor,
+    cfg: CGANConfig,
+    noise_gen: torch.Generator,
+) -> tuple[Any, Any, Any, Any]:
+    """Opacus on the discriminator: (module, DP optimizer, Poisson loader, engine), RDP accountant chosen explicitly.
+
+    The Poisson sampling and the Gaussian noise both draw from ``noise_gen``
+    (the data holder's secret generator).
+    """
+    from opacus import PrivacyEngine
+    from torch.utils.data import DataLoader, TensorDataset
+
+    loader = DataLoader(TensorDataset(x, y), batch_size=cfg.batch_size, generator=noise_gen)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # Opacus warns about secure RNG
+        engine = PrivacyEngine(accountant="rdp")  # explicitly RDP (Opacus' default is PRV)
+        module, opt, loader = engine.make_private(
+            module=d,
+            optimizer=d_opt,
+            data_loader=loader,
+            noise_multiplier=cfg.noise_multiplier,
+            max_grad_norm=cfg.max_grad_norm,
+            poisson_sampling=True,
+            noise_generator=noise_gen,
+        )
+    return module, opt, loader, engine
+
+
 def _train_private(
     data: ArraySet,
     n_classes: int,
@@ -315,32 +345,18 @@ def _train_private(
     y_all: torch.Tensor,
     t0: float,
 ) -> CGANResult:
-    from opacus import PrivacyEngine
-    from torch.utils.data import DataLoader, TensorDataset
-
     noise_gen = torch_noise_generator(cfg.seed if cfg.reproducible_noise else None)  # sampling and noise: secret
-    loader = DataLoader(TensorDataset(x_all, y_all), batch_size=cfg.batch_size, generator=noise_gen)
-    q = 1.0 / len(loader)  # Opacus' Poisson rate from this loader: expected batch = batch_size
+    d_private, d_opt, loader, engine = make_private_discriminator(d, d_opt, x_all, y_all, cfg, noise_gen)
+    q = 1.0 / len(loader)  # Opacus' Poisson rate: expected batch = batch_size
     target = steps_for_target(epsilon=cfg.epsilon, delta=cfg.delta, q=q, noise_multiplier=cfg.noise_multiplier)
     if target == 0:
+        d_private._close()
         raise PrivmedError(
             f"ε={cfg.epsilon:g} is spent by a single step at σ={cfg.noise_multiplier:g}, q={q:.3g}; "
             "raise the noise multiplier, lower the batch size or raise epsilon"
         )
     planned = min(target, cfg.steps or target)
     n_fake = max(1, round(q * len(data)))  # fixed: does not depend on which real images were sampled
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")  # Opacus warns about secure RNG
-        engine = PrivacyEngine(accountant="rdp")  # explicitly RDP (Opacus' default is PRV)
-        d_private, d_opt, loader = engine.make_private(
-            module=d,
-            optimizer=d_opt,
-            data_loader=loader,
-            noise_multiplier=cfg.noise_multiplier,
-            max_grad_norm=cfg.max_grad_norm,
-            poisson_sampling=True,
-            noise_generator=noise_gen,
-        )
     steps = 0
     d_private.train()
     try:
@@ -409,9 +425,7 @@ def charge_ledger(
     names = pseudonyms(key, list(rdp))
     book = Ledger(ledger or default_url())
     run_id = f"{run}@{time.strftime('%Y-%m-%dT%H:%M:%S', time.gmtime())}.{time.time_ns() % 10**9:09d}"
-    book.charge(
-        run_id=run_id, site=site, unit="patient", rdp_by_patient={names[p]: r for p, r in rdp.items()}, seq=1
-    )
+    book.charge(run_id=run_id, site=site, unit="patient", rdp_by_patient={names[p]: r for p, r in rdp.items()}, seq=1)
     return {"url": book.url, "run_id": run_id, "patients_charged": len(rdp)}
 
 

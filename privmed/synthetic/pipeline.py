@@ -16,8 +16,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import numpy as np
-
 from privmed.data.base import ArraySet
 from privmed.errors import PrivmedError
 from privmed.synthetic.dp_cgan import CGANConfig, CGANResult, public_privacy, train_cgan
@@ -40,7 +38,9 @@ def load_real(dataset: str, *, seed: int, image_size: int = 32) -> RealData:
     split = "natural" if dataset.split(":")[0] == "phantom" else "iid"
     fed = build_federation(DataConfig(dataset=dataset, split=split, image_size=image_size), seed)
     if len(fed.image_shape) != 3:
-        raise PrivmedError(f"privmed synth makes 2-D images; {dataset} holds 3-D volumes (load its slices: ?slices=axial)")
+        raise PrivmedError(
+            f"privmed synth makes 2-D images; {dataset} holds 3-D volumes (load its slices: ?slices=axial)"
+        )
     return RealData(fed.dataset_name, fed.n_classes, fed.pooled("train"), fed.pooled("val"), fed.pooled("test"))
 
 
@@ -138,8 +138,11 @@ def bench_rows(
                 progress(f"seed {seed}: {label}: TSTR AUROC {ev['tstr']['cnn']['auroc']:.3f}")
         control = positive_control(real.train, real.val, real.n_classes, seed=seed)
         rows.append(
-            {"label": "MIA positive control (CGAN, 16 images)", "seed": seed, "figures": {"MIA AUC": control["auc"],
-             "MIA null 95 %": control["null_auc_95pct"]}}  # fmt: skip
+            {
+                "label": "MIA positive control (CGAN, 16 images)",
+                "seed": seed,
+                "figures": {"MIA AUC": control["auc"], "MIA null 95 %": control["null_auc_95pct"]},
+            }  # fmt: skip
         )
     return rows
 
