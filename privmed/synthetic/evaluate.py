@@ -98,8 +98,9 @@ def frechet_distance(a: np.ndarray, b: np.ndarray) -> float:
     from scipy import linalg
 
     mu_a, mu_b = a.mean(0), b.mean(0)
-    ca, cb = np.cov(a, rowvar=False), np.cov(b, rowvar=False)
-    root, _ = linalg.sqrtm(ca @ cb, disp=False)
+    ridge = 1e-6 * np.eye(a.shape[1])  # dead ReLU features make the covariances singular (as in the FID reference code)
+    ca, cb = np.cov(a, rowvar=False) + ridge, np.cov(b, rowvar=False) + ridge
+    root = linalg.sqrtm(ca @ cb)
     return float(((mu_a - mu_b) ** 2).sum() + np.trace(ca + cb - 2 * np.real(root)))
 
 

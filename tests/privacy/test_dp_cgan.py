@@ -116,3 +116,22 @@ def test_bad_settings_are_one_clear_error():
         CGANConfig(epsilon=None)
     with pytest.raises(PrivmedError, match="single step"):
         train_cgan(toy(16, 0), 2, CGANConfig(epsilon=0.01, batch_size=16, width=8))
+
+
+def test_frechet_distance_is_zero_on_the_same_features_and_grows_with_a_shift():
+    from privmed.synthetic.evaluate import frechet_distance
+
+    a = np.random.default_rng(0).normal(size=(300, 4))
+    assert frechet_distance(a, a) == pytest.approx(0.0, abs=1e-6)
+    assert frechet_distance(a, a + 2.0) == pytest.approx(16.0, rel=1e-6)  # ‖Δμ‖² = 4 × 2², same covariance
+
+
+def test_membership_attack_finds_a_memorising_generator_and_not_a_fresh_sample():
+    from privmed.synthetic.evaluate import membership
+
+    members, non_members, fresh = toy(40, 4), toy(40, 5), toy(40, 6)
+    non_members = ArraySet(non_members.images, non_members.labels, np.char.add("N", non_members.patient_ids))
+    copied = membership(members, members, non_members, seed=0)  # a generator that releases its training images
+    assert copied["auc"] == 1.0 and copied["null_auc_95pct"] < 0.75
+    unrelated = membership(fresh, members, non_members, seed=0)  # released images independent of the members
+    assert unrelated["auc"] < copied["null_auc_95pct"]
