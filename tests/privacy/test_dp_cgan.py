@@ -36,7 +36,7 @@ def toy(n: int, seed: int) -> ArraySet:
     return ArraySet(images=np.clip(x, 0, 1).astype(np.float32), labels=labels.astype(np.int64), patient_ids=ids)
 
 
-def test_epsilon_is_opacus_rdp_over_the_steps_taken_and_stops_at_the_target():
+def test_epsilon_is_opacus_rdp_over_the_steps_taken_and_stops_at_the_target(tmp_path):
     data = toy(64, 0)  # q = 16/64
     cfg = CGANConfig(epsilon=5.0, batch_size=16, width=8, latent_dim=8, seed=0, reproducible_noise=True)
     gan = train_cgan(data, 2, cfg)
@@ -51,6 +51,17 @@ def test_epsilon_is_opacus_rdp_over_the_steps_taken_and_stops_at_the_target():
     # a patient with 2 images is charged the group bound, far above the image-level ε
     assert p["patient_epsilon_max"] > 3 * p["epsilon"]
     assert p["guarantee"].startswith("none")  # reproducible noise is not private
+    # the ledger is charged per patient (pseudonym) with that group bound: k = 2 images, σ, the steps taken
+    from privmed.privacy.accounting import rdp_group_gaussian
+    from privmed.privacy.ledger import Ledger
+    from privmed.privacy.pseudonym import new_key, pseudonym
+    from privmed.synthetic.dp_cgan import charge_ledger
+
+    key, url = new_key(tmp_path / "key"), f"sqlite://{tmp_path / 'ledger.db'}"
+    assert charge_ledger(gan, ledger=url, ledger_key=str(key), run="t")["patients_charged"] == 32
+    spent = Ledger(url).spent_rdp()
+    want = rdp_group_gaussian(group_size=2, noise_multiplier=cfg.noise_multiplier, steps=gan.steps)
+    assert np.allclose(spent[pseudonym(key.read_bytes(), "P0")], want) and len(spent) == 32
 
 
 def test_discriminator_noise_has_the_dp_magnitude():
