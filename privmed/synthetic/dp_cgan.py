@@ -62,7 +62,7 @@ from __future__ import annotations
 import math
 import time
 import warnings
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -432,7 +432,3 @@ def charge_ledger(
 def public_privacy(privacy: dict[str, Any]) -> dict[str, Any]:
     """The privacy report without the per-patient curves (what result files hold)."""
     return {k: v for k, v in privacy.items() if not k.startswith("_")}
-
-
-def config_dict(cfg: CGANConfig) -> dict[str, Any]:
-    return asdict(cfg)
