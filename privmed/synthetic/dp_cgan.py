@@ -72,7 +72,7 @@ from torch.nn import functional as F
 
 from privmed.data.base import ArraySet
 from privmed.errors import PrivmedError
-from privmed.privacy.accounting import epsilon_from_rdp, history_epsilon, rdp_group_gaussian, rdp_sgm
+from privmed.privacy.accounting import epsilon_from_rdp, history_epsilon, sample_level_patient_rdp
 from privmed.privacy.randomness import guarantee, torch_noise_generator
 
 PAPER = {"max_grad_norm": 1.1, "noise_multiplier": 1.12, "batch_size": 600, "epsilon": 9.6, "delta": 1e-5}
@@ -186,16 +186,6 @@ def steps_for_target(*, epsilon: float, delta: float, q: float, noise_multiplier
         mid = (lo + hi) // 2
         lo, hi = (mid, hi) if eps(mid) <= epsilon else (lo, mid)
     return lo
-
-
-def patient_rdp(patient_ids: np.ndarray, *, q: float, noise_multiplier: float, steps: int) -> dict[str, np.ndarray]:
-    """Per patient, the RDP the discriminator's training spent: sampled Gaussian (1 image) or group bound (k > 1)."""
-    ids, counts = np.unique(patient_ids, return_counts=True)
-    one = rdp_sgm(q=q, noise_multiplier=noise_multiplier, steps=steps)
-    return {
-        str(p): one if k == 1 else rdp_group_gaussian(group_size=int(k), noise_multiplier=noise_multiplier, steps=steps)
-        for p, k in zip(ids, counts)
-    }
 
 
 @dataclass
@@ -379,7 +369,7 @@ def _train_private(
     finally:
         epsilon = float(engine.accountant.get_epsilon(delta=cfg.delta)) if steps else 0.0
         d_private._close()
-    rdp = patient_rdp(data.patient_ids, q=q, noise_multiplier=cfg.noise_multiplier, steps=steps)
+    rdp = sample_level_patient_rdp(data.patient_ids, q=q, noise_multiplier=cfg.noise_multiplier, steps=steps)
     patient_eps = [epsilon_from_rdp(r, delta=cfg.delta) for r in rdp.values()]
     source = "the seed (reproducible_noise)" if cfg.reproducible_noise else "secret entropy of the data holder"
     privacy = {
