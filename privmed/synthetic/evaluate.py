@@ -18,8 +18,8 @@
   non-members: held-out real images. Reported at patient level (mean of a
   patient's image scores) beside its null (the same scores with the member
   labels permuted: mean and 95th percentile of the AUC) and a positive
-  control (a non-private CGAN trained long on very few images, attacked the
-  same way).
+  control (a non-private CGAN trained 800 steps on 8 images, attacked the
+  same way against 64 held-out patients).
 """
 
 from __future__ import annotations
@@ -156,17 +156,25 @@ def membership(
 
 
 def positive_control(
-    train: ArraySet, non_members: ArraySet, n_classes: int, *, seed: int, images: int = 16, steps: int = 300
+    train: ArraySet,
+    non_members: ArraySet,
+    n_classes: int,
+    *,
+    seed: int,
+    images: int = 8,
+    steps: int = 800,
+    held_out: int = 64,
 ) -> dict[str, float]:
-    """The same attack on a non-private CGAN trained for ``steps`` steps on only ``images`` training images."""
+    """The same attack on a non-private CGAN trained ``steps`` steps (lr 1e-3) on only ``images`` training images,
+    against ``held_out`` non-members (300 steps on 16 images at lr 2e-4 did not memorise: AUC 0.54 on the phantom)."""
     from privmed.synthetic.dp_cgan import CGANConfig, train_cgan
 
     rng = np.random.default_rng(seed)
     few = train.subset(rng.choice(len(train), size=min(images, len(train)), replace=False))
     few = ArraySet(images=few.images, labels=few.labels, patient_ids=np.asarray([f"M{i}" for i in range(len(few))]))
-    held = non_members.subset(rng.choice(len(non_members), size=min(images, len(non_members)), replace=False))
+    held = non_members.subset(rng.choice(len(non_members), size=min(held_out, len(non_members)), replace=False))
     held = ArraySet(images=held.images, labels=held.labels, patient_ids=np.asarray([f"N{i}" for i in range(len(held))]))
-    cfg = CGANConfig(epsilon=None, steps=steps, batch_size=len(few), seed=seed, width=16)
+    cfg = CGANConfig(epsilon=None, steps=steps, batch_size=len(few), seed=seed, width=16, lr=1e-3)
     gan = train_cgan(few, n_classes, cfg)
     out = membership(gan.sample(max(256, 16 * len(few)), seed=seed + 7), few, held, seed=seed)
     return {**out, "training_images": len(few), "steps": steps}

@@ -143,7 +143,7 @@ def bench_rows(
         control = positive_control(real.train, real.val, real.n_classes, seed=seed)
         rows.append(
             {
-                "label": "MIA positive control (CGAN, 16 images)",
+                "label": "MIA positive control (CGAN, 8 images)",
                 "seed": seed,
                 "figures": {"MIA AUC": control["auc"], "MIA null 95 %": control["null_auc_95pct"]},
             }  # fmt: skip
