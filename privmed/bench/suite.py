@@ -11,7 +11,8 @@ Suites: ``default`` (``make bench``: the reference points and one row per
 family of protocol, 3 seeds, within ~5 minutes on 2 cores), ``review`` (every
 row of the review's tables and the CWT ↔ FL crossover, 5 seeds, the reference
 run), ``privacy`` (the ε sweep and DSSGD over θu), ``crossover`` (the
-crossover sweep alone, one seed).
+crossover sweep alone, one seed), ``synthetic`` (DP-CGAN against a
+non-private CGAN and train-on-real: :func:`privmed.synthetic.pipeline.run_bench`).
 """
 
 from __future__ import annotations
@@ -166,7 +167,8 @@ def suite_attacks(suite: str) -> tuple[str, ...] | None:
     return ("membership", "inversion") if suite == "privacy" else None
 
 
-SUITES = {"default": 3, "review": 5, "privacy": 3, "crossover": 1}  # suite -> its default number of seeds
+# suite -> its default number of seeds; "synthetic" (DP-CGAN's TSTR, ε and MIA) runs privmed.synthetic.pipeline
+SUITES = {"default": 3, "review": 5, "privacy": 3, "crossover": 1, "synthetic": 3}
 
 
 def suite_rows(suite: str, *, seed: int = 0, rounds: int | None = None) -> list[tuple[str, RunConfig]]:
@@ -181,6 +183,10 @@ def suite_rows(suite: str, *, seed: int = 0, rounds: int | None = None) -> list[
         return privacy_suite(_base(seed, rounds))
     if suite == "crossover":
         return crossover.crossover_rows(_base(seed, rounds))
+    if suite == "synthetic":
+        from privmed.errors import PrivmedError
+
+        raise PrivmedError("the synthetic suite has no RunConfig rows: run privmed.synthetic.pipeline.run_bench")
     raise unknown_name("suite", suite, list(SUITES))
 
 
