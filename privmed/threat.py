@@ -30,6 +30,7 @@ PARTIAL = "partial update"  # a selected fraction of one site's update (DSSGD)
 AGGREGATE = "aggregate"  # the sum or mean of every site's update (the global model's step)
 RAW = "raw data"
 CIPHERTEXT = "ciphertext"
+ACTIVATIONS = "activations"  # cut-layer activations of the site's images (split learning), not a weight update
 NOTHING = "nothing"
 MODEL = "model"
 INVERTIBLE = (UPDATE, PARTIAL, AGGREGATE)
@@ -43,7 +44,7 @@ class View:
     sees: str
 
     def __post_init__(self) -> None:
-        kinds = (*INVERTIBLE, RAW, CIPHERTEXT, NOTHING, MODEL)
+        kinds = (*INVERTIBLE, RAW, CIPHERTEXT, ACTIVATIONS, NOTHING, MODEL)
         if self.kind not in kinds:
             raise ValueError(f"view kind must be one of {kinds}, got {self.kind!r}")
 
@@ -56,6 +57,7 @@ def not_invertible(party: str, view: View) -> str:
     why = {
         RAW: "already receives the raw images; there is no update to invert (leakage is total)",
         CIPHERTEXT: "sees only ciphertext it cannot decrypt",
+        ACTIVATIONS: "receives cut-layer activations, not a weight update (the activation-inversion attack uses them)",
         NOTHING: "receives no update",
         MODEL: "holds only the released model, not an update",
     }[view.kind]

@@ -153,6 +153,8 @@ class ProtocolSpec:
     options: type = NoOptions  # frozen dataclass of the protocol's options, parsed strictly
     # the protocol's own site half, as a Flower client mod: (site index, options, *, reproducible_noise) -> Mod
     site_mod: Callable[..., Mod] | None = None
+    # the site mod also needs the site's own data (``site=SiteData``): split learning computes activations in it
+    site_data: bool = False
     pooled: bool = False  # the harness trains one party holding every site's data (centralised)
     traffic: str = "messages"  # one of TRAFFIC
     # which sites train under the plan (privacy accounting, membership candidates): (options, n_sites) -> indices

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from privmed.errors import unknown_name
-from privmed.protocols import admission, cwt, dssgd, ensemble, fedavg, he_fedavg, secagg_fedavg, single, swt
+from privmed.protocols import admission, cwt, dssgd, ensemble, fedavg, he_fedavg, secagg_fedavg, single, split, swt
 from privmed.protocols.base import ProtocolSpec
 from privmed.protocols.weight_transmission import fnt, snt
 
@@ -22,6 +22,7 @@ PROTOCOLS: dict[str, ProtocolSpec] = {
         fnt.SPEC,
         dssgd.SPEC,
         admission.SPEC,
+        split.SPEC,
     )
 }
 
