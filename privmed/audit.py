@@ -13,7 +13,11 @@ another site, an eavesdropper and a model user each see):
 - membership inference, model inversion and adversarial examples attack the
   released final model (any protocol; classification only);
 - poisoning re-runs the protocol with malicious sites (not ``single``);
-- linkage attacks the data set's released metadata.
+- linkage attacks the data set's released metadata;
+- activation inversion attacks split learning's cut layer from the
+  coordinator's view: images decoded from the activations (learned decoder,
+  white-box optimisation), their distance correlation with the inputs, and
+  the labels from the U-shape's returned gradients (norm attack).
 
 ``audit.json`` is written atomically after every attack has finished; on any
 failure nothing is written.
@@ -32,7 +36,17 @@ from privmed.errors import PrivmedError, unknown_name
 from privmed.files import private_writer
 from privmed.threat import INVERTIBLE, not_invertible
 
-ATTACKS = ("membership", "lira", "inversion", "dlg", "model-inversion", "adversarial", "poisoning", "linkage")
+ATTACKS = (
+    "membership",
+    "lira",
+    "inversion",
+    "dlg",
+    "model-inversion",
+    "adversarial",
+    "poisoning",
+    "linkage",
+    "activation-inversion",
+)
 MODEL_ATTACKS = ("membership", "lira", "model-inversion", "adversarial")
 
 
@@ -58,6 +72,8 @@ def not_applicable(
         views = spec.all_views()
         if not any(v.kind in INVERTIBLE for v in views.values()):
             return "no party sees an update: " + "; ".join(not_invertible(p, v) for p, v in views.items())
+    if attack == "activation-inversion" and spec.cut_view is None:
+        return "no party receives cut-layer activations (only split learning sends them)"
     if task != "classification" and attack != "linkage":
         return f"privmed's {attack} attack targets classifiers; this run is {task}"
     return declared.get(attack)
@@ -103,6 +119,18 @@ class AuditResult:
             out["inversion PSNR dB, null (flat guess)"] = row["psnr_flat_guess"]
             out["inversion PSNR dB, null (random image)"] = row["psnr_random_image"]
             out["inversion PSNR dB, positive control"] = r["inversion"]["positive_control"]["psnr"]
+        if "activation-inversion" in r:
+            a = r["activation-inversion"]
+            out["activation inversion PSNR dB (decoder)"] = a["decoder"]["psnr"]
+            out["activation inversion SSIM (decoder)"] = a["decoder"]["ssim"]
+            out["activation inversion PSNR dB (white box)"] = a["whitebox"]["psnr"]
+            out["activation inversion PSNR dB, null (flat guess)"] = a["decoder"]["psnr_flat_guess"]
+            out["activation inversion PSNR dB, null (random image)"] = a["decoder"]["psnr_random_image"]
+            out["activation inversion PSNR dB, positive control"] = a["positive_control"]["psnr"]
+            out["dCor(input, activations)"] = a["distance_correlation"]["dcor"]
+            out["dCor, null (shuffled pairs)"] = a["distance_correlation"]["dcor_null_shuffled_pairs"]
+            if "auc" in a["label_leakage"]:
+                out["label leakage AUC (norm attack)"] = a["label_leakage"]["auc"]
         if "model-inversion" in r:
             out["model inversion corr. to class mean"] = r["model-inversion"]["corr_own_class_mean"]
             out["model inversion own-other gap beyond untrained null"] = r["model-inversion"]["gap_beyond_null"]
@@ -209,6 +237,9 @@ def run_attacks(
         ),
         "poisoning": lambda: h.measure_poisoning(target, kinds=("backdoor",) if cheap else None, aggregators=not cheap),
         "linkage": lambda: h.measure_linkage(target),
+        "activation-inversion": lambda: h.measure_activation_inversion(
+            target, **({"steps": 200, "iterations": 200} if cheap else {})
+        ),
     }
     for name in attacks or ATTACKS:
         why = not_applicable(
@@ -246,7 +277,7 @@ def audit_run(
     return audit, path
 
 
-BENCH_ATTACKS = ("membership", "inversion", "adversarial", "poisoning")
+BENCH_ATTACKS = ("membership", "inversion", "adversarial", "poisoning", "activation-inversion")
 
 
 def bench_audit(config, fed, result, attacks: tuple[str, ...] = BENCH_ATTACKS) -> AuditResult:

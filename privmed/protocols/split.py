@@ -64,7 +64,7 @@ from torch import nn
 from privmed.data.base import SiteData
 from privmed.errors import PrivmedError
 from privmed.options import Options
-from privmed.protocols.base import ProtocolContext, ProtocolOutput, ProtocolSpec, node_ids
+from privmed.protocols.base import CutView, ProtocolContext, ProtocolOutput, ProtocolSpec, node_ids
 from privmed.threat import ACTIVATIONS, MODEL, View
 
 CNN_BLOCKS = 3  # SmallCNN's conv blocks: the cut is after 1 or 2 of them
@@ -131,6 +131,13 @@ def server_parameters(model: nn.Module, opts: SplitOptions) -> list[nn.Parameter
 def client_parameters(model: nn.Module, opts: SplitOptions) -> list[nn.Parameter]:
     params = list(model.features[: opts.cut].parameters())
     return params + list(model.head.parameters()) if opts.ushaped else params
+
+
+def cut_view(model: nn.Module, opts: SplitOptions) -> CutView:
+    """What the coordinator can compute with the released model: the site's activations (and the U-shape's head)."""
+    if not opts.ushaped:
+        return CutView(encode=lambda x: client_forward(model, x, opts.cut))
+    return CutView(encode=lambda x: client_forward(model, x, opts.cut), server_output=model.features, head=model.head)
 
 
 # -- NoPeek's penalty ----------------------------------------------------------------------------------------------
@@ -431,4 +438,5 @@ SPEC = ProtocolSpec(
     options=SplitOptions,
     site_mod=site_mod,
     site_data=True,
+    cut_view=cut_view,
 )
