@@ -75,7 +75,7 @@ def default_suite(*, seed: int = 0, rounds: int | None = None) -> list[tuple[str
 
 
 def review_suite(*, seed: int = 0, rounds: int | None = None, n_sites: int = 4) -> list[tuple[str, RunConfig]]:
-    """Every row of the review's tables: each protocol, each encrypted variant, the DP rows, DSSGD."""
+    """Every row of the review's tables: each protocol, each encrypted variant, split learning, the DP rows, DSSGD."""
     base = _base(seed, rounds)
     rows = [("centralised", dataclasses.replace(base, protocol="centralised", name="centralised"))]
     rows += [
@@ -87,8 +87,29 @@ def review_suite(*, seed: int = 0, rounds: int | None = None, n_sites: int = 4) 
     ]
     rows += fault_rows(base)
     rows += encrypted_rows(base)
+    rows += split_rows(base)
     rows += dp_rows(base)
     return rows
+
+
+# NoPeek's λ in the bench row: the weight of dCor(x, activations) beside the cross-entropy at the site
+NOPEEK_LAMBDA = 1.0
+
+
+def split_rows(base: RunConfig) -> list[tuple[str, RunConfig]]:
+    """Split learning (Jeon et al. 2019; issue 14): labels at the server, the U-shape, NoPeek.
+
+    Same rounds, local epochs and batch size as the FedAvg and CWT rows: every site's images pass once per round
+    through the whole network (equal compute, counted in sample-gradients).
+    """
+    return [
+        ("split", dataclasses.replace(base, protocol="split", name="split")),
+        ("split U-shaped", dataclasses.replace(base, protocol="split", options={"ushaped": 1}, name="split-ushaped")),
+        (
+            f"split + NoPeek λ={NOPEEK_LAMBDA:g}",
+            dataclasses.replace(base, protocol="split", options={"nopeek": NOPEEK_LAMBDA}, name="split-nopeek"),
+        ),
+    ]
 
 
 # The faults of the Reliability column (engine/faults.py): each site crashes for a round with probability 0.2,
