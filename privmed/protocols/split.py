@@ -324,20 +324,31 @@ def run(ctx: ProtocolContext) -> ProtocolOutput:
     keys = client_keys(model.state_dict(), opts)
     optimizer = torch.optim.Adam(server_parameters(model, opts), lr=ctx.settings.lr)
     client = _weights(model, keys)
-    server_steps = 0
+    server_steps = site_steps = 0
     n_classes = model.head[2].out_features
     for rnd in range(ctx.start_round, ctx.settings.rounds + 1):
         for node in node_ids(ctx):
             visit = _visit(ctx, node, rnd, client, model, optimizer, opts, n_classes)
             if visit is None:
                 continue  # rejected: the previous client part carries on
-            client, steps = visit
+            client, steps, at_site = visit
             server_steps += steps
+            site_steps += at_site
         _load(model, client, keys)
         ctx.evaluate_fn(rnd, ArrayRecord(model.state_dict()))
     return ProtocolOutput(
         ArrayRecord(model.state_dict()),
-        measured={"runtime": {"split": {"server_steps": server_steps, "cut": opts.cut, "ushaped": bool(opts.ushaped)}}},
+        measured={
+            "runtime": {
+                "split": {
+                    "server_steps": server_steps,
+                    "site_steps": site_steps,  # as the sites reported them
+                    "cut": opts.cut,
+                    "ushaped": bool(opts.ushaped),
+                    "batches_per_message": opts.batches_per_message,
+                }
+            }
+        },
     )
 
 
@@ -350,8 +361,11 @@ def _visit(
     optimizer: torch.optim.Optimizer,
     opts: SplitOptions,
     n_classes: int,
-) -> tuple[ArrayRecord, int] | None:
-    """One site's visit: activations up, gradients down, until the site returns its client part."""
+) -> tuple[ArrayRecord, int, int] | None:
+    """One site's visit: activations up, gradients down, until the site returns its client part.
+
+    Returns the client part, the coordinator's steps and the site's (as it reports them), or None if rejected.
+    """
     cfg = ctx.round_config(rnd)
     cfg.update({FLAG: 1, "n-classes": n_classes, **opts.__dict__})
     steps = 0
@@ -415,7 +429,8 @@ def _visit(
     ):
         ctx.reject(rnd, node, "split: the visit ended without finite client weights")
         return None
-    return reply.content["client"], steps
+    metrics = reply.content.metric_records.get("metrics")
+    return reply.content["client"], steps, int(metrics.get("site-steps", 0)) if metrics else 0
 
 
 SPEC = ProtocolSpec(

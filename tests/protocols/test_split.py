@@ -43,6 +43,8 @@ def test_only_activations_labels_cut_gradients_and_the_client_layer_travel():
     # six training images per patient pair -> 12 images, batches of 4 -> 3 mini-batches, 2 per message:
     # start + 2 gradient messages per visit, 2 sites
     assert len(seen) == 2 * 3
+    steps = out.measured["runtime"]["split"]
+    assert steps["site_steps"] == steps["server_steps"] == 2 * 3  # one step per mini-batch on each side
     initial, final = session.ctx.initial.to_torch_state_dict(), out.predictor.to_torch_state_dict()
     assert not torch.equal(initial["features.0.0.weight"], final["features.0.0.weight"])  # the sites trained
     assert not torch.equal(initial["head.2.weight"], final["head.2.weight"])  # the coordinator trained
