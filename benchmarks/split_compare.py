@@ -10,7 +10,7 @@ per round through the whole network. Prints one line per row and the
 split rows' leakage beside its nulls and positive control; the ratios
 (bytes, wall time) are against FedAvg measured in the same run.
 
-Run: PYTHONPATH=. python benchmarks/split_compare.py [--seeds 3] [--rounds N] [--runs-dir /tmp/split-bench]
+Run: PYTHONPATH=. python benchmarks/split_compare.py [--seeds 3] [--rounds N] [--image-size S] [--jobs J]
 """
 
 from __future__ import annotations
@@ -20,7 +20,7 @@ import dataclasses
 import json
 
 from privmed.bench.suite import run_suite, split_rows
-from privmed.config import RunConfig, TrainSettings
+from privmed.config import DataConfig, RunConfig, TrainSettings
 from privmed.run import set_threads
 
 
@@ -30,9 +30,13 @@ def main() -> None:
     ap.add_argument("--rounds", type=int, default=None)
     ap.add_argument("--runs-dir", default="/tmp/split-bench")
     ap.add_argument("--jobs", type=int, default=1)
+    ap.add_argument("--image-size", type=int, default=None, help="phantom image size (default: the bench's)")
     args = ap.parse_args()
     set_threads()
-    base = RunConfig(seed=0, train=TrainSettings(rounds=args.rounds or TrainSettings().rounds, local_epochs=1))
+    data = DataConfig(image_size=args.image_size) if args.image_size else DataConfig()
+    base = RunConfig(
+        seed=0, data=data, train=TrainSettings(rounds=args.rounds or TrainSettings().rounds, local_epochs=1)
+    )
     rows = [(p, dataclasses.replace(base, protocol=p, name=p)) for p in ("fedavg", "cwt")] + split_rows(base)
     out = run_suite(
         runs_dir=args.runs_dir,
@@ -45,7 +49,7 @@ def main() -> None:
     summary = json.loads((out / "summary.json").read_text())
     results = json.loads((out / "results.json").read_text())
     ref = next(r for r in summary["rows"] if r["label"] == "fedavg")["figures"]
-    print(f"{args.seeds} seeds, {base.train.rounds} rounds, default phantom; mean ± 95 % CI")
+    print(f"{args.seeds} seeds, {base.train.rounds} rounds, phantom {data.image_size}px; mean ± 95 % CI")
     for r in summary["rows"]:
         f = r["figures"]
 

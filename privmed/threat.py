@@ -7,7 +7,9 @@ sees only ciphertext), and a **model user** who gets the released model.
 The audit (:mod:`privmed.audit`) attacks each party's *actual* view:
 gradient inversion needs an update (one site's, a fraction of one site's, or
 the aggregate of all sites'); ciphertexts, raw data already handed over, or
-nothing leave it "not applicable", shown why. Membership inference, model
+nothing leave it "not applicable", shown why. Split learning's cut-layer
+activations are a view of their own (``ACTIVATIONS``), attacked by the
+audit's activation inversion. Membership inference, model
 inversion and adversarial examples attack the released model, which every
 model user holds.
 
