@@ -11,6 +11,9 @@ split rows' leakage beside its nulls and positive control; the ratios
 (bytes, wall time) are against FedAvg measured in the same run.
 
 Run: PYTHONPATH=. python benchmarks/split_compare.py [--seeds 3] [--rounds N] [--image-size S] [--jobs J]
+Two processes, then the pooled report (rows are seeded: the split does not change their numbers):
+  ... --only fedavg,cwt,split --runs-dir /tmp/a & ... --only "split U-shaped,split + NoPeek λ=1" --runs-dir /tmp/b
+  ... --report /tmp/a/bench /tmp/b/bench
 """
 
 from __future__ import annotations
@@ -18,7 +21,9 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
+from pathlib import Path
 
+from privmed.bench.stats import compare, summarise
 from privmed.bench.suite import run_suite, split_rows
 from privmed.config import DataConfig, RunConfig, TrainSettings
 from privmed.run import set_threads
@@ -31,25 +36,41 @@ def main() -> None:
     ap.add_argument("--runs-dir", default="/tmp/split-bench")
     ap.add_argument("--jobs", type=int, default=1)
     ap.add_argument("--image-size", type=int, default=None, help="phantom image size (default: the bench's)")
+    ap.add_argument("--only", default=None, help="comma-separated row labels to run (the others: another process)")
+    ap.add_argument("--report", nargs="*", default=None, help="only report: the bench directories to pool")
     args = ap.parse_args()
     set_threads()
     data = DataConfig(image_size=args.image_size) if args.image_size else DataConfig()
-    base = RunConfig(
-        seed=0, data=data, train=TrainSettings(rounds=args.rounds or TrainSettings().rounds, local_epochs=1)
+    train = TrainSettings(rounds=args.rounds or TrainSettings().rounds, local_epochs=1)
+    base = RunConfig(seed=0, data=data, train=train)
+    if args.report is None:
+        rows = [(p, dataclasses.replace(base, protocol=p, name=p)) for p in ("fedavg", "cwt")] + split_rows(base)
+        if args.only:
+            rows = [r for r in rows if r[0] in args.only.split(",")]
+        out = run_suite(
+            runs_dir=args.runs_dir,
+            rows=rows,
+            seeds=args.seeds,
+            attacks=("activation-inversion",),
+            jobs=args.jobs,
+            references=("fedavg",),
+        )
+        dirs = [out]
+    else:
+        dirs = [Path(d) for d in args.report]
+    results = [r for d in dirs for r in json.loads((d / "results.json").read_text())]
+    report(results)
+
+
+def report(results: list[dict]) -> None:
+    """One line per row (mean ± 95 % CI over seeds), the paired AUROC differences to FedAvg, the leakage."""
+    summary = {"rows": summarise(results), "comparisons": compare(results, ("fedavg",))}
+    first = results[0]["config"]
+    print(
+        f"{len({r['seed'] for r in results})} seeds, {first['train']['rounds']} rounds, phantom "
+        f"{first['data']['image_size']}px; mean ± 95 % CI"
     )
-    rows = [(p, dataclasses.replace(base, protocol=p, name=p)) for p in ("fedavg", "cwt")] + split_rows(base)
-    out = run_suite(
-        runs_dir=args.runs_dir,
-        rows=rows,
-        seeds=args.seeds,
-        attacks=("activation-inversion",),
-        jobs=args.jobs,
-        references=("fedavg",),
-    )
-    summary = json.loads((out / "summary.json").read_text())
-    results = json.loads((out / "results.json").read_text())
     ref = next(r for r in summary["rows"] if r["label"] == "fedavg")["figures"]
-    print(f"{args.seeds} seeds, {base.train.rounds} rounds, phantom {data.image_size}px; mean ± 95 % CI")
     for r in summary["rows"]:
         f = r["figures"]
 
