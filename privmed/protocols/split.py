@@ -240,7 +240,11 @@ def site_mod(site_index: int, options: SplitOptions | None = None, *, reproducib
                 state.adam = state.optimizer.state_dict()
                 out["client"] = _weights(state.model, client_keys(state.model.state_dict(), opts))
                 out["metrics"] = MetricRecord(
-                    {"num-examples": float(len(site.train)), "site-steps": float(state.steps)}
+                    {
+                        "num-examples": float(len(site.train)),
+                        "site-steps": float(state.steps),
+                        "site-samples": float(state.samples),
+                    }
                 )
         return Message(RecordDict(out), reply_to=msg)
 
@@ -262,7 +266,7 @@ def site_mod(site_index: int, options: SplitOptions | None = None, *, reproducib
             for _ in range(int(cfg["local-epochs"]))
             for b in batches(site.train, "classification", int(cfg["batch-size"]), gen)
         ]
-        st.pending, st.steps = [], 0
+        st.pending, st.steps, st.samples = [], 0, 0
 
     def _next_chunk(st: SiteVisit, opts: SplitOptions) -> dict:
         st.pending, st.queue = st.queue[: opts.batches_per_message], st.queue[opts.batches_per_message :]
@@ -324,21 +328,30 @@ def run(ctx: ProtocolContext) -> ProtocolOutput:
     keys = client_keys(model.state_dict(), opts)
     optimizer = torch.optim.Adam(server_parameters(model, opts), lr=ctx.settings.lr)
     client = _weights(model, keys)
-    server_steps = site_steps = 0
+    server_steps = site_steps = samples = 0
     n_classes = model.head[2].out_features
     for rnd in range(ctx.start_round, ctx.settings.rounds + 1):
         for node in node_ids(ctx):
             visit = _visit(ctx, node, rnd, client, model, optimizer, opts, n_classes)
             if visit is None:
                 continue  # rejected: the previous client part carries on
-            client, steps, at_site = visit
+            client, steps, at_site, seen = visit
             server_steps += steps
             site_steps += at_site
+            samples += seen
         _load(model, client, keys)
         ctx.evaluate_fn(rnd, ArrayRecord(model.state_dict()))
+    rounds = max(ctx.settings.rounds - ctx.start_round + 1, 1)
     return ProtocolOutput(
         ArrayRecord(model.state_dict()),
         measured={
+            # the bench's equal-compute check: each image's forward and backward pass through the whole network
+            "budget": {
+                "local_steps": site_steps,
+                "sample_gradients": samples,
+                "local_steps_per_round": site_steps / rounds,
+                "sample_gradients_per_round": samples / rounds,
+            },
             "runtime": {
                 "split": {
                     "server_steps": server_steps,
@@ -347,7 +360,7 @@ def run(ctx: ProtocolContext) -> ProtocolOutput:
                     "ushaped": bool(opts.ushaped),
                     "batches_per_message": opts.batches_per_message,
                 }
-            }
+            },
         },
     )
 
@@ -361,10 +374,11 @@ def _visit(
     optimizer: torch.optim.Optimizer,
     opts: SplitOptions,
     n_classes: int,
-) -> tuple[ArrayRecord, int, int] | None:
+) -> tuple[ArrayRecord, int, int, int] | None:
     """One site's visit: activations up, gradients down, until the site returns its client part.
 
-    Returns the client part, the coordinator's steps and the site's (as it reports them), or None if rejected.
+    Returns the client part, the coordinator's steps, the site's steps and samples (as it reports them), or None if
+    rejected.
     """
     cfg = ctx.round_config(rnd)
     cfg.update({FLAG: 1, "n-classes": n_classes, **opts.__dict__})
@@ -430,7 +444,9 @@ def _visit(
         ctx.reject(rnd, node, "split: the visit ended without finite client weights")
         return None
     metrics = reply.content.metric_records.get("metrics")
-    return reply.content["client"], steps, int(metrics.get("site-steps", 0)) if metrics else 0
+    if metrics is None:
+        return reply.content["client"], steps, 0, 0
+    return reply.content["client"], steps, int(metrics.get("site-steps", 0)), int(metrics.get("site-samples", 0))
 
 
 SPEC = ProtocolSpec(

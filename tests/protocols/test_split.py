@@ -45,6 +45,7 @@ def test_only_activations_labels_cut_gradients_and_the_client_layer_travel():
     assert len(seen) == 2 * 3
     steps = out.measured["runtime"]["split"]
     assert steps["site_steps"] == steps["server_steps"] == 2 * 3  # one step per mini-batch on each side
+    assert out.measured["budget"]["sample_gradients"] == 2 * 12  # every training image once (one epoch)
     initial, final = session.ctx.initial.to_torch_state_dict(), out.predictor.to_torch_state_dict()
     assert not torch.equal(initial["features.0.0.weight"], final["features.0.0.weight"])  # the sites trained
     assert not torch.equal(initial["head.2.weight"], final["head.2.weight"])  # the coordinator trained
@@ -62,8 +63,10 @@ def test_ushaped_keeps_labels_and_head_at_the_site():
 def test_one_mini_batch_per_message_trains_exactly_the_network_a_site_alone_trains(options):
     """Cut or not, the same Adam steps on the same batches: split learning computes the full network's gradient."""
     fed = make_fed(n_sites=1, patients=8)
-    whole = execute(RunConfig(protocol="cwt", train=TRAIN), fed=fed).predictor.to_torch_state_dict()
-    split = execute(RunConfig(protocol="split", options=options, train=TRAIN), fed=fed).predictor.to_torch_state_dict()
+    cwt = execute(RunConfig(protocol="cwt", train=TRAIN), fed=fed)
+    result = execute(RunConfig(protocol="split", options=options, train=TRAIN), fed=fed)
+    assert result.performance["budget"] == cwt.performance["budget"]  # equal compute, as each side counted it
+    whole, split = cwt.predictor.to_torch_state_dict(), result.predictor.to_torch_state_dict()
     assert max(float((whole[k] - split[k]).abs().max()) for k in whole) < 1e-5
     # batching 8 mini-batches per message makes the site's gradients stale: close, not equal
     batched = execute(RunConfig(protocol="split", train=TRAIN), fed=fed).predictor.to_torch_state_dict()
