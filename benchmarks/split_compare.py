@@ -43,8 +43,8 @@ def main() -> None:
     data = DataConfig(image_size=args.image_size) if args.image_size else DataConfig()
     train = TrainSettings(rounds=args.rounds or TrainSettings().rounds, local_epochs=1)
     base = RunConfig(seed=0, data=data, train=train)
+    rows = [(p, dataclasses.replace(base, protocol=p, name=p)) for p in ("fedavg", "cwt")] + split_rows(base)
     if args.report is None:
-        rows = [(p, dataclasses.replace(base, protocol=p, name=p)) for p in ("fedavg", "cwt")] + split_rows(base)
         if args.only:
             rows = [r for r in rows if r[0] in args.only.split(",")]
         out = run_suite(
@@ -58,8 +58,16 @@ def main() -> None:
         dirs = [out]
     else:
         dirs = [Path(d) for d in args.report]
-    results = [r for d in dirs for r in json.loads((d / "results.json").read_text())]
-    report(results)
+    labels = {cfg.name: label for label, cfg in rows}
+    report([r for d in dirs for r in load(d, labels)])
+
+
+def load(path: Path, labels: dict[str, str]) -> list[dict]:
+    """A finished bench's results.json, or the rows an unfinished one has written (``.bench.partial``)."""
+    if (path / "results.json").is_file():
+        return json.loads((path / "results.json").read_text())
+    rows = [json.loads(p.read_text()) for p in sorted(path.glob("*/result.json"))]
+    return [{"label": labels[r["config"]["name"].rsplit("-s", 1)[0]], **r} for r in rows]
 
 
 def report(results: list[dict]) -> None:
@@ -70,7 +78,7 @@ def report(results: list[dict]) -> None:
         f"{len({r['seed'] for r in results})} seeds, {first['train']['rounds']} rounds, phantom "
         f"{first['data']['image_size']}px; mean ± 95 % CI"
     )
-    ref = next(r for r in summary["rows"] if r["label"] == "fedavg")["figures"]
+    ref = next((r for r in summary["rows"] if r["label"] == "fedavg"), {"figures": {}})["figures"]
     for r in summary["rows"]:
         f = r["figures"]
 
@@ -79,11 +87,13 @@ def report(results: list[dict]) -> None:
                 return "—"
             return f"{f[name]['mean']:{fmt}} ± {f[name]['ci95']:{fmt}}"
 
-        kb, wall = f["kB/site/round"]["mean"], f["wall"]["mean"]
+        def ratio(name: str, f: dict = f) -> str:
+            return f" ({f[name]['mean'] / ref[name]['mean']:.2f}x FedAvg)" if name in ref else ""
+
         print(
             f"{r['label']:<22} AUROC {cell('test AUROC')}  bal.acc {cell('balanced accuracy')}  "
-            f"kB/site/round {cell('kB/site/round', '.0f')} ({kb / ref['kB/site/round']['mean']:.2f}x FedAvg)  "
-            f"wall {cell('wall', '.1f')} s ({wall / ref['wall']['mean']:.2f}x FedAvg)"
+            f"kB/site/round {cell('kB/site/round', '.0f')}{ratio('kB/site/round')}  "
+            f"wall {cell('wall', '.1f')} s{ratio('wall')}"
         )
     for c in summary["comparisons"]:
         print(
