@@ -16,6 +16,10 @@ another site, an eavesdropper and a model user each see):
 - linkage attacks the data set's released metadata;
 - key recovery (MORE) attacks the server's ciphertexts, for the protocols
   that declare it (``ProtocolSpec.extra_attacks``: ``more``).
+- activation inversion attacks split learning's cut layer from the
+  coordinator's view: images decoded from the activations (learned decoder,
+  white-box optimisation), their distance correlation with the inputs, and
+  the labels from the U-shape's returned gradients (norm attack).
 
 ``audit.json`` is written atomically after every attack has finished; on any
 failure nothing is written.
@@ -44,6 +48,7 @@ ATTACKS = (
     "poisoning",
     "linkage",
     "key-recovery",
+    "activation-inversion",
 )
 # attacks on one scheme, run only against protocols whose spec opts in (``ProtocolSpec.extra_attacks``)
 OPT_IN_ATTACKS = {"key-recovery": "the server sees no MORE ciphertexts (only protocol more trains on them)"}
@@ -74,6 +79,8 @@ def not_applicable(
         views = spec.all_views()
         if not any(v.kind in INVERTIBLE for v in views.values()):
             return "no party sees an update: " + "; ".join(not_invertible(p, v) for p, v in views.items())
+    if attack == "activation-inversion" and spec.cut_view is None:
+        return "no party receives cut-layer activations (only split learning sends them)"
     if task != "classification" and attack != "linkage":
         return f"privmed's {attack} attack targets classifiers; this run is {task}"
     return declared.get(attack)
@@ -119,6 +126,18 @@ class AuditResult:
             out["inversion PSNR dB, null (flat guess)"] = row["psnr_flat_guess"]
             out["inversion PSNR dB, null (random image)"] = row["psnr_random_image"]
             out["inversion PSNR dB, positive control"] = r["inversion"]["positive_control"]["psnr"]
+        if "activation-inversion" in r:
+            a = r["activation-inversion"]
+            out["activation inversion PSNR dB (decoder)"] = a["decoder"]["psnr"]
+            out["activation inversion SSIM (decoder)"] = a["decoder"]["ssim"]
+            out["activation inversion PSNR dB (white box)"] = a["whitebox"]["psnr"]
+            out["activation inversion PSNR dB, null (flat guess)"] = a["decoder"]["psnr_flat_guess"]
+            out["activation inversion PSNR dB, null (random image)"] = a["decoder"]["psnr_random_image"]
+            out["activation inversion PSNR dB, positive control"] = a["positive_control"]["psnr"]
+            out["dCor(input, activations)"] = a["distance_correlation"]["dcor"]
+            out["dCor, null (shuffled pairs)"] = a["distance_correlation"]["dcor_null_shuffled_pairs"]
+            if "auc" in a["label_leakage"]:
+                out["label leakage AUC (norm attack)"] = a["label_leakage"]["auc"]
         if "model-inversion" in r:
             out["model inversion corr. to class mean"] = r["model-inversion"]["corr_own_class_mean"]
             out["model inversion own-other gap beyond untrained null"] = r["model-inversion"]["gap_beyond_null"]
@@ -232,6 +251,9 @@ def run_attacks(
         "poisoning": lambda: h.measure_poisoning(target, kinds=("backdoor",) if cheap else None, aggregators=not cheap),
         "linkage": lambda: h.measure_linkage(target),
         "key-recovery": lambda: h.measure_key_recovery(target),
+        "activation-inversion": lambda: h.measure_activation_inversion(
+            target, **({"steps": 200, "iterations": 200} if cheap else {})
+        ),
     }
     for name in attacks or ATTACKS:
         why = not_applicable(
@@ -269,7 +291,7 @@ def audit_run(
     return audit, path
 
 
-BENCH_ATTACKS = ("membership", "inversion", "adversarial", "poisoning", "key-recovery")
+BENCH_ATTACKS = ("membership", "inversion", "adversarial", "poisoning", "key-recovery", "activation-inversion")
 
 
 def bench_audit(config, fed, result, attacks: tuple[str, ...] = BENCH_ATTACKS) -> AuditResult:

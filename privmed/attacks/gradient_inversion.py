@@ -309,17 +309,18 @@ def observe_site_update(
     return weights.to_torch_state_dict(), reply.content["arrays"].to_torch_state_dict()
 
 
-def score_reconstruction(recon: torch.Tensor, truth: torch.Tensor) -> dict[str, float]:
+def score_reconstruction(recon: torch.Tensor, truth: torch.Tensor, *, match: bool = True) -> dict[str, float]:
     """PSNR and SSIM of matched reconstructions, beside two null baselines that know nothing of the update.
 
     ``*_flat_guess``: every pixel at the batch's mean intensity (an attacker
     that knows only the data's mean brightness); ``*_random_image``: uniform
     noise in [0, 1] (an attacker that knows only the range). A reconstruction
-    leaks the image only where it beats both.
+    leaks the image only where it beats both. ``match=False``: ``recon[i]``
+    is already the attacker's guess of ``truth[i]`` (activation inversion).
     """
     from privmed.attacks.metrics import psnr, ssim
 
-    matched = match_to_truth(recon, truth)
+    matched = match_to_truth(recon, truth) if match else recon
     flat = torch.full_like(truth, float(truth.mean()))
     noise = torch.rand(truth.shape, generator=torch.Generator().manual_seed(0))
     return {

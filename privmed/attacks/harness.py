@@ -496,3 +496,67 @@ def measure_key_recovery(t: Target, *, max_pairs: int = 64) -> dict[str, Any]:
         "null_random_key": scores(more.keygen().s),
         "positive_control_true_key": scores(key.s),
     }
+
+
+# Activation inversion's attacker: this many auxiliary images (held-out patients), victims of site 0 (white box: fewer)
+AUX_IMAGES, VICTIM_IMAGES, WHITEBOX_VICTIMS = 256, 32, 8
+VICTIM_SALT = 37  # which of site 0's training images are the victims
+
+
+def measure_activation_inversion(t: Target, *, steps: int = 300, iterations: int = 300) -> dict[str, Any]:
+    """Split learning's cut layer attacked from the coordinator's view (:mod:`privmed.attacks.split_inversion`).
+
+    Victims: training images of site 0, whose activations the coordinator
+    received. Attacker's auxiliary data: the sites' held-out test images
+    (other patients, same distribution). Client layers: those of the
+    released model (the coordinator relays them). Nulls with every score (flat
+    guess, random image; shuffled pairing for dCor; chance for labels);
+    positive controls: the same decoder given the images themselves (nothing
+    hidden), dCor(x, x) = 1, and the label read off the gradient at the logits
+    (what the server would learn if it held the head).
+    """
+    from privmed.attacks import split_inversion as si
+
+    r = resolve(t.config)
+    model = released_model(t)
+    view = r.protocol.cut_view(model, r.options)
+    train, aux_set = t.fed.sites[0].train, t.fed.pooled("test")
+    rng = np.random.default_rng([t.config.seed, VICTIM_SALT])
+    idx = np.sort(rng.choice(len(train), size=min(VICTIM_IMAGES, len(train)), replace=False))
+    victims = torch.from_numpy(train.images[idx])
+    aux = torch.from_numpy(aux_set.images[np.sort(rng.choice(len(aux_set), min(AUX_IMAGES, len(aux_set)), False))])
+    with torch.no_grad():
+        acts = view.encode(victims)
+    start = time.perf_counter()
+    decoded = si.decoder_inversion(view.encode, aux, acts, steps=steps, seed=t.config.seed)
+    out: dict[str, Any] = {
+        "attacker": "coordinator (or an eavesdropper without TLS): cut-layer activations + the relayed client layers",
+        "activation_shape": list(acts.shape[1:]),
+        "decoder": {**gi.score_reconstruction(decoded, victims, match=False), "seconds": time.perf_counter() - start},
+    }
+    start = time.perf_counter()
+    few = victims[:WHITEBOX_VICTIMS]
+    white = si.whitebox_inversion(view.encode, acts[:WHITEBOX_VICTIMS], tuple(victims.shape[1:]), iterations=iterations)
+    out["whitebox"] = {**gi.score_reconstruction(white, few, match=False), "seconds": time.perf_counter() - start}
+    identity = si.decoder_inversion(lambda x: x, aux, victims, steps=steps, seed=t.config.seed)
+    out["positive_control"] = {
+        "target": "the same decoder given the images themselves (identity cut: nothing hidden)",
+        **gi.score_reconstruction(identity, victims, match=False),
+    }
+    out["distance_correlation"] = si.input_distance_correlation(victims, acts, seed=t.config.seed)
+    y = torch.from_numpy(train.labels[idx])
+    if view.labels_at_server:
+        out["label_leakage"] = {"not_applicable": "the labels travel to the coordinator themselves (leakage is total)"}
+    else:
+        with torch.no_grad():
+            h = view.server_output(victims)
+        grads = si.per_example_gradients(view.head, h, y)
+        logits = view.head(h).detach().requires_grad_(True)
+        torch.nn.functional.cross_entropy(logits, y, reduction="sum").backward()
+        out["label_leakage"] = {
+            "attack": "norm of the returned gradient (Li et al. 2022), AUROC for label != 0",
+            **si.norm_label_attack(grads, y.numpy()),
+            "null_chance_auc": 0.5,
+            "positive_control_label_from_logit_gradient": float((logits.grad.argmin(1) == y).float().mean()),
+        }
+    return out

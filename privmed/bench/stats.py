@@ -53,6 +53,10 @@ FIGURES: tuple[tuple[str, str, Getter], ...] = (
     ("inversion PSNR", "dB", _get("privacy", "leakage", "inversion PSNR dB")),
     ("flat-guess PSNR", "dB, inversion null", _get("privacy", "leakage", "inversion PSNR dB, null (flat guess)")),
     ("inversion control", "dB, DLG on LeNet", _get("privacy", "leakage", "inversion PSNR dB, positive control")),
+    ("activation inversion PSNR", "dB, decoder", _get("privacy", "leakage", "activation inversion PSNR dB (decoder)")),
+    ("white-box inversion PSNR", "dB", _get("privacy", "leakage", "activation inversion PSNR dB (white box)")),
+    ("dCor(input, activations)", "", _get("privacy", "leakage", "dCor(input, activations)")),
+    ("label leakage AUC", "0.5 = chance", _get("privacy", "leakage", "label leakage AUC (norm attack)")),
     ("PGD accuracy ε=8/255", "", _get("security", "attacks", "PGD acc ε=8/255")),
     ("backdoor success", "", _get("security", "attacks", "backdoor success")),
 )

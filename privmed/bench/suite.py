@@ -77,8 +77,8 @@ def default_suite(*, seed: int = 0, rounds: int | None = None) -> list[tuple[str
 
 
 def review_suite(*, seed: int = 0, rounds: int | None = None, n_sites: int = 4) -> list[tuple[str, RunConfig]]:
-    """Every row of the review's tables: each protocol, each encrypted variant, the DP rows, DSSGD; and the CWT ↔ FL
-    crossover sweep (:mod:`privmed.bench.crossover`, its own small images and rounds, not audited)."""
+    """Every row of the review's tables: each protocol, each encrypted variant, split learning, the DP rows, DSSGD;
+    and the CWT ↔ FL crossover sweep (:mod:`privmed.bench.crossover`, its own small images and rounds, not audited)."""
     base = _base(seed, rounds)
     rows = [("centralised", dataclasses.replace(base, protocol="centralised", name="centralised"))]
     rows += [
@@ -92,6 +92,7 @@ def review_suite(*, seed: int = 0, rounds: int | None = None, n_sites: int = 4) 
     rows += encrypted_rows(base)
     rows += he_clstm_rows(base)
     rows += computing_on_encrypted_rows(base)
+    rows += split_rows(base)
     rows += dp_rows(base)
     rows += crossover.crossover_rows(base)
     return rows
@@ -101,6 +102,26 @@ def computing_on_encrypted_rows(base: RunConfig) -> list[tuple[str, RunConfig]]:
     """Training on encrypted data (issue 14): MORE (Vizitiu 2019), the server trains poly-cnn on ciphertexts."""
     more = dataclasses.replace(base, protocol="more", model="poly-cnn", privacy={"mechanism": "more"}, name="more")
     return [("more (Vizitiu 2019)", more)]
+
+
+# NoPeek's λ in the bench row: the weight of dCor(x, activations) beside the cross-entropy at the site
+NOPEEK_LAMBDA = 1.0
+
+
+def split_rows(base: RunConfig) -> list[tuple[str, RunConfig]]:
+    """Split learning (Jeon et al. 2019; issue 14): labels at the server, the U-shape, NoPeek.
+
+    Same rounds, local epochs and batch size as the FedAvg and CWT rows: every site's images pass once per round
+    through the whole network (equal compute, counted in sample-gradients).
+    """
+    return [
+        ("split", dataclasses.replace(base, protocol="split", name="split")),
+        ("split U-shaped", dataclasses.replace(base, protocol="split", options={"ushaped": 1}, name="split-ushaped")),
+        (
+            f"split + NoPeek λ={NOPEEK_LAMBDA:g}",
+            dataclasses.replace(base, protocol="split", options={"nopeek": NOPEEK_LAMBDA}, name="split-nopeek"),
+        ),
+    ]
 
 
 # The faults of the Reliability column (engine/faults.py): each site crashes for a round with probability 0.2,

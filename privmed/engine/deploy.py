@@ -265,7 +265,7 @@ def _site_app(run_config: tuple[tuple[str, Any], ...], partition_id: int, site: 
         r.mechanism.check(plan_of(config, fed, r))  # as assemble does: DP calibrates (and checks a ledger), ...
     except PrivmedError as exc:
         return _refusing_app(f"{site} refuses: {exc}")
-    own = protocol_site_mods(r, partition_id, config)
+    own = protocol_site_mods(r, partition_id, config, fed.sites[partition_id])
     return make_client_app(
         fed.sites[partition_id],
         model_spec(config, fed),

@@ -238,7 +238,8 @@ def build_result(
         if len(site.test)
     }
     in_process = s.in_process
-    measured = output.measured  # a protocol's own figures (ciphertext sizes, phase timings, DSSGD's ε)
+    # a protocol's own figures (ciphertext sizes, phase timings, DSSGD's ε, split learning's training budget)
+    measured = output.measured
     if in_process:
         communication = measure_communication(spec, s.grid.traffic, s.node_site, fed, s.rounds)
         scalability = measure_scalability(spec, s.grid.site_seconds.values(), communication, s.rounds)
@@ -270,7 +271,7 @@ def build_result(
             "per_site": per_site,
             "history": history,
             "selection": monitor.selection(s.rounds, PRIMARY_METRIC[config.task]),
-            "budget": training_budget(s),
+            "budget": measured.get("budget") or training_budget(s),  # a protocol whose sites count it themselves
         },
         communication=communication,
         runtime={

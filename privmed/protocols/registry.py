@@ -3,7 +3,19 @@
 from __future__ import annotations
 
 from privmed.errors import unknown_name
-from privmed.protocols import admission, cwt, dssgd, ensemble, fedavg, he_fedavg, more, secagg_fedavg, single, swt
+from privmed.protocols import (
+    admission,
+    cwt,
+    dssgd,
+    ensemble,
+    fedavg,
+    he_fedavg,
+    more,
+    secagg_fedavg,
+    single,
+    split,
+    swt,
+)
 from privmed.protocols.base import ProtocolSpec
 from privmed.protocols.weight_transmission import fnt, snt
 
@@ -23,6 +35,7 @@ PROTOCOLS: dict[str, ProtocolSpec] = {
         dssgd.SPEC,
         admission.SPEC,
         more.SPEC,
+        split.SPEC,
     )
 }
 
