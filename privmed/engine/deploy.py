@@ -262,6 +262,7 @@ def _site_app(run_config: tuple[tuple[str, Any], ...], partition_id: int, site: 
         )
     r = resolve(config)
     try:
+        r.mechanism.at_site()  # this SuperNode is one site: shared keys from the sites' files
         r.mechanism.check(plan_of(config, fed, r))  # as assemble does: DP calibrates (and checks a ledger), ...
     except PrivmedError as exc:
         return _refusing_app(f"{site} refuses: {exc}")

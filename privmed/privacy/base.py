@@ -61,6 +61,14 @@ class Mechanism:
     def check(self, plan: Plan) -> None:
         """Prepare for ``plan``; raise PrivmedError if the run must not start."""
 
+    def at_coordinator(self) -> None:
+        """This copy is a deployed coordinator's (called before :meth:`check`): it must hold no secret of the
+        sites; an encrypting mechanism then makes or loads no keys and :meth:`reveal` returns what it is given."""
+
+    def at_site(self) -> None:
+        """This copy is one deployed site's (called before :meth:`check`), in its own process: a secret the sites
+        share comes from the file they were given, not from this process."""
+
     def trainer(self, site_index: int) -> Trainer | None:
         return None
 

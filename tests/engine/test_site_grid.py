@@ -18,8 +18,13 @@ from flwr.app import ConfigRecord, Message, RecordDict
 from privmed.config import from_dict, replace
 from privmed.engine.deploy import client_app, run_config_of, serve
 from privmed.engine.grid import InProcessGrid
+from privmed.engine.session import build_federation, plan_of
 from privmed.engine.site_grid import SiteGrid
 from privmed.errors import PrivmedError
+from privmed.privacy.aes_keys import write_key
+from privmed.privacy.he import write_keyring
+from privmed.privacy.registry import make_mechanism
+from privmed.privacy.sealed import sealed_record
 from privmed.protocols.registry import PROTOCOLS
 from privmed.run import execute
 
@@ -53,13 +58,33 @@ def _members(predictor):
     return [m.to_torch_state_dict() for m in (predictor if isinstance(predictor, list) else [predictor])]
 
 
+def privacy_of(protocol: str, folder) -> dict:
+    """The protocol's mechanism; an encrypting one with the secret file the sites share (never the coordinator)."""
+    if protocol == "he-fedavg":
+        path = write_keyring(folder / "he.keyring", "paillier", n_sites=3, key_bits=1024)
+        return {"mechanism": "he-paillier", "key_bits": 1024, "keyring_file": str(path)}
+    if protocol == "snt":
+        return {"mechanism": "aes-gcm", "key_file": str(write_key(folder / "snt.key"))}
+    return PRIVACY.get(protocol, {})
+
+
+def opened(config, predictor):
+    """A sealed model as a site opens it with the shared secret (the deployed coordinator holds it sealed)."""
+    mechanism = make_mechanism(config.privacy)
+    mechanism.check(plan_of(config, build_federation(config.data, config.seed)))
+    return mechanism.reveal(predictor)
+
+
 @pytest.mark.parametrize("protocol", sorted(n for n, s in PROTOCOLS.items() if s.deployable))
-def test_every_deployable_protocol_runs_the_in_process_schedule(protocol):
-    config = replace(CONFIG, protocol=protocol, privacy=PRIVACY.get(protocol, {}))
+def test_every_deployable_protocol_runs_the_in_process_schedule(protocol, tmp_path):
+    config = replace(CONFIG, protocol=protocol, privacy=privacy_of(protocol, tmp_path))
     deployed = serve(fake_superlink(config), config, wait_nodes_s=5, reply_timeout_s=30)
     local = execute(config)
     assert deployed.reliability["sites"] == ["site-0", "site-1", "site-2"]
     assert not deployed.reliability["rejected_updates"], deployed.reliability
+    if make_mechanism(config.privacy).encrypts and protocol != "secagg-fedavg":  # the coordinator holds it sealed
+        assert sealed_record(deployed.predictor) is not None
+        deployed.predictor = opened(config, deployed.predictor)
     got, ref = _members(deployed.predictor), _members(local.predictor)
     assert len(got) == len(ref)
     diff = max(float((a[k] - b[k]).abs().max()) for a, b in zip(got, ref) for k in a)

@@ -148,8 +148,4 @@ SPEC = ProtocolSpec(
     active_coordinator="confidentiality and integrity of the weights (authenticated, bound to run, round and "
     "sender: replays and reorderings are refused); it can still withhold a blob or skip a site",
     schedule="sequential",
-    deploy_refusal=(
-        "the deployed harness measures the model at the coordinator, which would then need the sites' shared "
-        "AES key and could open every blob; SNT deploys once the sites measure the model themselves"
-    ),
 )
