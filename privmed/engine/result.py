@@ -1,10 +1,13 @@
 """Measurement: the harness's evaluation after every round, and the one place a :class:`RunResult` is built.
 
 Used by the in-process run (:mod:`privmed.run`) and the Flower deployment
-(:mod:`privmed.engine.deploy`) alike. The harness, not the coordinator, holds
-the ground truth: it evaluates the model as the sites see it (decrypted) on
-the pooled validation split after each round and, at the end, on every
-site's test split. How traffic and scalability are measured follows the
+(:mod:`privmed.engine.deploy`) alike. The sites hold the ground truth: after
+each round every site summarises the model (as it sees it: decrypted by its
+own key where the coordinator holds it sealed) on its own validation split,
+and at the end on its test split, in an ``evaluate`` message of the grid;
+the harness sums the summaries into pooled and per-site metrics
+(:func:`evaluate_at_sites`, :mod:`privmed.evaluation`: exact but for AUROC,
+which is exact for scores binned in 1,000 bins, its bound reported). How traffic and scalability are measured follows the
 protocol's spec (``traffic``, ``schedule``), never its name.
 """
 

@@ -30,8 +30,14 @@ The site half: keys, and a client mod that decrypts and encrypts.
 Privacy names ``he-paillier`` and ``he-ckks``; used with the ``he-fedavg``
 protocol (``privmed train --protocol he-fedavg --privacy he-ckks``).
 The keyring is generated once among the sites (in-process: by this object,
-which lives on the sites' side); the coordinator asks a site for the public
+which lives on the sites' side; on a Flower deployment, where every SuperNode
+is its own process, it is made once with
+:func:`privmed.privacy.he.write_keyring` and each site loads that file,
+option ``keyring_file``: the key distribution is out of band, as Aono et al.
+assume); the coordinator asks a site for the public
 material (a ``train`` message holding a ``he-setup`` record) and never sees the secret key.
+On an ``evaluate`` message from the harness the mod decrypts the model the
+coordinator holds (the encrypted sum) before the site measures it.
 
 The mod, for every ``train`` message: decrypts the encrypted global model
 (``"he"`` record: sum of weighted updates, divided by the weight of the
