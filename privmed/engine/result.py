@@ -7,8 +7,9 @@ own key where the coordinator holds it sealed) on its own validation split,
 and at the end on its test split, in an ``evaluate`` message of the grid;
 the harness sums the summaries into pooled and per-site metrics
 (:func:`evaluate_at_sites`, :mod:`privmed.evaluation`: exact but for AUROC,
-which is exact for scores binned in 1,000 bins, its bound reported). How traffic and scalability are measured follows the
-protocol's spec (``traffic``, ``schedule``), never its name.
+which is exact for scores binned in 1,000 bins, its bound reported). How
+traffic and scalability are measured follows the protocol's spec
+(``traffic``, ``schedule``), never its name.
 """
 
 from __future__ import annotations
