@@ -18,20 +18,17 @@ from flwr.app import ConfigRecord, Message, RecordDict
 from privmed.config import from_dict, replace
 from privmed.engine.deploy import client_app, run_config_of, serve
 from privmed.engine.grid import InProcessGrid
-from privmed.engine.session import build_federation, plan_of
 from privmed.engine.site_grid import SiteGrid
 from privmed.errors import PrivmedError
-from privmed.privacy.aes_keys import write_key
-from privmed.privacy.he import write_keyring
 from privmed.privacy.registry import make_mechanism
 from privmed.privacy.sealed import sealed_record
 from privmed.protocols.registry import PROTOCOLS
 from privmed.run import execute
+from tests.engine.conftest import opened, privacy_of
 
 CONFIG = from_dict(
     {"seed": 5, "data": {"sites": 3, "image_size": 16}, "train": {"rounds": 2, "lr": 0.01, "batch_size": 16}}
 )
-PRIVACY = {"secagg-fedavg": {"mechanism": "secagg"}}
 TOLERANCE = {"secagg-fedavg": 0.05}
 NODE_IDS = [9876, 123, 5555]  # random-looking, and not in site order
 PARTITIONS = [2, 0, 1]
@@ -56,23 +53,6 @@ def fake_superlink(config, node_ids=NODE_IDS, partitions=PARTITIONS) -> InProces
 
 def _members(predictor):
     return [m.to_torch_state_dict() for m in (predictor if isinstance(predictor, list) else [predictor])]
-
-
-def privacy_of(protocol: str, folder) -> dict:
-    """The protocol's mechanism; an encrypting one with the secret file the sites share (never the coordinator)."""
-    if protocol == "he-fedavg":
-        path = write_keyring(folder / "he.keyring", "paillier", n_sites=3, key_bits=1024)
-        return {"mechanism": "he-paillier", "key_bits": 1024, "keyring_file": str(path)}
-    if protocol == "snt":
-        return {"mechanism": "aes-gcm", "key_file": str(write_key(folder / "snt.key"))}
-    return PRIVACY.get(protocol, {})
-
-
-def opened(config, predictor):
-    """A sealed model as a site opens it with the shared secret (the deployed coordinator holds it sealed)."""
-    mechanism = make_mechanism(config.privacy)
-    mechanism.check(plan_of(config, build_federation(config.data, config.seed)))
-    return mechanism.reveal(predictor)
 
 
 @pytest.mark.parametrize("protocol", sorted(n for n, s in PROTOCOLS.items() if s.deployable))
