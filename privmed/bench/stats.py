@@ -131,3 +131,47 @@ def compare(results: list[dict[str, Any]], references: tuple[str, ...], figure: 
                 }
             )
     return out
+
+
+def without_faults(config: dict[str, Any], *, ignore: tuple[str, ...] = ()) -> dict[str, Any]:
+    """A row's config but its faults (and name, and ``ignore``): what its fault-free row shares with it."""
+    return {k: v for k, v in config.items() if k not in ("faults", "name", *ignore)}
+
+
+def fault_effects(results: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Each row with injected faults against its fault-free row, paired by seed: faults injected, survived and
+    rounds lost per run, and the change of the primary metric (mean ± 95 % CI, paired t-test)."""
+    rows = by_label(results)
+    out = []
+    for label, runs in rows.items():
+        first = next(iter(runs.values()))
+        if not first["config"].get("faults"):
+            continue
+        key = without_faults(first["config"], ignore=("seed",))
+        plain = {other: next(iter(o.values()))["config"] for other, o in rows.items()}
+        ref = next(
+            (o for o, c in plain.items() if not c.get("faults") and without_faults(c, ignore=("seed",)) == key), None
+        )
+        rel = [r["reliability"] for r in runs.values()]
+        entry: dict[str, Any] = {"row": label, "fault_free": ref, "faults": first["config"]["faults"], "runs": len(rel)}
+        for name, get in (
+            ("faults injected", lambda x: len(x.get("faults_injected") or [])),
+            ("survived", lambda x: x.get("faults_survived", 0)),
+            ("rounds lost", lambda x: len(x.get("rounds_lost", []))),
+        ):
+            mean, half = mean_ci([float(get(x)) for x in rel])
+            entry[name] = {"mean": mean, "ci95": half}
+        if ref is not None:
+            metric = first["performance"]["metric"]
+            pairs = [
+                (runs[s]["performance"]["final"].get(metric), rows[ref][s]["performance"]["final"].get(metric))
+                for s in runs
+                if s in rows[ref]
+            ]
+            pairs = [(a, b) for a, b in pairs if a is not None and b is not None]
+            if pairs:
+                diff, half = mean_ci([a - b for a, b in pairs])
+                p = paired_p([a for a, _ in pairs], [b for _, b in pairs])
+                entry["change"] = {"metric": metric, "mean": diff, "ci95": half, "p": p, "pairs": len(pairs)}
+        out.append(entry)
+    return out

@@ -29,7 +29,7 @@ from rich.console import Console
 
 from privmed.bench.privacy import dp_rows, privacy_section, privacy_suite, write_epsilon_plot
 from privmed.bench.report import write_plot, write_privacy_plot, write_report
-from privmed.bench.stats import compare, summarise
+from privmed.bench.stats import compare, fault_effects, summarise
 from privmed.config import RunConfig, TrainSettings
 from privmed.engine.result import Progress, json_default
 
@@ -220,7 +220,12 @@ def run_suite(
                 by_index[i] = run_row(label, cfg, work, attacks, progress=update, console=console)
     results = [by_index[i] for i in range(len(rows))]
     (work / "results.json").write_text(json.dumps(results, indent=2))
-    summary = {"seeds": seeds, "rows": summarise(results), "comparisons": compare(results, references)}
+    summary = {
+        "seeds": seeds,
+        "rows": summarise(results),
+        "comparisons": compare(results, references),
+        "reliability": fault_effects(results),
+    }
     (work / "summary.json").write_text(json.dumps(summary, indent=2))
     write_report(results, work / "report.md", plot_name="validation.png", summary=summary)
     write_plot(results, work / "validation.png")
