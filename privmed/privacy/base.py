@@ -98,3 +98,16 @@ class Mechanism:
 
     def close(self) -> None:
         """The run ended, finished or failed (a budget ledger drops the run's hold)."""
+
+
+def train_only(mod: Mod) -> Mod:
+    """``mod`` on ``train`` messages only: the harness's ``evaluate`` requests (the sites measuring the model)
+    pass by it (no privacy budget is charged for them, no clipping key is expected in them)."""
+
+    def wrapped(msg, context, call_next):
+        if msg.metadata.message_type != "train":
+            return call_next(msg, context)
+        return mod(msg, context, call_next)
+
+    wrapped.__name__ = getattr(mod, "__name__", "mod")
+    return wrapped
