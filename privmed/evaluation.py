@@ -105,6 +105,14 @@ def add(summaries: list[dict[str, np.ndarray]]) -> dict[str, np.ndarray] | None:
     return {key: sum(s[key] for s in summaries) for key in summaries[0]}
 
 
+def loss_parts(s: dict[str, np.ndarray]) -> tuple[float, float]:
+    """The loss sum and what it is summed over (images; segmentation: pixels): pooled loss = sum / count."""
+    if "seg" in s:
+        v = dict(zip(_SEG_KEYS, s["seg"].tolist()))
+        return v["loss"], v["pixels"]
+    return float(s["loss"][0]), float(s["n"][0])
+
+
 def count(s: dict[str, np.ndarray]) -> int:
     """How many images (cases) a summary covers."""
     return int(s["n"][0]) if "n" in s else int(s["seg"][0])

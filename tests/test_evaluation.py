@@ -79,3 +79,20 @@ def test_a_malformed_summary_is_refused_with_the_reason():
     s["confusion"] = -s["confusion"]
     with pytest.raises(ValueError, match="negative"):
         ev.from_record(ev.to_record(s))
+
+
+def test_model_selection_compares_rounds_on_the_sites_both_were_measured_on():
+    """A site down in one round is left out of the comparison (its loss would shift the pooled figure)."""
+    from privmed.engine.result import Evaluation, Monitor
+
+    monitor = Monitor.__new__(Monitor)
+    monitor.best = {"round": 1, "loss": 0.5, "sites": {"a": (40.0, 100.0), "b": (90.0, 100.0)}}
+
+    def found(losses):
+        total = sum(v[0] for v in losses.values()) / sum(v[1] for v in losses.values())
+        return Evaluation(pooled={"loss": total}, per_site={}, missing={}, n=1, losses=losses)
+
+    # without b (the worse site), the pooled loss 0.45 looks better than round 1's 0.65, but on a alone it is worse
+    assert not monitor._better(found({"a": (45.0, 100.0)}))
+    assert monitor._better(found({"a": (39.0, 100.0), "b": (80.0, 100.0)}))
+    assert monitor._better(found({"c": (99.0, 100.0)}))  # nothing in common: the newer round

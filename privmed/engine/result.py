@@ -153,6 +153,7 @@ class Evaluation:
     per_site: dict[str, dict[str, float]]
     missing: dict[str, str]  # site -> why it gave no summary
     n: int  # images (cases) the pooled metrics cover
+    losses: dict[str, tuple[float, float]] = field(default_factory=dict)  # site -> (loss sum, count)
 
 
 def evaluate_at_sites(session: Session, predictor: Predictor, split: str, rnd: int | str) -> Evaluation:
@@ -197,6 +198,7 @@ def evaluate_at_sites(session: Session, predictor: Predictor, split: str, rnd: i
         per_site={k: ev.metrics_of(v) for k, v in summaries.items() if ev.count(v)},
         missing=missing,
         n=ev.count(pooled) if pooled is not None else 0,
+        losses={k: ev.loss_parts(v) for k, v in summaries.items() if ev.count(v)},
     )
 
 
@@ -237,26 +239,36 @@ class Monitor:
         if rejected and s.in_process and s.faults is None and len(rejected) >= _trained_in_round(s.grid, rnd):
             raise PrivmedError(f"round {rnd}: every site's update was rejected ({rejected[0]['reason']})")
         found = evaluate_at_sites(s, predictor, "val", rnd)
-        if not found.n:
-            if not found.missing:
-                raise PrivmedError(_no_validation(s))
-            raise PrivmedError(
-                f"round {rnd}: no site returned its validation summary "
-                f"({'; '.join(f'{k}: {v}' for k, v in sorted(found.missing.items()))})"
-            )
+        if not found.n and not found.missing:
+            raise PrivmedError(_no_validation(s))
         metrics = found.pooled
         entry = {"round": rnd, "seconds": now - self._last, "val": finite_metrics(metrics)}
-        if found.missing:
-            entry["val_missing"] = found.missing  # the sites whose validation is not in this round's figures
+        if found.missing:  # a site that did not answer (down, late): this round's figures are the others'
+            entry["val_missing"] = found.missing
         self.history.append(entry)
-        if self.best is None or metrics["loss"] < self.best["loss"]:
-            self.best = {"round": rnd, "loss": metrics["loss"], "predictor": predictor}
+        if found.n and self._better(found):
+            self.best = {"round": rnd, "loss": metrics["loss"], "predictor": predictor, "sites": found.losses}
         self._last = time.perf_counter()
         if self.checkpoint:
             self.checkpoint.save(s, rnd, predictor, self.history, self.wall(), best=self.best)
-        if self.progress:
+        if self.progress and metrics:
             self.progress(rnd, s.rounds, metrics)
         return metrics
+
+    def _better(self, found: Evaluation) -> bool:
+        """Lower validation loss than the best round's, on the sites both rounds were measured on (a site that was
+        down in one of them is left out of the comparison); no common site: the newer round."""
+        if self.best is None:
+            return True
+        before = self.best.get("sites") or {}
+        common = sorted(set(before) & set(found.losses)) if before else []
+        if not before:  # a best restored from an older checkpoint: its pooled loss
+            return found.pooled["loss"] < self.best["loss"]
+        if not common:
+            return True
+        now = sum(found.losses[k][0] for k in common) / sum(found.losses[k][1] for k in common)
+        then = sum(before[k][0] for k in common) / sum(before[k][1] for k in common)
+        return now < then
 
     def wall(self) -> float:
         return self.prior_wall + time.perf_counter() - self.started
