@@ -10,6 +10,7 @@ import json
 from pathlib import Path
 from typing import Any
 
+from privmed.bench.stats import without_faults
 from privmed.protocols import fedavg
 
 COLUMNS = (
@@ -113,7 +114,7 @@ def _reliability(r: dict[str, Any], fault_free: dict[str, Any] | None = None) ->
         m = r["performance"]["metric"]
         got, ref = r["performance"]["final"].get(m), fault_free["performance"]["final"].get(m)
         if got is not None and ref is not None:
-            out += f"; {m} {got - ref:+.3f} against the fault-free run (one seed)"
+            out += f"; {m} {got - ref:+.3f} against the fault-free run (this seed; over seeds: the Summary)"
     return out
 
 
@@ -122,10 +123,8 @@ def _fault_free(r: dict[str, Any], results: list[dict[str, Any]]) -> dict[str, A
     if not r["config"].get("faults"):
         return None
 
-    def key(x: dict[str, Any]) -> dict[str, Any]:
-        return {k: v for k, v in x["config"].items() if k not in ("faults", "name")}
-
-    return next((o for o in results if not o["config"].get("faults") and key(o) == key(r)), None)
+    key = without_faults(r["config"])
+    return next((o for o in results if not o["config"].get("faults") and without_faults(o["config"]) == key), None)
 
 
 def _privacy(r: dict[str, Any]) -> str:
@@ -267,6 +266,19 @@ def summary_section(summary: dict[str, Any]) -> list[str]:
     ]
     lines += ["| " + " | ".join([r["label"], *(_cell(r["figures"].get(n)) for n in names)]) + " |" for r in rows]
     lines += _attacks_table(rows)
+    effects = summary.get("reliability", [])
+    if effects:
+        lines += ["", "### Reliability under injected faults (per run; change paired with the fault-free row)", ""]
+        lines += ["| row | faults | faults injected | survived | rounds lost | change ± 95 % CI | p |"]
+        lines += ["|---|---|---|---|---|---|---|"]
+        for e in effects:
+            c = e.get("change")
+            change = f"{c['metric']} {_signed(c)}" if c else "no fault-free row"
+            p = f"{c['p']:.3f}" if c and c["p"] == c["p"] else "–"
+            lines.append(
+                f"| {e['row']} | `{e['faults']}` | {_cell(e['faults injected'])} | {_cell(e['survived'])} | "
+                f"{_cell(e['rounds lost'])} | {change} | {p} |"
+            )
     comparisons = summary.get("comparisons", [])
     if comparisons:
         lines += ["", "### Differences to the reference rows (paired over seeds, two-sided t-test, p < 0.05)", ""]
@@ -294,6 +306,11 @@ def _attacks_table(rows: list[dict[str, Any]]) -> list[str]:
     for r in rows:
         lines += [f"| {r['label']} | {name} | {_cell(f)} | {f['n']} |" for name, f in r.get("attacks", {}).items()]
     return lines
+
+
+def _signed(f: dict[str, Any]) -> str:
+    half = "" if f["ci95"] != f["ci95"] else f" ± {f['ci95']:.3f}"
+    return f"{f['mean']:+.3f}{half}"
 
 
 def threat_section(results: list[dict[str, Any]]) -> list[str]:

@@ -162,8 +162,8 @@ def _comparison(row: str, ref: str, figure: str, paired: tuple[float, float, flo
 
 def compare(results: list[dict[str, Any]], references: tuple[str, ...], figure: str = "test AUROC") -> list[dict]:
     """Every row against each reference row on ``figure``, paired by seed: mean difference, CI, p, significant;
-    then every row with a privacy mechanism or injected faults against the same row without them
-    (:func:`counterparts`) on utility and leakage."""
+    then every row with a privacy mechanism against the same row without it (:func:`counterparts`) on utility and
+    leakage. (A row with injected faults is paired with its fault-free row by :func:`fault_effects`.)"""
     get = next(g for name, _, g in FIGURES if name == figure)
     rows = by_label(results)
     out = [
@@ -181,15 +181,15 @@ def compare(results: list[dict[str, Any]], references: tuple[str, ...], figure: 
     return out
 
 
-# what a mechanism or a fault costs and what it protects: utility, and the leakage the audit measured
+# what a mechanism costs and what it protects: utility, and the leakage the audit measured
 COUNTERPART_FIGURES = ("test AUROC", "MIA AUC", "inversion PSNR")
 
 
 def counterparts(results: list[dict[str, Any]]) -> dict[str, str]:
-    """label -> the label of the same configuration without its privacy mechanism and faults, where the suite has it.
+    """label -> the label of the same configuration without its privacy mechanism, where the suite has it.
 
-    A DP row is compared with its non-DP run, a row under injected faults with its fault-free run, paired by
-    seed: the report then says whether DP measurably moved leakage towards its null, and what faults cost.
+    A DP row is compared with its non-DP run, paired by seed: the report then says whether DP measurably moved
+    leakage towards its null, and what it cost.
     """
 
     def key(r: dict[str, Any]) -> str:
@@ -204,6 +204,50 @@ def counterparts(results: list[dict[str, Any]]) -> dict[str, str]:
     out = {}
     for r in results:
         c = r.get("config", {})
-        if (c.get("privacy") or c.get("faults")) and plain.get(key(r)) not in (None, r["label"]):
+        if c.get("privacy") and not c.get("faults") and plain.get(key(r)) not in (None, r["label"]):
             out[r["label"]] = plain[key(r)]
+    return out
+
+
+def without_faults(config: dict[str, Any], *, ignore: tuple[str, ...] = ()) -> dict[str, Any]:
+    """A row's config but its faults (and name, and ``ignore``): what its fault-free row shares with it."""
+    return {k: v for k, v in config.items() if k not in ("faults", "name", *ignore)}
+
+
+def fault_effects(results: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Each row with injected faults against its fault-free row, paired by seed: faults injected, survived and
+    rounds lost per run, and the change of the primary metric (mean ± 95 % CI, paired t-test)."""
+    rows = by_label(results)
+    out = []
+    for label, runs in rows.items():
+        first = next(iter(runs.values()))
+        if not first["config"].get("faults"):
+            continue
+        key = without_faults(first["config"], ignore=("seed",))
+        plain = {other: next(iter(o.values()))["config"] for other, o in rows.items()}
+        ref = next(
+            (o for o, c in plain.items() if not c.get("faults") and without_faults(c, ignore=("seed",)) == key), None
+        )
+        rel = [r["reliability"] for r in runs.values()]
+        entry: dict[str, Any] = {"row": label, "fault_free": ref, "faults": first["config"]["faults"], "runs": len(rel)}
+        for name, get in (
+            ("faults injected", lambda x: len(x.get("faults_injected") or [])),
+            ("survived", lambda x: x.get("faults_survived", 0)),
+            ("rounds lost", lambda x: len(x.get("rounds_lost", []))),
+        ):
+            mean, half = mean_ci([float(get(x)) for x in rel])
+            entry[name] = {"mean": mean, "ci95": half}
+        if ref is not None:
+            metric = first["performance"]["metric"]
+            pairs = [
+                (runs[s]["performance"]["final"].get(metric), rows[ref][s]["performance"]["final"].get(metric))
+                for s in runs
+                if s in rows[ref]
+            ]
+            pairs = [(a, b) for a, b in pairs if a is not None and b is not None]
+            if pairs:
+                diff, half = mean_ci([a - b for a, b in pairs])
+                p = paired_p([a for a, _ in pairs], [b for _, b in pairs])
+                entry["change"] = {"metric": metric, "mean": diff, "ci95": half, "p": p, "pairs": len(pairs)}
+        out.append(entry)
     return out

@@ -33,7 +33,7 @@ from privmed.bench import crossover
 from privmed.bench.html import write_html
 from privmed.bench.privacy import dp_rows, privacy_section, privacy_suite, write_epsilon_plot
 from privmed.bench.report import write_plot, write_privacy_plot, write_report, write_short_report
-from privmed.bench.stats import REFERENCES, compare, summarise
+from privmed.bench.stats import REFERENCES, compare, fault_effects, summarise
 from privmed.config import RunConfig, TrainSettings
 from privmed.engine.result import Progress, json_default
 
@@ -272,7 +272,12 @@ def run_suite(
                 by_index[i] = run_row(label, cfg, work, attacks, progress=update, console=console)
     results = [by_index[i] for i in range(len(rows))]
     (work / "results.json").write_text(json.dumps(results, indent=2))
-    summary = {"seeds": seeds, "rows": summarise(results), "comparisons": compare(results, references)}
+    summary = {
+        "seeds": seeds,
+        "rows": summarise(results),
+        "comparisons": compare(results, references),
+        "reliability": fault_effects(results),
+    }
     (work / "summary.json").write_text(json.dumps(summary, indent=2))
     write_outputs(results, summary, work)
     shutil.rmtree(out, ignore_errors=True)

@@ -206,6 +206,8 @@ def assemble(
     fed = fed or build_federation(config.data, config.seed)
     model = model_spec(config, fed)
     mechanism = r.mechanism
+    if grid is not None:  # a deployed coordinator: the sites' secrets stay at the sites
+        mechanism.at_coordinator()
     if mechanism_state is not None:
         mechanism.load_state_dict(mechanism_state)
     mechanism.check(plan_of(config, fed, r))

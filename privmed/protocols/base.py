@@ -10,8 +10,8 @@ protocol's name.
 
 ``run`` sees the Grid, the initial weights, the hyper-parameters and its
 typed options, never a site's data. Measurement (validation after each
-round) is the harness's ``evaluate_fn``: the harness holds the ground truth,
-the coordinator does not.
+round) is the harness's ``evaluate_fn``: the sites measure the model on their
+own splits and send sums (:func:`privmed.engine.result.evaluate_at_sites`).
 """
 
 from __future__ import annotations
