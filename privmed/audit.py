@@ -16,6 +16,12 @@ another site, an eavesdropper and a model user each see):
 - linkage attacks the data set's released metadata;
 - re-identification attacks the encodings a protocol sends instead of the
   images (Privacy-Net): a fresh Siamese attacker on the frozen encoder.
+- key recovery (MORE) attacks the server's ciphertexts, for the protocols
+  that declare it (``ProtocolSpec.extra_attacks``: ``more``).
+- activation inversion attacks split learning's cut layer from the
+  coordinator's view: images decoded from the activations (learned decoder,
+  white-box optimisation), their distance correlation with the inputs, and
+  the labels from the U-shape's returned gradients (norm attack).
 
 ``audit.json`` is written atomically after every attack has finished; on any
 failure nothing is written.
@@ -43,8 +49,15 @@ ATTACKS = (
     "adversarial",
     "poisoning",
     "linkage",
+    "key-recovery",
+    "activation-inversion",
     "reidentification",
 )
+# attacks on one scheme, run only against protocols whose spec opts in (``ProtocolSpec.extra_attacks``)
+OPT_IN_ATTACKS = {
+    "key-recovery": "the server sees no MORE ciphertexts (only protocol more trains on them)",
+    "reidentification": "the protocol sends no encoding of the images to re-identify patients from",
+}
 MODEL_ATTACKS = ("membership", "lira", "model-inversion", "adversarial")
 
 
@@ -66,12 +79,16 @@ def not_applicable(
         return "the data set carries no patient metadata (age, sex, dates) to link"
     spec = get_protocol(protocol)
     declared = spec.not_applicable
-    if attack == "reidentification":
-        return None if spec.encodes else "the protocol sends no encoding of the images to re-identify patients from"
+    if attack in OPT_IN_ATTACKS and attack not in spec.extra_attacks:
+        return OPT_IN_ATTACKS[attack]
+    if attack == "reidentification":  # opted in: it attacks the encodings, whatever the task
+        return None
     if attack in ("inversion", "dlg"):  # needs a party that sees an update (privmed.threat)
         views = spec.all_views()
         if not any(v.kind in INVERTIBLE for v in views.values()):
             return "no party sees an update: " + "; ".join(not_invertible(p, v) for p, v in views.items())
+    if attack == "activation-inversion" and spec.cut_view is None:
+        return "no party receives cut-layer activations (only split learning sends them)"
     if task != "classification" and attack != "linkage":
         return f"privmed's {attack} attack targets classifiers; this run is {task}"
     return declared.get(attack)
@@ -117,9 +134,27 @@ class AuditResult:
             out["inversion PSNR dB, null (flat guess)"] = row["psnr_flat_guess"]
             out["inversion PSNR dB, null (random image)"] = row["psnr_random_image"]
             out["inversion PSNR dB, positive control"] = r["inversion"]["positive_control"]["psnr"]
+        if "activation-inversion" in r:
+            a = r["activation-inversion"]
+            out["activation inversion PSNR dB (decoder)"] = a["decoder"]["psnr"]
+            out["activation inversion SSIM (decoder)"] = a["decoder"]["ssim"]
+            out["activation inversion PSNR dB (white box)"] = a["whitebox"]["psnr"]
+            out["activation inversion PSNR dB, null (flat guess)"] = a["decoder"]["psnr_flat_guess"]
+            out["activation inversion PSNR dB, null (random image)"] = a["decoder"]["psnr_random_image"]
+            out["activation inversion PSNR dB, positive control"] = a["positive_control"]["psnr"]
+            out["dCor(input, activations)"] = a["distance_correlation"]["dcor"]
+            out["dCor, null (shuffled pairs)"] = a["distance_correlation"]["dcor_null_shuffled_pairs"]
+            if "auc" in a["label_leakage"]:
+                out["label leakage AUC (norm attack)"] = a["label_leakage"]["auc"]
         if "model-inversion" in r:
             out["model inversion corr. to class mean"] = r["model-inversion"]["corr_own_class_mean"]
             out["model inversion own-other gap beyond untrained null"] = r["model-inversion"]["gap_beyond_null"]
+        if "key-recovery" in r:
+            kr = r["key-recovery"]
+            out["MORE images decrypted, 1 known pixel"] = kr["known_plaintext"]["with_one_pair"]["images_exact"]
+            out["MORE images decrypted, ciphertext only"] = kr["ciphertext_only"]["images_exact"]
+            out["MORE images decrypted, null (random key)"] = kr["null_random_key"]["images_exact"]
+            out["MORE images decrypted, positive control (true key)"] = kr["positive_control_true_key"]["images_exact"]
         if "linkage" in r:
             for release, v in r["linkage"].items():
                 if isinstance(v, dict) and release != "positive_control" and "reidentified" in v:
@@ -233,6 +268,10 @@ def run_attacks(
         "poisoning": lambda: h.measure_poisoning(target, kinds=("backdoor",) if cheap else None, aggregators=not cheap),
         "linkage": lambda: h.measure_linkage(target),
         "reidentification": lambda: h.measure_reidentification(target, epochs=5 if cheap else 10),
+        "key-recovery": lambda: h.measure_key_recovery(target),
+        "activation-inversion": lambda: h.measure_activation_inversion(
+            target, **({"steps": 200, "iterations": 200} if cheap else {})
+        ),
     }
     for name in attacks or ATTACKS:
         why = not_applicable(
@@ -270,7 +309,15 @@ def audit_run(
     return audit, path
 
 
-BENCH_ATTACKS = ("membership", "inversion", "adversarial", "poisoning", "reidentification")
+BENCH_ATTACKS = (
+    "membership",
+    "inversion",
+    "adversarial",
+    "poisoning",
+    "key-recovery",
+    "activation-inversion",
+    "reidentification",
+)
 
 
 def bench_audit(config, fed, result, attacks: tuple[str, ...] = BENCH_ATTACKS) -> AuditResult:

@@ -103,7 +103,7 @@ def train(
     protocol: str | None = typer.Option(
         None,
         help="centralised | single | ensemble | swt | cwt | fedavg | dssgd | he-fedavg | secagg-fedavg | snt | fnt "
-        "| admission | privacy-net",
+        "| more | privacy-net",
     ),
     sites: int | None = typer.Option(None, help="number of sites (hospitals)"),
     split: str | None = typer.Option(None, help="natural | iid | dirichlet:<alpha> | quantity:<beta>"),
@@ -115,9 +115,11 @@ def train(
         None, help="reject a site's update whose norm exceeds this many times the other sites' median (default 100)"
     ),
     seed: int | None = typer.Option(None, help="run seed (same config + seed = same metrics)"),
-    model: str | None = typer.Option(None, help="cnn | densenet121 | unet | seg-cnn | privacy-net"),
+    model: str | None = typer.Option(
+        None, help="cnn | poly-cnn | densenet121 | unet | seg-cnn | he-clstm | privacy-net"
+    ),
     task: str | None = typer.Option(None, help="classification | segmentation"),
-    dataset: str | None = typer.Option(None, help="phantom | medmnist:<path.npz>"),
+    dataset: str | None = typer.Option(None, help="phantom | phantom:v2?sequence=T | medmnist:<path.npz>"),
     image_size: int | None = typer.Option(None, help="phantom image size"),
     patients_scale: int | None = typer.Option(
         None, help="phantom: multiply each site's patient count (default 60, 45, 30, 15)"
@@ -239,7 +241,9 @@ def bench(
     seeds: int | None = typer.Option(None, min=1, help="runs per row (default: the suite's, 3 or 5)"),
     rounds: int | None = typer.Option(None, help="override the suite's number of rounds"),
     suite: str = typer.Option(
-        "default", help="default (make bench: references + one row per family) | review (every row) | privacy (ε sweep)"
+        "default",
+        help="default (make bench: references + one row per family) | review (every row + crossover) | privacy (ε "
+        "sweep) | crossover (CWT ↔ FL: sites, skew, links) | synthetic (DP-CGAN: TSTR, ε, MIA)",
     ),
     resume: bool = typer.Option(False, "--resume", help="keep the rows an interrupted bench finished; run the rest"),
     jobs: int = typer.Option(min(2, os.cpu_count() or 1), min=1, help="rows run at once, each in its own process"),
@@ -247,6 +251,13 @@ def bench(
     """Run a suite over several seeds; write results.json, summary.json (mean ± 95 % CI), report.md and plots."""
     from privmed.bench.suite import SUITES, run_suite, suite_attacks, suite_rows
 
+    if suite == "synthetic":
+        from privmed.synthetic.pipeline import run_bench
+
+        with user_errors():
+            out = run_bench(runs_dir=runs_dir, seeds=seeds or SUITES[suite], first_seed=seed, progress=console.print)
+        console.print((out / "report.md").read_text(), highlight=False)
+        return
     with user_errors():
         rows = suite_rows(suite, seed=seed, rounds=rounds)
         try:
@@ -271,7 +282,7 @@ def bench(
     import json
 
     summary = json.loads((out / "summary.json").read_text())
-    table = Table(title=f"privmed bench: mean ± 95 % CI over {summary['seeds']} seed(s) (full report: report.md)")
+    table = Table(title=f"privmed bench: mean ± 95 % CI over {summary['seeds']} seed(s) (full report: report.html)")
     for col in ("row", "technique", "test AUROC", "balanced accuracy", "kB/site/round", "wall s"):
         table.add_column(col)
     for r in summary["rows"]:
@@ -295,7 +306,83 @@ def bench(
     significant = [c for c in summary["comparisons"] if c["significant"]]
     for c in significant:
         console.print(f"{c['row']} vs {c['reference']}: {c['figure']} {c['difference']:+.3f} (p = {c['p']:.3f})")
-    console.print(f"wrote {out / 'report.md'}, {out / 'summary.json'}, {out / 'results.json'}, plots")
+    console.print(
+        f"wrote {out / 'report.html'}, {out / 'report.md'}, {out / 'summary.json'}, {out / 'results.json'}, plots"
+    )
+
+
+@app.command()
+def report(
+    runs: list[Path] = typer.Argument(..., help="result.json / results.json files, or folders holding them"),
+    out: Path = typer.Option(Path("runs/report.html"), "--out", "-o", help="where the HTML report goes"),
+    title: str = typer.Option("privmed report", help="the page's title"),
+) -> None:
+    """Build the self-contained HTML report (tables, Tables 1–3, plots, threat matrix) from result files only."""
+    from privmed.bench.html import report_from_files
+
+    with user_errors():
+        out.parent.mkdir(parents=True, exist_ok=True)
+        path = report_from_files(runs, out, title=title)
+    console.print(f"wrote {path}")
+
+
+@app.command()
+def synth(
+    out: Path = typer.Option(..., help="the synthetic data set to write: a MedMNIST-format .npz"),
+    epsilon: float | None = typer.Option(9.6, help="stop the DP-CGAN at this ε (image level, RDP accountant)"),
+    non_private: bool = typer.Option(False, "--non-private", help="train a plain CGAN (no DP) for --steps steps"),
+    steps: int | None = typer.Option(None, help="non-private: steps to train; DP: a cap below the target's steps"),
+    dataset: str = typer.Option("phantom", help="phantom | medmnist:<path.npz> | any 2-D data set"),
+    image_size: int = typer.Option(32, help="phantom image size"),
+    n: int | None = typer.Option(None, help="synthetic images to write (default: as many as the real training set)"),
+    noise_multiplier: float = typer.Option(1.12, help="σ of the discriminator's DP-SGD (the paper's 1.12)"),
+    max_grad_norm: float = typer.Option(1.1, help="per-example clipping norm C (the paper's 1.1)"),
+    batch_size: int = typer.Option(64, help="expected real images per step (Poisson sampling)"),
+    delta: float = typer.Option(1e-5, help="δ"),
+    width: int = typer.Option(32, help="channels of the generator and discriminator"),
+    seed: int = typer.Option(0, help="data, initialisation and latent draws (DP noise is secret)"),
+    evaluate: bool = typer.Option(False, "--evaluate", help="also measure TSTR, Fréchet distance and membership"),
+    ledger: str | None = typer.Option(None, help="charge the patients' budget ledger (sqlite:///path)"),
+    ledger_key: str | None = typer.Option(None, help="the hospitals' pseudonym key file (needed with --ledger)"),
+) -> None:
+    """Train a DP-CGAN (or a plain CGAN) and write a labelled synthetic data set and a sample grid per class."""
+    import json
+
+    from privmed.synthetic.dp_cgan import CGANConfig
+    from privmed.synthetic.pipeline import run_synth
+
+    with user_errors():
+        cfg = CGANConfig(
+            epsilon=None if non_private else epsilon,
+            delta=delta,
+            noise_multiplier=noise_multiplier,
+            max_grad_norm=max_grad_norm,
+            batch_size=batch_size,
+            steps=steps,
+            width=width,
+            seed=seed,
+        )
+        report = run_synth(
+            dataset=dataset,
+            cfg=cfg,
+            out=out,
+            image_size=image_size,
+            n=n,
+            evaluate=evaluate,
+            ledger=ledger,
+            ledger_key=ledger_key,
+        )
+    p = report["privacy"]
+    if p.get("private"):
+        console.print(
+            f"ε = {p['epsilon']:.3f} (image level, δ = {p['delta']:g}, RDP) after {p['steps']} steps; "
+            f"patient level (group bound): {p['patient_epsilon_max']:.3g}"
+        )
+    else:
+        console.print(f"non-private CGAN, {report['steps']} steps: no privacy guarantee")
+    if "evaluation" in report:
+        console.print(json.dumps(report["evaluation"], indent=1, default=float), highlight=False)
+    console.print("wrote " + ", ".join(report["files"]))
 
 
 @app.command()
@@ -321,6 +408,49 @@ def audit(
     for name, why in result.not_applicable.items():
         table.add_row(name, f"not applicable: {why}")
     Console().print(table)
+    console.print(f"wrote {path}")
+
+
+@app.command()
+def infer(
+    run_dir: Path = typer.Argument(..., help="a run written by `privmed train --model he-clstm` (runs/<name>)"),
+    he: str = typer.Option("ckks", help="homomorphic scheme: ckks (TenSEAL)"),
+    limit: int | None = typer.Option(None, help="encrypt only this many test sequences (spread over the sites)"),
+) -> None:
+    """Encrypted inference (HE-CLSTM under CKKS) of a run's model on its test sequences; writes he_inference.json."""
+    import json
+
+    from privmed.privacy.he_inference import evaluate_run
+
+    with user_errors():
+        if he != "ckks":
+            raise PrivmedError(f"unknown --he scheme {he!r}; valid: ckks")
+        if limit is not None and limit < 1:
+            raise PrivmedError(f"--limit must be >= 1, got {limit}")
+        out = evaluate_run(run_dir, limit=limit)
+    table = Table(title=f"{run_dir}: encrypted (CKKS) vs plaintext inference, {out['sequences']} sequences")
+    table.add_column("measure")
+    table.add_column("value", justify="right")
+    for key in (
+        "identical_decisions",
+        "max_abs_error",
+        "auroc_encrypted",
+        "auroc_plaintext",
+        "seconds_per_sequence",
+        "cpu_seconds_per_sequence",
+        "plaintext_seconds_per_sequence",
+        "bytes_up_per_sequence",
+        "bytes_down_per_sequence",
+        "context_bytes",
+        "max_levels_used",
+        "refresh_rounds_per_sequence",
+    ):
+        v = out[key]
+        table.add_row(key, "n/a" if v is None else f"{v:,.4g}")
+    Console().print(table)
+    console.print(f"refreshes reveal {out['refreshes_reveal']}")
+    path = Path(run_dir) / "he_inference.json"
+    path.write_text(json.dumps(out, indent=2))
     console.print(f"wrote {path}")
 
 

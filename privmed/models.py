@@ -4,7 +4,9 @@
 (GroupNorm, no BatchNorm, so Opacus can compute per-sample gradients).
 ``densenet121`` and ``unet`` come from MONAI, the field's library (the role
 NiftyNet had in the review); ``seg-cnn`` is a tiny encoder-decoder for fast
-segmentation tests; ``privacy-net`` is Privacy-Net's encoder, segmenter and
+segmentation tests; ``he-clstm`` is the conv + polynomial-LSTM sequence
+classifier that :mod:`privmed.privacy.he_inference` evaluates under CKKS
+(input: a sequence of visits as channels, [T, H, W]); ``privacy-net`` is Privacy-Net's encoder, segmenter and
 Siamese discriminator in one module (privmed.obfuscation). Every network is built for 2-D images or 3-D volumes
 (``spatial_dims``, from the data: [C, H, W] or [C, D, H, W]); privmed's own
 networks stay DP-ready in 3-D (Conv3d and GroupNorm have Opacus per-sample
@@ -47,6 +49,44 @@ class SmallCNN(nn.Module):
         return self.head(self.features(x))
 
 
+class Poly(nn.Module):
+    """``a·x + b·x²``: a polynomial activation (what encrypted arithmetic evaluates; CryptoNets' and MORE's style)."""
+
+    def __init__(self, a: float = 0.5, b: float = 0.25) -> None:
+        super().__init__()
+        self.a, self.b = a, b
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.a * x + self.b * x * x
+
+
+class PolyCNN(nn.Module):
+    """Two conv blocks (conv-polynomial-average pool), average pooling to 4×4 and a linear head.
+
+    Only additions, multiplications and public constants: it trains on MORE
+    ciphertexts (:mod:`privmed.protocols.more`, after Vizitiu et al. 2019's
+    CNN with polynomial activations; 2-D images only there). No normalisation layers.
+    """
+
+    def __init__(self, in_channels: int, n_classes: int, width: int = 8, spatial_dims: int = 2) -> None:
+        super().__init__()
+        conv, _, gap, _ = _layers(spatial_dims)
+        pool = nn.AvgPool2d if spatial_dims == 2 else nn.AvgPool3d
+        self.features = nn.Sequential(
+            conv(in_channels, width, 3, padding=1),
+            Poly(),
+            pool(2),
+            conv(width, 2 * width, 3, padding=1),
+            Poly(),
+            pool(2),
+        )
+        # to 4x4, not 1x1: with global pooling the polynomial network did not learn the phantom (measured)
+        self.head = nn.Sequential(gap(4), nn.Flatten(), nn.Linear(2 * width * 4**spatial_dims, n_classes))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.head(self.features(x))
+
+
 class SegCNN(nn.Module):
     """A two-level encoder-decoder with a skip connection (tiny U-Net-like)."""
 
@@ -63,6 +103,77 @@ class SegCNN(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         e = self.enc(x)
         return self.dec(torch.cat([e, self.up(self.down(e))], dim=1))
+
+
+# Degree-3 least-squares fits, evaluable under CKKS in two multiplicative levels:
+# sigmoid on [-6, 6] (max error 0.081), tanh on [-2.5, 2.5] (max error 0.121).
+SIGMOID3 = (0.5, 0.180555843, -0.00308879159)  # c0 + c1 a + c3 a^3
+TANH3 = (0.0, 0.793141888, -0.0715084789)
+
+
+def poly3(a: torch.Tensor, coeffs: tuple[float, float, float]) -> torch.Tensor:
+    """``c0 + c1 a + c3 a³``: the odd polynomial the encrypted path evaluates, on plaintext."""
+    c0, c1, c3 = coeffs
+    return c0 + c1 * a + c3 * a**3
+
+
+class HECLSTM(nn.Module):
+    """HE-CLSTM (Yue et al. 2019): conv block -> LSTM with polynomial activations -> weighted voting over visits.
+
+    Input [N, T, H, W] (visit t in channel t). Per visit: Conv(1 -> ``channels``,
+    ``kernel``, ``stride``, no padding, so the first layer is one im2col
+    product), x², adaptive average pooling of the window grid to ``grid``²
+    (linear: folds into the next layer's weights), a dense layer to the four
+    gates. The LSTM step uses :data:`SIGMOID3` and :data:`TANH3` for the
+    sigmoid and tanh; each visit's hidden state gives a score vector
+    ``out(h_t)``, and the prediction is their vote weighted by softmax(``vote``)
+    (learned, one weight per visit). Every operation is a sum, a product or a
+    plaintext affine map, so CKKS evaluates exactly this function.
+    """
+
+    def __init__(
+        self,
+        in_channels: int,
+        n_classes: int,
+        spatial_dims: int = 2,
+        channels: int = 4,
+        hidden: int = 4,
+        kernel: int = 4,
+        stride: int = 2,
+        grid: int = 4,
+    ) -> None:
+        super().__init__()
+        if spatial_dims != 2:
+            raise ValueError("he-clstm takes 2-D image sequences [T, H, W] (e.g. phantom:v2?sequence=4)")
+        self.visits, self.hidden, self.kernel, self.stride = in_channels, hidden, kernel, stride
+        self.conv = nn.Conv2d(1, channels, kernel, stride=stride)
+        self.pool = nn.AdaptiveAvgPool2d(grid)
+        self.gates_x = nn.Linear(channels * grid * grid, 4 * hidden)
+        self.gates_h = nn.Linear(hidden, 4 * hidden, bias=False)
+        self.out = nn.Linear(hidden, n_classes)
+        self.vote = nn.Parameter(torch.zeros(in_channels))
+
+    def features(self, x: torch.Tensor) -> torch.Tensor:
+        """Gate inputs from the images: [N, T, 4·hidden]."""
+        n, t = x.shape[:2]
+        f = self.pool(self.conv(x.reshape(n * t, 1, *x.shape[2:])) ** 2).flatten(1)
+        return self.gates_x(f).reshape(n, t, -1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        gx = self.features(x)
+        h = c = gx.new_zeros(gx.shape[0], self.hidden)
+        weights = torch.softmax(self.vote, 0)
+        score = 0
+        for t in range(gx.shape[1]):
+            i, f, g, o = (gx[:, t] + self.gates_h(h)).chunk(4, dim=1)
+            c = poly3(f, SIGMOID3) * c + poly3(i, SIGMOID3) * poly3(g, TANH3)
+            h = poly3(o, SIGMOID3) * poly3(c, TANH3)
+            score = score + weights[t] * self.out(h)
+        return score
+
+
+def _he_clstm(in_channels: int, n_classes: int, spatial_dims: int = 2) -> nn.Module:
+    return HECLSTM(in_channels, n_classes, spatial_dims=spatial_dims)
 
 
 def _densenet121(in_channels: int, n_classes: int, spatial_dims: int = 2) -> nn.Module:
@@ -94,10 +205,12 @@ def _privacy_net(in_channels: int, n_classes: int, spatial_dims: int = 2) -> nn.
 # name -> (builder(in_channels, n_classes, spatial_dims=...), task kind it produces output for)
 MODELS: dict[str, tuple[Callable[..., nn.Module], str]] = {
     "cnn": (SmallCNN, "classification"),
+    "poly-cnn": (PolyCNN, "classification"),
     "densenet121": (_densenet121, "classification"),
     "unet": (_unet, "segmentation"),
     "seg-cnn": (SegCNN, "segmentation"),
     "privacy-net": (_privacy_net, "segmentation"),
+    "he-clstm": (_he_clstm, "classification"),
 }
 
 

@@ -21,6 +21,7 @@ from flwr.clientapp import ClientApp
 from flwr.clientapp.typing import Mod
 
 from privmed.data.base import SiteData
+from privmed.evaluation import EVAL, SPLITS, SUMMARY, members_of, predict_members, site_summary
 from privmed.models import build_model
 from privmed.privacy.base import Trainer
 from privmed.protocols.base import TrainInstruction
@@ -154,6 +155,8 @@ def make_client_app(
 
     @app.evaluate()
     def _evaluate(msg: Message, context: Context) -> Message:
+        if EVAL in msg.content.config_records:  # the harness's request: a summary of one of the site's own splits
+            return _summarise(msg)
         model = spec.build()
         load_arrays(model, msg.content["arrays"])
         data = site.val if len(site.val) else site.train
@@ -161,5 +164,18 @@ def make_client_app(
         m = {k: v for k, v in m.items() if np.isfinite(v)}
         m["num-examples"] = float(len(data))
         return Message(RecordDict({"metrics": MetricRecord(m)}), reply_to=msg)
+
+    def _summarise(msg: Message) -> Message:
+        split = str(msg.content[EVAL]["split"])
+        if split not in SPLITS:
+            raise ValueError(f"cannot evaluate on split {split!r}; valid: {', '.join(SPLITS)}")
+        data = getattr(site, split)
+        models = []
+        for arrays in members_of(msg.content):
+            model = spec.build()
+            load_arrays(model, arrays)
+            models.append(model)
+        proba = predict_members(models, data) if len(data) else np.zeros((0, spec.n_classes))
+        return Message(RecordDict({SUMMARY: site_summary(proba, data, spec.task)}), reply_to=msg)
 
     return app

@@ -173,6 +173,23 @@ def segmentation_metrics(masks: np.ndarray, proba: np.ndarray) -> dict[str, floa
       a case with an empty prediction scores the image diagonal (the worst
       distance, the BraTS convention), counted in ``hd95_empty_prediction``.
     """
+    cases = segmentation_cases(masks, proba)
+    present, pred_any, dice_all, hd = cases["present"], cases["pred_any"], cases["dice"], cases["hd95"]
+    nan = float("nan")
+    return {
+        "dice": float(dice_all[present].mean()) if present.any() else nan,
+        "dice_overall": float(dice_all.mean()) if len(dice_all) else nan,
+        "empty_fraction": float((~present).mean()) if len(present) else nan,
+        "empty_false_positive_rate": float(pred_any[~present].mean()) if (~present).any() else nan,
+        "hd95": float(hd.mean()) if present.any() else nan,
+        "hd95_empty_prediction": float((~pred_any[present]).mean()) if present.any() else nan,
+    }
+
+
+def segmentation_cases(masks: np.ndarray, proba: np.ndarray) -> dict[str, np.ndarray]:
+    """Per case: lesion present, lesion predicted, Dice (MONAI, ``ignore_empty=False``) and, for lesion-present
+    cases, HD95 (the diagonal for an empty prediction); :func:`segmentation_metrics` averages them and
+    :mod:`privmed.evaluation` sums them at each site."""
     from monai.metrics import DiceMetric, compute_hausdorff_distance
 
     pred = torch.from_numpy(proba.argmax(1) > 0).unsqueeze(1).float()
@@ -180,12 +197,7 @@ def segmentation_metrics(masks: np.ndarray, proba: np.ndarray) -> dict[str, floa
     present = true.flatten(1).sum(1) > 0
     pred_any = pred.flatten(1).sum(1) > 0
     dice_all = DiceMetric(include_background=True, reduction="none", ignore_empty=False)(pred, true)[:, 0]
-    out = {
-        "dice": float(dice_all[present].mean()) if present.any() else float("nan"),
-        "dice_overall": float(dice_all.mean()) if len(dice_all) else float("nan"),
-        "empty_fraction": float((~present).float().mean()) if len(present) else float("nan"),
-        "empty_false_positive_rate": float(pred_any[~present].float().mean()) if (~present).any() else float("nan"),
-    }
+    hd = torch.zeros((0,), dtype=torch.float64)
     if present.any():
         import warnings
 
@@ -197,11 +209,12 @@ def segmentation_metrics(masks: np.ndarray, proba: np.ndarray) -> dict[str, floa
             with warnings.catch_warnings():  # MONAI 1.5's own deprecation notice inside compute_hausdorff_distance
                 warnings.simplefilter("ignore", FutureWarning)
                 hd[~empty] = compute_hausdorff_distance(pred[both], true[both], percentile=95)[:, 0].double()
-        out["hd95"] = float(hd.mean())
-        out["hd95_empty_prediction"] = float(empty.float().mean())
-    else:
-        out["hd95"], out["hd95_empty_prediction"] = float("nan"), float("nan")
-    return out
+    return {
+        "present": present.numpy(),
+        "pred_any": pred_any.numpy(),
+        "dice": dice_all.double().numpy(),
+        "hd95": hd.numpy(),
+    }
 
 
 def metrics_from_proba(data: ArraySet, proba: np.ndarray, *, task: str) -> dict[str, float]:

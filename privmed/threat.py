@@ -7,7 +7,9 @@ sees only ciphertext), and a **model user** who gets the released model.
 The audit (:mod:`privmed.audit`) attacks each party's *actual* view:
 gradient inversion needs an update (one site's, a fraction of one site's, or
 the aggregate of all sites'); ciphertexts, raw data already handed over, or
-nothing leave it "not applicable", shown why. Membership inference, model
+nothing leave it "not applicable", shown why. Split learning's cut-layer
+activations are a view of their own (``ACTIVATIONS``), attacked by the
+audit's activation inversion. Membership inference, model
 inversion and adversarial examples attack the released model, which every
 model user holds.
 
@@ -30,6 +32,7 @@ PARTIAL = "partial update"  # a selected fraction of one site's update (DSSGD)
 AGGREGATE = "aggregate"  # the sum or mean of every site's update (the global model's step)
 RAW = "raw data"
 CIPHERTEXT = "ciphertext"
+ACTIVATIONS = "activations"  # cut-layer activations of the site's images (split learning), not a weight update
 NOTHING = "nothing"
 MODEL = "model"
 INVERTIBLE = (UPDATE, PARTIAL, AGGREGATE)
@@ -43,7 +46,7 @@ class View:
     sees: str
 
     def __post_init__(self) -> None:
-        kinds = (*INVERTIBLE, RAW, CIPHERTEXT, NOTHING, MODEL)
+        kinds = (*INVERTIBLE, RAW, CIPHERTEXT, ACTIVATIONS, NOTHING, MODEL)
         if self.kind not in kinds:
             raise ValueError(f"view kind must be one of {kinds}, got {self.kind!r}")
 
@@ -56,6 +59,7 @@ def not_invertible(party: str, view: View) -> str:
     why = {
         RAW: "already receives the raw images; there is no update to invert (leakage is total)",
         CIPHERTEXT: "sees only ciphertext it cannot decrypt",
+        ACTIVATIONS: "receives cut-layer activations, not a weight update (the activation-inversion attack uses them)",
         NOTHING: "receives no update",
         MODEL: "holds only the released model, not an update",
     }[view.kind]

@@ -150,18 +150,24 @@ def write_epsilon_plot(results: list[dict[str, Any]], path: Path) -> bool:
 
     finite = [e for pts in series.values() for e, _ in pts if math.isfinite(e)] or [1.0]
     inf_x = max(finite) * 2.5
-    fig, axes = plt.subplots(1, 2, figsize=(10, 4.2), gridspec_kw={"width_ratios": [2, 1]})
+    if series:
+        fig, axes = plt.subplots(1, 2, figsize=(10, 4.2), gridspec_kw={"width_ratios": [2, 1]})
+    else:  # DSSGD only: no ε axis to draw
+        fig, only = plt.subplots(1, 1, figsize=(4.5, 4.2))
+        axes = [None, only]
     ax = axes[0]
     for key, pts in sorted(series.items()):
         ax.plot([inf_x if math.isinf(e) else e for e, _ in pts], [s for _, s in pts], marker="o", label=key)
-    ax.set_xscale("log")
-    ticks = sorted(set(finite)) + [inf_x]
-    ax.set_xticks(ticks, [f"{t:g}" for t in ticks[:-1]] + ["∞"])
-    ax.set_xlabel("ε (δ = 1e-5; unit in legend)")
-    ax.set_ylabel(f"test {results[0]['performance']['metric']}")
-    ax.set_title("privacy–utility")
-    ax.grid(alpha=0.3)
-    ax.legend(fontsize=7)
+    if ax is not None:
+        ax.set_xscale("log")
+        ticks = sorted(set(finite)) + [inf_x]
+        ax.set_xticks(ticks, [f"{t:g}" for t in ticks[:-1]] + ["∞"])
+        ax.set_xticks([], minor=True)  # no log-scale minor labels between the ε values
+        ax.set_xlabel("ε (δ = 1e-5; unit in legend)")
+        ax.set_ylabel(f"test {results[0]['performance']['metric']}")
+        ax.set_title("privacy–utility")
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=7)
     ax = axes[1]
     if dssgd:
         ax.plot([t for t, _ in dssgd], [s for _, s in dssgd], marker="s", color="k")

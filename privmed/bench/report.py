@@ -10,6 +10,7 @@ import json
 from pathlib import Path
 from typing import Any
 
+from privmed.bench.stats import without_faults
 from privmed.protocols import fedavg
 
 COLUMNS = (
@@ -39,13 +40,21 @@ def _bytes(n: float) -> str:
 def _performance(r: dict[str, Any]) -> str:
     f = r["performance"]["final"]
     keys = ["accuracy", "auroc", "balanced_accuracy"] if "accuracy" in f else ["dice"]
-    return ", ".join(f"{k.replace('balanced_accuracy', 'bal.acc')} {f[k]:.3f}" for k in keys if f.get(k) is not None)
+    out = ", ".join(f"{k.replace('balanced_accuracy', 'bal.acc')} {f[k]:.3f}" for k in keys if f.get(k) is not None)
+    enc = r["performance"].get("encrypted_inference")
+    if enc:  # HE-CLSTM: encrypted vs plaintext inference on some test sequences
+        out += (
+            f"; encrypted inference on {enc['sequences']} sequences: {enc['identical_decisions']:.0%} identical "
+            f"decisions, max logit error {enc['max_abs_error']:.1e}"
+        )
+    return out
 
 
 def _communication(r: dict[str, Any]) -> str:
     c = r["communication"]
     if "raw_data_bytes_up" in c:
-        return f"raw data {_bytes(c['raw_data_bytes_up'])} up"
+        out = f"raw data {_bytes(c['raw_data_bytes_up'])} up"
+        return f"{out} ({c['note']})" if c.get("note") else out
     per_site = _bytes(c.get("bytes_per_site_per_round", 0))
     out = f"{_bytes(c['bytes_up'])} up / {_bytes(c['bytes_down'])} down; {per_site}/site/round"
     if c.get("peer_bytes_per_site_per_round") is not None:  # FNT: weights go site to site, not through the Grid
@@ -61,6 +70,11 @@ def _runtime(r: dict[str, Any], baseline_wall: float | None) -> str:
     phases = [(p, t.get(f"{p}_seconds_per_round")) for p in ("encrypt", "aggregate", "decrypt")]
     if any(v is not None for _, v in phases):
         out += "; per round " + ", ".join(f"{p} {v:.3f} s" for p, v in phases if v is not None)
+    if t.get("encrypted_inference_seconds_per_sequence") is not None:
+        enc, plain = t["encrypted_inference_seconds_per_sequence"], t["plaintext_inference_seconds_per_sequence"]
+        out += f"; encrypted inference {enc:.1f} s/sequence ({enc / plain:,.0f}x plaintext)"
+    if t.get("time_ratio_vs_plaintext") is not None:  # training on encrypted data (MORE), timed in the same run
+        out += f"; {t['time_ratio_vs_plaintext']:.1f}x the same network's epoch on plaintext"
     if (
         baseline_wall and r["privacy"].get("mechanism", "none") != "none"
     ):  # per round: rows with fewer rounds compare too
@@ -100,7 +114,7 @@ def _reliability(r: dict[str, Any], fault_free: dict[str, Any] | None = None) ->
         m = r["performance"]["metric"]
         got, ref = r["performance"]["final"].get(m), fault_free["performance"]["final"].get(m)
         if got is not None and ref is not None:
-            out += f"; {m} {got - ref:+.3f} against the fault-free run (one seed)"
+            out += f"; {m} {got - ref:+.3f} against the fault-free run (this seed; over seeds: the Summary)"
     return out
 
 
@@ -109,15 +123,15 @@ def _fault_free(r: dict[str, Any], results: list[dict[str, Any]]) -> dict[str, A
     if not r["config"].get("faults"):
         return None
 
-    def key(x: dict[str, Any]) -> dict[str, Any]:
-        return {k: v for k, v in x["config"].items() if k not in ("faults", "name")}
-
-    return next((o for o in results if not o["config"].get("faults") and key(o) == key(r)), None)
+    key = without_faults(r["config"])
+    return next((o for o in results if not o["config"].get("faults") and without_faults(o["config"]) == key), None)
 
 
 def _privacy(r: dict[str, Any]) -> str:
     p = r["privacy"]
     parts = [f"coordinator sees {p['coordinator_sees']}"]
+    if p.get("encrypted_inference"):
+        parts.append(p["encrypted_inference"])
     if p.get("epsilon") is not None:
         parts.append(f"ε={p['epsilon']:.2f}, δ={p['delta']:g} ({p['unit']}-level)")
     leak = p.get("leakage")
@@ -136,7 +150,7 @@ def _security(r: dict[str, Any]) -> str:
     return s if isinstance(s, str) else ", ".join(f"{k} {v:.3f}" for k, v in s.items())
 
 
-def _dataset(r: dict[str, Any]) -> str:
+def dataset_line(r: dict[str, Any]) -> str:
     d = r["dataset"]
     patients = sum(s["patients"] for s in d["distribution"])
     shape = "x".join(map(str, d["image_shape"]))
@@ -151,7 +165,7 @@ def row(r: dict[str, Any], baseline_wall: float | None = None, fault_free: dict[
     m = r["model"]
     return [
         f"{r.get('label', r['protocol'])} (`{r['technique']}`)",
-        _dataset(r),
+        dataset_line(r),
         f"{m['name']} ({m['parameters']:,} params)",
         _performance(r),
         _communication(r),
@@ -203,7 +217,7 @@ def write_report(
         rows = [r.get("label", r["protocol"]) for r in results if _data_key(r) == key]
         lines += [
             "",
-            f"{_dataset(first)}: {len(rows)} row{'s' * (len(rows) != 1)}"
+            f"{dataset_line(first)}: {len(rows)} row{'s' * (len(rows) != 1)}"
             + ("" if len(datasets) == 1 else f" ({', '.join(rows[:4])}{', …' if len(rows) > 4 else ''})"),
             "",
         ]
@@ -254,6 +268,20 @@ def summary_section(summary: dict[str, Any]) -> list[str]:
         "|" + "---|" * (len(names) + 1),
     ]
     lines += ["| " + " | ".join([r["label"], *(_cell(r["figures"].get(n)) for n in names)]) + " |" for r in rows]
+    lines += _attacks_table(rows)
+    effects = summary.get("reliability", [])
+    if effects:
+        lines += ["", "### Reliability under injected faults (per run; change paired with the fault-free row)", ""]
+        lines += ["| row | faults | faults injected | survived | rounds lost | change ± 95 % CI | p |"]
+        lines += ["|---|---|---|---|---|---|---|"]
+        for e in effects:
+            c = e.get("change")
+            change = f"{c['metric']} {_signed(c)}" if c else "no fault-free row"
+            p = f"{c['p']:.3f}" if c and c["p"] == c["p"] else "–"
+            lines.append(
+                f"| {e['row']} | `{e['faults']}` | {_cell(e['faults injected'])} | {_cell(e['survived'])} | "
+                f"{_cell(e['rounds lost'])} | {change} | {p} |"
+            )
     comparisons = summary.get("comparisons", [])
     if comparisons:
         lines += ["", "### Differences to the reference rows (paired over seeds, two-sided t-test, p < 0.05)", ""]
@@ -265,6 +293,27 @@ def summary_section(summary: dict[str, Any]) -> list[str]:
                 f"{'**yes**' if c['significant'] else 'no (not shown with these seeds)'} |"
             )
     return lines
+
+
+def _attacks_table(rows: list[dict[str, Any]]) -> list[str]:
+    """Every leakage and security number of the audit with its interval over seeds, beside its null and control."""
+    if not any(r.get("attacks") for r in rows):
+        return []
+    lines = [
+        "",
+        "### Every attack figure (mean ± 95 % CI over seeds; nulls and positive controls are the rows that say so)",
+        "",
+        "| row | figure | value | seeds |",
+        "|---|---|---|---|",
+    ]
+    for r in rows:
+        lines += [f"| {r['label']} | {name} | {_cell(f)} | {f['n']} |" for name, f in r.get("attacks", {}).items()]
+    return lines
+
+
+def _signed(f: dict[str, Any]) -> str:
+    half = "" if f["ci95"] != f["ci95"] else f" ± {f['ci95']:.3f}"
+    return f"{f['mean']:+.3f}{half}"
 
 
 def threat_section(results: list[dict[str, Any]]) -> list[str]:
@@ -318,8 +367,13 @@ def write_privacy_plot(results: list[dict[str, Any]], path: Path) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, axes = plt.subplots(1, 2, figsize=(10, 4.5))
-    for ax, key, chance in ((axes[0], "MIA AUC", 0.5), (axes[1], "inversion PSNR dB", None)):
+    panels = [
+        (key, chance)
+        for key, chance in (("MIA AUC", 0.5), ("inversion PSNR dB", None))
+        if any(isinstance(r["privacy"].get("leakage"), dict) and key in r["privacy"]["leakage"] for r in results)
+    ] or [("MIA AUC", 0.5)]
+    fig, axes = plt.subplots(1, len(panels), figsize=(5 * len(panels), 4.5), squeeze=False)
+    for ax, (key, chance) in zip(axes[0], panels):
         for r in results:
             leak, perf = r["privacy"].get("leakage"), r["performance"]["final"]
             if isinstance(leak, dict) and key in leak and perf.get(r["performance"]["metric"]) is not None:
@@ -329,7 +383,18 @@ def write_privacy_plot(results: list[dict[str, Any]], path: Path) -> None:
                     r.get("label", r["protocol"]), (x, y), fontsize=7, xytext=(3, 3), textcoords="offset points"
                 )
         if chance is not None:
-            ax.axvline(chance, color="grey", ls="--", lw=0.8)
+            ax.axvline(chance, color="grey", ls="--", lw=0.8, label="chance")
+        else:  # the inversion's nulls and control, averaged over the rows that carry them
+            for name, style in (("null (flat guess)", "--"), ("positive control", ":")):
+                vals = [
+                    r["privacy"]["leakage"][f"{key}, {name}"]
+                    for r in results
+                    if isinstance(r["privacy"].get("leakage"), dict) and f"{key}, {name}" in r["privacy"]["leakage"]
+                ]
+                if vals:
+                    ax.axvline(sum(vals) / len(vals), color="grey", ls=style, lw=0.8, label=name)
+        if ax.get_legend_handles_labels()[0]:
+            ax.legend(fontsize=7, loc="lower right")
         ax.set_xlabel(key + (" (0.5 = chance)" if chance else ""))
         ax.set_ylabel(f"test {results[0]['performance']['metric']}")
         ax.grid(alpha=0.3)
@@ -337,3 +402,30 @@ def write_privacy_plot(results: list[dict[str, Any]], path: Path) -> None:
     fig.tight_layout()
     fig.savefig(path, dpi=120)
     plt.close(fig)
+
+
+def write_short_report(
+    results: list[dict[str, Any]], summary: dict[str, Any], path: Path, *, plots: list[str] = ()
+) -> None:
+    """report.md: the summary over seeds, the crossover's answer if swept, and links to everything else."""
+    from privmed.bench import crossover
+
+    lines = [
+        "# privmed bench",
+        "",
+        "The full report is [report.html](report.html): one self-contained file (the summary coloured against the "
+        "centralised reference, the review's Tables 1–3 measured beside each paper's figure, the CWT ↔ FL "
+        "crossover, every plot, the threat matrix and the details behind each row). The details in Markdown: "
+        "[details.md](details.md); every run: results.json, summary.json, and `<run>/result.json`, "
+        "`<run>/audit.json`.",
+        "",
+        *summary_section(crossover.without_crossover(summary, results)),
+    ]
+    cells = crossover.table(crossover.sweep(results))
+    if cells:
+        lines += ["", "## CWT ↔ FL crossover (time to target; the tables are in report.html)", ""]
+        lines += ["| skew | link | FedAvg reaches the common level sooner than CWT |", "|---|---|---|"]
+        lines += [f"| {a['skew']} | {a['link']} | {crossover.answer_text(a)} |" for a in crossover.answer(cells)]
+    if plots:
+        lines += ["", "Plots: " + ", ".join(f"[{p}]({p})" for p in plots)]
+    path.write_text("\n".join(lines) + "\n")

@@ -17,6 +17,8 @@ from typing import Any
 import numpy as np
 
 ALPHA = 0.05
+# the rows every other row is compared with, paired over seeds: the pooled-data upper bound and plain FedAvg
+REFERENCES = ("centralised", "fedavg")
 
 Getter = Callable[[dict[str, Any]], float | None]
 
@@ -67,6 +69,10 @@ FIGURES: tuple[tuple[str, str, Getter], ...] = (
         "0.5 = chance",
         _get("privacy", "leakage", "re-identification verification AUC (encodings)"),
     ),
+    ("activation inversion PSNR", "dB, decoder", _get("privacy", "leakage", "activation inversion PSNR dB (decoder)")),
+    ("white-box inversion PSNR", "dB", _get("privacy", "leakage", "activation inversion PSNR dB (white box)")),
+    ("dCor(input, activations)", "", _get("privacy", "leakage", "dCor(input, activations)")),
+    ("label leakage AUC", "0.5 = chance", _get("privacy", "leakage", "label leakage AUC (norm attack)")),
     ("PGD accuracy ε=8/255", "", _get("security", "attacks", "PGD acc ε=8/255")),
     ("backdoor success", "", _get("security", "attacks", "backdoor success")),
 )
@@ -102,48 +108,162 @@ def by_label(results: list[dict[str, Any]]) -> dict[str, dict[int, dict[str, Any
     return out
 
 
+def _attack_getters(runs: dict[int, dict[str, Any]]) -> list[tuple[str, Getter]]:
+    """Every number the audit reported under ``privacy.leakage`` or ``security.attacks`` in any of the runs."""
+    names: dict[tuple[str, str, str], None] = {}
+    for r in runs.values():
+        for section, key in (("privacy", "leakage"), ("security", "attacks")):
+            block = r.get(section, {}).get(key)
+            if isinstance(block, dict):
+                names.update({(section, key, n): None for n in block})
+    return [(name, _get(*path, name)) for *path, name in names]
+
+
+def _figure(runs: dict[int, dict[str, Any]], get: Getter) -> dict[str, Any] | None:
+    values = [v for v in (get(r) for r in runs.values()) if v is not None and math.isfinite(v)]
+    if not values:
+        return None
+    mean, half = mean_ci(values)
+    return {"mean": mean, "ci95": half, "n": len(values)}
+
+
 def summarise(results: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    """Per row: each figure's mean, CI half-width and seed count (figures a row does not have are left out)."""
+    """Per row: each figure's mean, CI half-width and seed count (figures a row does not have are left out).
+
+    ``figures`` are the summary table's columns (:data:`FIGURES`); ``attacks`` is every leakage and security
+    number the audit reported (baselines and positive controls included), each with its interval over seeds.
+    """
     rows = []
     for label, runs in by_label(results).items():
-        figures = {}
-        for name, unit, get in FIGURES:
-            values = [v for v in (get(r) for r in runs.values()) if v is not None and math.isfinite(v)]
-            if values:
-                mean, half = mean_ci(values)
-                figures[name] = {"mean": mean, "ci95": half, "n": len(values), "unit": unit}
+        figures = {name: {**f, "unit": unit} for name, unit, get in FIGURES if (f := _figure(runs, get)) is not None}
+        attacks = {name: f for name, get in _attack_getters(runs) if (f := _figure(runs, get)) is not None}
         first = next(iter(runs.values()))
-        rows.append({"label": label, "technique": first["technique"], "seeds": sorted(runs), "figures": figures})
+        rows.append(
+            {
+                "label": label,
+                "technique": first["technique"],
+                "seeds": sorted(runs),
+                "figures": figures,
+                "attacks": attacks,
+            }
+        )
     return rows
 
 
+def _paired(
+    runs: dict[int, dict[str, Any]], ref_runs: dict[int, dict[str, Any]], get: Getter
+) -> tuple[float, float, float, int] | None:
+    """Mean difference, its CI half-width, the paired p-value and the number of pairs (None under 2 pairs)."""
+    pairs = [(get(runs[s]), get(ref_runs[s])) for s in runs if s in ref_runs]
+    pairs = [(x, y) for x, y in pairs if x is not None and y is not None and math.isfinite(x) and math.isfinite(y)]
+    if len(pairs) < 2:
+        return None
+    diff, half = mean_ci([x - y for x, y in pairs])
+    return diff, half, paired_p([x for x, _ in pairs], [y for _, y in pairs]), len(pairs)
+
+
+def _comparison(row: str, ref: str, figure: str, paired: tuple[float, float, float, int]) -> dict[str, Any]:
+    diff, half, p, n = paired
+    return {
+        "row": row,
+        "reference": ref,
+        "figure": figure,
+        "difference": diff,
+        "ci95": half,
+        "p": p,
+        "significant": bool(p < ALPHA),
+        "pairs": n,
+    }
+
+
 def compare(results: list[dict[str, Any]], references: tuple[str, ...], figure: str = "test AUROC") -> list[dict]:
-    """Every row against each reference row on ``figure``, paired by seed: mean difference, CI, p, significant."""
+    """Every row against each reference row on ``figure``, paired by seed: mean difference, CI, p, significant;
+    then every row with a privacy mechanism against the same row without it (:func:`counterparts`) on utility and
+    leakage. (A row with injected faults is paired with its fault-free row by :func:`fault_effects`.)"""
     get = next(g for name, _, g in FIGURES if name == figure)
     rows = by_label(results)
+    out = [
+        _comparison(label, ref, figure, paired)
+        for ref in references
+        if ref in rows
+        for label, runs in rows.items()
+        if label != ref and (paired := _paired(runs, rows[ref], get)) is not None
+    ]
+    getters = {name: g for name, _, g in FIGURES}
+    for label, ref in counterparts(results).items():
+        for name in COUNTERPART_FIGURES:
+            if (paired := _paired(rows[label], rows[ref], getters[name])) is not None:
+                out.append(_comparison(label, ref, name, paired))
+    return out
+
+
+# what a mechanism costs and what it protects: utility, and the leakage the audit measured
+COUNTERPART_FIGURES = ("test AUROC", "MIA AUC", "inversion PSNR")
+
+
+def counterparts(results: list[dict[str, Any]]) -> dict[str, str]:
+    """label -> the label of the same configuration without its privacy mechanism, where the suite has it.
+
+    A DP row is compared with its non-DP run, paired by seed: the report then says whether DP measurably moved
+    leakage towards its null, and what it cost.
+    """
+
+    def key(r: dict[str, Any]) -> str:
+        c = {k: v for k, v in r.get("config", {}).items() if k not in ("privacy", "faults", "name", "seed")}
+        return repr(sorted(c.items()))
+
+    plain: dict[str, str] = {}
+    for r in results:
+        c = r.get("config", {})
+        if not c.get("privacy") and not c.get("faults"):
+            plain.setdefault(key(r), r["label"])
+    out = {}
+    for r in results:
+        c = r.get("config", {})
+        if c.get("privacy") and not c.get("faults") and plain.get(key(r)) not in (None, r["label"]):
+            out[r["label"]] = plain[key(r)]
+    return out
+
+
+def without_faults(config: dict[str, Any], *, ignore: tuple[str, ...] = ()) -> dict[str, Any]:
+    """A row's config but its faults (and name, and ``ignore``): what its fault-free row shares with it."""
+    return {k: v for k, v in config.items() if k not in ("faults", "name", *ignore)}
+
+
+def fault_effects(results: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Each row with injected faults against its fault-free row, paired by seed: faults injected, survived and
+    rounds lost per run, and the change of the primary metric (mean ± 95 % CI, paired t-test)."""
+    rows = by_label(results)
     out = []
-    for ref in references:
-        if ref not in rows:
+    for label, runs in rows.items():
+        first = next(iter(runs.values()))
+        if not first["config"].get("faults"):
             continue
-        for label, runs in rows.items():
-            seeds = [s for s in runs if s in rows[ref]]
-            a = [get(runs[s]) for s in seeds]
-            b = [get(rows[ref][s]) for s in seeds]
-            pairs = [(x, y) for x, y in zip(a, b) if x is not None and y is not None]
-            if label == ref or len(pairs) < 2:
-                continue
-            diff, half = mean_ci([x - y for x, y in pairs])
-            p = paired_p([x for x, _ in pairs], [y for _, y in pairs])
-            out.append(
-                {
-                    "row": label,
-                    "reference": ref,
-                    "figure": figure,
-                    "difference": diff,
-                    "ci95": half,
-                    "p": p,
-                    "significant": bool(p < ALPHA),
-                    "pairs": len(pairs),
-                }
-            )
+        key = without_faults(first["config"], ignore=("seed",))
+        plain = {other: next(iter(o.values()))["config"] for other, o in rows.items()}
+        ref = next(
+            (o for o, c in plain.items() if not c.get("faults") and without_faults(c, ignore=("seed",)) == key), None
+        )
+        rel = [r["reliability"] for r in runs.values()]
+        entry: dict[str, Any] = {"row": label, "fault_free": ref, "faults": first["config"]["faults"], "runs": len(rel)}
+        for name, get in (
+            ("faults injected", lambda x: len(x.get("faults_injected") or [])),
+            ("survived", lambda x: x.get("faults_survived", 0)),
+            ("rounds lost", lambda x: len(x.get("rounds_lost", []))),
+        ):
+            mean, half = mean_ci([float(get(x)) for x in rel])
+            entry[name] = {"mean": mean, "ci95": half}
+        if ref is not None:
+            metric = first["performance"]["metric"]
+            pairs = [
+                (runs[s]["performance"]["final"].get(metric), rows[ref][s]["performance"]["final"].get(metric))
+                for s in runs
+                if s in rows[ref]
+            ]
+            pairs = [(a, b) for a, b in pairs if a is not None and b is not None]
+            if pairs:
+                diff, half = mean_ci([a - b for a, b in pairs])
+                p = paired_p([a for a, _ in pairs], [b for _, b in pairs])
+                entry["change"] = {"metric": metric, "mean": diff, "ci95": half, "p": p, "pairs": len(pairs)}
+        out.append(entry)
     return out

@@ -9,8 +9,10 @@ rows (:data:`REFERENCES`) are significant.
 
 Suites: ``default`` (``make bench``: the reference points and one row per
 family of protocol, 3 seeds, within ~5 minutes on 2 cores), ``review`` (every
-row of the review's tables, 5 seeds, the reference run), ``privacy`` (the ε
-sweep and DSSGD over θu).
+row of the review's tables and the CWT ↔ FL crossover, 5 seeds, the reference
+run), ``privacy`` (the ε sweep and DSSGD over θu), ``crossover`` (the
+crossover sweep alone, one seed), ``synthetic`` (DP-CGAN against a
+non-private CGAN and train-on-real: :func:`privmed.synthetic.pipeline.run_bench`).
 """
 
 from __future__ import annotations
@@ -27,15 +29,15 @@ from typing import Any
 
 from rich.console import Console
 
+from privmed.bench import crossover
+from privmed.bench.html import write_html
 from privmed.bench.privacy import dp_rows, privacy_section, privacy_suite, write_epsilon_plot
-from privmed.bench.report import write_plot, write_privacy_plot, write_report
-from privmed.bench.stats import compare, summarise
+from privmed.bench.report import write_plot, write_privacy_plot, write_report, write_short_report
+from privmed.bench.stats import REFERENCES, compare, fault_effects, summarise
 from privmed.config import RunConfig, TrainSettings
 from privmed.engine.result import Progress, json_default
 
 DEFAULT_ROUNDS = None  # the training budget of TrainSettings (past the default phantom's validation plateau)
-# the rows every other row is compared with, paired over seeds: the pooled-data upper bound and plain FedAvg
-REFERENCES = ("centralised", "fedavg")
 # A progress display for one row: label -> context manager yielding the row's Progress callback (or None)
 RowProgress = Callable[[str], AbstractContextManager[Progress | None]]
 
@@ -75,7 +77,8 @@ def default_suite(*, seed: int = 0, rounds: int | None = None) -> list[tuple[str
 
 
 def review_suite(*, seed: int = 0, rounds: int | None = None, n_sites: int = 4) -> list[tuple[str, RunConfig]]:
-    """Every row of the review's tables: each protocol, each encrypted variant, the DP rows, DSSGD."""
+    """Every row of the review's tables: each protocol, each encrypted variant, split learning, the DP rows, DSSGD;
+    and the CWT ↔ FL crossover sweep (:mod:`privmed.bench.crossover`, its own small images and rounds, not audited)."""
     base = _base(seed, rounds)
     rows = [("centralised", dataclasses.replace(base, protocol="centralised", name="centralised"))]
     rows += [
@@ -87,9 +90,39 @@ def review_suite(*, seed: int = 0, rounds: int | None = None, n_sites: int = 4) 
     ]
     rows += fault_rows(base)
     rows += encrypted_rows(base)
+    rows += he_clstm_rows(base)
+    rows += computing_on_encrypted_rows(base)
+    rows += split_rows(base)
     rows += dp_rows(base)
+    rows += crossover.crossover_rows(base)
     rows += privacy_net_rows(base)
     return rows
+
+
+def computing_on_encrypted_rows(base: RunConfig) -> list[tuple[str, RunConfig]]:
+    """Training on encrypted data (issue 14): MORE (Vizitiu 2019), the server trains poly-cnn on ciphertexts."""
+    more = dataclasses.replace(base, protocol="more", model="poly-cnn", privacy={"mechanism": "more"}, name="more")
+    return [("more (Vizitiu 2019)", more)]
+
+
+# NoPeek's λ in the bench row: the weight of dCor(x, activations) beside the cross-entropy at the site
+NOPEEK_LAMBDA = 1.0
+
+
+def split_rows(base: RunConfig) -> list[tuple[str, RunConfig]]:
+    """Split learning (Jeon et al. 2019; issue 14): labels at the server, the U-shape, NoPeek.
+
+    Same rounds, local epochs and batch size as the FedAvg and CWT rows: every site's images pass once per round
+    through the whole network (equal compute, counted in sample-gradients).
+    """
+    return [
+        ("split", dataclasses.replace(base, protocol="split", name="split")),
+        ("split U-shaped", dataclasses.replace(base, protocol="split", options={"ushaped": 1}, name="split-ushaped")),
+        (
+            f"split + NoPeek λ={NOPEEK_LAMBDA:g}",
+            dataclasses.replace(base, protocol="split", options={"nopeek": NOPEEK_LAMBDA}, name="split-nopeek"),
+        ),
+    ]
 
 
 # Privacy-Net's adversarial weight in the review row (the trade-off over λ: benchmarks/privacy_net_tradeoff.py)
@@ -165,13 +198,26 @@ def encrypted_rows(base: RunConfig) -> list[tuple[str, RunConfig]]:
     ]
 
 
+def he_clstm_rows(base: RunConfig) -> list[tuple[str, RunConfig]]:
+    """HE-CLSTM (issue 14): trained centrally on follow-up sequences; the row adds CKKS-encrypted inference
+    (:func:`privmed.privacy.he_inference.bench_encrypted_inference`) on its test sequences."""
+    data = dataclasses.replace(base.data, dataset="phantom:v2?sequence=4", image_size=16)
+    return [
+        (
+            "he-clstm (CKKS inference)",
+            dataclasses.replace(base, protocol="centralised", model="he-clstm", data=data, name="he-clstm-ckks"),
+        )
+    ]
+
+
 def suite_attacks(suite: str) -> tuple[str, ...] | None:
     """The privacy sweep audits leakage only (its plot is leakage and utility against ε); the default suite audits
     all."""
     return ("membership", "inversion") if suite == "privacy" else None
 
 
-SUITES = {"default": 3, "review": 5, "privacy": 3}  # suite -> its default number of seeds
+# suite -> its default number of seeds; "synthetic" (DP-CGAN's TSTR, ε and MIA) runs privmed.synthetic.pipeline
+SUITES = {"default": 3, "review": 5, "privacy": 3, "crossover": 1, "synthetic": 3}
 
 
 def suite_rows(suite: str, *, seed: int = 0, rounds: int | None = None) -> list[tuple[str, RunConfig]]:
@@ -184,6 +230,12 @@ def suite_rows(suite: str, *, seed: int = 0, rounds: int | None = None) -> list[
         return review_suite(seed=seed, rounds=rounds)
     if suite == "privacy":
         return privacy_suite(_base(seed, rounds))
+    if suite == "crossover":
+        return crossover.crossover_rows(_base(seed, rounds))
+    if suite == "synthetic":
+        from privmed.errors import PrivmedError
+
+        raise PrivmedError("the synthetic suite has no RunConfig rows: run privmed.synthetic.pipeline.run_bench")
     raise unknown_name("suite", suite, list(SUITES))
 
 
@@ -248,17 +300,33 @@ def run_suite(
                 by_index[i] = run_row(label, cfg, work, attacks, progress=update, console=console)
     results = [by_index[i] for i in range(len(rows))]
     (work / "results.json").write_text(json.dumps(results, indent=2))
-    summary = {"seeds": seeds, "rows": summarise(results), "comparisons": compare(results, references)}
+    summary = {
+        "seeds": seeds,
+        "rows": summarise(results),
+        "comparisons": compare(results, references),
+        "reliability": fault_effects(results),
+    }
     (work / "summary.json").write_text(json.dumps(summary, indent=2))
-    write_report(results, work / "report.md", plot_name="validation.png", summary=summary)
-    write_plot(results, work / "validation.png")
-    write_privacy_plot(results, work / "privacy_utility.png")
-    if write_epsilon_plot(results, work / "epsilon_utility.png"):
-        with open(work / "report.md", "a") as f:
-            f.write("\n".join(privacy_section(results, "epsilon_utility.png")) + "\n")
+    write_outputs(results, summary, work)
     shutil.rmtree(out, ignore_errors=True)
     os.replace(work, out)
     return out
+
+
+def write_outputs(results: list[dict[str, Any]], summary: dict[str, Any], out: Path) -> None:
+    """report.html (everything, self-contained), report.md (the summary and links), details.md and the plots."""
+    plain = [r for r in results if not crossover.is_crossover(r)]
+    write_report(plain or results, out / "details.md", plot_name="validation.png", summary=summary)
+    write_plot(plain or results, out / "validation.png")
+    write_privacy_plot(plain or results, out / "privacy_utility.png")
+    if write_epsilon_plot(results, out / "epsilon_utility.png"):
+        with open(out / "details.md", "a") as f:
+            f.write("\n".join(privacy_section(results, "epsilon_utility.png")) + "\n")
+    plots = ["validation.png", "privacy_utility.png"]
+    if crossover.write_crossover_plot(results, out / "crossover.png"):
+        plots.append("crossover.png")
+    write_short_report(results, summary, out / "report.md", plots=plots)
+    write_html(results, out / "report.html", summary)
 
 
 @contextlib.contextmanager
@@ -280,17 +348,22 @@ def run_row(
 ) -> dict[str, Any]:
     """Train one row, audit it, write ``work/<run>/`` (result.json last) and return its result dict."""
     from privmed.audit import BENCH_ATTACKS, bench_audit
-    from privmed.engine.session import build_federation
+    from privmed.engine.session import build_federation, model_spec
     from privmed.errors import PrivmedError
     from privmed.files import private_dir, private_writer
+    from privmed.privacy.he_inference import bench_encrypted_inference
     from privmed.run import execute
 
     if (cfg.data, cfg.seed) not in _FEDERATIONS:
         _FEDERATIONS[cfg.data, cfg.seed] = build_federation(cfg.data, cfg.seed)
     fed = _FEDERATIONS[cfg.data, cfg.seed]
     result = execute(cfg, progress=progress, fed=fed)
+    spec = model_spec(cfg, fed)
+    bench_encrypted_inference(spec, result.predictor, fed, result)  # HE-CLSTM rows only
     try:
-        audit = bench_audit(cfg, fed, result, attacks or BENCH_ATTACKS)  # Privacy and Security columns, measured
+        # the crossover sweep measures time and bytes, not leakage: its rows are not audited
+        audited = not cfg.run_name.startswith(crossover.PREFIX)
+        audit = bench_audit(cfg, fed, result, attacks or BENCH_ATTACKS) if audited else None  # Privacy, Security
     except PrivmedError as exc:
         (console or Console(stderr=True)).print(
             f"[yellow]warning[/]: {label}: the audit failed ({exc}); the row is kept without its attack columns"

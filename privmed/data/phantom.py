@@ -26,6 +26,9 @@ Two versions (``PhantomConfig.version``; data set spec ``phantom`` = v2,
   with a lesion): :func:`make_phantom` gives the development patients,
   :func:`make_phantom_test` the held-out ones, :func:`phantom_federation`
   sites whose test sets are the held-out patients (1,120 pooled test images).
+- **sequences** (v2, ``sequence=T``, data set spec ``phantom:v2?sequence=T``):
+  each image is a follow-up sequence [T, H, W] of one slice position, labelled
+  stable / progression (:func:`_scan_sequence`); for HE-CLSTM (issue 14).
 - **v1** (until 2026-11): a bright blob, the brightest structure of its image,
   so that the image maximum alone separates the classes (AUC ≈ 0.95); no
   held-out test patients. Kept bit for bit (``tests/data/test_phantom_v1.py``)
@@ -122,6 +125,9 @@ class PhantomConfig:
     # v2 only: each image is a volume of image_size³ voxels (the same anatomy sampled at image_size slice
     # positions through the head, one pose per volume), with its 3-D lesion mask
     volume: bool = False
+    # v2 only, > 0: each image is a sequence of this many follow-up visits [sequence, H, W] (one slice position,
+    # a new pose and acquisition per visit) and the label is progression (see ``_scan_sequence``)
+    sequence: int = 0
 
     def __post_init__(self) -> None:
         def bad(msg: str) -> PrivmedError:
@@ -142,6 +148,10 @@ class PhantomConfig:
             raise bad(f"seed must be an integer, got {self.seed!r}")
         if self.volume and self.version == 1:
             raise bad("volumes are a v2 feature: use phantom:v2?volume=1")
+        if not isinstance(self.sequence, int) or self.sequence < 0 or self.sequence == 1:
+            raise bad(f"sequence must be 0 (single images) or a number of visits >= 2, got {self.sequence!r}")
+        if self.sequence and (self.version == 1 or self.volume or self.n_classes != 2):
+            raise bad("sequences are a 2-D, 2-class v2 feature (label: progression): use phantom:v2?sequence=4")
         if self.version not in VERSIONS:
             raise bad(
                 f"version must be one of {sorted(VERSIONS)} (v1 is the pre-2026-11 phantom, kept for old results), "
@@ -306,6 +316,59 @@ def _scan(
     return imgs, masks
 
 
+# Sequences (v2, ``sequence`` > 0): the fraction of non-progressing patients whose lesion is present and stable
+# from the first visit on (the rest have none), so that a lesion at the last visit does not by itself mean progression.
+STABLE_FRACTION = 0.5
+SEQUENCE_CLASSES = ("stable", "progression")
+
+
+def _scan_sequence(
+    anat: dict[str, Any],
+    label: int,
+    scanner: dict[str, float],
+    n_sequences: int,
+    rng: np.random.Generator,
+    size: int,
+    visits: int,
+) -> tuple[np.ndarray, np.ndarray]:
+    """``n_sequences`` follow-up sequences of one patient: images [n, visits, H, W] float32, masks uint8 alike.
+
+    A sequence is one slice position scanned at ``visits`` visits, each with a
+    new pose, noise and normalisation. Label 1 (progression): no lesion at the
+    first visit; the lesion appears at a visit drawn from 1..visits-1 at half its
+    radius and grows linearly to its full radius at the last visit. Label 0
+    (stable): with probability ``STABLE_FRACTION`` the lesion is present at full
+    radius at every visit, otherwise there is none. Every draw happens for every
+    patient, so the stream does not depend on the label.
+    """
+    grid = (np.arange(size) + 0.5) / size * 2 - 1
+    yy, xx = np.meshgrid(grid, grid, indexing="ij")
+    px = 2.0 / size
+    imgs = np.empty((n_sequences, visits, size, size), dtype=np.float32)
+    masks = np.zeros((n_sequences, visits, size, size), dtype=np.uint8)
+    stable = rng.uniform() < STABLE_FRACTION
+    kind = int(rng.integers(1, 3))
+    onset = int(rng.integers(1, visits))
+    if label:
+        growth = [0.0 if t < onset else 0.5 + 0.5 * (t - onset) / max(visits - 1 - onset, 1) for t in range(visits)]
+        growth[-1] = 1.0
+    else:
+        growth = [1.0 if stable else 0.0] * visits
+    for i in range(n_sequences):
+        z = rng.uniform(-0.5, 0.5)
+        for t, g in enumerate(growth):
+            theta, scale = rng.normal(0, 0.12), rng.uniform(0.93, 1.07)
+            tx, ty = rng.normal(0, 0.04, size=2)
+            c, s = np.cos(theta), np.sin(theta)
+            ux = (c * (xx - tx) + s * (yy - ty)) / scale
+            uy = (-s * (xx - tx) + c * (yy - ty)) / scale
+            visit = {**anat, "lesion": (anat["lesion"] or kind) if g > 0 else 0, "les_r": anat["les_r"] * max(g, 1e-3)}
+            t_img, m = phantom_v2.tissue(visit, z, ux, uy, px / scale)
+            imgs[i, t] = phantom_v2.normalise(_acquire(t_img, scanner, xx, yy, rng))
+            masks[i, t] = m
+    return imgs, masks
+
+
 # --------------------------------------------------------------------------- cohort
 
 
@@ -380,9 +443,14 @@ def _acquisitions(config: PhantomConfig, c: _Cohort, held_out: bool) -> Dataset:
         visits = [p for p in range(total) if c.home[p] == s and c.held_out[p] == held_out]
         visits += [p for p in sorted(c.second) if c.second[p] == s and c.held_out[p] == held_out]
         for p in visits:
-            im, m = _scan(
-                c.anats[p], scanners[s], k, _rng(seed, _STREAM_IMAGE, s, p), size, config.version, config.volume
-            )
+            if config.sequence:
+                im, m = _scan_sequence(
+                    c.anats[p], c.labels[p], scanners[s], k, _rng(seed, _STREAM_IMAGE, s, p), size, config.sequence
+                )
+            else:
+                im, m = _scan(
+                    c.anats[p], scanners[s], k, _rng(seed, _STREAM_IMAGE, s, p), size, config.version, config.volume
+                )
             images.append(im)
             masks.append(m)
             y += [c.labels[p]] * k
@@ -399,7 +467,8 @@ def _acquisitions(config: PhantomConfig, c: _Cohort, held_out: bool) -> Dataset:
     info = {
         "config": config.to_dict(),
         "scanners": scanners,
-        "classes": list(LESION_CLASSES[config.n_classes]),
+        "classes": list(SEQUENCE_CLASSES if config.sequence else LESION_CLASSES[config.n_classes]),
+        "sequence": config.sequence,
         "shared_patients": {c.pids[p]: [c.home[p], c.second[p]] for p in sorted(c.second)},
         "part": "held-out test" if held_out else "development",
     }

@@ -18,7 +18,7 @@ from privmed.data.base import Dataset, Federation
 from privmed.errors import PrivmedError, unknown_name
 
 DATASETS = ("phantom", "medmnist", "dicom", "nifti", "folder")
-OPTIONS = {"medmnist": ("slices",), "dicom": ("slices",), "nifti": ("slices",), "phantom": ("volume",)}
+OPTIONS = {"medmnist": ("slices",), "dicom": ("slices",), "nifti": ("slices",), "phantom": ("volume", "sequence")}
 NEEDS_PATH = ("medmnist", "dicom", "nifti", "folder")
 
 
@@ -95,18 +95,24 @@ def phantom_config(
     patients_scale: int,
     options: dict[str, str] | None = None,
 ):
-    """The phantom's config for ``phantom[:vN][?volume=1]`` (``arg`` is what follows the colon, before ``?``).
+    """The phantom's config for ``phantom[:vN][?volume=1|?sequence=T]`` (``arg``: what follows the colon, before ``?``).
 
     ``volume=1``: one volume of ``image_size``³ voxels per patient visit instead of four 2-D slices.
+    ``sequence=T``: four follow-up sequences of ``T`` visits per patient, each [T, H, W] (visits as channels),
+    labelled stable / progression (:func:`privmed.data.phantom._scan_sequence`).
     """
     from privmed.data.phantom import PhantomConfig, default_sizes, parse_version
 
     volume = (options or {}).get("volume", "0")
     if volume not in ("0", "1"):
         raise PrivmedError(f"phantom option volume must be 0 or 1, got {volume!r}")
+    sequence = (options or {}).get("sequence", "0")
+    if not sequence.isdigit() or int(sequence) == 1:
+        raise PrivmedError(f"phantom option sequence must be a number of visits >= 2 (or 0: none), got {sequence!r}")
     return PhantomConfig(
         images_per_patient=1 if volume == "1" else 4,
         volume=volume == "1",
+        sequence=int(sequence),
         n_sites=n_sites,
         image_size=image_size,
         n_classes=n_classes,

@@ -79,6 +79,7 @@ class Checkpoint:
             else {
                 "round": best["round"],
                 "loss": best["loss"],
+                "sites": best.get("sites", {}),
                 "ensemble": isinstance(best["predictor"], list),
                 "members": [m.to_torch_state_dict() for m in _members(best["predictor"])],
             },  # each site's own memory (optimiser state), as the site would keep it
@@ -137,7 +138,8 @@ class Checkpoint:
             best = state["best"]
             members = [ArrayRecord(sd) for sd in best["members"]]
             predictor = members if best["ensemble"] else members[0]
-            monitor.best = {"round": best["round"], "loss": best["loss"], "predictor": predictor}
+            sites = {k: (float(v[0]), float(v[1])) for k, v in best.get("sites", {}).items()}
+            monitor.best = {"round": best["round"], "loss": best["loss"], "predictor": predictor, "sites": sites}
         for i, memory in state.get("site_memory", {}).items():  # into the dicts the sites' apps hold
             for key, value in memory.items():
                 session.site_memory[int(i)].setdefault(key, {}).update(value)

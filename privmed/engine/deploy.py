@@ -24,13 +24,23 @@ What differs from the in-process engine:
   the same order. A protocol whose spec has a ``deploy_refusal`` is refused
   with that reason (centralised pools raw data; FNT needs a site-to-site
   channel Flower does not have).
+- Encrypting protocols (HE-FedAvg, SNT): the sites share their secret through
+  a file given to each hospital (``--privacy-opt keyring_file=`` /
+  ``key_file=``); the coordinator's mechanism holds no key
+  (:meth:`~privmed.privacy.base.Mechanism.at_coordinator`), so the model it
+  checkpoints and saves (``model.pt``) stays sealed: a site opens it.
 - The wait for replies is bounded (``reply-timeout-s``): a SuperNode killed
   mid-run costs one timeout (or less: the SuperLink marking it offline ends
   the wait), then the run goes on with the others; a restarted site rejoins.
-- The ServerApp also plays the in-process harness's part: it builds the
-  (generated) federation to know the model's shape and to measure the global
-  model on the pooled validation and test splits. A real coordinator holds
-  no site data; the sites' own data never reaches it through Flower here.
+- The coordinator measures nothing on data: after every round each site
+  summarises the model on its own validation split (and at the end on its
+  test split) and the coordinator sums the summaries
+  (:func:`privmed.engine.result.evaluate_at_sites`, :mod:`privmed.evaluation`),
+  as the in-process harness does, so both engines report the same numbers.
+  The ServerApp still builds the generated federation's description (model
+  shape, the sites' names and sizes for a mechanism's plan), not its images'
+  metrics; a site that holds its own files (``privmed site --data``) is
+  measured on them.
 - Bytes are not counted (Flower's Grid does not report them).
 - Replies are aggregated in the order the SuperLink returns them. With two
   sites the result is bit-identical to the in-process run (a two-term sum
@@ -262,10 +272,11 @@ def _site_app(run_config: tuple[tuple[str, Any], ...], partition_id: int, site: 
         )
     r = resolve(config)
     try:
+        r.mechanism.at_site()  # this SuperNode is one site: shared keys from the sites' files
         r.mechanism.check(plan_of(config, fed, r))  # as assemble does: DP calibrates (and checks a ledger), ...
     except PrivmedError as exc:
         return _refusing_app(f"{site} refuses: {exc}")
-    own = protocol_site_mods(r, partition_id, config)
+    own = protocol_site_mods(r, partition_id, config, fed.sites[partition_id])
     return make_client_app(
         fed.sites[partition_id],
         model_spec(config, fed),

@@ -28,6 +28,9 @@ from flwr.supercore.run import Run
 from flwr.supercore.task_identity import TaskIdentity
 
 SERVER_NODE_ID = 1  # Flower's SUPERLINK_NODE_ID
+# group ids of the harness's own messages (the sites' evaluation after a round): not the protocol's traffic,
+# not the sites' training time, and no injected faults
+HARNESS_GROUP = "harness-"
 
 
 @contextmanager
@@ -197,20 +200,24 @@ class InProcessGrid(Grid):
     def _deliver(self, msg: Message, broadcast: dict[int, dict[str, bytes]]) -> Message | None:
         nid = msg.metadata.dst_node_id
         group, mtype = msg.metadata.group_id, msg.metadata.message_type
+        counted = not group.startswith(HARNESS_GROUP)  # the harness's evaluation is not the protocol's
         inbound, nbytes = wire_copy(msg, broadcast)
-        self.traffic.add(group, nid, "down", nbytes, mtype)
+        if counted:
+            self.traffic.add(group, nid, "down", nbytes, mtype)
         t0 = time.perf_counter()
         try:
             reply = self._apps[nid](inbound, self._contexts[nid])
         except Exception as exc:  # a site's failure is a reply, as on a SuperNode
             reply = Message(Error(code=0, reason=f"{type(exc).__name__}: {exc}"), reply_to=inbound)
-        self.site_seconds[nid] += time.perf_counter() - t0
-        if self.fault is not None:
+        if counted:
+            self.site_seconds[nid] += time.perf_counter() - t0
+        if self.fault is not None and counted:
             reply = self.fault(msg, reply)
             if reply is None:
                 return None
         outbound, nbytes = wire_copy(reply)
-        self.traffic.add(group, nid, "up", nbytes, mtype)
+        if counted:
+            self.traffic.add(group, nid, "up", nbytes, mtype)
         outbound.metadata.__dict__["_message_id"] = f"r{mid_num(msg)}"
         return outbound
 

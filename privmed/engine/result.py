@@ -1,11 +1,15 @@
 """Measurement: the harness's evaluation after every round, and the one place a :class:`RunResult` is built.
 
 Used by the in-process run (:mod:`privmed.run`) and the Flower deployment
-(:mod:`privmed.engine.deploy`) alike. The harness, not the coordinator, holds
-the ground truth: it evaluates the model as the sites see it (decrypted) on
-the pooled validation split after each round and, at the end, on every
-site's test split. How traffic and scalability are measured follows the
-protocol's spec (``traffic``, ``schedule``), never its name.
+(:mod:`privmed.engine.deploy`) alike. The sites hold the ground truth: after
+each round every site summarises the model (as it sees it: decrypted by its
+own key where the coordinator holds it sealed) on its own validation split,
+and at the end on its test split, in an ``evaluate`` message of the grid;
+the harness sums the summaries into pooled and per-site metrics
+(:func:`evaluate_at_sites`, :mod:`privmed.evaluation`: exact but for AUROC,
+which is exact for scores binned in 1,000 bins, its bound reported). How
+traffic and scalability are measured follows the protocol's spec
+(``traffic``, ``schedule``), never its name.
 """
 
 from __future__ import annotations
@@ -20,11 +24,13 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
-from flwr.app import ArrayRecord
+from flwr.app import ArrayRecord, Message, RecordDict
 
 from privmed import __version__
+from privmed import evaluation as ev
 from privmed.data.base import ArraySet, Federation
 from privmed.engine.faults import reliability
+from privmed.engine.grid import HARNESS_GROUP
 from privmed.engine.validate import NORM_RULE
 from privmed.errors import PrivmedError
 from privmed.files import private_dir, private_writer
@@ -139,6 +145,63 @@ def load_predictor(run_dir: Path) -> Predictor:
         raise PrivmedError(f"{path} is not a privmed model ({type(exc).__name__}); re-run `privmed train`") from None
 
 
+@dataclass
+class Evaluation:
+    """The sites' answers to one evaluation: the pooled metrics, each site's, and who did not answer."""
+
+    pooled: dict[str, float]
+    per_site: dict[str, dict[str, float]]
+    missing: dict[str, str]  # site -> why it gave no summary
+    n: int  # images (cases) the pooled metrics cover
+    losses: dict[str, tuple[float, float]] = field(default_factory=dict)  # site -> (loss sum, count)
+
+
+def evaluate_at_sites(session: Session, predictor: Predictor, split: str, rnd: int | str) -> Evaluation:
+    """Have every site measure ``predictor`` on its own ``split`` and return sums (:mod:`privmed.evaluation`).
+
+    One ``evaluate`` message per site on the run's grid (in-process or deployed alike), in the harness's group
+    (not counted as the protocol's traffic, no injected fault). A pooled protocol (centralised) has one party
+    holding every site's data: its holder measures each site's part itself, with the same summaries.
+    """
+    s = session
+    summaries: dict[str, dict] = {}
+    missing: dict[str, str] = {}
+    if s.protocol.pooled:
+        for site in s.fed.sites:
+            data = getattr(site, split)
+            proba = predict(s.model, predictor, data) if len(data) else np.zeros((0, s.model.n_classes))
+            summaries[site.name] = ev.summary(proba, data, task=s.model.task)
+    else:
+        grid = s.grid
+        nodes = sorted(grid.get_node_ids())
+        group = f"{HARNESS_GROUP}{split}-{rnd}"
+        content = ev.request(predictor, split)
+        msgs = [Message(RecordDict(content), node, "evaluate", group_id=group) for node in nodes]
+        replies = {int(r.metadata.src_node_id): r for r in grid.send_and_receive(msgs)}
+        for node in nodes:
+            name = s.node_site.get(node) or grid.site_of(node)
+            reply = replies.get(node)
+            if reply is None:
+                missing[name] = "no reply"
+            elif reply.has_error():
+                missing[name] = f"site error: {reply.error.reason}"
+            elif ev.SUMMARY not in reply.content.array_records:
+                missing[name] = "reply carries no summary"
+            else:
+                try:
+                    summaries[name] = ev.from_record(reply.content[ev.SUMMARY])
+                except ValueError as exc:
+                    missing[name] = str(exc)
+    pooled = ev.add([v for v in summaries.values()])
+    return Evaluation(
+        pooled=ev.metrics_of(pooled, with_loss=True) if pooled is not None and ev.count(pooled) else {},
+        per_site={k: ev.metrics_of(v) for k, v in summaries.items() if ev.count(v)},
+        missing=missing,
+        n=ev.count(pooled) if pooled is not None else 0,
+        losses={k: ev.loss_parts(v) for k, v in summaries.items() if ev.count(v)},
+    )
+
+
 class Monitor:
     """The harness's ``evaluate_fn``: after every round, validate the model as the sites see it, checkpoint, report.
 
@@ -161,13 +224,8 @@ class Monitor:
         self.started = time.perf_counter() if started is None else started
         self.prior_wall = 0.0  # wall seconds an interrupted run had spent before its resume
         self._last = time.perf_counter()
-        self._val = session.fed.pooled("val")
-        if not len(self._val):
-            raise PrivmedError(
-                f"{session.fed.dataset_name}: the sites' validation splits are empty "
-                f"({sum(len(s.train) for s in session.fed.sites)} training images, {len(session.fed.sites)} sites); "
-                "the released model is selected on validation: give the data set more patients or use fewer sites"
-            )
+        if session.in_process and not sum(len(site.val) for site in session.fed.sites):  # refused before training
+            raise PrivmedError(_no_validation(session))
         self.best: dict[str, Any] | None = None  # {"round", "loss", "predictor"}
 
     def __call__(self, rnd: int, predictor: Predictor) -> dict:
@@ -180,16 +238,37 @@ class Monitor:
         # with injected faults a round in which no update arrives is a lost round (reported), not a stop
         if rejected and s.in_process and s.faults is None and len(rejected) >= _trained_in_round(s.grid, rnd):
             raise PrivmedError(f"round {rnd}: every site's update was rejected ({rejected[0]['reason']})")
-        metrics = evaluate_predictor(s.model, predictor, self._val, with_loss=True)
-        self.history.append({"round": rnd, "seconds": now - self._last, "val": finite_metrics(metrics)})
-        if self.best is None or metrics["loss"] < self.best["loss"]:
-            self.best = {"round": rnd, "loss": metrics["loss"], "predictor": predictor}
+        found = evaluate_at_sites(s, predictor, "val", rnd)
+        if not found.n and not found.missing:
+            raise PrivmedError(_no_validation(s))
+        metrics = found.pooled
+        entry = {"round": rnd, "seconds": now - self._last, "val": finite_metrics(metrics)}
+        if found.missing:  # a site that did not answer (down, late): this round's figures are the others'
+            entry["val_missing"] = found.missing
+        self.history.append(entry)
+        if found.n and self._better(found):
+            self.best = {"round": rnd, "loss": metrics["loss"], "predictor": predictor, "sites": found.losses}
         self._last = time.perf_counter()
         if self.checkpoint:
             self.checkpoint.save(s, rnd, predictor, self.history, self.wall(), best=self.best)
-        if self.progress:
+        if self.progress and metrics:
             self.progress(rnd, s.rounds, metrics)
         return metrics
+
+    def _better(self, found: Evaluation) -> bool:
+        """Lower validation loss than the best round's, on the sites both rounds were measured on (a site that was
+        down in one of them is left out of the comparison); no common site: the newer round."""
+        if self.best is None:
+            return True
+        before = self.best.get("sites") or {}
+        common = sorted(set(before) & set(found.losses)) if before else []
+        if not before:  # a best restored from an older checkpoint: its pooled loss
+            return found.pooled["loss"] < self.best["loss"]
+        if not common:
+            return True
+        now = sum(found.losses[k][0] for k in common) / sum(found.losses[k][1] for k in common)
+        then = sum(before[k][0] for k in common) / sum(before[k][1] for k in common)
+        return now < then
 
     def wall(self) -> float:
         return self.prior_wall + time.perf_counter() - self.started
@@ -207,6 +286,14 @@ class Monitor:
             "rounds_to_target": reached[0] if reached else None,
             "target": f"validation {target[0]} >= {target[1]}" if target else None,
         }
+
+
+def _no_validation(s: Session) -> str:
+    return (
+        f"{s.fed.dataset_name}: the sites' validation splits are empty "
+        f"({sum(len(site.train) for site in s.fed.sites)} training images, {len(s.fed.sites)} sites); "
+        "the released model is selected on validation: give the data set more patients or use fewer sites"
+    )
 
 
 # The validation level at which "rounds to target" is counted, per task's primary metric
@@ -231,14 +318,12 @@ def build_result(
     s, config = session, session.config
     fed, spec = s.fed, s.protocol
     released = monitor.best["predictor"] if monitor.best else output.predictor  # selected on validation only
-    final = finite_metrics(evaluate_predictor(s.model, released, fed.pooled("test")))
-    per_site = {
-        site.name: finite_metrics(evaluate_predictor(s.model, released, site.test))
-        for site in fed.sites
-        if len(site.test)
-    }
+    tested = evaluate_at_sites(s, released, "test", "final")
+    final = finite_metrics({k: v for k, v in tested.pooled.items() if k not in ("loss", "auroc_binning_bound")})
+    per_site = {k: finite_metrics(_without_bound(v)) for k, v in tested.per_site.items()}
     in_process = s.in_process
-    measured = output.measured  # a protocol's own figures (ciphertext sizes, phase timings, DSSGD's ε)
+    # a protocol's own figures (ciphertext sizes, phase timings, DSSGD's ε, split learning's training budget)
+    measured = output.measured
     if in_process:
         communication = measure_communication(spec, s.grid.traffic, s.node_site, fed, s.rounds)
         scalability = measure_scalability(spec, s.grid.site_seconds.values(), communication, s.rounds)
@@ -270,7 +355,14 @@ def build_result(
             "per_site": per_site,
             "history": history,
             "selection": monitor.selection(s.rounds, PRIMARY_METRIC[config.task]),
-            "budget": training_budget(s),
+            "evaluation": {
+                "by": "each site on its own splits; the coordinator sums their summaries (privmed.evaluation)",
+                "test_images": tested.n,
+                "auroc_bins": ev.BINS,
+                "auroc_binning_bound": tested.pooled.get("auroc_binning_bound"),
+                **({"test_missing": tested.missing} if tested.missing else {}),
+            },
+            "budget": measured.get("budget") or training_budget(s),  # a protocol whose sites count it themselves
         },
         communication=communication,
         runtime={
@@ -306,6 +398,10 @@ def build_result(
         },
         predictor=released,
     )
+
+
+def _without_bound(metrics: dict[str, float]) -> dict[str, float]:
+    return {k: v for k, v in metrics.items() if k != "auroc_binning_bound"}
 
 
 def training_budget(session: Session) -> dict[str, Any]:

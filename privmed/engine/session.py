@@ -136,11 +136,14 @@ def plan_of(config: RunConfig, fed: Federation, resolved: Resolved | None = None
     )
 
 
-def protocol_site_mods(resolved: Resolved, site_index: int, config: RunConfig) -> list[Mod]:
-    """The protocol's own site half at one site (DSSGD's selective upload), or nothing."""
-    if resolved.protocol.site_mod is None:
+def protocol_site_mods(resolved: Resolved, site_index: int, config: RunConfig, site: SiteData) -> list[Mod]:
+    """The protocol's own site half at one site (DSSGD's selective upload, split learning's client layers), or
+    nothing."""
+    spec = resolved.protocol
+    if spec.site_mod is None:
         return []
-    return [resolved.protocol.site_mod(site_index, resolved.options, reproducible_noise=config.reproducible_noise)]
+    own = {"site": site} if spec.site_data else {}
+    return [spec.site_mod(site_index, resolved.options, reproducible_noise=config.reproducible_noise, **own)]
 
 
 def one_site_grid(site: SiteData, model: ModelSpec, *, mods: Sequence[Mod] = (), trainer: Any = None) -> InProcessGrid:
@@ -203,6 +206,8 @@ def assemble(
     fed = fed or build_federation(config.data, config.seed)
     model = model_spec(config, fed)
     mechanism = r.mechanism
+    if grid is not None:  # a deployed coordinator: the sites' secrets stay at the sites
+        mechanism.at_coordinator()
     if mechanism_state is not None:
         mechanism.load_state_dict(mechanism_state)
     mechanism.check(plan_of(config, fed, r))
@@ -213,7 +218,7 @@ def assemble(
     if grid is None:
         apps = {}
         for i, site in enumerate(parties(fed, r.protocol)):
-            mods = [*mechanism.client_mods(i), *protocol_site_mods(r, i, config), *(site_mods or {}).get(i, [])]
+            mods = [*mechanism.client_mods(i), *protocol_site_mods(r, i, config, site), *(site_mods or {}).get(i, [])]
             site_memory[i] = {}
             apps[FIRST_NODE_ID + i] = make_client_app(
                 site, model, site_index=i, trainer=mechanism.trainer(i), mods=mods, memory=site_memory[i]

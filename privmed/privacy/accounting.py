@@ -54,6 +54,18 @@ def rdp_group_gaussian(*, group_size: int, noise_multiplier: float, steps: int) 
     return steps * orders * group_size**2 / (2.0 * noise_multiplier**2)
 
 
+def sample_level_patient_rdp(
+    patient_ids: np.ndarray, *, q: float, noise_multiplier: float, steps: int
+) -> dict[str, np.ndarray]:
+    """Per patient, what sample-level DP steps spent: sampled Gaussian for one image, the group bound for k > 1."""
+    ids, counts = np.unique(patient_ids, return_counts=True)
+    one = rdp_sgm(q=q, noise_multiplier=noise_multiplier, steps=steps)
+    return {
+        str(p): one if k == 1 else rdp_group_gaussian(group_size=int(k), noise_multiplier=noise_multiplier, steps=steps)
+        for p, k in zip(ids, counts)
+    }
+
+
 def rdp_pure(*, epsilon: float, releases: int) -> np.ndarray:
     """RDP of ``releases`` ε-DP releases: min(ε, α ε²/2) each (Mironov 2017 Prop. 3; Bun & Steinke 2016)."""
     orders = np.asarray(ORDERS)

@@ -61,6 +61,14 @@ class Mechanism:
     def check(self, plan: Plan) -> None:
         """Prepare for ``plan``; raise PrivmedError if the run must not start."""
 
+    def at_coordinator(self) -> None:
+        """This copy is a deployed coordinator's (called before :meth:`check`): it must hold no secret of the
+        sites; an encrypting mechanism then makes or loads no keys and :meth:`reveal` returns what it is given."""
+
+    def at_site(self) -> None:
+        """This copy is one deployed site's (called before :meth:`check`), in its own process: a secret the sites
+        share comes from the file they were given, not from this process."""
+
     def trainer(self, site_index: int) -> Trainer | None:
         return None
 
@@ -90,3 +98,16 @@ class Mechanism:
 
     def close(self) -> None:
         """The run ended, finished or failed (a budget ledger drops the run's hold)."""
+
+
+def train_only(mod: Mod) -> Mod:
+    """``mod`` on ``train`` messages only: the harness's ``evaluate`` requests (the sites measuring the model)
+    pass by it (no privacy budget is charged for them, no clipping key is expected in them)."""
+
+    def wrapped(msg, context, call_next):
+        if msg.metadata.message_type != "train":
+            return call_next(msg, context)
+        return mod(msg, context, call_next)
+
+    wrapped.__name__ = getattr(mod, "__name__", "mod")
+    return wrapped

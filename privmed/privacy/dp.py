@@ -44,8 +44,7 @@ from privmed.privacy.accounting import (
     check_reachable,
     check_target,
     history_epsilon,
-    rdp_group_gaussian,
-    rdp_sgm,
+    sample_level_patient_rdp,
 )
 from privmed.privacy.base import Plan, Trainer
 from privmed.privacy.randomness import torch_noise_generator
@@ -163,13 +162,12 @@ class DPSGD(AccountedMechanism):
         return len(data), "image", 1.0 / steps_per_epoch(len(data), batch_size)
 
     def patient_rdp(self, site_index: int, steps: int) -> dict[str, np.ndarray]:
-        ids, counts = np.unique(self.sites[site_index][1].patient_ids, return_counts=True)
-        q, sigma = self.sample_rate[site_index], self.sigma[site_index]
-        one = rdp_sgm(q=q, noise_multiplier=sigma, steps=steps)
-        return {
-            str(p): one if k == 1 else rdp_group_gaussian(group_size=int(k), noise_multiplier=sigma, steps=steps)
-            for p, k in zip(ids, counts)
-        }
+        return sample_level_patient_rdp(
+            self.sites[site_index][1].patient_ids,
+            q=self.sample_rate[site_index],
+            noise_multiplier=self.sigma[site_index],
+            steps=steps,
+        )
 
     def planned_rdp(self, site_index: int) -> dict[str, np.ndarray]:
         return self.patient_rdp(site_index, self.planned_steps[site_index])

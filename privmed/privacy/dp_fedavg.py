@@ -51,7 +51,7 @@ from privmed.privacy.accounting import (
     epsilon_from_rdp,
     rdp_sgm,
 )
-from privmed.privacy.base import Plan
+from privmed.privacy.base import Plan, train_only
 from privmed.privacy.randomness import secret_global_numpy
 
 SIDES = ("server", "client")
@@ -198,7 +198,7 @@ class DPFedAvg(AccountedMechanism):
         mods: list[Mod] = [charge_mod, uniform_weight_mod]
         if self.cfg.side == "client":
             mods.append(fixedclipping_mod if self.cfg.clipping == "fixed" else adaptiveclipping_mod)
-        return mods
+        return [train_only(m) for m in mods]  # Flower's clipping mods do not check the message type
 
     def state_dict(self) -> dict[str, Any]:
         return {**super().state_dict(), "rounds_done": {str(k): v for k, v in self.rounds_done.items()}}

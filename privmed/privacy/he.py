@@ -25,6 +25,7 @@ from __future__ import annotations
 import hashlib
 import math
 from abc import ABC, abstractmethod
+from pathlib import Path
 
 import numpy as np
 
@@ -133,6 +134,38 @@ def make_keyring(scheme: str, *, n_sites: int, **params) -> Keyring:
     if scheme == "ckks":
         return CKKSKeyring(max_summands=n_sites, **params)
     raise PrivmedError(f"unknown HE scheme {scheme!r}; valid schemes: paillier, ckks")
+
+
+KEYRING_MAX_BYTES = 64 << 20  # a CKKS context with its secret key is a few MB
+
+
+def write_keyring(path: str | Path, scheme: str, *, n_sites: int, **params) -> Path:
+    """Make the sites' shared keyring (secret key included) into ``path``, 0600.
+
+    On a deployment every site loads this one file (option ``keyring_file``), made once and handed to the
+    hospitals out of band like the SNT key file; the coordinator never gets it.
+    """
+    from privmed.files import private_writer
+
+    keyring = make_keyring(scheme, n_sites=n_sites, **params)
+    with private_writer(path) as fh:
+        fh.write(keyring.secret())
+    return Path(path)
+
+
+def load_keyring(path: str | Path, scheme: str) -> Keyring:
+    """The sites' shared keyring from ``path`` (checked as a secret file: this user's, mode 600 or stricter)."""
+    from privmed.files import read_private
+    from privmed.privacy.he_ckks import CKKSKeyring
+    from privmed.privacy.he_paillier import PaillierKeyring
+
+    make = f"create one with privmed.privacy.he.write_keyring(path, {scheme!r}, n_sites=...)"
+    raw = read_private(path, what="HE keyring file", max_bytes=KEYRING_MAX_BYTES, make=make)
+    cls = {"paillier": PaillierKeyring, "ckks": CKKSKeyring}[scheme]
+    try:
+        return cls.from_secret(raw)
+    except Exception as exc:  # not JSON, not a TenSEAL context, another scheme's file
+        raise PrivmedError(f"{path} is not a he-{scheme} keyring file ({type(exc).__name__}); {make}") from None
 
 
 def make_aggregator(scheme: str, public: bytes) -> Aggregator:

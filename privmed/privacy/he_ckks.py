@@ -32,6 +32,7 @@ refuses to decrypt with it: ``has_secret_key()`` is False).
 
 from __future__ import annotations
 
+import json
 import math
 
 import numpy as np
@@ -61,7 +62,12 @@ class CKKSKeyring(Keyring):
     scheme = "ckks"
 
     def __init__(
-        self, *, max_summands: int, poly_modulus_degree: int = POLY_MODULUS_DEGREE, scale_bits: int = SCALE_BITS
+        self,
+        *,
+        max_summands: int,
+        poly_modulus_degree: int = POLY_MODULUS_DEGREE,
+        scale_bits: int = SCALE_BITS,
+        context: bytes | None = None,
     ) -> None:
         if not _whole(poly_modulus_degree) or int(poly_modulus_degree) not in POLY_MODULUS_DEGREES:
             raise PrivmedError(
@@ -76,12 +82,16 @@ class CKKSKeyring(Keyring):
                 f"{COEFF_MOD_BIT_SIZES[0]}-bit modulus), got {scale_bits}"
             )
         self.max_summands = int(max_summands)
-        self._ctx = ts.context(
-            ts.SCHEME_TYPE.CKKS,
-            poly_modulus_degree=int(poly_modulus_degree),
-            coeff_mod_bit_sizes=list(COEFF_MOD_BIT_SIZES),
-        )
-        self._ctx.global_scale = 2.0 ** int(scale_bits)
+        if context is not None:  # the sites' shared keyring file (a deployment): the same secret key at every site
+            self._ctx = ts.context_from(context)
+        else:
+            self._ctx = ts.context(
+                ts.SCHEME_TYPE.CKKS,
+                poly_modulus_degree=int(poly_modulus_degree),
+                coeff_mod_bit_sizes=list(COEFF_MOD_BIT_SIZES),
+            )
+            self._ctx.global_scale = 2.0 ** int(scale_bits)
+        self._params = {"poly_modulus_degree": int(poly_modulus_degree), "scale_bits": int(scale_bits)}
         self._slots = int(poly_modulus_degree) // 2  # one ciphertext per poly_modulus_degree/2 values (the CKKS slots)
         pub = self._ctx.copy()
         pub.make_context_public()
@@ -89,6 +99,21 @@ class CKKSKeyring(Keyring):
 
     def public(self) -> bytes:
         return self._public
+
+    def secret(self) -> bytes:
+        head = json.dumps({"scheme": self.scheme, "max_summands": self.max_summands, **self._params}).encode()
+        return join([head, self._ctx.serialize(save_secret_key=True)])
+
+    @classmethod
+    def from_secret(cls, raw: bytes) -> CKKSKeyring:
+        head, context = split(raw)
+        d = json.loads(head)
+        return cls(
+            max_summands=int(d["max_summands"]),
+            poly_modulus_degree=int(d["poly_modulus_degree"]),
+            scale_bits=int(d["scale_bits"]),
+            context=context,
+        )
 
     def encrypt(self, vector: np.ndarray) -> bytes:
         v = np.asarray(vector, dtype=np.float64)

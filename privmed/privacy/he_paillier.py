@@ -57,12 +57,25 @@ def _layout(public: dict) -> tuple[int, int, int]:
 class PaillierKeyring(Keyring):
     scheme = "paillier"
 
-    def __init__(self, *, max_summands: int, key_bits: int = 2048, bits: int = 20, clip: float = 2.0) -> None:
+    def __init__(
+        self,
+        *,
+        max_summands: int,
+        key_bits: int = 2048,
+        bits: int = 20,
+        clip: float = 2.0,
+        primes: tuple[int, int] | None = None,
+    ) -> None:
         if key_bits < 1024 or not 4 <= bits <= 52 or not clip > 0:
             raise PrivmedError(
                 f"Paillier needs key_bits >= 1024, 4 <= bits <= 52, clip > 0 (got {key_bits}, {bits}, {clip})"
             )
-        self._pk, self._sk = phe.generate_paillier_keypair(n_length=key_bits)
+        if primes is None:
+            self._pk, self._sk = phe.generate_paillier_keypair(n_length=key_bits)
+        else:  # the sites' shared keyring file (a deployment): the same secret key at every site
+            self._pk = phe.PaillierPublicKey(primes[0] * primes[1])
+            self._sk = phe.PaillierPrivateKey(self._pk, *primes)
+        self.key_bits = int(key_bits)
         self.bits, self.clip = int(bits), float(clip)
         self._desc = {
             "scheme": self.scheme,
@@ -86,6 +99,30 @@ class PaillierKeyring(Keyring):
 
     def public(self) -> bytes:
         return json.dumps(self._desc, sort_keys=True).encode()
+
+    def secret(self) -> bytes:
+        return json.dumps(
+            {
+                "scheme": self.scheme,
+                "p": format(self._sk.p, "x"),
+                "q": format(self._sk.q, "x"),
+                "key_bits": self.key_bits,
+                "bits": self.bits,
+                "clip": self.clip,
+                "max_summands": self._desc["max_summands"],
+            }
+        ).encode()
+
+    @classmethod
+    def from_secret(cls, raw: bytes) -> PaillierKeyring:
+        d = json.loads(raw)
+        return cls(
+            max_summands=int(d["max_summands"]),
+            key_bits=int(d["key_bits"]),
+            bits=int(d["bits"]),
+            clip=float(d["clip"]),
+            primes=(int(d["p"], 16), int(d["q"], 16)),
+        )
 
     def encrypt(self, vector: np.ndarray) -> bytes:
         q = quantise(vector, clip=self.clip, bits=self.bits)

@@ -9,6 +9,7 @@ from privmed.errors import PrivmedError, unknown_name
 from privmed.privacy import dp, dp_fedavg, p3sgd
 from privmed.privacy.base import Mechanism
 from privmed.protocols.he_fedavg import HEMechanism
+from privmed.protocols.more import MoreMechanism
 from privmed.protocols.secagg_fedavg import SecAggMechanism
 from privmed.protocols.weight_transmission.site import WeightEncryption
 
@@ -22,6 +23,7 @@ MECHANISMS: dict[str, Callable[[dict[str, Any]], Mechanism]] = {
     "dp-sgd": dp.make,
     "p3sgd": p3sgd.make,
     "dp-fedavg": dp_fedavg.make,
+    "more": MoreMechanism,
 }
 
 

@@ -16,7 +16,7 @@ import io
 import json
 
 import numpy as np
-from flwr.app import Array, ArrayRecord, ConfigRecord
+from flwr.app import Array, ArrayRecord, ConfigRecord, RecordDict
 
 from privmed.errors import PrivmedError
 
@@ -69,3 +69,14 @@ def sealed_record(predictor) -> ConfigRecord | None:
     if isinstance(predictor, ArrayRecord) and list(predictor.keys()) == [SEALED_KEY]:
         return ConfigRecord.inflate(predictor[SEALED_KEY].numpy().tobytes())
     return None
+
+
+def unsealed(content: RecordDict, open_record) -> RecordDict:
+    """A message's content with every sealed model in it opened by ``open_record`` (a site's key: the harness's
+    evaluate request, when the coordinator holds only the sealed model)."""
+    out = RecordDict(dict(content.items()))
+    for key, rec in content.array_records.items():
+        sealed = sealed_record(rec)
+        if sealed is not None:
+            out[key] = open_record(sealed)
+    return out

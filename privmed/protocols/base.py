@@ -10,8 +10,8 @@ protocol's name.
 
 ``run`` sees the Grid, the initial weights, the hyper-parameters and its
 typed options, never a site's data. Measurement (validation after each
-round) is the harness's ``evaluate_fn``: the harness holds the ground truth,
-the coordinator does not.
+round) is the harness's ``evaluate_fn``: the sites measure the model on their
+own splits and send sums (:func:`privmed.engine.result.evaluate_at_sites`).
 """
 
 from __future__ import annotations
@@ -122,6 +122,24 @@ class ProtocolContext:  # pylint: disable=too-many-instance-attributes
         return np.random.default_rng([self.seed, salt])
 
 
+@dataclass(frozen=True)
+class CutView:
+    """What a party that receives split learning's cut-layer traffic can compute, given the released model.
+
+    ``encode``: images -> the activations the site sends; ``server_output``: images -> the server's output, whose
+    loss gradient a U-shaped site returns (None when the labels travel to the server themselves); ``head``: the
+    site's head that turns that output into logits (U-shape only).
+    """
+
+    encode: Callable[[Any], Any]
+    server_output: Callable[[Any], Any] | None = None
+    head: Any = None
+
+    @property
+    def labels_at_server(self) -> bool:
+        return self.server_output is None
+
+
 @dataclass
 class ProtocolOutput:
     predictor: Predictor
@@ -153,6 +171,8 @@ class ProtocolSpec:
     options: type = NoOptions  # frozen dataclass of the protocol's options, parsed strictly
     # the protocol's own site half, as a Flower client mod: (site index, options, *, reproducible_noise) -> Mod
     site_mod: Callable[..., Mod] | None = None
+    # the site mod also needs the site's own data (``site=SiteData``): split learning computes activations in it
+    site_data: bool = False
     pooled: bool = False  # the harness trains one party holding every site's data (centralised)
     traffic: str = "messages"  # one of TRAFFIC
     # which sites train under the plan (privacy accounting, membership candidates): (options, n_sites) -> indices
@@ -163,12 +183,14 @@ class ProtocolSpec:
     not_applicable: dict[str, str] = field(default_factory=dict)
     # what a site uploads of a one-step update, for the inversion probe: (model, sent, received, options, seed, site)
     probe_upload: Callable[..., tuple[dict, list]] | None = None
+    # split learning: (released model, options) -> the :class:`CutView` the activation-inversion audit attacks
+    cut_view: Callable[[Any, Any], CutView] | None = None
     # why the protocol cannot run on a Flower deployment (SuperLink + SuperNodes); None: it runs there
     deploy_refusal: str | None = None
     # the coordinator's Flower strategy can be swapped (robust aggregators in the poisoning audit)
     pluggable_strategy: bool = False
-    # at use, the sites send encodings of their images (Privacy-Net): the audit's re-identification attack applies
-    encodes: bool = False
+    # audit attacks that apply only to protocols that opt in (privmed.audit.OPT_IN_ATTACKS), e.g. "key-recovery"
+    extra_attacks: tuple[str, ...] = ()
 
     @property
     def coordinator_sees(self) -> str:

@@ -30,8 +30,14 @@ The site half: keys, and a client mod that decrypts and encrypts.
 Privacy names ``he-paillier`` and ``he-ckks``; used with the ``he-fedavg``
 protocol (``privmed train --protocol he-fedavg --privacy he-ckks``).
 The keyring is generated once among the sites (in-process: by this object,
-which lives on the sites' side); the coordinator asks a site for the public
+which lives on the sites' side; on a Flower deployment, where every SuperNode
+is its own process, it is made once with
+:func:`privmed.privacy.he.write_keyring` and each site loads that file,
+option ``keyring_file``: the key distribution is out of band, as Aono et al.
+assume); the coordinator asks a site for the public
 material (a ``train`` message holding a ``he-setup`` record) and never sees the secret key.
+On an ``evaluate`` message from the harness the mod decrypts the model the
+coordinator holds (the encrypted sum) before the site measures it.
 
 The mod, for every ``train`` message: decrypts the encrypted global model
 (``"he"`` record: sum of weighted updates, divided by the weight of the
@@ -51,9 +57,10 @@ from flwr.app import ArrayRecord, ConfigRecord, Context, Message, MetricRecord, 
 
 from privmed.engine.validate import by_destination, reply_problem, train_checked
 from privmed.errors import PrivmedError
+from privmed.evaluation import EVAL
 from privmed.privacy.base import Mechanism, Plan
-from privmed.privacy.he import Keyring, make_aggregator, make_keyring
-from privmed.privacy.sealed import flatten, layout_of, n_values, seal_predictor, sealed_record, unflatten
+from privmed.privacy.he import Keyring, load_keyring, make_aggregator, make_keyring
+from privmed.privacy.sealed import flatten, layout_of, n_values, seal_predictor, sealed_record, unflatten, unsealed
 from privmed.protocols.base import ProtocolContext, ProtocolOutput, ProtocolSpec, node_ids
 from privmed.threat import AGGREGATE, CIPHERTEXT, View
 
@@ -62,6 +69,7 @@ from privmed.threat import AGGREGATE, CIPHERTEXT, View
 # carrying this record, answered by the mod (like Flower's secaggplus_mod stages).
 SETUP = "he-setup"
 PARAMS = {"paillier": ("key_bits", "bits", "clip"), "ckks": ("poly_modulus_degree", "scale_bits")}
+KEYRING_FILE = "keyring_file"  # the sites' shared keyring (privmed.privacy.he.write_keyring): needed on a deployment
 
 
 def decrypt_global(keyring: Keyring, rec: ConfigRecord) -> ArrayRecord:
@@ -73,6 +81,9 @@ def decrypt_global(keyring: Keyring, rec: ConfigRecord) -> ArrayRecord:
 
 def he_mod(keyring: Keyring, *, n_examples: int, site: str):
     def mod(msg: Message, context: Context, call_next) -> Message:
+        if msg.metadata.message_type == "evaluate" and EVAL in msg.content.config_records:
+            msg.content = unsealed(msg.content, lambda rec: decrypt_global(keyring, rec))  # the harness's request
+            return call_next(msg, context)
         if msg.metadata.message_type != "train":
             return call_next(msg, context)
         if SETUP in msg.content.config_records:
@@ -112,18 +123,38 @@ class HEMechanism(Mechanism):
     encrypts = True
 
     def __init__(self, scheme: str, options: dict[str, Any]) -> None:
+        options = dict(options)
+        self.keyring_file = options.pop(KEYRING_FILE, None)
         unknown = sorted(set(options) - set(PARAMS[scheme]))
         if unknown:
-            raise PrivmedError(f"unknown he-{scheme} parameter {unknown[0]!r}; valid: {', '.join(PARAMS[scheme])}")
+            valid = ", ".join((*PARAMS[scheme], KEYRING_FILE))
+            raise PrivmedError(f"unknown he-{scheme} parameter {unknown[0]!r}; valid: {valid}")
         if not all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in options.values()):
             raise PrivmedError(f"he-{scheme} parameters must be numbers, got {options}")
-        self.name, self.scheme, self.options = f"he-{scheme}", scheme, dict(options)
+        self.name, self.scheme, self.options = f"he-{scheme}", scheme, options
         self.keyring: Keyring | None = None
         self._sites: list[tuple[str, int]] = []
+        self._coordinator = False
+
+    def at_coordinator(self) -> None:
+        self._coordinator = True
+
+    def at_site(self) -> None:
+        if not self.keyring_file:
+            raise PrivmedError(
+                f"{self.name} on a deployment needs the sites' shared keyring: make one with "
+                f"privmed.privacy.he.write_keyring, give it to every site and pass --privacy-opt "
+                f"{KEYRING_FILE}=PATH (each SuperNode is its own process: keys made there would differ)"
+            )
 
     def check(self, plan: Plan) -> None:
         self._sites = [(name, len(train)) for name, train in plan.sites]
-        self.keyring = make_keyring(self.scheme, n_sites=len(plan.sites), **self.options)
+        if self._coordinator:  # the coordinator asks a site for the public key at set-up; it holds no keyring
+            return
+        if self.keyring_file:
+            self.keyring = load_keyring(self.keyring_file, self.scheme)
+        else:
+            self.keyring = make_keyring(self.scheme, n_sites=len(plan.sites), **self.options)
 
     def client_mods(self, site_index: int) -> list:
         if self.keyring is None:
@@ -132,9 +163,9 @@ class HEMechanism(Mechanism):
         return [he_mod(self.keyring, n_examples=n, site=name)]
 
     def reveal(self, predictor):
-        """The global model as a site decrypts it (for the harness's evaluation)."""
+        """The global model as a site decrypts it (in-process, for the harness); a deployed coordinator cannot."""
         rec = sealed_record(predictor)
-        return predictor if rec is None else decrypt_global(self.keyring, rec)
+        return predictor if rec is None or self.keyring is None else decrypt_global(self.keyring, rec)
 
     def report(self) -> dict[str, Any]:
         return {
@@ -277,9 +308,4 @@ SPEC = ProtocolSpec(
     active_coordinator="confidentiality of every update (it holds no secret key); not integrity: it can drop, "
     "replay or substitute ciphertexts of the same key, e.g. return one site's ciphertext as the sum",
     schedule="parallel",
-    deploy_refusal=(
-        "the sites' shared HE keyring is made once among the sites in-process; over Flower every SuperNode would "
-        "make its own (no key agreement between SuperNodes yet), and the deployed harness would need the secret "
-        "key to measure the model (it needs the sites to measure it themselves first)"
-    ),
 )

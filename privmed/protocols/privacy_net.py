@@ -106,5 +106,5 @@ SPEC = ProtocolSpec(
     active_coordinator="nothing: it sees every update and can send each site an encoder of its choosing",
     schedule="parallel",
     options=PrivacyNetOptions,
-    encodes=True,
+    extra_attacks=("reidentification",),
 )

@@ -10,9 +10,11 @@ from privmed.protocols import (
     ensemble,
     fedavg,
     he_fedavg,
+    more,
     privacy_net,
     secagg_fedavg,
     single,
+    split,
     swt,
 )
 from privmed.protocols.base import ProtocolSpec
@@ -34,6 +36,8 @@ PROTOCOLS: dict[str, ProtocolSpec] = {
         dssgd.SPEC,
         admission.SPEC,
         privacy_net.SPEC,
+        more.SPEC,
+        split.SPEC,
     )
 }
 

@@ -115,3 +115,18 @@ def test_config_validation():
     for bad in ({"restarts": 0}, {"lr": 0.0}, {"tv_weight": -1.0}, {"iterations": 0}):
         with pytest.raises(PrivmedError, match="inversion needs"):
             gi.InversionConfig(**bad)
+
+
+def test_restarts_stop_once_the_gradient_match_is_good_enough(small_fed):
+    """``good_match``: a restart whose match is already below it ends the search (its reconstruction is kept)."""
+    x, y = _one_image(small_fed)
+    model = gi.LeNetZhu(1, 2, 16, seed=0)
+    grad = gi.model_gradient(model, x, y)
+    cfg = dataclasses.replace(gi.PRESETS["ig"], iterations=5, restarts=4, seed=1)
+
+    def run(**kw):
+        return gi.reconstruct(model, grad, shape=(1, 16, 16), labels=y, config=dataclasses.replace(cfg, **kw))
+
+    first = run(restarts=1)
+    assert torch.equal(run(good_match=float("inf")), first)  # the first restart is good enough: no second
+    assert not torch.equal(run(good_match=0.0), first)  # all four run; a later start matched better

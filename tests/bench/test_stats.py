@@ -37,3 +37,26 @@ def test_summary_and_comparisons_pair_runs_by_seed():
     noisy = [run("ref", s, 0.9) for s in range(3)] + [run("y", s, v) for s, v in enumerate((0.95, 0.85, 0.91))]
     (c,) = compare(noisy, ("ref",))
     assert not c["significant"]
+
+
+def audited(label, seed, auroc, mia, *, privacy=None):
+    r = run(label, seed, auroc)
+    r["config"] = {"protocol": "cwt", "privacy": privacy or {}, "faults": "", "name": label, "seed": seed}
+    r["privacy"] = {"leakage": {"MIA AUC": mia, "MIA AUC, null (chance)": 0.5}}
+    return r
+
+
+def test_every_attack_figure_gets_an_interval_and_dp_rows_are_paired_with_their_plain_row():
+    mias = (0.70, 0.72, 0.69)
+    results = [audited("cwt", s, 0.9, m) for s, m in enumerate(mias)]
+    results += [audited("cwt+dp", s, 0.8, 0.5 + 0.01 * s, privacy={"mechanism": "dp-sgd"}) for s in range(3)]
+    rows = {r["label"]: r for r in summarise(results)}
+    mia = rows["cwt"]["attacks"]["MIA AUC"]
+    assert mia["mean"] == pytest.approx(np.mean(mias)) and mia["n"] == 3
+    assert mia["ci95"] == pytest.approx(mean_ci(list(mias))[1])
+    assert rows["cwt+dp"]["attacks"]["MIA AUC, null (chance)"]["mean"] == 0.5
+    found = {(c["row"], c["reference"], c["figure"]): c for c in compare(results, ())}
+    dp = found[("cwt+dp", "cwt", "MIA AUC")]
+    assert dp["difference"] == pytest.approx(0.51 - np.mean(mias)) and dp["significant"]
+    assert found[("cwt+dp", "cwt", "test AUROC")]["difference"] == pytest.approx(-0.1)
+    assert not any(c["row"] == "cwt" for c in found.values())  # the plain row has no counterpart

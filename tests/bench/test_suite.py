@@ -39,7 +39,7 @@ def test_a_failed_audit_keeps_its_row_with_the_error(tmp_path, monkeypatch):
     assert results["fedavg"]["privacy"]["audit_error"] == "probe exploded"
     assert "leakage" in results["centralised"]["privacy"] and (out / "a" / "audit.json").exists()
     assert not (out / "b" / "audit.json").exists()
-    report = (out / "report.md").read_text()
+    report = (out / "details.md").read_text()  # the details behind report.md's summary
     assert "audit failed (probe exploded)" in report
     # the DP row is on other data: two distribution tables, and no wall ratio against FedAvg on the smaller data
     assert "430 patients: 2 rows" in report and "580 patients: 1 row" in report  # v2: + 4 x 70 held-out

@@ -11,9 +11,12 @@ on the same config in-process.
 
 Tolerance: none. Sites are numbered by name and replies aggregated in the
 order they were asked (:class:`privmed.engine.site_grid.SiteGrid`), so the
-final weights are bit-identical and the metrics equal (asserted) for FedAvg
-and CWT; tests/engine/test_site_grid.py checks every deployable protocol the
-same way without servers.
+final weights are bit-identical and the metrics equal (asserted) for FedAvg,
+CWT, HE-FedAvg (Paillier: exact sums of quantised updates) and SNT, whose
+sites share their secret from a file (the coordinator keeps the model sealed;
+the test opens it as a site would). Metrics are the sites' own, summed.
+tests/engine/test_site_grid.py checks every deployable protocol the same
+way without servers.
 
 The security tests try what must fail: a SuperNode whose key was not
 registered, a SuperNode that does not have the CA certificate, plain HTTP to
@@ -44,11 +47,13 @@ from privmed.engine.certs import make_certs
 from privmed.engine.deploy import client_app, config_of, run_config_of, write_app
 from privmed.engine.grid import InProcessGrid
 from privmed.engine.result import load_predictor
+from privmed.privacy.sealed import sealed_record
 from privmed.run import execute
+from tests.engine.conftest import opened, privacy_of
 
 BIN = Path(sys.executable).parent
 STARTUP_S = 60  # a loaded 2-core machine can take long to import Flower
-RUN_S = 180
+RUN_S = 480  # every message starts a ClientApp process on the SuperNode; 2 rounds = 5 messages per site
 SITES = ["site-0", "site-1", "site-2"]
 
 CONFIG = from_dict(
@@ -144,17 +149,21 @@ def test_supernode_without_a_site_identity_gets_an_error_reply():
     assert reply.has_error() and "partition-id" in reply.error.reason
 
 
-@pytest.mark.parametrize("protocol", ["fedavg", "cwt"])
+@pytest.mark.parametrize("protocol", ["fedavg", "cwt", "he-fedavg", "snt"])
 def test_tls_deployment_matches_in_process(hospitals, tmp_path, protocol):
-    config = replace(CONFIG, protocol=protocol)
+    config = replace(CONFIG, protocol=protocol, privacy=privacy_of(protocol, tmp_path))
     submit, done = hospitals.submit(config, tmp_path / protocol)
     local = execute(config)  # in-process, while the deployment trains
     deployed = hospitals.finish(submit, done)
 
     assert deployed["reliability"]["sites"] == SITES and deployed["reliability"]["completed"]
     assert [h["round"] for h in deployed["performance"]["history"]] == [1, 2]
-    # Tolerance 0 (see the module docstring): bit-identical weights, equal metrics.
-    final, ref = load_predictor(done.parent).to_torch_state_dict(), local.predictor.to_torch_state_dict()
+    saved = load_predictor(done.parent)
+    if protocol in ("he-fedavg", "snt"):  # the coordinator holds the model sealed; a site opens it
+        assert sealed_record(saved) is not None
+        saved = opened(config, saved)
+    # Tolerance 0 (see the module docstring): bit-identical weights, equal metrics (the sites measured both).
+    final, ref = saved.to_torch_state_dict(), local.predictor.to_torch_state_dict()
     assert set(final) == set(ref) and all(torch.equal(final[k], ref[k]) for k in final)
     assert deployed["performance"]["final"] == local.performance["final"]
     assert deployed["performance"]["history"][-1]["val"] == local.performance["history"][-1]["val"]

@@ -20,13 +20,15 @@ from privmed.engine.deploy import client_app, run_config_of, serve
 from privmed.engine.grid import InProcessGrid
 from privmed.engine.site_grid import SiteGrid
 from privmed.errors import PrivmedError
+from privmed.privacy.registry import make_mechanism
+from privmed.privacy.sealed import sealed_record
 from privmed.protocols.registry import PROTOCOLS
 from privmed.run import execute
+from tests.engine.conftest import opened, privacy_of
 
 CONFIG = from_dict(
     {"seed": 5, "data": {"sites": 3, "image_size": 16}, "train": {"rounds": 2, "lr": 0.01, "batch_size": 16}}
 )
-PRIVACY = {"secagg-fedavg": {"mechanism": "secagg"}}
 TOLERANCE = {"secagg-fedavg": 0.05}
 NODE_IDS = [9876, 123, 5555]  # random-looking, and not in site order
 PARTITIONS = [2, 0, 1]
@@ -54,12 +56,15 @@ def _members(predictor):
 
 
 @pytest.mark.parametrize("protocol", sorted(n for n, s in PROTOCOLS.items() if s.deployable))
-def test_every_deployable_protocol_runs_the_in_process_schedule(protocol):
-    config = replace(CONFIG, protocol=protocol, privacy=PRIVACY.get(protocol, {}))
+def test_every_deployable_protocol_runs_the_in_process_schedule(protocol, tmp_path):
+    config = replace(CONFIG, protocol=protocol, privacy=privacy_of(protocol, tmp_path))
     deployed = serve(fake_superlink(config), config, wait_nodes_s=5, reply_timeout_s=30)
     local = execute(config)
     assert deployed.reliability["sites"] == ["site-0", "site-1", "site-2"]
     assert not deployed.reliability["rejected_updates"], deployed.reliability
+    if make_mechanism(config.privacy).encrypts and protocol != "secagg-fedavg":  # the coordinator holds it sealed
+        assert sealed_record(deployed.predictor) is not None
+        deployed.predictor = opened(config, deployed.predictor)
     got, ref = _members(deployed.predictor), _members(local.predictor)
     assert len(got) == len(ref)
     diff = max(float((a[k] - b[k]).abs().max()) for a, b in zip(got, ref) for k in a)

@@ -108,7 +108,11 @@ SPEC = ProtocolSpec(
     active_coordinator="confidentiality (it never holds weights); it can still reorder or skip sites in the schedule",
     schedule="sequential",
     deploy_refusal=(
-        "FNT passes the weights site to site, and Flower has no channel between SuperNodes (every message goes "
-        "through the SuperLink); relaying them through it is SNT: deploy --protocol snt"
+        "FNT passes the weights site to site and Flower has no channel between SuperNodes (every message goes "
+        "through the SuperLink); a relay through the coordinator would also need each pair of sites to agree a "
+        "key it cannot intercept (in-process the pairwise X25519 keys are made in one process; deployed, the "
+        "public keys would pass through the coordinator unauthenticated: it could stand in the middle), and "
+        "privmed has no per-pair key provisioning yet. Deploy --protocol snt: the same weight transmission "
+        "through the coordinator, under one key the sites share"
     ),
 )

@@ -39,9 +39,10 @@ from flwr.app import ArrayRecord, ConfigRecord, Context, Message, RecordDict
 
 from privmed.engine.validate import train_checked
 from privmed.errors import PrivmedError
+from privmed.evaluation import EVAL
 from privmed.privacy.aes_keys import ANY_SITE, Header, PairwiseKeys, check_header, load_key, open_sealed, seal
 from privmed.privacy.base import Mechanism, Plan
-from privmed.privacy.sealed import from_bytes, sealed_record, to_bytes
+from privmed.privacy.sealed import from_bytes, sealed_record, to_bytes, unsealed
 from privmed.protocols.base import TrainInstruction
 
 VERIFY = "snt-verify"  # an SNT "evaluate" message carrying this record: open the blob, do not train
@@ -66,18 +67,20 @@ class PeerLinks:
         return self._boxes.pop((sender, receiver))
 
 
-def weight_mod(site: str, *, shared: bytes, pairwise: PairwiseKeys, links: PeerLinks, run: str):
+def weight_mod(site: str, *, shared: bytes, pairwise: PairwiseKeys, links: PeerLinks, run: str | None):
     """The site's half: open what it receives (refusing replays, reorderings and re-addressed blobs), train, seal.
 
     Nothing derived from the site's data leaves it in the clear: SNT replies
     carry only the blob, FNT replies only the bytes sent on the peer link.
     """
-    last = {"round": 0}  # the newest round this site has accepted a blob from
+    # the newest round this site has accepted a blob from; the run id blobs are bound to (deployed, run None:
+    # Flower's run id, the same at every SuperNode of the run)
+    last: dict = {"round": 0, "run": run}
     trained_from: set[bytes] = set()  # digests of the blobs this site has trained from: never twice
 
     def opened(blob: bytes, key: bytes, rnd: int, *, to_train: bool = True) -> ArrayRecord:
         plaintext, header = open_sealed(blob, key=key, receiver=site)  # raises on a tampered or foreign blob
-        check_header(header, receiver=site, run=run, round=rnd, last_round=last["round"])
+        check_header(header, receiver=site, run=last["run"], round=rnd, last_round=last["round"])
         digest = hashlib.sha256(blob).digest()
         if to_train and digest in trained_from:
             raise PrivmedError(
@@ -88,14 +91,26 @@ def weight_mod(site: str, *, shared: bytes, pairwise: PairwiseKeys, links: PeerL
             trained_from.add(digest)
         return from_bytes(plaintext)
 
+    def to_evaluate(rec: ConfigRecord) -> ArrayRecord:
+        """A model the harness asks this site to measure: of this run and for any site; any earlier round (the
+        released model is the best round's), and it moves no round forward (nothing is trained from it)."""
+        plaintext, header = open_sealed(bytes(rec["blob"]), key=shared, receiver=site)
+        check_header(header, receiver=site, run=last["run"], round=header.round, last_round=0)
+        return from_bytes(plaintext)
+
     def sealed(arrays: ArrayRecord, key: bytes, rnd: int, to: str) -> bytes:
-        return seal(to_bytes(arrays), key=key, header=Header(run=run, round=rnd, sender=site, recipient=to))
+        return seal(to_bytes(arrays), key=key, header=Header(run=last["run"], round=rnd, sender=site, recipient=to))
 
     def fnt_reply(msg: Message, sent: int) -> Message:
         return Message(RecordDict({"fnt": ConfigRecord({"site": site, "sent-bytes": sent})}), reply_to=msg)
 
     def mod(msg: Message, context: Context, call_next) -> Message:
         content = msg.content
+        if run is None:
+            last["run"] = f"flower-run-{context.run_id}"
+        if msg.metadata.message_type == "evaluate" and EVAL in content.config_records:  # the harness's evaluation
+            msg.content = unsealed(content, to_evaluate)
+            return call_next(msg, context)
         if msg.metadata.message_type == "evaluate" and VERIFY in content.config_records:
             opened(bytes(content["sealed"]["blob"]), shared, int(content[VERIFY]["round"]), to_train=False)  # raises
             return Message(RecordDict({VERIFY: ConfigRecord({"site": site})}), reply_to=msg)
@@ -154,14 +169,30 @@ class WeightEncryption(Mechanism):
         self._shared: bytes | None = None
         self._pairwise: PairwiseKeys | None = None
         self._names: list[str] = []
+        self._run: str | None = None
+        self._role = "in-process"
+
+    def at_coordinator(self) -> None:
+        self._role = "coordinator"
+
+    def at_site(self) -> None:
+        if not self.key_file:
+            raise PrivmedError(
+                "aes-gcm on a deployment needs the key the sites share: write one with "
+                "privmed.privacy.aes_keys.write_key, give it to every site and pass --privacy-opt key_file=PATH"
+            )
+        self._role = "site"
 
     def check(self, plan: Plan) -> None:
         from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
-        self._shared = load_key(self.key_file) if self.key_file else AESGCM.generate_key(bit_length=256)
         self._names = [name for name, _ in plan.sites]
+        if self._role == "coordinator":  # it forwards blobs; it holds no key
+            return
+        self._shared = load_key(self.key_file) if self.key_file else AESGCM.generate_key(bit_length=256)
         self._pairwise = PairwiseKeys(self._names)
-        self._run = secrets.token_hex(8)  # the sites' id for this run, bound into every blob they seal
+        # the sites' id for this run, bound into every blob they seal; deployed, Flower's run id (see weight_mod)
+        self._run = None if self._role == "site" else secrets.token_hex(8)
 
     def client_mods(self, site_index: int) -> list:
         if not self._names:
@@ -172,7 +203,7 @@ class WeightEncryption(Mechanism):
     def reveal(self, predictor):
         """SNT: open the coordinator's last blob; FNT: the model held by the last site."""
         rec = sealed_record(predictor)
-        if rec is None:
+        if rec is None or self._role == "coordinator":
             return predictor
         if "holder" in rec:
             return self.links.latest[str(rec["holder"])]

@@ -13,7 +13,10 @@ next site in the cycle is sent the round's last blob once more, only to open
 it (an ``evaluate`` message answered by its mod, no training): one extra
 download per round, so that a round is never evaluated on a blob no site has
 opened. The site side is :mod:`privmed.protocols.weight_transmission.site`
-(``--privacy aes-gcm``).
+(``--privacy aes-gcm``). On a Flower deployment every site loads the shared
+key from its file (``--privacy-opt key_file=PATH``; the coordinator holds no
+key and keeps the model sealed) and blobs are bound to Flower's run id; the
+sites open the coordinator's blob to measure the model (harness evaluation).
 
 A blob that fails authentication (tampered, or sealed under another key) or
 that the receiving site refuses (another run's, a round older than one it
@@ -148,8 +151,4 @@ SPEC = ProtocolSpec(
     active_coordinator="confidentiality and integrity of the weights (authenticated, bound to run, round and "
     "sender: replays and reorderings are refused); it can still withhold a blob or skip a site",
     schedule="sequential",
-    deploy_refusal=(
-        "the deployed harness measures the model at the coordinator, which would then need the sites' shared "
-        "AES key and could open every blob; SNT deploys once the sites measure the model themselves"
-    ),
 )

@@ -1,0 +1,1 @@
+"""Synthetic data: generators trained with differential privacy (DP-CGAN) and their evaluation."""
