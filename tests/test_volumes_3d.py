@@ -47,11 +47,20 @@ def test_volumes_train_as_volumes_under_each_protocol(volumes, protocol, privacy
         assert result.privacy["epsilon"] > 0 and np.isfinite(result.performance["final"]["accuracy"])
 
 
-@pytest.mark.parametrize("name", sorted(MODELS))
+SEQUENCE_ONLY = {"he-clstm"}  # a CNN + LSTM over 2-D visits [T, H, W]: a volume is not a sequence
+
+
+@pytest.mark.parametrize("name", sorted(set(MODELS) - SEQUENCE_ONLY))
 def test_every_network_builds_for_volumes(name):
     model = build_model(name, in_channels=1, n_classes=2, seed=0, spatial_dims=3)
     out = model(torch.zeros(2, 1, 32, 32, 32))
     assert out.shape[0] == 2 and (out.dim() == 2 or out.shape[2:] == (32, 32, 32))
+
+
+@pytest.mark.parametrize("name", sorted(SEQUENCE_ONLY))
+def test_a_sequence_network_refuses_volumes_by_name(name):
+    with pytest.raises(ValueError, match="2-D image sequences"):
+        build_model(name, in_channels=1, n_classes=2, seed=0, spatial_dims=3)
 
 
 def test_the_phantom_makes_volumes_with_3d_lesion_masks_and_they_train():
