@@ -94,7 +94,7 @@ def baselines(fed: Federation) -> dict[str, float]:
 def _predict(model: torch.nn.Module, data: ArraySet) -> np.ndarray:
     model.eval()
     with torch.no_grad():
-        logits = torch.cat([model(torch.from_numpy(data.images[i : i + 512])) for i in range(0, len(data), 512)])
+        logits = torch.cat([model(torch.from_numpy(data.images[i : i + 64])) for i in range(0, len(data), 64)])
     return torch.softmax(logits, 1).numpy()
 
 
@@ -109,7 +109,13 @@ def train_to_plateau(
 ) -> tuple[torch.nn.Module, int]:
     """Train until the validation loss has not improved for ``patience`` epochs; return the best checkpoint and its
     epoch."""
-    model = build_model(recipe.model, in_channels=train.images.shape[1], n_classes=n_classes, seed=seed)
+    model = build_model(
+        recipe.model,
+        in_channels=train.images.shape[1],
+        n_classes=n_classes,
+        seed=seed,
+        spatial_dims=train.images.ndim - 2,  # 3 for volumes [N, C, D, H, W]
+    )
     opt = torch.optim.Adam(model.parameters(), lr=recipe.lr)
     gen = torch.Generator().manual_seed(seed)
     x, y = torch.from_numpy(train.images), torch.from_numpy(train.labels)
