@@ -247,9 +247,12 @@ def bench(
     ),
     resume: bool = typer.Option(False, "--resume", help="keep the rows an interrupted bench finished; run the rest"),
     jobs: int = typer.Option(min(2, os.cpu_count() or 1), min=1, help="rows run at once, each in its own process"),
+    data: str = typer.Option(
+        "2d", "--data", help="2d (the phantom's images) | 3d (its volumes: the default suite's rows)"
+    ),
 ) -> None:
     """Run a suite over several seeds; write results.json, summary.json (mean ± 95 % CI), report.md and plots."""
-    from privmed.bench.suite import SUITES, run_suite, suite_attacks, suite_rows
+    from privmed.bench.suite import SUITES, VOLUME_SEEDS, run_suite, suite_attacks, suite_rows
 
     if suite == "synthetic":
         from privmed.synthetic.pipeline import run_bench
@@ -259,7 +262,7 @@ def bench(
         console.print((out / "report.md").read_text(), highlight=False)
         return
     with user_errors():
-        rows = suite_rows(suite, seed=seed, rounds=rounds)
+        rows = suite_rows(suite, seed=seed, rounds=rounds, data=data)
         try:
             out = run_suite(
                 runs_dir=runs_dir,
@@ -271,7 +274,7 @@ def bench(
                 attacks=suite_attacks(suite),
                 jobs=jobs,
                 row_progress=round_progress,
-                seeds=seeds or SUITES[suite],
+                seeds=seeds or (VOLUME_SEEDS if data == "3d" else SUITES[suite]),
             )
         except KeyboardInterrupt:
             console.print(

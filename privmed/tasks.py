@@ -172,6 +172,10 @@ def segmentation_metrics(masks: np.ndarray, proba: np.ndarray) -> dict[str, floa
       ``compute_hausdorff_distance(percentile=95)``) over lesion-present cases;
       a case with an empty prediction scores the image diagonal (the worst
       distance, the BraTS convention), counted in ``hd95_empty_prediction``.
+
+    Volumes (masks [N, 1, D, H, W]) are scored in 3-D: Dice over each
+    volume's voxels, HD95 between surfaces in 3-D (voxels), the worst
+    distance the volume's space diagonal.
     """
     cases = segmentation_cases(masks, proba)
     present, pred_any, dice_all, hd = cases["present"], cases["pred_any"], cases["dice"], cases["hd95"]
@@ -201,7 +205,7 @@ def segmentation_cases(masks: np.ndarray, proba: np.ndarray) -> dict[str, np.nda
     if present.any():
         import warnings
 
-        diagonal = float(np.hypot(*masks.shape[-2:]))
+        diagonal = float(np.sqrt(sum(n**2 for n in masks.shape[2:])))  # the image's (volume's) diagonal
         empty = ~pred_any[present]
         hd = torch.full((int(present.sum()),), diagonal, dtype=torch.float64)
         both = present & pred_any  # HD95 is defined where both the mask and the prediction hold a lesion

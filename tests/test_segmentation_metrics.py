@@ -39,3 +39,16 @@ def test_perfect_and_shifted_predictions():
     noisy = shifted.copy()
     noisy[2, 0, 0, 0] = 1  # a false lesion in an empty case
     assert segmentation_metrics(masks, _proba(noisy))["empty_false_positive_rate"] == 0.5
+
+
+def test_volumes_are_scored_in_3d():
+    """A 4³ cube moved 2 slices along the volume's first axis: HD95 2 voxels in 3-D; an empty prediction scores the
+    volume's space diagonal; Dice counts voxels."""
+    masks = np.zeros((2, 1, 12, 12, 12), dtype=np.uint8)
+    masks[0, 0, 4:8, 4:8, 4:8] = 1  # case 1 has no lesion
+    shifted = np.roll(masks, 2, axis=2)
+    m = segmentation_metrics(masks, _proba(shifted))
+    assert m["hd95"] == pytest.approx(2.0) and m["dice"] == pytest.approx(2 * 32 / 128)  # 32 of 64 voxels overlap
+    assert m["dice_overall"] == pytest.approx((0.5 + 1.0) / 2)  # the empty-empty case scores 1, as stated
+    empty = segmentation_metrics(masks, _proba(np.zeros_like(masks)))
+    assert empty["hd95"] == pytest.approx(np.sqrt(3 * 12**2)) and empty["dice"] == 0.0

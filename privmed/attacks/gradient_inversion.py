@@ -96,20 +96,24 @@ class LeNetZhu(nn.Module):
     """The victim network of the DLG paper: three 5x5 convolutions with sigmoids, one linear layer.
 
     Twice differentiable everywhere (ReLU is not), which DLG's L-BFGS relies on.
-    Weights are drawn uniformly in [-0.5, 0.5] as in the paper's code.
+    Weights are drawn uniformly in [-0.5, 0.5] as in the paper's code. ``spatial_dims=3``: the same
+    network with 3-D convolutions, for volumes (the paper's is 2-D).
     """
 
-    def __init__(self, in_channels: int, n_classes: int, image_size: int, *, seed: int = 0) -> None:
+    def __init__(
+        self, in_channels: int, n_classes: int, image_size: int, *, seed: int = 0, spatial_dims: int = 2
+    ) -> None:
         super().__init__()
+        conv = nn.Conv3d if spatial_dims == 3 else nn.Conv2d
         self.body = nn.Sequential(
-            nn.Conv2d(in_channels, 12, 5, padding=2, stride=2),
+            conv(in_channels, 12, 5, padding=2, stride=2),
             nn.Sigmoid(),
-            nn.Conv2d(12, 12, 5, padding=2, stride=2),
+            conv(12, 12, 5, padding=2, stride=2),
             nn.Sigmoid(),
-            nn.Conv2d(12, 12, 5, padding=2, stride=1),
+            conv(12, 12, 5, padding=2, stride=1),
             nn.Sigmoid(),
         )
-        self.fc = nn.Linear(12 * ((image_size + 3) // 4) ** 2, n_classes)
+        self.fc = nn.Linear(12 * ((image_size + 3) // 4) ** spatial_dims, n_classes)
         gen = torch.Generator().manual_seed(seed)
         with torch.no_grad():
             for p in self.parameters():
@@ -157,7 +161,8 @@ def infer_labels(gradient: list[torch.Tensor], *, n_classes: int, batch_size: in
 
 
 def total_variation(x: torch.Tensor) -> torch.Tensor:
-    return (x[..., 1:, :] - x[..., :-1, :]).abs().mean() + (x[..., :, 1:] - x[..., :, :-1]).abs().mean()
+    """Mean absolute difference of neighbours along each spatial axis, summed (2-D: |dy| + |dx|; volumes: + |dz|)."""
+    return sum(x.diff(dim=axis).abs().mean() for axis in range(2, x.dim()))
 
 
 def _cosine_distance(g: list[torch.Tensor], target: list[torch.Tensor]) -> torch.Tensor:

@@ -271,7 +271,7 @@ def _inversion_control(t: Target) -> dict[str, Any]:
     train = t.fed.sites[0].train
     i = int(np.random.default_rng([t.config.seed, PROBE_BATCH_SALT]).integers(len(train)))
     x, y = torch.from_numpy(train.images[i : i + 1]), torch.from_numpy(train.labels[i : i + 1])
-    model = gi.LeNetZhu(x.shape[1], t.fed.n_classes, x.shape[-1], seed=t.config.seed)
+    model = gi.LeNetZhu(x.shape[1], t.fed.n_classes, x.shape[-1], seed=t.config.seed, spatial_dims=x.dim() - 2)
     grad = gi.model_gradient(model, x, y)
     labels = gi.infer_labels(grad, n_classes=t.fed.n_classes, batch_size=1)
     # DLG's preset: 300 L-BFGS iterations, up to 4 restarts (it stalls from some starts), stopping at a converged

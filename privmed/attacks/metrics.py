@@ -5,7 +5,9 @@
   error visibility to structural similarity" (IEEE TIP), 11x11 Gaussian window
   with sigma 1.5, K1 = 0.01, K2 = 0.03, data range 1 — the paper's constants and
   scikit-image's ``gaussian_weights=True`` setting. Written here in torch
-  because neither scikit-image nor torchmetrics is a dependency.
+  because neither scikit-image nor torchmetrics is a dependency. Volumes
+  [N, C, D, H, W] use the same window in 3-D (the separable Gaussian's outer
+  product over three axes, as scikit-image and MONAI's 3-D SSIM do).
 - Membership inference: ``mia_metrics`` returns ``{auc, tpr_at_1pct_fpr,
   tpr_at_0.1pct_fpr}`` like Privacy Meter's one benchmark row; TPR at a fixed
   FPR is read from the ROC curve (Carlini et al. 2022 report it this way). A
@@ -21,27 +23,30 @@ import torch.nn.functional as F
 
 
 def psnr(x: torch.Tensor, ref: torch.Tensor) -> float:
-    """Mean PSNR (dB) over a batch [N, C, H, W] of images in [0, 1]."""
+    """Mean PSNR (dB) over a batch [N, C, H, W] of images (or [N, C, D, H, W] volumes) in [0, 1]."""
     mse = ((x.clamp(0, 1) - ref) ** 2).flatten(1).mean(1).clamp_min(1e-10)
     return float((10 * torch.log10(1.0 / mse)).mean())
 
 
-def _gaussian_window(size: int = 11, sigma: float = 1.5) -> torch.Tensor:
+def _gaussian_window(size: int = 11, sigma: float = 1.5, dims: int = 2) -> torch.Tensor:
     r = torch.arange(size, dtype=torch.float64) - (size - 1) / 2
     g = torch.exp(-(r**2) / (2 * sigma**2))
     g = g / g.sum()
-    return (g[:, None] * g[None, :]).float()
+    w = g[:, None] * g[None, :]
+    return (w[..., None] * g if dims == 3 else w).float()
 
 
 def ssim(x: torch.Tensor, ref: torch.Tensor, *, window: int = 11, sigma: float = 1.5) -> float:
-    """Mean SSIM over a batch [N, C, H, W] in [0, 1] (Wang et al. 2004, valid-region mean)."""
+    """Mean SSIM over a batch [N, C, H, W] (or volumes [N, C, D, H, W]) in [0, 1] (Wang et al. 2004, valid-region
+    mean)."""
     c1, c2 = 0.01**2, 0.03**2
     x, ref = x.clamp(0, 1).double(), ref.double()
-    n_ch = x.shape[1]
-    w = _gaussian_window(window, sigma).double().expand(n_ch, 1, window, window)
+    n_ch, dims = x.shape[1], x.dim() - 2
+    w = _gaussian_window(window, sigma, dims).double().expand(n_ch, 1, *(window,) * dims)
+    conv = F.conv3d if dims == 3 else F.conv2d
 
     def blur(t: torch.Tensor) -> torch.Tensor:
-        return F.conv2d(t, w, groups=n_ch)
+        return conv(t, w, groups=n_ch)
 
     mu_x, mu_y = blur(x), blur(ref)
     var_x = blur(x * x) - mu_x**2

@@ -13,6 +13,11 @@ row of the review's tables and the CWT ↔ FL crossover, 5 seeds, the reference
 run), ``privacy`` (the ε sweep and DSSGD over θu), ``crossover`` (the
 crossover sweep alone, one seed), ``synthetic`` (DP-CGAN against a
 non-private CGAN and train-on-real: :func:`privmed.synthetic.pipeline.run_bench`).
+
+``--data 3d`` (:func:`volume_suite`) runs the default suite's protocol rows,
+plus P3SGD, on the phantom's 3-D volumes (:data:`VOLUME_DATA`), with the
+volume budget (:data:`VOLUME_ROUNDS`) and the same audit, within 10 minutes
+on 2 cores.
 """
 
 from __future__ import annotations
@@ -34,7 +39,7 @@ from privmed.bench.html import write_html
 from privmed.bench.privacy import dp_rows, privacy_section, privacy_suite, write_epsilon_plot
 from privmed.bench.report import write_plot, write_privacy_plot, write_report, write_short_report
 from privmed.bench.stats import REFERENCES, compare, fault_effects, summarise
-from privmed.config import RunConfig, TrainSettings
+from privmed.config import DataConfig, RunConfig, TrainSettings
 from privmed.engine.result import Progress, json_default
 
 DEFAULT_ROUNDS = None  # the training budget of TrainSettings (past the default phantom's validation plateau)
@@ -219,11 +224,51 @@ def suite_attacks(suite: str) -> tuple[str, ...] | None:
 # suite -> its default number of seeds; "synthetic" (DP-CGAN's TSTR, ε and MIA) runs privmed.synthetic.pipeline
 SUITES = {"default": 3, "review": 5, "privacy": 3, "crossover": 1, "synthetic": 3}
 
+# --data 3d: the phantom's volumes (one per patient visit, the 2-D phantom's cohort, sites and scanners), at the size
+# and budget that keep the rows and their audits within 10 minutes on 2 cores (README, "Bench on 3-D volumes").
+VOLUME_SIZE = 16
+VOLUME_DATA = DataConfig(dataset="phantom:v2?volume=1", image_size=VOLUME_SIZE)
+VOLUME_ROUNDS = 20
+VOLUME_TRAIN = {"batch_size": 16, "lr": 2e-3}
+VOLUME_SEEDS = 1
+DATA_KINDS = ("2d", "3d")
 
-def suite_rows(suite: str, *, seed: int = 0, rounds: int | None = None) -> list[tuple[str, RunConfig]]:
-    """``default`` (make bench), ``review`` (every row) or ``privacy`` (the privacy–utility sweep)."""
-    from privmed.errors import unknown_name
 
+def volume_suite(*, seed: int = 0, rounds: int | None = None) -> list[tuple[str, RunConfig]]:
+    """The default suite's rows and centralised P3SGD (patient-level DP, ε = 3) on :data:`VOLUME_DATA`."""
+    base = _base(seed, rounds or VOLUME_ROUNDS)
+    base = dataclasses.replace(base, data=VOLUME_DATA, train=dataclasses.replace(base.train, **VOLUME_TRAIN))
+    rows = default_suite(seed=seed, rounds=base.train.rounds)
+    rows.append(
+        (
+            "centralised + P3SGD (patient, ε=3)",
+            dataclasses.replace(
+                base,
+                protocol="centralised",
+                name="centralised-p3sgd-eps3",
+                privacy={"mechanism": "p3sgd", "epsilon": 3.0, "delta": 1e-5},
+            ),
+        )
+    )
+    return [
+        (f"{label} [3-D]", dataclasses.replace(cfg, data=base.data, train=base.train, name=f"{cfg.run_name}-3d"))
+        for label, cfg in rows
+    ]
+
+
+def suite_rows(
+    suite: str, *, seed: int = 0, rounds: int | None = None, data: str = "2d"
+) -> list[tuple[str, RunConfig]]:
+    """``default`` (make bench), ``review`` (every row) or ``privacy`` (the privacy–utility sweep); ``data="3d"``: the
+    default suite's rows on volumes (:func:`volume_suite`)."""
+    from privmed.errors import PrivmedError, unknown_name
+
+    if data not in DATA_KINDS:
+        raise unknown_name("bench data", data, DATA_KINDS)
+    if data == "3d":
+        if suite != "default":
+            raise PrivmedError(f"--data 3d runs the default suite's rows on volumes; leave out --suite {suite}")
+        return volume_suite(seed=seed, rounds=rounds)
     if suite == "default":
         return default_suite(seed=seed, rounds=rounds)
     if suite == "review":

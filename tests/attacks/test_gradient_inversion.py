@@ -130,3 +130,16 @@ def test_restarts_stop_once_the_gradient_match_is_good_enough(small_fed):
     first = run(restarts=1)
     assert torch.equal(run(good_match=float("inf")), first)  # the first restart is good enough: no second
     assert not torch.equal(run(good_match=0.0), first)  # all four run; a later start matched better
+
+
+def test_the_attack_takes_volumes():
+    """3-D: DLG's LeNet with Conv3d, total variation along depth too, a reconstruction of the volume's shape."""
+    step = torch.zeros(1, 1, 8, 8, 8)
+    step[:, :, 4:] = 1.0  # varies along depth only
+    assert gi.total_variation(step) > 0
+    model = gi.LeNetZhu(1, 2, 8, seed=0, spatial_dims=3)
+    grad = gi.model_gradient(model, step, torch.tensor([1]))
+    assert grad[0].dim() == 5 and gi.infer_labels(grad, n_classes=2, batch_size=1).item() == 1
+    cfg = dataclasses.replace(gi.PRESETS["ig"], iterations=3)
+    rec = gi.reconstruct(model, grad, shape=(1, 8, 8, 8), labels=torch.tensor([1]), config=cfg)
+    assert rec.shape == (1, 1, 8, 8, 8)

@@ -89,3 +89,28 @@ def test_per_patient_means_scores_and_any_member():
 def test_correlation():
     a = np.arange(10.0)
     assert abs(correlation(a, 2 * a + 1) - 1) < 1e-12 and abs(correlation(a, -a) + 1) < 1e-12
+
+
+def test_ssim_of_volumes_uses_the_window_in_3d():
+    """Volumes [N, C, D, H, W]: the same Gaussian window over three axes, recomputed with scipy."""
+    from scipy.ndimage import correlate
+
+    rng = np.random.default_rng(2)
+    x = rng.random((14, 14, 14))
+    y = 0.6 * x + 0.4 * rng.random((14, 14, 14))
+    r = np.arange(11) - 5
+    g = np.exp(-(r**2) / (2 * 1.5**2))
+    w = np.einsum("i,j,k->ijk", g, g, g)
+    w /= w.sum()
+
+    def f(img):
+        return correlate(img, w, mode="constant")[5:-5, 5:-5, 5:-5]
+
+    mx, my = f(x), f(y)
+    vx, vy, cxy = f(x * x) - mx**2, f(y * y) - my**2, f(x * y) - mx * my
+    c1, c2 = 0.01**2, 0.03**2
+    ref = (((2 * mx * my + c1) * (2 * cxy + c2)) / ((mx**2 + my**2 + c1) * (vx + vy + c2))).mean()
+    got = ssim(torch.from_numpy(x)[None, None].float(), torch.from_numpy(y)[None, None].float())
+    assert (
+        abs(got - ref) < 1e-5 and abs(ssim(torch.from_numpy(x)[None, None], torch.from_numpy(x)[None, None]) - 1) < 1e-9
+    )
