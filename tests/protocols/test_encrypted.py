@@ -362,7 +362,7 @@ def test_snt_sites_refuse_a_replayed_or_reordered_blob_and_name_it(small_fed, fr
     refused = [r for r in ctx.rejections if r["node"] == receiver]
     assert refused and why in refused[0]["reason"] and "'site-0'" in refused[0]["reason"], ctx.rejections
     assert (rnd, uploader) in {(r["round"], r["node"]) for r in ctx.rejections}  # its lost update is named too
-    assert np.isfinite(flat(model)).all()
+    assert np.isfinite(flat(model)).all() and not np.allclose(flat(model), flat(ctx.initial))  # it trained on
 
 
 def test_every_message_the_coordinator_receives_holds_only_what_its_threat_matrix_lists(small_fed):

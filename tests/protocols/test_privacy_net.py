@@ -24,7 +24,7 @@ PNET = RunConfig(
 def test_privacy_net_trains_and_reports_dice(small_fed):
     result = execute(PNET, fed=small_fed)
     dice = result.performance["final"]["dice"]
-    assert 0.0 <= dice <= 1.0
+    assert 0.0 < dice <= 1.0  # the segmenter finds some lesion pixels on the encodings
     assert result.communication["bytes_up"] > 0 and result.protocol == "privacy-net"
 
 

@@ -112,7 +112,7 @@ def test_the_audit_reconstructs_site_images_and_labels_from_the_coordinators_vie
     d = out["distance_correlation"]
     assert d["dcor"] > d["dcor_null_shuffled_pairs"] and d["dcor_positive_control_input_itself"] == pytest.approx(1)
     assert out["label_leakage"]["positive_control_label_from_logit_gradient"] == 1.0
-    assert 0 <= out["label_leakage"]["auc"] <= 1
+    assert out["label_leakage"]["auc"] > 0.9  # the U-shape's returned gradient norms give the labels away
     # NoPeek's differentiable dCor is the package's estimate
     x, a = torch.rand(12, 1, 4, 4), torch.rand(12, 8)
     assert float(distance_correlation(x, a)) == pytest.approx(
