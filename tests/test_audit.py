@@ -138,3 +138,10 @@ def test_inversion_attacks_the_view_each_party_actually_has(tmp_path, protocol, 
         "inversion PSNR dB, positive control",
     }
     assert audit.threat["coordinator"]["kind"] == "ciphertext" and audit.threat["active coordinator"]["survives"]
+
+
+def test_an_empty_attack_list_runs_nothing(fedavg_run):
+    # bench_audit passes () when no bench attack applies (a segmentation row): nothing runs, nothing fails
+    target, result = load_target(fedavg_run)
+    audit = run_attacks(target, result, attacks=())
+    assert audit.results == {} and audit.not_applicable == {}
