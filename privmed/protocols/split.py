@@ -152,7 +152,9 @@ def distance_correlation(x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
 
     def centred(t: torch.Tensor) -> torch.Tensor:
         flat = t.flatten(1).double()
-        d = torch.sqrt(((flat[:, None, :] - flat[None, :, :]) ** 2).sum(-1) + 1e-12)
+        sq = (flat * flat).sum(1)
+        # pairwise squared distances from the Gram matrix: one matmul, not an [N, N, D] difference tensor
+        d = torch.sqrt((sq[:, None] + sq[None, :] - 2 * flat @ flat.T).clamp_min(0) + 1e-12)
         return d - d.mean(0, keepdim=True) - d.mean(1, keepdim=True) + d.mean()
 
     a, b = centred(x), centred(y)
