@@ -173,7 +173,7 @@ def test_ig_smooth_reconstructs_a_small_image_from_the_default_cnns_gradient(sma
     x, y = _one_image(small_fed)
     model = ModelSpec("cnn", 1, 2, "classification").build(0)
     grad = gi.model_gradient(model, x, y)
-    cfg = dataclasses.replace(gi.PRESETS["ig-smooth"], iterations=40, smooth=(0.3, 0.1, 0.03))
+    cfg = dataclasses.replace(gi.PRESETS["ig-smooth"], iterations=40, restarts=1, smooth=(0.3, 0.1, 0.03))
     rec = gi.reconstruct(
         model, grad, shape=(1, 16, 16), labels=gi.infer_labels(grad, n_classes=2, batch_size=1), config=cfg
     )
@@ -193,7 +193,7 @@ def test_ig_smooth_imposes_the_datas_known_normalisation(small_fed):
     assert torch.allclose(gi.impose_normalisation(0.5 * x + 0.2, phantom_v2.NORMALISATION), x, atol=1e-3)
     model = ModelSpec("cnn", 1, 2, "classification").build(0)
     cfg = dataclasses.replace(
-        gi.PRESETS["ig-smooth"], iterations=2, smooth=(0.1,), normalisation=phantom_v2.NORMALISATION
+        gi.PRESETS["ig-smooth"], iterations=2, restarts=1, smooth=(0.1,), normalisation=phantom_v2.NORMALISATION
     )
     rec = gi.reconstruct(model, gi.model_gradient(model, x, y), shape=(1, 16, 16), labels=y, config=cfg)
     assert np.allclose(np.percentile(rec.numpy(), [1, 75]), [0.0, phantom_v2.NORMAL_LEVEL], atol=1e-3)
