@@ -115,6 +115,11 @@ def test_config_validation():
     for bad in ({"restarts": 0}, {"lr": 0.0}, {"tv_weight": -1.0}, {"iterations": 0}):
         with pytest.raises(PrivmedError, match="inversion needs"):
             gi.InversionConfig(**bad)
+    for bad in ({"smooth": (0.1, 0.0)}, {"smooth": (0.1,), "method": "dlg"}):
+        with pytest.raises(PrivmedError, match="smooth-surrogate temperatures"):
+            gi.InversionConfig(**bad)
+    with pytest.raises(PrivmedError, match="normalisation needs two"):
+        gi.InversionConfig(normalisation=((75.0, 0.6), (1.0, 0.0)))
 
 
 def test_restarts_stop_once_the_gradient_match_is_good_enough(small_fed):
