@@ -56,6 +56,9 @@ SCALP = (0.95, 1.1)
 CALCIFICATION = 0.35  # added to tissue: the brightest dots, in both classes
 VESSEL = (0.12, 0.2)  # added to white matter
 NORMAL_LEVEL = 0.6  # where per-image normalisation puts the 75th percentile
+# The per-image normalisation as (percentile, value) anchors, then clipped to [0, 1]: public preprocessing, which a
+# gradient-inversion attacker may impose on its reconstruction (privmed.attacks.gradient_inversion).
+NORMALISATION = ((1.0, 0.0), (75.0, NORMAL_LEVEL))
 # Lesion knobs (what sets how hard the task is).
 LESION_RADIUS = (0.21, 0.3)
 RIM = (0.2, 0.27)  # rim contrast, added to tissue (white matter + rim <= scalp); the core is darker by as much
@@ -240,5 +243,6 @@ def normalise(img: np.ndarray) -> np.ndarray:
     lesion (a few % of the pixels) barely moves; an upper percentile would be
     set by the lesion's own rim and darken the whole image when one is present.
     """
-    lo, mid = np.percentile(img, [1.0, 75.0])
-    return np.clip(NORMAL_LEVEL * (img - lo) / max(mid - lo, 1e-6), 0.0, 1.0)
+    (q_lo, v_lo), (q_hi, v_hi) = NORMALISATION
+    lo, mid = np.percentile(img, [q_lo, q_hi])
+    return np.clip(v_lo + (v_hi - v_lo) * (img - lo) / max(mid - lo, 1e-6), 0.0, 1.0)
