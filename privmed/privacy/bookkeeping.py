@@ -1,0 +1,358 @@
+"""Book-keeping DP-SGD: per-sample clipping at about the cost of one extra weight-gradient pass.
+
+Papers: Bu, Wang, Zha, Karypis 2023, "Differentially private optimization on
+large model at small cost" (ICML; book-keeping, BK) and Bu, Mao, Xu 2022,
+"Scalable and efficient training of large convolutional neural networks with
+differential privacy" (NeurIPS; mixed ghost clipping for convolutions).
+One backward pass yields every trainable layer's input activations ``a`` and
+output gradients ``g``; from them, per layer, the per-sample gradient norms
+and, once the clipping factors are known, the clipped sum
+``sum_i min(1, C / ||G_i||) G_i`` -- no second backward pass (what Opacus'
+ghost clipping does) and no non-private weight gradient (what Opacus' hooks
+compute and throw away).
+
+Per layer (Bu et al. 2022's rule, on the shapes seen at the first step):
+with T output positions, p = in_channels x kernel size and d = out_channels,
+
+- *ghost norm* when 2T^2 < p*d: ``||G_i||^2 = <a_i^T a_i, g_i^T g_i>`` from two
+  [T, T] Gram matrices, and the clipped sum is one batched weight gradient of
+  the clipping-weighted ``g`` (PyTorch's own ``convolution_backward``);
+- *instantiation* otherwise (and for GroupNorm and any layer without a ghost
+  rule): Opacus' own per-sample gradient samplers, their norms, and the
+  clipped sum as a weighted sum of the per-sample gradients.
+
+Both give the gradient of Abadi et al.'s DP-SGD exactly (up to float rounding):
+the equality with Opacus' clipped, noised gradient on the same noise draw is
+tested. Noise, scaling by the expected batch size and the accountant's step
+hook are Opacus' ``DPOptimizerFastGradientClipping``; Poisson sampling is
+Opacus' ``DPDataLoader`` on the site's secret generator; the accountant is
+unchanged, so ε is that of the Opacus path.
+
+What is taken from Opacus: the ``GradSampleModule`` hooks (activations in the
+forward hook, output gradients in the full backward hook, the loss-reduction
+rescaling), its per-sample gradient samplers for instantiated layers, its
+optimizer, loader and accountants. What Opacus (1.6) lacks, and so is written
+here: (1) a ghost-norm rule for convolutions (its ghost clipping covers
+Linear/Embedding only and instantiates convolutions); (2) book-keeping: its
+fast-gradient-clipping path runs a second backward pass on the re-weighted
+loss; (3) a backward that skips the non-private weight gradients (here
+``torch.autograd.grad`` towards the first layers' outputs, so autograd
+computes only the output gradients the hooks need); (4) grouped clipping for
+P3SGD: a unit of several samples (a patient) is clipped as one, by summing its
+samples' per-sample gradients (instantiated layers) or concatenating their
+positions (ghost layers, where a unit's gradient is ``sum_i g_i a_i^T``).
+Opacus' hooks forbid in-place operations on a hooked layer's output (e.g.
+``ReLU(inplace=True)`` after a norm layer), as its own hooks mode does.
+"""
+
+from __future__ import annotations
+
+import warnings
+from typing import Any
+
+import torch
+from opacus import GradSampleModule
+from opacus.utils.tensor_utils import unfold2d, unfold3d
+from torch import nn
+
+from privmed.errors import PrivmedError
+
+CLIPPING_MODES = ("bookkeeping", "opacus")
+_GHOST_CONVS = (nn.Conv2d, nn.Conv3d)
+_CONVS = (nn.Conv1d, nn.Conv2d, nn.Conv3d)
+
+
+def ghost_norm_sq(a: torch.Tensor, g: torch.Tensor) -> torch.Tensor:
+    """||g_i a_i^T||_F^2 per row i, from Gram matrices: a [N, p, T], g [N, d, T] -> [N] (Bu et al. 2022)."""
+    if a.shape[2] == 1:
+        return a.pow(2).sum((1, 2)) * g.pow(2).sum((1, 2))
+    aa = torch.bmm(a.transpose(1, 2), a)
+    gg = torch.bmm(g.transpose(1, 2), g)
+    return (aa * gg).sum((1, 2))
+
+
+def clip_factors(norms: torch.Tensor, max_norm: float) -> torch.Tensor:
+    """Opacus' flat-clipping factors ``min(1, C / (||G|| + 1e-6))``, bit for bit its formula."""
+    return (max_norm / (norms + 1e-6)).clamp(max=1.0)
+
+
+def group_positions(x: torch.Tensor, unit_of: torch.Tensor, n_units: int) -> torch.Tensor:
+    """[B, c, T] -> [U, c, k*T]: each unit's samples side by side along the positions, zero-padded to k samples."""
+    counts = torch.bincount(unit_of, minlength=n_units)
+    k = int(counts.max())
+    order = torch.argsort(unit_of, stable=True)
+    start = torch.cumsum(counts, 0) - counts
+    rank = torch.arange(len(unit_of)) - start[unit_of[order]]
+    out = x.new_zeros((n_units, k, *x.shape[1:]))
+    out[unit_of[order], rank] = x[order]
+    return out.transpose(1, 2).reshape(n_units, x.shape[1], k * x.shape[2])
+
+
+def _unfold(layer: nn.Module, a: torch.Tensor) -> torch.Tensor:
+    """Input patches of a convolution, [B, p, T]."""
+    unfold = unfold2d if isinstance(layer, nn.Conv2d) else unfold3d
+    return unfold(a, kernel_size=layer.kernel_size, padding=layer.padding, stride=layer.stride, dilation=layer.dilation)
+
+
+def _positions(layer: nn.Module, a: torch.Tensor, g: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """(a as [B, p, T], g as [B, d, T]) for a ghost-norm layer."""
+    if isinstance(layer, nn.Linear):
+        a3, g3 = a.reshape(len(a), -1, a.shape[-1]), g.reshape(len(g), -1, g.shape[-1])
+        return a3.transpose(1, 2), g3.transpose(1, 2)
+    return _unfold(layer, a), g.flatten(2)
+
+
+def use_ghost(layer: nn.Module, g: torch.Tensor) -> bool:
+    """Bu et al. 2022's layer-wise rule: ghost norm where it needs less memory (2T^2 < pd) and less time (T(p+d) < pd).
+
+    Their mixed ghost clipping decides on the space complexities alone
+    (2BT^2 for the Gram matrices vs Bpd for the per-sample gradients); the
+    time condition (BT^2(p+d) for the Grams vs BTpd to instantiate) keeps a
+    layer where the two memories are close from paying the Grams' extra time
+    (the default CNN's last convolution at 32x32: T = 64, p*d = 9216).
+    """
+    if isinstance(layer, nn.Linear):
+        return True
+    if not isinstance(layer, _GHOST_CONVS) or layer.groups != 1 or isinstance(layer.padding, str):
+        return False
+    t, p, d = g[0, 0].numel(), layer.weight[0].numel(), layer.out_channels
+    return 2 * t * t < p * d and t * (p + d) < p * d
+
+
+def conv_grad_sample(
+    layer: nn.Module, activations: list[torch.Tensor], g: torch.Tensor
+) -> dict[nn.Parameter, torch.Tensor]:
+    """Per-sample gradients of a convolution: PyTorch's own weight gradient, vmapped over the batch.
+
+    Replaces Opacus' unfold + einsum sampler, which on one CPU thread costs
+    2-3x the batch's weight gradient; the vmapped ``convolution_backward`` costs
+    about the same as it (measured in ``benchmarks/dp_step.py``'s profile).
+    """
+    a = activations[0]
+    out: dict[nn.Parameter, torch.Tensor] = {}
+    if layer.weight.requires_grad:
+
+        def one(ai: torch.Tensor, gi: torch.Tensor) -> torch.Tensor:
+            return torch.ops.aten.convolution_backward(
+                gi[None], ai[None], layer.weight, None, *_conv_args(layer), [False, True, False]
+            )[1]
+
+        out[layer.weight] = torch.func.vmap(one)(a, g)
+    if layer.bias is not None and layer.bias.requires_grad:
+        out[layer.bias] = g.flatten(2).sum(2)
+    return out
+
+
+def _conv_args(layer: nn.Module) -> tuple[Any, ...]:
+    """stride, padding, dilation, transposed, output_padding, groups: ``convolution_backward``'s arguments."""
+    return (
+        list(layer.stride),
+        list(layer.padding),
+        list(layer.dilation),
+        False,
+        [0] * len(layer.stride),
+        layer.groups,
+    )
+
+
+def weighted_grads(layer: nn.Module, a: torch.Tensor, g: torch.Tensor) -> dict[nn.Parameter, torch.Tensor]:
+    """The batch's summed weight (and bias) gradient of a ghost layer for output gradients ``g``: one batched pass."""
+    has_bias = layer.bias is not None and layer.bias.requires_grad
+    if isinstance(layer, nn.Linear):
+        a2, g2 = a.reshape(-1, a.shape[-1]), g.reshape(-1, g.shape[-1])
+        out = {layer.weight: g2.t() @ a2}
+        if has_bias:
+            out[layer.bias] = g2.sum(0)
+        return out
+    _, gw, gb = torch.ops.aten.convolution_backward(
+        g, a, layer.weight, [layer.out_channels] if has_bias else None, *_conv_args(layer), [False, True, has_bias]
+    )
+    out = {layer.weight: gw}
+    if has_bias:
+        out[layer.bias] = gb
+    return out
+
+
+class BookkeepingGradSampleModule(GradSampleModule):
+    """Opacus' ``GradSampleModule`` hooks, turned into book-keeping clipping: call :meth:`clipped_backward`.
+
+    After ``clipped_backward(loss)`` every trainable parameter's ``.grad`` is
+    the sum over units of their clipped gradients -- what Opacus'
+    ``DPOptimizerFastGradientClipping`` then noises, scales and accounts.
+    ``loss_reduction`` as in Opacus ("mean": per-sample gradients are the
+    batch-mean loss's gradient times the batch size).
+    """
+
+    def __init__(self, m: nn.Module, *, max_grad_norm: float, loss_reduction: str = "mean") -> None:
+        super().__init__(m, batch_first=True, loss_reduction=loss_reduction, strict=True)
+        self.max_grad_norm = max_grad_norm
+        self._ghost: dict[nn.Module, bool] = {}
+        self._reset()
+
+    def _reset(self) -> None:
+        self._roots: list[torch.Tensor] = []
+        self._records: list[tuple[nn.Module, Any, Any]] = []
+        self._norms_sq: list[torch.Tensor] = []
+        self._units: tuple[torch.Tensor, int, torch.Tensor] | None = None
+        self._batch = 0
+
+    def add_hooks(
+        self, *, loss_reduction: str = "mean", batch_first: bool = True, force_functorch: bool = False
+    ) -> None:
+        """Opacus' forward hook on every trainable layer, plus a gradient hook on its output tensor.
+
+        A tensor hook instead of Opacus' full backward hook: one Python call per
+        layer in the backward instead of two autograd nodes, and the gradient
+        is that of the layer's own output even if a later ``ReLU(inplace=True)``
+        modifies it (full backward hooks refuse such models).
+        """
+        if hasattr(self._module, "autograd_grad_sample_hooks"):
+            raise ValueError("Trying to add hooks twice to the same model")
+        self._module.autograd_grad_sample_hooks = []
+        self.autograd_grad_sample_hooks = self._module.autograd_grad_sample_hooks
+        self._hooked = list(self.iterate_submodules(self._module))
+        for module in self._hooked:
+            self.autograd_grad_sample_hooks.append(module.register_forward_hook(self._forward_hook))
+        self.enable_hooks()
+
+    def _forward_hook(self, module: nn.Module, forward_input: Any, output: Any) -> None:
+        self.capture_activations_hook(module, forward_input, output)
+        self._batch = len(output)
+        if not (self.hooks_enabled and module.training and torch.is_grad_enabled() and output.requires_grad):
+            return
+        output.register_hook(lambda g: self._layer_backward(module, g))
+        if not any(isinstance(t, torch.Tensor) and t.requires_grad for t in forward_input):
+            self._roots.append((output, output._version, module))  # a first layer: the backward stops here
+
+    def _layer_backward(self, module: nn.Module, grad: torch.Tensor) -> None:
+        """Per-sample norms of ``module``'s parameters from its input and output gradient; keeps what the sum needs."""
+        activations = module.activations.pop()
+        for p in module.parameters():
+            if p.requires_grad:
+                p._forward_counter -= 1
+                if p._forward_counter != 0:
+                    raise PrivmedError(
+                        f"a {type(module).__name__} layer runs twice in one forward pass (shared weights); "
+                        "book-keeping clipping does not support it: use clipping='opacus'"
+                    )
+        g = grad.detach()  # of the batch loss; the loss-reduction factor is applied to the norms and sums
+        if not len(g):
+            return
+        if self._units is not None:
+            g = g * self._units[2].view(-1, *[1] * (g.dim() - 1))  # P3SGD: a patient's gradient is the mean
+        if module not in self._ghost:
+            self._ghost[module] = use_ghost(module, g)
+        if self._ghost[module]:
+            self._ghost_layer(module, activations[0], g)
+        else:
+            self._instantiated_layer(module, activations, g)
+
+    def _ghost_layer(self, module: nn.Module, a: torch.Tensor, g: torch.Tensor) -> None:
+        pa, pg = _positions(module, a, g)
+        if self._units is not None:
+            unit_of, n_units, _ = self._units
+            pa, pg = group_positions(pa, unit_of, n_units), group_positions(pg, unit_of, n_units)
+        self._norms_sq.append(ghost_norm_sq(pa, pg))
+        if module.bias is not None and module.bias.requires_grad:
+            self._norms_sq.append(pg.sum(2).pow(2).sum(1))
+        self._records.append((module, a, g))
+
+    def _instantiated_layer(self, module: nn.Module, activations: list[torch.Tensor], g: torch.Tensor) -> None:
+        from opacus.grad_sample.functorch import ft_compute_per_sample_gradient
+
+        if isinstance(module, _CONVS) and not isinstance(module.padding, str):
+            sampler = conv_grad_sample
+        else:
+            sampler = self.GRAD_SAMPLERS.get(type(module), ft_compute_per_sample_gradient)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            grads = {p: gs for p, gs in sampler(module, activations, g).items() if p.requires_grad}
+        if self._units is not None:
+            unit_of, n_units, _ = self._units
+            grads = {p: gs.new_zeros((n_units, *gs.shape[1:])).index_add_(0, unit_of, gs) for p, gs in grads.items()}
+        for gs in grads.values():
+            self._norms_sq.append(gs.flatten(1).pow(2).sum(1))
+        self._records.append((module, None, grads))
+
+    def clipped_backward(
+        self, loss: torch.Tensor, *, unit_of: torch.Tensor | None = None, n_units: int | None = None
+    ) -> torch.Tensor:
+        """Backward, per-unit norms, clipped sum into ``p.grad``; returns the per-unit gradient norms before clipping.
+
+        ``unit_of`` [B] maps each sample to its unit 0..n_units-1 (P3SGD's
+        patients: a unit's gradient is the mean of its samples'); default:
+        each sample is its own unit (DP-SGD).
+        """
+        params = [p for p in self.parameters() if p.requires_grad]
+        if unit_of is not None:
+            counts = torch.bincount(unit_of, minlength=n_units).clamp_min(1).float()
+            self._units = (unit_of, int(n_units), 1.0 / counts[unit_of])
+        try:
+            # output gradients only: autograd skips every (non-private) weight gradient but a first layer's
+            # whose output was modified in place
+            targets = [out if out._version == v else m.weight for out, v, m in self._roots]
+            if targets:
+                torch.autograd.grad(loss, targets, allow_unused=True)
+            else:  # the input itself requires gradients: a plain backward
+                loss.backward()
+            if not self._records:  # an empty Poisson batch: the clipped sum is zero, noise is still added
+                for p in params:
+                    p.grad = torch.zeros_like(p)
+                return torch.zeros(0)
+            # Opacus' per-sample gradients of a mean loss: the batch loss's, times the batch size
+            scale = self._batch if self.loss_reduction == "mean" else 1.0
+            norms = torch.stack(self._norms_sq).sum(0).sqrt() * scale
+            coef = clip_factors(norms, self.max_grad_norm) * scale
+            per_sample = coef if self._units is None else coef[self._units[0]]
+            for module, a, rec in self._records:
+                if a is None:  # instantiated: weighted sum of the per-unit gradients
+                    summed = {p: torch.einsum("n,n...->...", coef, gs) for p, gs in rec.items()}
+                else:  # ghost: one weight-gradient pass with the clipping folded into the output gradients
+                    summed = weighted_grads(module, a, rec * per_sample.view(-1, *[1] * (rec.dim() - 1)))
+                for p, s in summed.items():
+                    p.grad = s.view_as(p)
+            return norms
+        finally:
+            for module in self._hooked:  # layers the loss did not reach keep no stale activations
+                if getattr(module, "activations", None):
+                    module.activations = []
+                    for p in module.parameters():
+                        p._forward_counter = 0
+            self._reset()
+
+
+def check_clipping(clipping: str) -> None:
+    if clipping not in CLIPPING_MODES:
+        raise PrivmedError(f"unknown clipping {clipping!r}; valid: {', '.join(CLIPPING_MODES)}")
+
+
+def make_private(
+    model: nn.Module,
+    optimizer: torch.optim.Optimizer,
+    *,
+    noise_multiplier: float,
+    max_grad_norm: float,
+    expected_batch_size: int,
+    generator: torch.Generator,
+    loss_reduction: str = "mean",
+) -> tuple[BookkeepingGradSampleModule, Any]:
+    """(book-keeping module, Opacus' noising optimizer); a step is ``module.clipped_backward(loss)``, ``step()``.
+
+    The optimizer is Opacus' ``DPOptimizerFastGradientClipping``: it adds
+    N(0, (σC)^2) noise from ``generator`` to each parameter's clipped sum, in
+    parameter order, and divides by ``expected_batch_size`` -- the same draws
+    and arithmetic as Opacus' ``DPOptimizer`` after its own clipping. Attach
+    the accountant with ``optimizer.attach_step_hook``.
+    """
+    from opacus.optimizers import DPOptimizerFastGradientClipping
+
+    module = BookkeepingGradSampleModule(model, max_grad_norm=max_grad_norm, loss_reduction=loss_reduction)
+    dp_optimizer = DPOptimizerFastGradientClipping(
+        optimizer,
+        noise_multiplier=noise_multiplier,
+        max_grad_norm=max_grad_norm,
+        expected_batch_size=expected_batch_size,
+        loss_reduction=loss_reduction,
+        generator=generator,
+    )
+    return module, dp_optimizer
