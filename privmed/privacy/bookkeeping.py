@@ -48,10 +48,13 @@ Opacus' hooks forbid in-place operations on a hooked layer's output (e.g.
 from __future__ import annotations
 
 import warnings
+from functools import partial
 from typing import Any
 
 import torch
 from opacus import GradSampleModule
+from opacus.optimizers import DPOptimizerFastGradientClipping
+from opacus.utils.module_utils import trainable_parameters
 from opacus.utils.tensor_utils import unfold2d, unfold3d
 from torch import nn
 
@@ -122,24 +125,64 @@ def use_ghost(layer: nn.Module, g: torch.Tensor) -> bool:
 def conv_grad_sample(
     layer: nn.Module, activations: list[torch.Tensor], g: torch.Tensor
 ) -> dict[nn.Parameter, torch.Tensor]:
-    """Per-sample gradients of a convolution: PyTorch's own weight gradient, vmapped over the batch.
+    """Per-sample gradients of a convolution, by the cheaper of two batched products (measured on one CPU thread).
 
-    Replaces Opacus' unfold + einsum sampler, which on one CPU thread costs
-    2-3x the batch's weight gradient; the vmapped ``convolution_backward`` costs
-    about the same as it (measured in ``benchmarks/dp_step.py``'s profile).
+    Where the input patches are no larger than the output gradient (p <= d,
+    e.g. a first layer on one channel): Opacus' unfold and one batched matrix
+    product. Otherwise PyTorch's own weight gradient with the batch folded into
+    the groups: one ``convolution_backward`` of a [1, B*C_in, ...] input grouped
+    B*groups ways (about 1.5x the batch's weight gradient, where Opacus'
+    unfold + einsum sampler costs 2-4x it and ``torch.func.vmap`` 2x).
     """
     a = activations[0]
-    out: dict[nn.Parameter, torch.Tensor] = {}
+    n, out = len(a), {}
     if layer.weight.requires_grad:
-
-        def one(ai: torch.Tensor, gi: torch.Tensor) -> torch.Tensor:
-            return torch.ops.aten.convolution_backward(
-                gi[None], ai[None], layer.weight, None, *_conv_args(layer), [False, True, False]
+        p, d = layer.weight[0].numel(), layer.out_channels
+        if p <= d and layer.groups == 1 and isinstance(layer, (nn.Conv2d, nn.Conv3d)):
+            patches = _unfold(layer, a)
+            out[layer.weight] = torch.bmm(g.reshape(n, d, -1), patches.transpose(1, 2)).view(n, *layer.weight.shape)
+        else:
+            stride, padding, dilation, transposed, output_padding, groups = _conv_args(layer)
+            # only the weight's shape matters for the weight gradient: an unfilled stand-in, not B copies
+            shape = (n * layer.weight.shape[0], *layer.weight.shape[1:])
+            grad_w = torch.ops.aten.convolution_backward(
+                g.reshape(1, -1, *g.shape[2:]),
+                a.reshape(1, -1, *a.shape[2:]),
+                torch.empty(shape, dtype=a.dtype),
+                None,
+                stride,
+                padding,
+                dilation,
+                transposed,
+                output_padding,
+                groups * n,
+                [False, True, False],
             )[1]
-
-        out[layer.weight] = torch.func.vmap(one)(a, g)
+            out[layer.weight] = grad_w.view(n, *layer.weight.shape)
     if layer.bias is not None and layer.bias.requires_grad:
         out[layer.bias] = g.flatten(2).sum(2)
+    return out
+
+
+def group_norm_grad_sample(
+    layer: nn.GroupNorm, a: torch.Tensor, g: torch.Tensor, mean: torch.Tensor, rstd: torch.Tensor
+) -> dict[nn.Parameter, torch.Tensor]:
+    """Per-sample GroupNorm gradients from the forward's own group statistics (no second normalisation pass).
+
+    d weight_c = rstd_g (sum_s a_cs g_cs - mean_g sum_s g_cs), d bias_c = sum_s g_cs;
+    Opacus' sampler re-normalises the input and multiplies, three passes and
+    two input-sized temporaries.
+    """
+    n, c = a.shape[:2]
+    a3, g3 = a.reshape(n, c, -1), g.reshape(n, c, -1)
+    gsum = g3.sum(2)
+    out: dict[nn.Parameter, torch.Tensor] = {}
+    if layer.weight is not None and layer.weight.requires_grad:
+        k = c // layer.num_groups
+        mean_c, rstd_c = mean.reshape(n, -1).repeat_interleave(k, 1), rstd.reshape(n, -1).repeat_interleave(k, 1)
+        out[layer.weight] = (torch.linalg.vecdot(a3, g3) - mean_c * gsum) * rstd_c
+    if layer.bias is not None and layer.bias.requires_grad:
+        out[layer.bias] = gsum
     return out
 
 
@@ -190,7 +233,9 @@ class BookkeepingGradSampleModule(GradSampleModule):
         self._reset()
 
     def _reset(self) -> None:
-        self._roots: list[torch.Tensor] = []
+        self._acts: dict[nn.Module, list[Any]] = {}
+        self._norm_stats: dict[nn.Module, Any] = {}
+        self._roots: list[tuple[torch.Tensor, int, nn.Module]] = []
         self._records: list[tuple[nn.Module, Any, Any]] = []
         self._norms_sq: list[torch.Tensor] = []
         self._units: tuple[torch.Tensor, int, torch.Tensor] | None = None
@@ -199,42 +244,46 @@ class BookkeepingGradSampleModule(GradSampleModule):
     def add_hooks(
         self, *, loss_reduction: str = "mean", batch_first: bool = True, force_functorch: bool = False
     ) -> None:
-        """Opacus' forward hook on every trainable layer, plus a gradient hook on its output tensor.
+        """A forward hook on every layer Opacus would hook; it puts a gradient hook on the layer's output tensor.
 
-        A tensor hook instead of Opacus' full backward hook: one Python call per
-        layer in the backward instead of two autograd nodes, and the gradient
-        is that of the layer's own output even if a later ``ReLU(inplace=True)``
-        modifies it (full backward hooks refuse such models).
+        Leaner than Opacus' hooks, whose per-call parameter walks and full
+        backward hooks (two extra autograd nodes per layer) cost as much as a
+        small network's clipping on one CPU thread; and the gradient is that of
+        the layer's own output even if a later ``ReLU(inplace=True)`` modifies
+        it (full backward hooks refuse such models).
         """
+        from opacus.grad_sample.functorch import prepare_layer
+
         if hasattr(self._module, "autograd_grad_sample_hooks"):
             raise ValueError("Trying to add hooks twice to the same model")
         self._module.autograd_grad_sample_hooks = []
         self.autograd_grad_sample_hooks = self._module.autograd_grad_sample_hooks
-        self._hooked = list(self.iterate_submodules(self._module))
-        for module in self._hooked:
+        self._params = {m: [p for _, p in trainable_parameters(m)] for m in self.iterate_submodules(self._module)}
+        for module in self._params:
+            if type(module) not in self.GRAD_SAMPLERS:
+                prepare_layer(module, batch_first=True)  # functorch computes its per-sample gradients
             self.autograd_grad_sample_hooks.append(module.register_forward_hook(self._forward_hook))
         self.enable_hooks()
 
-    def _forward_hook(self, module: nn.Module, forward_input: Any, output: Any) -> None:
-        self.capture_activations_hook(module, forward_input, output)
-        self._batch = len(output)
+    def _forward_hook(self, module: nn.Module, inputs: Any, output: Any) -> None:
         if not (self.hooks_enabled and module.training and torch.is_grad_enabled() and output.requires_grad):
             return
-        output.register_hook(lambda g: self._layer_backward(module, g))
-        if not any(isinstance(t, torch.Tensor) and t.requires_grad for t in forward_input):
+        if module in self._acts:
+            raise PrivmedError(
+                f"a {type(module).__name__} layer runs twice in one forward pass (shared weights); "
+                "book-keeping clipping does not support it: use clipping='opacus'"
+            )
+        self._acts[module] = [t.detach() if isinstance(t, torch.Tensor) else t for t in inputs]
+        if isinstance(module, nn.GroupNorm):
+            self._norm_stats[module] = output.grad_fn  # holds the forward's per-group mean and 1/std
+        output.register_hook(partial(self._layer_backward, module))
+        self._batch = len(output)
+        if not any(isinstance(t, torch.Tensor) and t.requires_grad for t in inputs):
             self._roots.append((output, output._version, module))  # a first layer: the backward stops here
 
     def _layer_backward(self, module: nn.Module, grad: torch.Tensor) -> None:
         """Per-sample norms of ``module``'s parameters from its input and output gradient; keeps what the sum needs."""
-        activations = module.activations.pop()
-        for p in module.parameters():
-            if p.requires_grad:
-                p._forward_counter -= 1
-                if p._forward_counter != 0:
-                    raise PrivmedError(
-                        f"a {type(module).__name__} layer runs twice in one forward pass (shared weights); "
-                        "book-keeping clipping does not support it: use clipping='opacus'"
-                    )
+        activations = self._acts.pop(module)
         g = grad.detach()  # of the batch loss; the loss-reduction factor is applied to the norms and sums
         if not len(g):
             return
@@ -260,19 +309,46 @@ class BookkeepingGradSampleModule(GradSampleModule):
     def _instantiated_layer(self, module: nn.Module, activations: list[torch.Tensor], g: torch.Tensor) -> None:
         from opacus.grad_sample.functorch import ft_compute_per_sample_gradient
 
+        stats = self._norm_stats.get(module)
         if isinstance(module, _CONVS) and not isinstance(module.padding, str):
-            sampler = conv_grad_sample
+            grads = conv_grad_sample(module, activations, g)
+        elif stats is not None and hasattr(stats, "_saved_result2"):
+            grads = group_norm_grad_sample(module, activations[0], g, stats._saved_result1, stats._saved_result2)
         else:
             sampler = self.GRAD_SAMPLERS.get(type(module), ft_compute_per_sample_gradient)
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            grads = {p: gs for p, gs in sampler(module, activations, g).items() if p.requires_grad}
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")
+                grads = {p: gs for p, gs in sampler(module, activations, g).items() if p.requires_grad}
         if self._units is not None:
             unit_of, n_units, _ = self._units
             grads = {p: gs.new_zeros((n_units, *gs.shape[1:])).index_add_(0, unit_of, gs) for p, gs in grads.items()}
         for gs in grads.values():
-            self._norms_sq.append(gs.flatten(1).pow(2).sum(1))
+            self._norms_sq.append(torch.linalg.vector_norm(gs.flatten(1), dim=1).square())
         self._records.append((module, None, grads))
+
+    def _output_gradients(self, loss: torch.Tensor) -> None:
+        """The backward pass, as far as the first layers' outputs: the hooks see every layer's output gradient.
+
+        Autograd then skips every weight gradient (the non-private one, which
+        book-keeping replaces) except a first layer's whose output was later
+        modified in place (its weight is the target instead).
+        """
+        targets = [out if out._version == v else m.weight for out, v, m in self._roots]
+        if targets:
+            torch.autograd.grad(loss, targets, allow_unused=True)
+        else:  # the input itself requires gradients: a plain backward
+            loss.backward()
+
+    def _clipped_sums(self, coef: torch.Tensor) -> None:
+        """``p.grad`` = sum over units of ``coef`` x the unit's gradient, for every layer."""
+        per_sample = coef if self._units is None else coef[self._units[0]]
+        for module, a, rec in self._records:
+            if a is None:  # instantiated: weighted sum of the per-unit gradients
+                summed = {p: torch.einsum("n,n...->...", coef, gs) for p, gs in rec.items()}
+            else:  # ghost: one weight-gradient pass with the clipping folded into the output gradients
+                summed = weighted_grads(module, a, rec * per_sample.view(-1, *[1] * (rec.dim() - 1)))
+            for p, s in summed.items():
+                p.grad = s.view_as(p)
 
     def clipped_backward(
         self, loss: torch.Tensor, *, unit_of: torch.Tensor | None = None, n_units: int | None = None
@@ -283,18 +359,12 @@ class BookkeepingGradSampleModule(GradSampleModule):
         patients: a unit's gradient is the mean of its samples'); default:
         each sample is its own unit (DP-SGD).
         """
-        params = [p for p in self.parameters() if p.requires_grad]
+        params = [p for ps in self._params.values() for p in ps]
         if unit_of is not None:
             counts = torch.bincount(unit_of, minlength=n_units).clamp_min(1).float()
             self._units = (unit_of, int(n_units), 1.0 / counts[unit_of])
         try:
-            # output gradients only: autograd skips every (non-private) weight gradient but a first layer's
-            # whose output was modified in place
-            targets = [out if out._version == v else m.weight for out, v, m in self._roots]
-            if targets:
-                torch.autograd.grad(loss, targets, allow_unused=True)
-            else:  # the input itself requires gradients: a plain backward
-                loss.backward()
+            self._output_gradients(loss)
             if not self._records:  # an empty Poisson batch: the clipped sum is zero, noise is still added
                 for p in params:
                     p.grad = torch.zeros_like(p)
@@ -302,28 +372,28 @@ class BookkeepingGradSampleModule(GradSampleModule):
             # Opacus' per-sample gradients of a mean loss: the batch loss's, times the batch size
             scale = self._batch if self.loss_reduction == "mean" else 1.0
             norms = torch.stack(self._norms_sq).sum(0).sqrt() * scale
-            coef = clip_factors(norms, self.max_grad_norm) * scale
-            per_sample = coef if self._units is None else coef[self._units[0]]
-            for module, a, rec in self._records:
-                if a is None:  # instantiated: weighted sum of the per-unit gradients
-                    summed = {p: torch.einsum("n,n...->...", coef, gs) for p, gs in rec.items()}
-                else:  # ghost: one weight-gradient pass with the clipping folded into the output gradients
-                    summed = weighted_grads(module, a, rec * per_sample.view(-1, *[1] * (rec.dim() - 1)))
-                for p, s in summed.items():
-                    p.grad = s.view_as(p)
+            self._clipped_sums(clip_factors(norms, self.max_grad_norm) * scale)
             return norms
         finally:
-            for module in self._hooked:  # layers the loss did not reach keep no stale activations
-                if getattr(module, "activations", None):
-                    module.activations = []
-                    for p in module.parameters():
-                        p._forward_counter = 0
-            self._reset()
+            self._reset()  # also drops the activations of layers the loss did not reach
 
 
 def check_clipping(clipping: str) -> None:
     if clipping not in CLIPPING_MODES:
         raise PrivmedError(f"unknown clipping {clipping!r}; valid: {', '.join(CLIPPING_MODES)}")
+
+
+class BookkeepingDPOptimizer(DPOptimizerFastGradientClipping):
+    """Opacus' noising optimizer for pre-clipped gradients, without its per-step deep copy of every gradient.
+
+    ``p.grad`` is already a fresh tensor (the clipped sum), so it becomes
+    ``p.summed_grad`` as it is; noise, scaling and the accountant's hook are
+    Opacus' own.
+    """
+
+    def accumulate(self) -> None:
+        for p in self.params:
+            p.summed_grad = p.grad if p.summed_grad is None else p.summed_grad + p.grad
 
 
 def make_private(
@@ -344,10 +414,8 @@ def make_private(
     and arithmetic as Opacus' ``DPOptimizer`` after its own clipping. Attach
     the accountant with ``optimizer.attach_step_hook``.
     """
-    from opacus.optimizers import DPOptimizerFastGradientClipping
-
     module = BookkeepingGradSampleModule(model, max_grad_norm=max_grad_norm, loss_reduction=loss_reduction)
-    dp_optimizer = DPOptimizerFastGradientClipping(
+    dp_optimizer = BookkeepingDPOptimizer(
         optimizer,
         noise_multiplier=noise_multiplier,
         max_grad_norm=max_grad_norm,
