@@ -216,6 +216,24 @@ def weighted_grads(layer: nn.Module, a: torch.Tensor, g: torch.Tensor) -> dict[n
     return out
 
 
+class _StepState:
+    """What one forward/backward leaves for the clipping: activations, first layers, per-layer records and norms."""
+
+    __slots__ = ("acts", "norm_stats", "roots", "records", "norms_sq", "units", "batch")
+
+    def __init__(self) -> None:
+        self.clear()
+
+    def clear(self) -> None:
+        self.acts: dict[nn.Module, list[Any]] = {}
+        self.norm_stats: dict[nn.Module, Any] = {}
+        self.roots: list[tuple[torch.Tensor, int, nn.Module]] = []
+        self.records: list[tuple[nn.Module, Any, Any]] = []
+        self.norms_sq: list[torch.Tensor] = []
+        self.units: tuple[torch.Tensor, int, torch.Tensor] | None = None
+        self.batch = 0
+
+
 class BookkeepingGradSampleModule(GradSampleModule):
     """Opacus' ``GradSampleModule`` hooks, turned into book-keeping clipping: call :meth:`clipped_backward`.
 
@@ -230,16 +248,7 @@ class BookkeepingGradSampleModule(GradSampleModule):
         super().__init__(m, batch_first=True, loss_reduction=loss_reduction, strict=True)
         self.max_grad_norm = max_grad_norm
         self._ghost: dict[nn.Module, bool] = {}
-        self._reset()
-
-    def _reset(self) -> None:
-        self._acts: dict[nn.Module, list[Any]] = {}
-        self._norm_stats: dict[nn.Module, Any] = {}
-        self._roots: list[tuple[torch.Tensor, int, nn.Module]] = []
-        self._records: list[tuple[nn.Module, Any, Any]] = []
-        self._norms_sq: list[torch.Tensor] = []
-        self._units: tuple[torch.Tensor, int, torch.Tensor] | None = None
-        self._batch = 0
+        self._step = _StepState()  # a plain object: nn.Module's own attribute setting is slow per layer
 
     def add_hooks(
         self, *, loss_reduction: str = "mean", batch_first: bool = True, force_functorch: bool = False
@@ -268,27 +277,27 @@ class BookkeepingGradSampleModule(GradSampleModule):
     def _forward_hook(self, module: nn.Module, inputs: Any, output: Any) -> None:
         if not (self.hooks_enabled and module.training and torch.is_grad_enabled() and output.requires_grad):
             return
-        if module in self._acts:
+        if module in self._step.acts:
             raise PrivmedError(
                 f"a {type(module).__name__} layer runs twice in one forward pass (shared weights); "
                 "book-keeping clipping does not support it: use clipping='opacus'"
             )
-        self._acts[module] = [t.detach() if isinstance(t, torch.Tensor) else t for t in inputs]
+        self._step.acts[module] = [t.detach() if isinstance(t, torch.Tensor) else t for t in inputs]
         if isinstance(module, nn.GroupNorm):
-            self._norm_stats[module] = output.grad_fn  # holds the forward's per-group mean and 1/std
+            self._step.norm_stats[module] = output.grad_fn  # holds the forward's per-group mean and 1/std
         output.register_hook(partial(self._layer_backward, module))
-        self._batch = len(output)
+        self._step.batch = len(output)
         if not any(isinstance(t, torch.Tensor) and t.requires_grad for t in inputs):
-            self._roots.append((output, output._version, module))  # a first layer: the backward stops here
+            self._step.roots.append((output, output._version, module))  # a first layer: the backward stops here
 
     def _layer_backward(self, module: nn.Module, grad: torch.Tensor) -> None:
         """Per-sample norms of ``module``'s parameters from its input and output gradient; keeps what the sum needs."""
-        activations = self._acts.pop(module)
+        activations = self._step.acts.pop(module)
         g = grad.detach()  # of the batch loss; the loss-reduction factor is applied to the norms and sums
         if not len(g):
             return
-        if self._units is not None:
-            g = g * self._units[2].view(-1, *[1] * (g.dim() - 1))  # P3SGD: a patient's gradient is the mean
+        if self._step.units is not None:
+            g = g * self._step.units[2].view(-1, *[1] * (g.dim() - 1))  # P3SGD: a patient's gradient is the mean
         if module not in self._ghost:
             self._ghost[module] = use_ghost(module, g)
         if self._ghost[module]:
@@ -298,18 +307,18 @@ class BookkeepingGradSampleModule(GradSampleModule):
 
     def _ghost_layer(self, module: nn.Module, a: torch.Tensor, g: torch.Tensor) -> None:
         pa, pg = _positions(module, a, g)
-        if self._units is not None:
-            unit_of, n_units, _ = self._units
+        if self._step.units is not None:
+            unit_of, n_units, _ = self._step.units
             pa, pg = group_positions(pa, unit_of, n_units), group_positions(pg, unit_of, n_units)
-        self._norms_sq.append(ghost_norm_sq(pa, pg))
+        self._step.norms_sq.append(ghost_norm_sq(pa, pg))
         if module.bias is not None and module.bias.requires_grad:
-            self._norms_sq.append(pg.sum(2).pow(2).sum(1))
-        self._records.append((module, a, g))
+            self._step.norms_sq.append(pg.sum(2).pow(2).sum(1))
+        self._step.records.append((module, a, g))
 
     def _instantiated_layer(self, module: nn.Module, activations: list[torch.Tensor], g: torch.Tensor) -> None:
         from opacus.grad_sample.functorch import ft_compute_per_sample_gradient
 
-        stats = self._norm_stats.get(module)
+        stats = self._step.norm_stats.get(module)
         if isinstance(module, _CONVS) and not isinstance(module.padding, str):
             grads = conv_grad_sample(module, activations, g)
         elif stats is not None and hasattr(stats, "_saved_result2"):
@@ -319,12 +328,12 @@ class BookkeepingGradSampleModule(GradSampleModule):
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore")
                 grads = {p: gs for p, gs in sampler(module, activations, g).items() if p.requires_grad}
-        if self._units is not None:
-            unit_of, n_units, _ = self._units
+        if self._step.units is not None:
+            unit_of, n_units, _ = self._step.units
             grads = {p: gs.new_zeros((n_units, *gs.shape[1:])).index_add_(0, unit_of, gs) for p, gs in grads.items()}
         for gs in grads.values():
-            self._norms_sq.append(torch.linalg.vector_norm(gs.flatten(1), dim=1).square())
-        self._records.append((module, None, grads))
+            self._step.norms_sq.append(torch.linalg.vector_norm(gs.flatten(1), dim=1).square())
+        self._step.records.append((module, None, grads))
 
     def _output_gradients(self, loss: torch.Tensor) -> None:
         """The backward pass, as far as the first layers' outputs: the hooks see every layer's output gradient.
@@ -333,7 +342,7 @@ class BookkeepingGradSampleModule(GradSampleModule):
         book-keeping replaces) except a first layer's whose output was later
         modified in place (its weight is the target instead).
         """
-        targets = [out if out._version == v else m.weight for out, v, m in self._roots]
+        targets = [out if out._version == v else m.weight for out, v, m in self._step.roots]
         if targets:
             torch.autograd.grad(loss, targets, allow_unused=True)
         else:  # the input itself requires gradients: a plain backward
@@ -341,8 +350,8 @@ class BookkeepingGradSampleModule(GradSampleModule):
 
     def _clipped_sums(self, coef: torch.Tensor) -> None:
         """``p.grad`` = sum over units of ``coef`` x the unit's gradient, for every layer."""
-        per_sample = coef if self._units is None else coef[self._units[0]]
-        for module, a, rec in self._records:
+        per_sample = coef if self._step.units is None else coef[self._step.units[0]]
+        for module, a, rec in self._step.records:
             if a is None:  # instantiated: weighted sum of the per-unit gradients
                 summed = {p: torch.einsum("n,n...->...", coef, gs) for p, gs in rec.items()}
             else:  # ghost: one weight-gradient pass with the clipping folded into the output gradients
@@ -362,20 +371,20 @@ class BookkeepingGradSampleModule(GradSampleModule):
         params = [p for ps in self._params.values() for p in ps]
         if unit_of is not None:
             counts = torch.bincount(unit_of, minlength=n_units).clamp_min(1).float()
-            self._units = (unit_of, int(n_units), 1.0 / counts[unit_of])
+            self._step.units = (unit_of, int(n_units), 1.0 / counts[unit_of])
         try:
             self._output_gradients(loss)
-            if not self._records:  # an empty Poisson batch: the clipped sum is zero, noise is still added
+            if not self._step.records:  # an empty Poisson batch: the clipped sum is zero, noise is still added
                 for p in params:
                     p.grad = torch.zeros_like(p)
                 return torch.zeros(0)
             # Opacus' per-sample gradients of a mean loss: the batch loss's, times the batch size
-            scale = self._batch if self.loss_reduction == "mean" else 1.0
-            norms = torch.stack(self._norms_sq).sum(0).sqrt() * scale
+            scale = self._step.batch if self.loss_reduction == "mean" else 1.0
+            norms = torch.stack(self._step.norms_sq).sum(0).sqrt() * scale
             self._clipped_sums(clip_factors(norms, self.max_grad_norm) * scale)
             return norms
         finally:
-            self._reset()  # also drops the activations of layers the loss did not reach
+            self._step.clear()  # also drops the activations of layers the loss did not reach
 
 
 def check_clipping(clipping: str) -> None:
