@@ -93,6 +93,8 @@ def group_positions(x: torch.Tensor, unit_of: torch.Tensor, n_units: int) -> tor
 
 def _unfold(layer: nn.Module, a: torch.Tensor) -> torch.Tensor:
     """Input patches of a convolution, [B, p, T]."""
+    if all(k == 1 for k in layer.kernel_size) and all(st == 1 for st in layer.stride) and not any(layer.padding):
+        return a.flatten(2)  # a 1x1 convolution's patches are its input
     unfold = unfold2d if isinstance(layer, nn.Conv2d) else unfold3d
     return unfold(a, kernel_size=layer.kernel_size, padding=layer.padding, stride=layer.stride, dilation=layer.dilation)
 
@@ -173,16 +175,15 @@ def group_norm_grad_sample(
     Opacus' sampler re-normalises the input and multiplies, three passes and
     two input-sized temporaries.
     """
-    n, c = a.shape[:2]
-    a3, g3 = a.reshape(n, c, -1), g.reshape(n, c, -1)
-    gsum = g3.sum(2)
+    n, c, groups = len(a), layer.num_channels, layer.num_groups
+    a4, g4 = a.reshape(n, groups, c // groups, -1), g.reshape(n, groups, c // groups, -1)
+    gsum = g4.sum(3)
     out: dict[nn.Parameter, torch.Tensor] = {}
     if layer.weight is not None and layer.weight.requires_grad:
-        k = c // layer.num_groups
-        mean_c, rstd_c = mean.reshape(n, -1).repeat_interleave(k, 1), rstd.reshape(n, -1).repeat_interleave(k, 1)
-        out[layer.weight] = (torch.linalg.vecdot(a3, g3) - mean_c * gsum) * rstd_c
+        stats = (mean.view(n, groups, 1), rstd.view(n, groups, 1))
+        out[layer.weight] = ((torch.linalg.vecdot(a4, g4) - stats[0] * gsum) * stats[1]).view(n, c)
     if layer.bias is not None and layer.bias.requires_grad:
-        out[layer.bias] = gsum
+        out[layer.bias] = gsum.view(n, c)
     return out
 
 
