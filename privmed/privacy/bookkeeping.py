@@ -47,6 +47,7 @@ Opacus' hooks forbid in-place operations on a hooked layer's output (e.g.
 
 from __future__ import annotations
 
+import time
 import warnings
 from functools import partial
 from typing import Any
@@ -95,6 +96,8 @@ def _unfold(layer: nn.Module, a: torch.Tensor) -> torch.Tensor:
     """Input patches of a convolution, [B, p, T]."""
     if all(k == 1 for k in layer.kernel_size) and all(st == 1 for st in layer.stride) and not any(layer.padding):
         return a.flatten(2)  # a 1x1 convolution's patches are its input
+    if isinstance(layer, nn.Conv2d) and a[0, 0].numel() <= 64:  # im2col beats Opacus' strided unfold on small maps
+        return nn.functional.unfold(a, layer.kernel_size, layer.dilation, layer.padding, layer.stride)
     unfold = unfold2d if isinstance(layer, nn.Conv2d) else unfold3d
     return unfold(a, kernel_size=layer.kernel_size, padding=layer.padding, stride=layer.stride, dilation=layer.dilation)
 
@@ -124,43 +127,76 @@ def use_ghost(layer: nn.Module, g: torch.Tensor) -> bool:
     return 2 * t * t < p * d and t * (p + d) < p * d
 
 
-def conv_grad_sample(
-    layer: nn.Module, activations: list[torch.Tensor], g: torch.Tensor
-) -> dict[nn.Parameter, torch.Tensor]:
-    """Per-sample gradients of a convolution, by the cheaper of two batched products (measured on one CPU thread).
+def _weight_by_unfold(layer: nn.Module, a: torch.Tensor, g: torch.Tensor) -> torch.Tensor:
+    """Per-sample weight gradients as one batched product of the output gradient and the input patches."""
+    n, d = len(a), layer.out_channels
+    return torch.bmm(g.reshape(n, d, -1), _unfold(layer, a).transpose(1, 2))
 
-    Where the input patches are no larger than the output gradient (p <= d,
-    e.g. a first layer on one channel): Opacus' unfold and one batched matrix
-    product. Otherwise PyTorch's own weight gradient with the batch folded into
-    the groups: one ``convolution_backward`` of a [1, B*C_in, ...] input grouped
-    B*groups ways (about 1.5x the batch's weight gradient, where Opacus'
-    unfold + einsum sampler costs 2-4x it and ``torch.func.vmap`` 2x).
+
+def _weight_by_groups(layer: nn.Module, a: torch.Tensor, g: torch.Tensor) -> torch.Tensor:
+    """PyTorch's own weight gradient with the batch folded into the groups: one grouped ``convolution_backward``."""
+    n = len(a)
+    stride, padding, dilation, transposed, output_padding, groups = _conv_args(layer)
+    # only the weight's shape matters for the weight gradient: an unfilled stand-in, not B copies
+    shape = (n * layer.weight.shape[0], *layer.weight.shape[1:])
+    return torch.ops.aten.convolution_backward(
+        g.reshape(1, -1, *g.shape[2:]),
+        a.reshape(1, -1, *a.shape[2:]),
+        torch.empty(shape, dtype=a.dtype),
+        None,
+        stride,
+        padding,
+        dilation,
+        transposed,
+        output_padding,
+        groups * n,
+        [False, True, False],
+    )[1]
+
+
+def _weight_by_sample(layer: nn.Module, a: torch.Tensor, g: torch.Tensor) -> torch.Tensor:
+    """PyTorch's own weight gradient, one sample at a time."""
+    args = (None, *_conv_args(layer), [False, True, False])
+    out = a.new_empty((len(a), *layer.weight.shape))
+    for i in range(len(a)):
+        out[i] = torch.ops.aten.convolution_backward(g[i : i + 1], a[i : i + 1], layer.weight, *args)[1]
+    return out
+
+
+CONV_METHODS = {"unfold": _weight_by_unfold, "groups": _weight_by_groups, "per-sample": _weight_by_sample}
+
+
+def conv_methods(layer: nn.Module) -> list[str]:
+    """The ways :func:`conv_grad_sample` can instantiate ``layer``'s per-sample weight gradients."""
+    unfold = layer.groups == 1 and isinstance(layer, _GHOST_CONVS) and not isinstance(layer.padding, str)
+    return [*(["unfold"] if unfold else []), "groups", "per-sample"]
+
+
+def fastest_conv_method(layer: nn.Module, a: torch.Tensor, g: torch.Tensor) -> str:
+    """The method that took the least CPU time on this batch (like cuDNN's benchmark mode; all are exact)."""
+    times = {}
+    for name in conv_methods(layer):
+        start = time.process_time()
+        CONV_METHODS[name](layer, a, g)
+        times[name] = time.process_time() - start
+    return min(times, key=times.get)
+
+
+def conv_grad_sample(
+    layer: nn.Module, activations: list[torch.Tensor], g: torch.Tensor, method: str = "groups"
+) -> dict[nn.Parameter, torch.Tensor]:
+    """Per-sample gradients of a convolution by one of :data:`CONV_METHODS`.
+
+    Opacus' own sampler (unfold + einsum) costs 2-4x the batch's weight
+    gradient on one CPU thread, ``torch.func.vmap`` of the weight gradient 2x;
+    which of these three is cheapest depends on the layer's shape (a
+    first layer on one channel: unfold; many input channels on a small map:
+    one sample at a time), so the module measures them at its first step.
     """
     a = activations[0]
-    n, out = len(a), {}
+    out = {}
     if layer.weight.requires_grad:
-        p, d = layer.weight[0].numel(), layer.out_channels
-        if p <= d and layer.groups == 1 and isinstance(layer, (nn.Conv2d, nn.Conv3d)):
-            patches = _unfold(layer, a)
-            out[layer.weight] = torch.bmm(g.reshape(n, d, -1), patches.transpose(1, 2)).view(n, *layer.weight.shape)
-        else:
-            stride, padding, dilation, transposed, output_padding, groups = _conv_args(layer)
-            # only the weight's shape matters for the weight gradient: an unfilled stand-in, not B copies
-            shape = (n * layer.weight.shape[0], *layer.weight.shape[1:])
-            grad_w = torch.ops.aten.convolution_backward(
-                g.reshape(1, -1, *g.shape[2:]),
-                a.reshape(1, -1, *a.shape[2:]),
-                torch.empty(shape, dtype=a.dtype),
-                None,
-                stride,
-                padding,
-                dilation,
-                transposed,
-                output_padding,
-                groups * n,
-                [False, True, False],
-            )[1]
-            out[layer.weight] = grad_w.view(n, *layer.weight.shape)
+        out[layer.weight] = CONV_METHODS[method](layer, a, g).view(len(a), *layer.weight.shape)
     if layer.bias is not None and layer.bias.requires_grad:
         out[layer.bias] = g.flatten(2).sum(2)
     return out
@@ -249,6 +285,7 @@ class BookkeepingGradSampleModule(GradSampleModule):
         super().__init__(m, batch_first=True, loss_reduction=loss_reduction, strict=True)
         self.max_grad_norm = max_grad_norm
         self._ghost: dict[nn.Module, bool] = {}
+        self._conv_method: dict[nn.Module, str] = {}
         self._step = _StepState()  # a plain object: nn.Module's own attribute setting is slow per layer
 
     def add_hooks(
@@ -321,7 +358,9 @@ class BookkeepingGradSampleModule(GradSampleModule):
 
         stats = self._step.norm_stats.get(module)
         if isinstance(module, _CONVS) and not isinstance(module.padding, str):
-            grads = conv_grad_sample(module, activations, g)
+            if module not in self._conv_method:
+                self._conv_method[module] = fastest_conv_method(module, activations[0], g)
+            grads = conv_grad_sample(module, activations, g, self._conv_method[module])
         elif stats is not None and hasattr(stats, "_saved_result2"):
             grads = group_norm_grad_sample(module, activations[0], g, stats._saved_result1, stats._saved_result2)
         else:
@@ -379,10 +418,11 @@ class BookkeepingGradSampleModule(GradSampleModule):
                 for p in params:
                     p.grad = torch.zeros_like(p)
                 return torch.zeros(0)
-            # Opacus' per-sample gradients of a mean loss: the batch loss's, times the batch size
-            scale = self._step.batch if self.loss_reduction == "mean" else 1.0
-            norms = torch.stack(self._step.norms_sq).sum(0).sqrt() * scale
-            self._clipped_sums(clip_factors(norms, self.max_grad_norm) * scale)
+            with torch.no_grad():  # the clipped sums are data: no graph through the weights
+                # Opacus' per-sample gradients of a mean loss: the batch loss's, times the batch size
+                scale = self._step.batch if self.loss_reduction == "mean" else 1.0
+                norms = torch.stack(self._step.norms_sq).sum(0).sqrt() * scale
+                self._clipped_sums(clip_factors(norms, self.max_grad_norm) * scale)
             return norms
         finally:
             self._step.clear()  # also drops the activations of layers the loss did not reach
