@@ -204,7 +204,7 @@ def phase_profile(name: str, x: torch.Tensor, y: torch.Tensor, n: int) -> None:
     module._ghost_layer = timed("norms: ghost layers (Gram matrices)", module._ghost_layer)
     module._instantiated_layer = timed("norms: instantiated layers (per-sample gradients)", module._instantiated_layer)
     module._output_gradients = timed("backward pass (with the hooks)", module._output_gradients)
-    module._clipped_sums = timed("clipped sums (ghost: weight-gradient pass)", module._clipped_sums)
+    module._clipped_sums = timed("clipped sums (ghost layers: a weight-gradient pass)", module._clipped_sums)
     bk_phase: dict[str, list[float]] = defaultdict(list)
     for _ in range(n):
         acc.clear()
