@@ -6,8 +6,14 @@ Gaussian noise σC on the summed gradient, privacy accounted over all steps.
 In the review: DP-SGD inside CWT (Beaulieu-Jones et al. 2018, "Privacy-
 preserving distributed deep learning for clinical data"), where each site
 trains with DP-SGD at every visit and ε composes over all visits of a site.
-Implementation: Opacus' ``PrivacyEngine.make_private`` (per-sample gradients,
-clipping, noise, optimizer hook) with one Opacus accountant per site that
+Implementation: ``clipping="bookkeeping"`` (default) clips with book-keeping
+(Bu et al. 2023; mixed ghost clipping for convolutions, Bu et al. 2022) on
+Opacus' hooks, optimizer, loader and accountant
+(:mod:`privmed.privacy.bookkeeping`, ≈ 1.3x a non-private step instead of ≈ 2x);
+``clipping="opacus"`` is Opacus' ``PrivacyEngine.make_private`` (per-sample
+gradients by ``grad_sample_mode``, clipping, noise, optimizer hook). Both give
+the same clipped, noised gradient for the same noise draw (tested) and the same
+ε, with one Opacus accountant per site that
 lives across the site's training calls, so ε composes over every visit
 (rounds of FedAvg, cycles of CWT) for free. Faithful: Poisson sampling,
 flat clipping, Gaussian noise, RDP or PRV accounting; target either
@@ -47,6 +53,7 @@ from privmed.privacy.accounting import (
     sample_level_patient_rdp,
 )
 from privmed.privacy.base import Plan, Trainer
+from privmed.privacy.bookkeeping import check_clipping
 from privmed.privacy.randomness import torch_noise_generator
 
 GRAD_SAMPLE_MODES = ("hooks", "functorch", "ew")
@@ -59,7 +66,8 @@ class DPSGDConfig:
     max_grad_norm: float = 1.0
     delta: float = 1e-5
     accountant: str = "rdp"
-    grad_sample_mode: str = "hooks"
+    grad_sample_mode: str = "hooks"  # Opacus' per-sample gradients, with clipping="opacus"
+    clipping: str = "bookkeeping"  # or "opacus": the same clipped, noised gradient, Opacus' way (about 1.5x slower)
 
     def __post_init__(self) -> None:
         check_dp_settings(
@@ -73,6 +81,7 @@ class DPSGDConfig:
             raise PrivmedError(
                 f"unknown grad_sample_mode {self.grad_sample_mode!r}; valid: {', '.join(GRAD_SAMPLE_MODES)}"
             )
+        check_clipping(self.clipping)
 
 
 def steps_per_epoch(n: int, batch_size: int) -> int:
@@ -197,7 +206,6 @@ class DPSGD(AccountedMechanism):
         lr: float,
         seed: int,
     ) -> dict[str, float]:
-        from opacus import PrivacyEngine
         from opacus.data_loader import DPDataLoader
         from torch.utils.data import DataLoader, TensorDataset
 
@@ -209,20 +217,7 @@ class DPSGD(AccountedMechanism):
         # Opacus runs int(1/q) steps, which float rounding makes k-1 for some k = ceil(n/b); the plan and ledger use k
         loader.batch_sampler.steps = round(1 / self.sample_rate[i])
         criterion = loss_fn(task)
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")  # Opacus warns about secure RNG and optimizer state on every call
-            engine = PrivacyEngine(accountant=self.cfg.accountant)
-            engine.accountant = self.accountants[i]  # one accountant per site, across all its visits
-            module, opt, loader = engine.make_private(
-                module=model,
-                optimizer=torch.optim.Adam(model.parameters(), lr=lr),
-                data_loader=loader,
-                noise_multiplier=self.sigma[i],
-                max_grad_norm=self.cfg.max_grad_norm,
-                poisson_sampling=False,
-                noise_generator=gen,
-                grad_sample_mode=self.cfg.grad_sample_mode,
-            )
+        module, opt, backward = self._private(i, model, loader, lr, gen)
         module.train()
         steps, total, count = 0, 0.0, 0
         try:
@@ -238,7 +233,7 @@ class DPSGD(AccountedMechanism):
                             raise DivergedError(
                                 "DP training diverged (non-finite loss); lower the learning rate (--lr)"
                             )
-                        loss.backward()
+                        backward(loss)
                         opt.step()
                         steps += 1
                         total, count = total + float(loss.detach()) * len(x), count + len(x)
@@ -246,6 +241,41 @@ class DPSGD(AccountedMechanism):
             self.charge(i, self.patient_rdp(i, steps))
             module._close()  # remove Opacus' hooks from the site's model
         return {"train_loss": total / max(count, 1), "num-examples": float(len(data)), "dp-steps": float(steps)}
+
+    def _private(self, i: int, model: torch.nn.Module, loader: Any, lr: float, gen: torch.Generator) -> tuple[Any, ...]:
+        """(module, DP optimizer, backward) for site ``i``: book-keeping or Opacus' ``make_private``; same noise, ε."""
+        sample_rate = 1 / len(loader)
+        optimizer = torch.optim.Adam(model.parameters(), lr=lr)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # Opacus warns about secure RNG and optimizer state on every call
+            if self.cfg.clipping == "bookkeeping":
+                from privmed.privacy.bookkeeping import make_private
+
+                module, opt = make_private(
+                    model,
+                    optimizer,
+                    noise_multiplier=self.sigma[i],
+                    max_grad_norm=self.cfg.max_grad_norm,
+                    expected_batch_size=int(len(loader.dataset) * sample_rate),  # as Opacus' make_private
+                    generator=gen,
+                )
+                opt.attach_step_hook(self.accountants[i].get_optimizer_hook_fn(sample_rate=sample_rate))
+                return module, opt, module.clipped_backward
+            from opacus import PrivacyEngine
+
+            engine = PrivacyEngine(accountant=self.cfg.accountant)
+            engine.accountant = self.accountants[i]  # one accountant per site, across all its visits
+            module, opt, _ = engine.make_private(
+                module=model,
+                optimizer=optimizer,
+                data_loader=loader,
+                noise_multiplier=self.sigma[i],
+                max_grad_norm=self.cfg.max_grad_norm,
+                poisson_sampling=False,
+                noise_generator=gen,
+                grad_sample_mode=self.cfg.grad_sample_mode,
+            )
+        return module, opt, torch.Tensor.backward
 
     def state_dict(self) -> dict[str, Any]:
         return {**super().state_dict(), "history": [[list(h) for h in acc.history] for acc in self.accountants]}

@@ -11,9 +11,12 @@ patient sampling rate). Faithful: patient sampling, per-patient clipping,
 Gaussian noise, patient-level accounting. Differs: a patient's update is
 the mean gradient over their images at the current weights (one step, not
 the paper's several local steps), and the noise scale is fixed, not the
-paper's adaptive schedule. Per-sample gradients come from Opacus'
-``GradSampleModule``; what this file adds by hand (no library does it) is
-the per-patient grouping of those gradients before clipping.
+paper's adaptive schedule. Per-patient clipping: with ``clipping="bookkeeping"``
+(default) by book-keeping on Opacus' hooks (:mod:`privmed.privacy.bookkeeping`,
+a patient being one clipping unit: no second backward pass, no per-sample
+gradients where the ghost norm is cheaper); with ``clipping="opacus"`` from
+Opacus' ``GradSampleModule`` per-sample gradients, grouped by patient here
+(no library groups them). The two give the same gradient (tested).
 Works on any data set with patient ids; with one image per patient it is
 sample-level DP-SGD. Ledger: every patient at the site spends the site's
 RDP curve (exact for the patient unit).
@@ -33,6 +36,7 @@ from privmed.errors import PrivmedError
 from privmed.privacy.accounted import parse_options
 from privmed.privacy.accounting import rdp_sgm
 from privmed.privacy.base import Plan
+from privmed.privacy.bookkeeping import BookkeepingGradSampleModule
 from privmed.privacy.dp import DPSGD, DPSGDConfig
 from privmed.privacy.randomness import torch_noise_generator
 
@@ -45,7 +49,7 @@ class P3SGDConfig(DPSGDConfig):
         super().__post_init__()
         if self.patients_per_batch is not None and self.patients_per_batch < 1:
             raise PrivmedError(f"patients_per_batch must be at least 1, got {self.patients_per_batch}")
-        if self.grad_sample_mode == "ew":
+        if self.grad_sample_mode == "ew" and self.clipping == "opacus":
             raise PrivmedError("P3SGD needs per-sample gradients: grad_sample_mode must be hooks or functorch")
 
 
@@ -95,6 +99,25 @@ def patient_gradients(
     return summed, float(loss.detach())
 
 
+def bookkeeping_patient_gradients(
+    module: BookkeepingGradSampleModule,
+    criterion: torch.nn.Module,
+    x: torch.Tensor,
+    y: torch.Tensor,
+    patients: torch.Tensor,
+    n_patients: int,
+    max_norm: float,
+) -> tuple[list[torch.Tensor], float]:
+    """:func:`patient_gradients` by book-keeping: each patient one clipping unit (``max_norm`` is the module's)."""
+    params = [p for p in module.parameters() if p.requires_grad]
+    loss = criterion(module(x), y)
+    module.clipped_backward(loss, unit_of=patients, n_units=n_patients)
+    summed = [p.grad for p in params]
+    for p in params:
+        p.grad = None
+    return summed, float(loss.detach())
+
+
 class P3SGD(DPSGD):
     name = "p3sgd"
     unit = "patient"
@@ -139,11 +162,17 @@ class P3SGD(DPSGD):
         x_all, y_all = torch.from_numpy(data.images), torch.from_numpy(targets(data, task))
         criterion = loss_fn(task)
         criterion.reduction = "sum"
+        q, sigma, c = self.sample_rate[i], self.sigma[i], self.cfg.max_grad_norm
         # the loss is summed, so per-sample gradients must not be rescaled by the batch size
-        module = GradSampleModule(model, loss_reduction="sum", force_functorch=self.cfg.grad_sample_mode == "functorch")
+        if self.cfg.clipping == "bookkeeping":
+            module = BookkeepingGradSampleModule(model, max_grad_norm=c, loss_reduction="sum")
+            clipped = bookkeeping_patient_gradients
+        else:
+            functorch = self.cfg.grad_sample_mode == "functorch"
+            module = GradSampleModule(model, loss_reduction="sum", force_functorch=functorch)
+            clipped = patient_gradients
         params = [p for p in module.parameters() if p.requires_grad]
         opt = torch.optim.Adam(params, lr=lr)
-        q, sigma, c = self.sample_rate[i], self.sigma[i], self.cfg.max_grad_norm
         expected_patients = max(q * len(pids), 1e-12)  # the noisy sum is averaged over the expected batch
         steps, total, count = 0, 0.0, 0
         module.train()
@@ -154,7 +183,7 @@ class P3SGD(DPSGD):
                 remap = torch.cumsum(chosen.long(), 0) - 1
                 summed = [torch.zeros_like(p) for p in params]
                 if len(idx):
-                    summed, loss = patient_gradients(
+                    summed, loss = clipped(
                         module, criterion, x_all[idx], y_all[idx], remap[patient_of[idx]], int(chosen.sum()), c
                     )
                     if not math.isfinite(loss):
