@@ -11,6 +11,7 @@ import pytest
 import privmed.data.registry
 import privmed.engine.session
 from privmed.config import from_dict, replace
+from privmed.data.registry import site_data_spec
 from privmed.engine.deploy import client_app, run_config_of, serve
 from privmed.errors import PrivmedError
 from tests.engine.test_site_grid import SuperLinkLike
@@ -92,3 +93,61 @@ def test_a_site_that_cannot_read_its_file_is_named(tmp_path, no_phantom):
     files["ward-c"].write_bytes(b"not a zip")
     with pytest.raises(PrivmedError, match=r"site ward-c did not describe its data: site error: .*ward-c.npz"):
         serve(wards_superlink(CONFIG, files), CONFIG, wait_nodes_s=5, reply_timeout_s=60)
+
+
+def write_image_folder(folder, n_patients=12, side=20):
+    """A folder of PNG images (two per patient, both classes) with its labels.csv, as README "Your own data" shows."""
+    from PIL import Image
+
+    folder.mkdir(parents=True)
+    rows = ["path,label,patient_id"]
+    rng = np.random.default_rng(7)
+    for p in range(n_patients):
+        for j in range(2):
+            label = p % 2
+            img = (rng.integers(0, 60, (side, side)) + 120 * label).astype(np.uint8)
+            Image.fromarray(img).save(folder / f"p{p}_{j}.png")
+            rows.append(f"p{p}_{j}.png,{label},P{p}")
+    (folder / "labels.csv").write_text("\n".join(rows) + "\n")
+    return folder
+
+
+def test_a_folder_of_images_and_npz_files_serve_one_run(tmp_path, no_phantom):
+    """ward-b holds 20x20 PNGs: resized to the run's image size (16), split by patient at the site."""
+    config = replace(CONFIG, protocol="fedavg", **{"data.image_size": 16, "data.sites": 2})
+    folder = write_image_folder(tmp_path / "ward-b" / "images")
+    files = {"ward-a": write_npz(tmp_path / "ward-a" / "a.npz", SIZES["ward-a"]), "ward-b": folder}
+    nodes = {8: "ward-a", 9: "ward-b"}
+    grid = SuperLinkLike(
+        {n: client_app for n in nodes},
+        run_config=run_config_of(config),
+        node_configs={n: {"site-name": w, "data": site_data_spec(str(files[w]))} for n, w in nodes.items()},
+    )
+    result = serve(grid, config, wait_nodes_s=5, reply_timeout_s=60)
+    sizes = {d["site"]: d["images"] for d in result.dataset["distribution"]}
+    assert tuple(sizes["ward-a"].values()) == SIZES["ward-a"]
+    assert sum(sizes["ward-b"].values()) == 24 and sizes["ward-b"]["train"] > 0  # every image, split by patient
+    assert result.dataset["image_shape"] == [1, 16, 16] and result.reliability["completed"]
+
+
+def test_what_privmed_site_data_accepts(tmp_path):
+    npz = write_npz(tmp_path / "h.npz", (4, 2, 2))
+    folder = write_image_folder(tmp_path / "imgs", n_patients=2)
+    assert site_data_spec(str(npz)) == f"medmnist:{npz.resolve()}"
+    assert site_data_spec(str(folder)) == f"folder:{(folder / 'labels.csv').resolve()}"
+    assert site_data_spec("phantom:1") == "phantom:1"
+    with pytest.raises(PrivmedError, match="give a MedMNIST-format .npz, a labels .csv or a folder"):
+        site_data_spec(str(tmp_path / "notes.txt"))
+
+
+def test_privmed_site_refuses_a_file_it_cannot_read_before_starting_flower(tmp_path):
+    from typer.testing import CliRunner
+
+    from privmed.cli import app
+
+    bad = tmp_path / "ward.npz"
+    bad.write_bytes(b"not a zip")
+    res = CliRunner().invoke(
+        app, ["site", "--superlink", "127.0.0.1:1", "--name", "w", "--data", str(bad), "--insecure"]
+    )
+    assert res.exit_code == 2 and "ward.npz is not a readable .npz" in res.output, res.output
