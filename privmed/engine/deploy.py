@@ -68,7 +68,7 @@ from privmed.config import RunConfig, from_dict
 from privmed.data.base import Federation
 from privmed.data.registry import load_site
 from privmed.engine.checkpoint import Checkpoint
-from privmed.engine.describe import DESCRIBE, describe, federation_of
+from privmed.engine.describe import DESCRIBE, ROSTER, describe, federation_of, roster_of, with_own_data
 from privmed.engine.faults import parse_faults
 from privmed.engine.policy import load_policy, policy_problem, site_privacy
 from privmed.engine.result import Monitor, RunResult, build_result
@@ -262,7 +262,15 @@ def serve(
     sites.join(config.data.sites, wait_nodes_s, names=site_names)
     # what the coordinator knows of the sites' data: their own description (sizes, shape, classes), no images
     answers = sites.ask(ConfigRecord({DESCRIBE: 1}))
-    fed = federation_of({k: v if isinstance(v, str) else v.content["config"] for k, v in answers.items()}, config)
+    described = {k: v if isinstance(v, str) else v.content["config"] for k, v in answers.items()}
+    fed = federation_of(described, config)
+    if resolve(config).mechanism.name != "none":  # each site's copy of the mechanism plans with every site's sizes
+        told = sites.ask(ConfigRecord({ROSTER: roster_of(described)}))
+        failed = {k: v for k, v in told.items() if isinstance(v, str)}
+        if failed:
+            raise PrivmedError(
+                f"site {next(iter(failed))} did not take the run's roster: {next(iter(failed.values()))}"
+            )
     mech_state = Checkpoint.mechanism_state(saved) if saved else None
     session = assemble(config, fed=fed, grid=sites, mechanism_state=mech_state)
     monitor = Monitor(session, started=started, checkpoint=ckpt)
@@ -305,10 +313,17 @@ def _own_data(
 
 @lru_cache(maxsize=4)
 def _site_app(
-    run_config: tuple[tuple[str, Any], ...], partition_id: int, site: str, policy: str, data: str, index: int
+    run_config: tuple[tuple[str, Any], ...],
+    partition_id: int,
+    site: str,
+    policy: str,
+    data: str,
+    index: int,
+    roster: str = "",
 ) -> ClientApp:
     """The site's own ClientApp, built once per process for a run config and its data (and the site's policy);
-    ``index``: the site's position in the run (its name's rank), as the coordinator addresses it."""
+    ``index``: the site's position in the run (its name's rank), as the coordinator addresses it; ``roster``: every
+    site's description, as the coordinator sent it (:func:`privmed.engine.describe.with_own_data`)."""
     set_threads()
     config, _ = config_of(dict(run_config))
     try:
@@ -317,10 +332,12 @@ def _site_app(
         return _refusing_app(str(exc))
     fed, own = _own_data(run_config, data, partition_id, site)
     r = resolve(config)
-    if len(fed.sites) == 1 and r.mechanism.name != "none":
+    if roster:  # its own files: the others as the coordinator described them, for the mechanism's plan
+        fed, own = with_own_data(roster, fed.sites[own], config)
+        index = own
+    elif partition_id < 0 and r.mechanism.name != "none":
         return _refusing_app(
-            f"{site} refuses: privacy mechanism {r.mechanism.name} is not deployed over a site's own files yet (its "
-            "plan needs every site's sizes at each site); deploy it over phantom:K, or run it in-process"
+            f"{site} refuses: the coordinator sent no roster of the run's sites for {r.mechanism.name}"
         )
     try:
         r.mechanism.at_site()  # this SuperNode is one site: shared keys from the sites' files
@@ -377,8 +394,9 @@ def _delegate(msg: Message, context: Context) -> Message:
     data, partition = _data_of(nc)
     # a site's own files: its index is its place in the run, as the coordinator addressed it (privmed-node)
     index = partition if partition >= 0 else msg.metadata.dst_node_id - FIRST_NODE_ID
+    roster = context.state.config_records.get(ROSTER)
     app = _site_app(tuple(sorted(context.run_config.items())), partition, site_name(nc), str(nc.get("policy", "")),
-                    data, index)  # fmt: skip
+                    data, index, str(roster["sites"]) if roster and partition < 0 else "")  # fmt: skip
     return app(msg, context)
 
 
@@ -414,6 +432,9 @@ def _query(msg: Message, context: Context) -> Message:
         data, partition = _data_of(nc)
         fed, own = _own_data(tuple(sorted(context.run_config.items())), data, partition, site_name(nc))
         answer = describe(fed, fed.sites[own], name=site_name(nc))
+    elif ROSTER in asked:  # kept in Flower's node state, which the run's later messages find
+        context.state.config_records[ROSTER] = ConfigRecord({"sites": str(asked[ROSTER])})
+        answer = ConfigRecord({"site": site_name(nc)})
     elif IDENTIFY in asked:
         answer = ConfigRecord({"site": site_name(nc)})
     else:

@@ -17,7 +17,11 @@ weights each site's update by its number of examples (McMahan et al. 2017);
 labels, label counts, images and patient ids are not. The coordinator checks
 that the sites agree (:func:`federation_of`: same shape, same classes, masks
 for segmentation), refusing the run with the site and the disagreement named,
-and builds the model from the agreed description.
+and builds the model from the agreed description. With a privacy mechanism
+the coordinator then sends every site all the descriptions (:data:`ROSTER`):
+each site's copy of the mechanism plans with every site's sizes (DP noise per
+site, HE-FedAvg's weights, SecAgg+'s and AES-GCM's site names), so the sites
+also learn each other's names and sizes.
 
 The coordinator's :class:`~privmed.data.base.Federation` is that description
 and nothing more: each site's arrays are shape-only stand-ins
@@ -29,6 +33,7 @@ and result.json's ``dataset`` are computed as in-process, from sizes only;
 
 from __future__ import annotations
 
+import json
 from collections import Counter
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -41,6 +46,7 @@ from privmed.data.base import ArraySet, Federation, SiteData
 from privmed.errors import PrivmedError
 
 DESCRIBE = "privmed-describe"  # the query a site answers with its data's description
+ROSTER = "privmed-roster"  # the query that gives every site all the sites' descriptions (a mechanism plans with them)
 SPLITS = ("train", "val", "test")
 
 
@@ -81,7 +87,7 @@ def stand_in(n: int, shape: tuple[int, ...], *, patients: int = 0, prefix: str =
     return ArraySet(images=zeros, labels=np.zeros(n, np.int64), patient_ids=ids, masks=mask)
 
 
-def federation_of(answers: Mapping[str, ConfigRecord | str], config: RunConfig) -> Federation:
+def federation_of(answers: Mapping[str, Mapping | str], config: RunConfig) -> Federation:
     """The coordinator's description of the run's sites (in ``answers``' order, by name), or a PrivmedError naming
     the site that did not answer or disagrees with the others (an answer that is a ``str`` is the site's error)."""
     for name, answer in answers.items():
@@ -109,7 +115,26 @@ def federation_of(answers: Mapping[str, ConfigRecord | str], config: RunConfig) 
     return Federation("sites' own data", n_classes, shape, "each site's own", sites)
 
 
-def _parse(name: str, rec: ConfigRecord) -> dict:
+def roster_of(answers: Mapping[str, ConfigRecord]) -> str:
+    """The sites' descriptions as one JSON string (a ConfigRecord value) for :data:`ROSTER`."""
+    return json.dumps({name: dict(rec) for name, rec in answers.items()})
+
+
+def with_own_data(roster: str, own: SiteData, config: RunConfig) -> tuple[Federation, int]:
+    """A site's view of the run: every site as described (``roster``), its own with its real data; and its index.
+
+    A mechanism's copy at the site plans with it exactly as the coordinator's does (same sizes, same order)."""
+    answers = json.loads(roster)
+    if own.name not in answers:
+        raise PrivmedError(f"the coordinator's roster does not list this site ({own.name}): {', '.join(answers)}")
+    fed = federation_of(answers, config)
+    index = list(answers).index(own.name)
+    sites = list(fed.sites)
+    sites[index] = own
+    return Federation(fed.dataset_name, fed.n_classes, fed.image_shape, fed.split, tuple(sites)), index
+
+
+def _parse(name: str, rec: Mapping) -> dict:
     try:
         out = {
             "image-shape": [int(s) for s in rec["image-shape"]],

@@ -151,3 +151,20 @@ def test_privmed_site_refuses_a_file_it_cannot_read_before_starting_flower(tmp_p
         app, ["site", "--superlink", "127.0.0.1:1", "--name", "w", "--data", str(bad), "--insecure"]
     )
     assert res.exit_code == 2 and "ward.npz is not a readable .npz" in res.output, res.output
+
+
+@pytest.mark.parametrize(
+    ("protocol", "privacy"),
+    [("fedavg", {"mechanism": "dp-sgd", "epsilon": 8.0}), ("snt", {"mechanism": "aes-gcm"})],
+)
+def test_a_mechanism_plans_at_each_site_from_the_roster_the_coordinator_sends(tmp_path, no_phantom, protocol, privacy):
+    """Each site's copy of the mechanism needs every site's sizes (DP: noise per site; SNT: the sites' names)."""
+    from privmed.privacy.aes_keys import write_key
+
+    if protocol == "snt":
+        privacy = {**privacy, "key_file": str(write_key(tmp_path / "snt.key"))}
+    config = replace(CONFIG, protocol=protocol, privacy=privacy, **{"data.sites": 2})
+    files = ward_files(tmp_path, sizes={w: SIZES[w] for w in ("ward-a", "ward-b")})
+    result = serve(wards_superlink(config, files, node_ids=(17, 4)), config, wait_nodes_s=5, reply_timeout_s=60)
+    assert result.reliability["completed"] and not result.reliability["rejected_updates"], result.reliability
+    assert result.reliability["sites"] == ["ward-a", "ward-b"]
