@@ -7,7 +7,7 @@ run the same code: :data:`server_app` builds the initial model exactly as
 :class:`~privmed.protocols.base.ProtocolContext` whose grid is the Grid that
 Flower hands it; :data:`client_app` delegates every message to
 :func:`privmed.site.make_client_app` for the site numbered by the SuperNode's
-``partition-id`` (``--node-config "partition-id=0"``).
+``partition-id`` (``--node-config "partition-id=0"``) or over its own data (``data="medmnist:/path.npz"``).
 
 The privmed run configuration travels as Flower's run config, flattened
 (``data.sites``, ``train.rounds``, ``privacy.mechanism``, ...; see
@@ -37,10 +37,13 @@ What differs from the in-process engine:
   test split) and the coordinator sums the summaries
   (:func:`privmed.engine.result.evaluate_at_sites`, :mod:`privmed.evaluation`),
   as the in-process harness does, so both engines report the same numbers.
-  The ServerApp still builds the generated federation's description (model
-  shape, the sites' names and sizes for a mechanism's plan), not its images'
-  metrics; a site that holds its own files (``privmed site --data``) is
-  measured on them.
+- The coordinator holds no site data: at set-up it asks each site for its
+  data's description (shape, classes, split sizes;
+  :mod:`privmed.engine.describe`), checks that the sites agree and builds the
+  model from it; with a privacy mechanism it then gives every site the
+  roster of descriptions, which the site's copy of the mechanism plans with.
+  A site serves its own files (node config ``data``: ``privmed site --data
+  hospital_a.npz``) or, for demos, the run's phantom's site ``partition-id``.
 - Bytes are not counted (Flower's Grid does not report them).
 - Replies are aggregated in the order the SuperLink returns them. With two
   sites the result is bit-identical to the in-process run (a two-term sum

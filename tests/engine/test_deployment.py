@@ -18,6 +18,11 @@ the test opens it as a site would). Metrics are the sites' own, summed.
 tests/engine/test_site_grid.py checks every deployable protocol the same
 way without servers.
 
+Two more hospitals (``ward-a``, ``ward-b``) join the same SuperLink when
+the test that needs them runs: each SuperNode serves a small MedMNIST-format
+file from its own folder, no phantom; a run names its sites
+(``site-names``), so the phantom runs and the ward runs share the SuperLink.
+
 The security tests try what must fail: a SuperNode whose key was not
 registered, a SuperNode that does not have the CA certificate, plain HTTP to
 the TLS SuperLink. The last test kills one SuperNode with SIGKILL in the

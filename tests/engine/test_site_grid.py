@@ -157,3 +157,32 @@ def test_a_killed_coordinator_resumes_from_its_last_round_and_loses_at_most_the_
     assert resumed.performance["history"][2]["val"]["loss"] == pytest.approx(
         whole.performance["history"][2]["val"]["loss"], rel=0.2
     )
+
+
+@pytest.mark.parametrize("protocol", ["he-fedavg", "snt"])
+def test_an_encrypting_protocols_killed_coordinator_resumes_from_its_sealed_checkpoint(tmp_path, protocol):
+    """HE-FedAvg and SNT on the deployment's code path: the coordinator, which holds no key, checkpoints the sealed
+    model; killed in round 3 of 3 and resumed (`privmed run --resume`), it continues from round 2's sealed model."""
+    import torch
+    from flwr.app import ArrayRecord
+
+    config = replace(CONFIG, protocol=protocol, privacy=privacy_of(protocol, tmp_path), **{"train.rounds": 3})
+
+    def die_in_round_3(msg, reply):
+        if msg.metadata.group_id == "3":
+            raise CoordinatorKilled
+        return reply
+
+    grid = fake_superlink(config)
+    grid.fault = die_in_round_3
+    with pytest.raises(CoordinatorKilled):
+        serve(grid, config, wait_nodes_s=5, reply_timeout_s=30, checkpoint_dir=tmp_path / "run")
+    saved = torch.load(tmp_path / "run" / "checkpoint.pt", weights_only=True)
+    assert saved["round"] == 2 and sealed_record(ArrayRecord(saved["members"][0])) is not None  # no plaintext
+    resumed = serve(fake_superlink(config), config, wait_nodes_s=5, reply_timeout_s=30,
+                    checkpoint_dir=tmp_path / "run", resume=True)  # fmt: skip
+    assert resumed.reliability["resumed_from_round"] == 2 and resumed.reliability["completed"]
+    assert [h["round"] for h in resumed.performance["history"]] == [1, 2, 3]
+    assert not resumed.reliability["rejected_updates"], resumed.reliability
+    assert sealed_record(resumed.predictor) is not None
+    opened(config, resumed.predictor)  # the sites' key opens the resumed run's model
