@@ -160,9 +160,12 @@ def test_a_killed_coordinator_resumes_from_its_last_round_and_loses_at_most_the_
 
 
 @pytest.mark.parametrize("protocol", ["he-fedavg", "snt"])
-def test_an_encrypting_protocols_killed_coordinator_resumes_from_its_sealed_checkpoint(tmp_path, protocol):
-    """HE-FedAvg and SNT on the deployment's code path: the coordinator, which holds no key, checkpoints the sealed
-    model; killed in round 3 of 3 and resumed (`privmed run --resume`), it continues from round 2's sealed model."""
+def test_an_encrypting_protocols_killed_coordinator_resumes_from_its_sealed_checkpoint_or_says_why_not(
+    tmp_path, protocol
+):
+    """On the deployment's code path the coordinator, which holds no key, checkpoints the sealed model; killed in round
+    3 of 3 and resumed (`privmed run --resume`), HE-FedAvg continues from round 2's encrypted sum, which the sites
+    decrypt; SNT's blob is bound to the killed run's Flower run id, so its resume is refused with that reason."""
     import torch
     from flwr.app import ArrayRecord
 
@@ -179,10 +182,14 @@ def test_an_encrypting_protocols_killed_coordinator_resumes_from_its_sealed_chec
         serve(grid, config, wait_nodes_s=5, reply_timeout_s=30, checkpoint_dir=tmp_path / "run")
     saved = torch.load(tmp_path / "run" / "checkpoint.pt", weights_only=True)
     assert saved["round"] == 2 and sealed_record(ArrayRecord(saved["members"][0])) is not None  # no plaintext
-    resumed = serve(fake_superlink(config), config, wait_nodes_s=5, reply_timeout_s=30,
-                    checkpoint_dir=tmp_path / "run", resume=True)  # fmt: skip
+    resume = dict(wait_nodes_s=5, reply_timeout_s=30, checkpoint_dir=tmp_path / "run", resume=True)
+    if protocol == "snt":
+        with pytest.raises(PrivmedError, match="SNT cannot resume on a deployment: .* bound to the killed run's"):
+            serve(fake_superlink(config), config, **resume)
+        return
+    resumed = serve(fake_superlink(config), config, **resume)
     assert resumed.reliability["resumed_from_round"] == 2 and resumed.reliability["completed"]
     assert [h["round"] for h in resumed.performance["history"]] == [1, 2, 3]
-    assert not resumed.reliability["rejected_updates"], resumed.reliability
+    assert not resumed.reliability["rejected_updates"], resumed.reliability  # every site trained in round 3
     assert sealed_record(resumed.predictor) is not None
     opened(config, resumed.predictor)  # the sites' key opens the resumed run's model
