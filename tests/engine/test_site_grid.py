@@ -131,10 +131,8 @@ class CoordinatorKilled(Exception):
     pass
 
 
-def test_a_killed_coordinator_resumes_from_its_last_round_and_loses_at_most_the_round_in_progress(tmp_path):
-    """The ServerApp dies in round 3 of 3; resumed, it ends where an uninterrupted run ends."""
-    config = replace(CONFIG, protocol="cwt", **{"train.rounds": 3})
-    whole = serve(fake_superlink(config), config, wait_nodes_s=5, reply_timeout_s=30)
+def kill_coordinator_in_round_3(config, checkpoint_dir) -> None:
+    """Run ``config`` on the stand-in SuperLink, checkpointing, until the ServerApp dies as round 3 starts."""
 
     def die_in_round_3(msg, reply):
         if msg.metadata.group_id == "3":
@@ -144,7 +142,14 @@ def test_a_killed_coordinator_resumes_from_its_last_round_and_loses_at_most_the_
     grid = fake_superlink(config)
     grid.fault = die_in_round_3
     with pytest.raises(CoordinatorKilled):
-        serve(grid, config, wait_nodes_s=5, reply_timeout_s=30, checkpoint_dir=tmp_path)
+        serve(grid, config, wait_nodes_s=5, reply_timeout_s=30, checkpoint_dir=checkpoint_dir)
+
+
+def test_a_killed_coordinator_resumes_from_its_last_round_and_loses_at_most_the_round_in_progress(tmp_path):
+    """The ServerApp dies in round 3 of 3; resumed, it ends where an uninterrupted run ends."""
+    config = replace(CONFIG, protocol="cwt", **{"train.rounds": 3})
+    whole = serve(fake_superlink(config), config, wait_nodes_s=5, reply_timeout_s=30)
+    kill_coordinator_in_round_3(config, tmp_path)
     resumed = serve(fake_superlink(config), config, wait_nodes_s=5, reply_timeout_s=30, checkpoint_dir=tmp_path,
                     resume=True)  # fmt: skip
     assert resumed.reliability["resumed_from_round"] == 2
@@ -170,16 +175,7 @@ def test_an_encrypting_protocols_killed_coordinator_resumes_from_its_sealed_chec
     from flwr.app import ArrayRecord
 
     config = replace(CONFIG, protocol=protocol, privacy=privacy_of(protocol, tmp_path), **{"train.rounds": 3})
-
-    def die_in_round_3(msg, reply):
-        if msg.metadata.group_id == "3":
-            raise CoordinatorKilled
-        return reply
-
-    grid = fake_superlink(config)
-    grid.fault = die_in_round_3
-    with pytest.raises(CoordinatorKilled):
-        serve(grid, config, wait_nodes_s=5, reply_timeout_s=30, checkpoint_dir=tmp_path / "run")
+    kill_coordinator_in_round_3(config, tmp_path / "run")
     saved = torch.load(tmp_path / "run" / "checkpoint.pt", weights_only=True)
     assert saved["round"] == 2 and sealed_record(ArrayRecord(saved["members"][0])) is not None  # no plaintext
     resume = dict(wait_nodes_s=5, reply_timeout_s=30, checkpoint_dir=tmp_path / "run", resume=True)
