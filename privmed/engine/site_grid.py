@@ -11,6 +11,11 @@ restarts would look like a new one. :class:`SiteGrid` wraps Flower's Grid:
   the name the site reports when asked (a ``query`` message answered by
   :mod:`privmed.engine.deploy`'s ClientApp). Two online nodes claiming one
   name are refused before the run starts.
+- **which sites**: a run may name its sites (``privmed run --site NAME``):
+  a SuperLink may serve more hospitals than one run uses; else every site
+  online takes part.
+- **set-up questions**: :meth:`SiteGrid.ask` sends every site of the run one
+  ``query`` (its data's description, :mod:`privmed.engine.describe`).
 - **order**: site *k* in name order is node ``FIRST_NODE_ID + k``, as the
   in-process engine numbers the k-th site, so every protocol runs the same
   schedule on both engines.

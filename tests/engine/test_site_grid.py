@@ -92,6 +92,13 @@ def test_two_supernodes_claiming_one_site_are_refused():
         SiteGrid(grid).join(3, wait_s=1)
 
 
+def test_a_run_that_names_its_sites_takes_only_those_of_a_superlink_serving_more():
+    grid = fake_superlink(CONFIG, node_ids=[7, 8, 9], partitions=[0, 1, 2])
+    assert SiteGrid(grid).join(2, wait_s=1, names=["site-2", "site-0"]) == ["site-0", "site-2"]
+    with pytest.raises(PrivmedError, match=r"only 1 of 2 sites joined within 1 s \(site-1; not online: site-7\)"):
+        SiteGrid(grid).join(2, wait_s=1, names=["site-1", "site-7"])
+
+
 def test_join_names_the_missing_sites_after_its_deadline():
     grid = fake_superlink(CONFIG, node_ids=[7], partitions=[1])
     with pytest.raises(PrivmedError, match=r"only 1 of 3 sites joined within 1 s \(site-1\)"):
