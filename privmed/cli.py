@@ -640,7 +640,12 @@ def coordinator(
 def site(
     superlink: str = typer.Option(..., "--superlink", help="the coordinator's HOST:PORT"),
     name: str = typer.Option(..., "--name", help="this site's name (as registered with the coordinator)"),
-    data: str = typer.Option(..., "--data", help="this site's data: phantom:K (site K of the run's phantom, demos)"),
+    data: str = typer.Option(
+        ...,
+        "--data",
+        help="this site's own data: a MedMNIST-format .npz, a labels .csv or a folder with labels.csv (a folder of "
+        "images), medmnist:/folder:/dicom:/nifti:<path>, or phantom:K (site K of the run's phantom, demos)",
+    ),
     key: Path | None = typer.Option(None, "--key", help="this site's private key (sites/NAME from `privmed certs`)"),
     ca: Path | None = typer.Option(None, "--ca", help="the coordinator's CA certificate (ca.crt)"),
     port: int | None = typer.Option(None, help="this SuperNode's own local port (default: a free one)"),
@@ -662,11 +667,24 @@ def site(
             raise PrivmedError("give --key and --ca (TLS + node authentication), or --insecure for a test bench")
         if not insecure and (key is None or ca is None):
             raise PrivmedError("a site needs both --key (its private key) and --ca (the coordinator's ca.crt)")
-        kind, _, index = data.partition(":")
-        if kind != "phantom" or not index.isdigit():
-            raise PrivmedError(f"--data {data!r}: this version serves phantom:K (site K of the run's phantom) only")
+        from privmed.data.registry import load_dataset, site_data_spec
+
+        spec = site_data_spec(data)
+        kind, _, index = spec.partition(":")
+        if kind == "phantom" and not index.isdigit():
+            raise PrivmedError(f"--data {data!r}: the phantom's sites are phantom:K (site K of the run's phantom)")
+        if kind != "phantom":  # a file the site cannot read fails here, naming it, not at the first run
+            load_dataset(spec, seed=0)
+        phantom = kind == "phantom"
         argv = launch.supernode_argv(
-            superlink, site=name, key=key, ca_cert=ca, partition=int(index), port=port, policy=policy
+            superlink,
+            site=name,
+            key=key,
+            ca_cert=ca,
+            partition=int(index) if phantom else None,
+            port=port,
+            policy=policy,
+            data=None if phantom else spec,
         )
         folder = home or Path("runs") / f"site-{name}"
         for attempt in range(restarts + 1):
@@ -692,6 +710,9 @@ def run(
     resume: bool = typer.Option(
         False, "--resume", help="continue a run whose coordinator was killed, from its last checkpointed round"
     ),
+    site_names: list[str] = typer.Option(
+        [], "--site", help="a site of this run, by registered name (repeatable; default: the sites online)"
+    ),
 ) -> None:
     """Submit a run to the coordinator (Flower's flwr run); takes the same flags as `privmed train`."""
     import subprocess
@@ -712,6 +733,7 @@ def run(
             wait_nodes_s=wait_sites_s,
             reply_timeout_s=reply_timeout_s,
             resume=resume,
+            site_names=site_names,
         ).parent
         console.print(f"submitting {cfg.run_name} ({cfg.protocol}, {cfg.data.sites} sites) to {federation}")
         done = subprocess.run([launch.flwr_bin(), "run", str(app_dir), federation, "--stream"])

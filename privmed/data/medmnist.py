@@ -47,7 +47,7 @@ def load_medmnist(path: str | Path, *, slices: str | None = None) -> Dataset:
     except (zipfile.BadZipFile, ValueError, OSError, EOFError) as exc:
         raise PrivmedError(f"MedMNIST file {p} is not a readable .npz ({exc}); {HOW_TO_GET}") from None
 
-    images, labels = [], []
+    images, labels, counts = [], [], {}
     shape = None
     for split in ("train", "val", "test"):
         x, y = parts[f"{split}_images"], parts[f"{split}_labels"]
@@ -71,14 +71,17 @@ def load_medmnist(path: str | Path, *, slices: str | None = None) -> Dataset:
         volume = x.ndim == 4 and x.shape[-1] not in (1, 3)  # [N, D, H, W]: a 3-D set
         images.append(x[:, None] if x.ndim == 3 or volume else np.moveaxis(x, -1, 1))
         labels.append(y[:, 0].astype(np.int64))
+        counts[split] = len(x)
     imgs, labs = np.concatenate(images), np.concatenate(labels)
     if len(imgs) == 0:
         raise PrivmedError(f"MedMNIST file {p} holds no images")
     ids = np.asarray([f"I{i:06d}" for i in range(len(imgs))])
     data = ArraySet(images=np.ascontiguousarray(imgs), labels=labs, patient_ids=ids)
+    info = {"path": str(p), "splits": counts}  # the file's own split: train, val, test images in that order
     if slices is not None:
+        info.pop("splits")  # slicing multiplies the images: the file's split no longer indexes them
         check_slices(slices)
         if data.images.ndim != 5:
             raise PrivmedError(f"MedMNIST file {p} holds 2-D images; slices applies to 3-D sets only")
         data = to_slices(data)
-    return Dataset(name=f"medmnist:{p.stem}", n_classes=int(labs.max()) + 1, data=data, info={"path": str(p)})
+    return Dataset(name=f"medmnist:{p.stem}", n_classes=int(labs.max()) + 1, data=data, info=info)

@@ -14,6 +14,8 @@ networks train on). Layouts: README, "Your own data".
 
 from __future__ import annotations
 
+import numpy as np
+
 from privmed.data.base import Dataset, Federation
 from privmed.errors import PrivmedError, unknown_name
 
@@ -158,3 +160,52 @@ def load_federation(
             return phantom_federation(config, split=split, seed=seed, n_sites=sites)
     dataset = load_dataset(spec, seed=seed, n_sites=scanners, **kw)
     return partition(dataset, n_sites=sites, split=split, seed=seed)
+
+
+def site_data_spec(data: str) -> str:
+    """What ``privmed site --data`` names, as a data set spec (absolute path): ``hospital_a.npz`` (MedMNIST format),
+    a labels ``.csv`` or a folder holding ``labels.csv`` (a folder of images), or a spec (``medmnist:PATH``,
+    ``folder:CSV``, ``dicom:DIR``, ``nifti:DIR``); ``phantom:K`` (the run's phantom's site K, demos) stays as it is."""
+    from pathlib import Path
+
+    name, sep, _ = data.partition(":")
+    if sep and name == "phantom":
+        return data
+    if sep and name in DATASETS:
+        path, q, query = data[len(name) + 1 :].partition("?")
+        return f"{name}:{Path(path).expanduser().resolve()}{q}{query}"
+    p = Path(data).expanduser().resolve()
+    if p.is_dir() and (p / "labels.csv").is_file():
+        return f"folder:{p / 'labels.csv'}"
+    if p.suffix.lower() == ".npz":
+        return f"medmnist:{p}"
+    if p.suffix.lower() == ".csv":
+        return f"folder:{p}"
+    raise PrivmedError(
+        f"--data {data!r}: give a MedMNIST-format .npz, a labels .csv or a folder holding labels.csv (a folder of "
+        'images: README, "Your own data"), medmnist:/dicom:/nifti:/folder:<path>, or phantom:K (demos)'
+    )
+
+
+def load_site(spec: str, *, name: str, seed: int, image_size: int = 32, n_classes: int = 2) -> Federation:
+    """One hospital's own data set as a federation of one site named ``name``.
+
+    A MedMNIST file keeps its own train/validation/test split (the hospital
+    made it); any other data set is split by patient (:func:`privmed.data.partition.partition`, one site, ``iid``).
+    ``n_classes`` is the run's: a site whose labels stop short of it still has that many classes; more labels, more.
+    """
+    from dataclasses import replace
+
+    from privmed.data.base import SiteData
+    from privmed.data.partition import partition
+
+    dataset = load_dataset(spec, seed=seed, n_sites=1, image_size=image_size, n_classes=n_classes)
+    counts = dataset.info.get("splits")
+    if counts:
+        ends = np.cumsum([counts["train"], counts["val"], counts["test"]])
+        parts = [dataset.data.subset(np.arange(a, b)) for a, b in zip([0, *ends[:-1]], ends)]
+        fed = Federation(dataset.name, dataset.n_classes, dataset.image_shape, "own", (SiteData(name, *parts),))
+    else:
+        fed = partition(dataset, n_sites=1, split="iid", seed=seed)
+        fed = replace(fed, split="own", sites=(replace(fed.sites[0], name=name),))
+    return replace(fed, n_classes=max(fed.n_classes, n_classes))

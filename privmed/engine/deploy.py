@@ -7,7 +7,7 @@ run the same code: :data:`server_app` builds the initial model exactly as
 :class:`~privmed.protocols.base.ProtocolContext` whose grid is the Grid that
 Flower hands it; :data:`client_app` delegates every message to
 :func:`privmed.site.make_client_app` for the site numbered by the SuperNode's
-``partition-id`` (``--node-config "partition-id=0"``).
+``partition-id`` (``--node-config "partition-id=0"``) or over its own data (``data="medmnist:/path.npz"``).
 
 The privmed run configuration travels as Flower's run config, flattened
 (``data.sites``, ``train.rounds``, ``privacy.mechanism``, ...; see
@@ -37,10 +37,13 @@ What differs from the in-process engine:
   test split) and the coordinator sums the summaries
   (:func:`privmed.engine.result.evaluate_at_sites`, :mod:`privmed.evaluation`),
   as the in-process harness does, so both engines report the same numbers.
-  The ServerApp still builds the generated federation's description (model
-  shape, the sites' names and sizes for a mechanism's plan), not its images'
-  metrics; a site that holds its own files (``privmed site --data``) is
-  measured on them.
+- The coordinator holds no site data: at set-up it asks each site for its
+  data's description (shape, classes, split sizes;
+  :mod:`privmed.engine.describe`), checks that the sites agree and builds the
+  model from it; with a privacy mechanism it then gives every site the
+  roster of descriptions, which the site's copy of the mechanism plans with.
+  A site serves its own files (node config ``data``: ``privmed site --data
+  hospital_a.npz``) or, for demos, the run's phantom's site ``partition-id``.
 - Bytes are not counted (Flower's Grid does not report them).
 - Replies are aggregated in the order the SuperLink returns them. With two
   sites the result is bit-identical to the in-process run (a two-term sum
@@ -55,7 +58,7 @@ from __future__ import annotations
 import contextlib
 import json
 import time
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from functools import lru_cache
 from pathlib import Path
 from typing import Any
@@ -65,11 +68,22 @@ from flwr.clientapp import ClientApp
 from flwr.serverapp import Grid, ServerApp
 
 from privmed.config import RunConfig, from_dict
+from privmed.data.base import Federation
+from privmed.data.registry import load_site
 from privmed.engine.checkpoint import Checkpoint
+from privmed.engine.describe import DESCRIBE, ROSTER, describe, federation_of, roster_of, with_own_data
 from privmed.engine.faults import parse_faults
 from privmed.engine.policy import load_policy, policy_problem, site_privacy
 from privmed.engine.result import Monitor, RunResult, build_result
-from privmed.engine.session import assemble, build_federation, model_spec, plan_of, protocol_site_mods, resolve
+from privmed.engine.session import (
+    FIRST_NODE_ID,
+    assemble,
+    build_federation,
+    model_spec,
+    plan_of,
+    protocol_site_mods,
+    resolve,
+)
 from privmed.engine.site_grid import IDENTIFY, SiteGrid, as_addressed
 from privmed.errors import PrivmedError
 from privmed.run import set_threads
@@ -79,7 +93,8 @@ RESULT_DIR = "result-dir"
 WAIT_NODES = "wait-nodes-s"
 REPLY_TIMEOUT = "reply-timeout-s"
 RESUME = "resume"  # continue from result-dir/checkpoint.pt (the coordinator was killed)
-_DEPLOY_KEYS = {RESULT_DIR: "", WAIT_NODES: 120.0, REPLY_TIMEOUT: 600.0, RESUME: False}
+SITE_NAMES = "site-names"  # the run's sites, comma-separated ("": every site online; a SuperLink may serve more)
+_DEPLOY_KEYS = {RESULT_DIR: "", WAIT_NODES: 120.0, REPLY_TIMEOUT: 600.0, RESUME: False, SITE_NAMES: ""}
 _SECTIONS = ("data", "train", "options", "privacy")
 
 
@@ -90,6 +105,7 @@ def run_config_of(
     wait_nodes_s: float = 120.0,
     reply_timeout_s: float = 600.0,
     resume: bool = False,
+    site_names: Sequence[str] = (),
 ) -> dict[str, Any]:
     """``config`` as Flower run config: flat keys, TOML scalars only."""
     _check_protocol(config)
@@ -101,6 +117,7 @@ def run_config_of(
             out[key] = value
     out[RESULT_DIR], out[WAIT_NODES], out[REPLY_TIMEOUT] = str(result_dir), float(wait_nodes_s), float(reply_timeout_s)
     out[RESUME] = bool(resume)
+    out[SITE_NAMES] = ",".join(site_names)
     return out
 
 
@@ -140,6 +157,7 @@ def write_app(
     wait_nodes_s: float = 120.0,
     reply_timeout_s: float = 600.0,
     resume: bool = False,
+    site_names: Sequence[str] = (),
 ) -> Path:
     """Write the ``pyproject.toml`` that ``flwr run <app_dir> <superlink>`` needs; ``config`` is its default run config.
 
@@ -169,7 +187,12 @@ def write_app(
         "[tool.flwr.app.config]",
     ]
     deploy = run_config_of(
-        config, result_dir=result_dir, wait_nodes_s=wait_nodes_s, reply_timeout_s=reply_timeout_s, resume=resume
+        config,
+        result_dir=result_dir,
+        wait_nodes_s=wait_nodes_s,
+        reply_timeout_s=reply_timeout_s,
+        resume=resume,
+        site_names=site_names,
     )
     for key, value in deploy.items():
         lines.append(f'"{key}" = {_toml_value(key, value)}')
@@ -210,6 +233,7 @@ def _server_main(grid: Grid, context: Context) -> None:
         reply_timeout_s=float(deploy[REPLY_TIMEOUT]),
         checkpoint_dir=run_dir,
         resume=bool(deploy[RESUME]),
+        site_names=[n for n in str(deploy[SITE_NAMES]).split(",") if n],
     )
     result.save(run_dir)
     Checkpoint(run_dir / "checkpoint.pt").discard()
@@ -223,6 +247,7 @@ def serve(
     reply_timeout_s: float = 600.0,
     checkpoint_dir: Path | None = None,
     resume: bool = False,
+    site_names: Sequence[str] = (),
 ) -> RunResult:
     """The coordinator's side of :func:`privmed.run.execute`, on any Flower Grid: the same session, monitor,
     checkpoint and result; the sites are numbered by name (:class:`SiteGrid`).
@@ -237,8 +262,20 @@ def serve(
         raise PrivmedError("resume needs the run's result directory (its checkpoint)")
     saved = ckpt.load(config) if resume else None
     sites = SiteGrid(grid, reply_timeout_s=reply_timeout_s)
-    sites.join(config.data.sites, wait_nodes_s)
-    session = assemble(config, grid=sites, mechanism_state=Checkpoint.mechanism_state(saved) if saved else None)
+    sites.join(config.data.sites, wait_nodes_s, names=site_names)
+    # what the coordinator knows of the sites' data: their own description (sizes, shape, classes), no images
+    answers = sites.ask(ConfigRecord({DESCRIBE: 1}))
+    described = {k: v if isinstance(v, str) else v.content["config"] for k, v in answers.items()}
+    fed = federation_of(described, config)
+    if resolve(config).mechanism.name != "none":  # each site's copy of the mechanism plans with every site's sizes
+        told = sites.ask(ConfigRecord({ROSTER: roster_of(described)}))
+        failed = {k: v for k, v in told.items() if isinstance(v, str)}
+        if failed:
+            raise PrivmedError(
+                f"site {next(iter(failed))} did not take the run's roster: {next(iter(failed.values()))}"
+            )
+    mech_state = Checkpoint.mechanism_state(saved) if saved else None
+    session = assemble(config, fed=fed, grid=sites, mechanism_state=mech_state)
     monitor = Monitor(session, started=started, checkpoint=ckpt)
     session.ctx.evaluate_fn = monitor
     if saved:
@@ -256,33 +293,67 @@ def serve(
 client_app = ClientApp(mods=[as_addressed])
 
 
+DATA = "data"  # node config: the site's own data set (a spec, privmed.data.registry.site_data_spec); none: phantom
+
+
 @lru_cache(maxsize=4)
-def _site_app(run_config: tuple[tuple[str, Any], ...], partition_id: int, site: str, policy: str) -> ClientApp:
-    """The site's own ClientApp, built once per process for a run config and partition (and the site's policy)."""
+def _own_data(
+    run_config: tuple[tuple[str, Any], ...], data: str, partition_id: int, site: str
+) -> tuple[Federation, int]:
+    """What a site holds, as the federation it is part of, and its index there: its own files (``data``), a
+    federation of itself alone; else the run's phantom, whose site ``partition_id`` it serves (demos, tests)."""
+    config, _ = config_of(dict(run_config))
+    if data and not data.startswith("phantom"):
+        d = config.data
+        return load_site(data, name=site, seed=config.seed, image_size=d.image_size, n_classes=d.n_classes), 0
+    fed = build_federation(config.data, config.seed)
+    if not 0 <= partition_id < len(fed.sites):
+        raise PrivmedError(
+            f"partition-id {partition_id} out of range: this federation has sites 0..{len(fed.sites) - 1}"
+        )
+    return fed, partition_id
+
+
+@lru_cache(maxsize=4)
+def _site_app(
+    run_config: tuple[tuple[str, Any], ...],
+    partition_id: int,
+    site: str,
+    policy: str,
+    data: str,
+    index: int,
+    roster: str = "",
+) -> ClientApp:
+    """The site's own ClientApp, built once per process for a run config and its data (and the site's policy);
+    ``index``: the site's position in the run (its name's rank), as the coordinator addresses it; ``roster``: every
+    site's description, as the coordinator sent it (:func:`privmed.engine.describe.with_own_data`)."""
     set_threads()
     config, _ = config_of(dict(run_config))
     try:
         config = _as_policy_allows(config, site, policy)
     except PrivmedError as exc:  # refused: every message of the run gets the reason
         return _refusing_app(str(exc))
-    fed = build_federation(config.data, config.seed)
-    if not 0 <= partition_id < len(fed.sites):
-        raise PrivmedError(
-            f"partition-id {partition_id} out of range: this federation has sites 0..{len(fed.sites) - 1}"
-        )
+    fed, own = _own_data(run_config, data, partition_id, site)
     r = resolve(config)
+    if roster:  # its own files: the others as the coordinator described them, for the mechanism's plan
+        fed, own = with_own_data(roster, fed.sites[own], config)
+        index = own
+    elif partition_id < 0 and r.mechanism.name != "none":
+        return _refusing_app(
+            f"{site} refuses: the coordinator sent no roster of the run's sites for {r.mechanism.name}"
+        )
     try:
         r.mechanism.at_site()  # this SuperNode is one site: shared keys from the sites' files
         r.mechanism.check(plan_of(config, fed, r))  # as assemble does: DP calibrates (and checks a ledger), ...
     except PrivmedError as exc:
         return _refusing_app(f"{site} refuses: {exc}")
-    own = protocol_site_mods(r, partition_id, config, fed.sites[partition_id])
+    mine = fed.sites[own]
     return make_client_app(
-        fed.sites[partition_id],
+        mine,
         model_spec(config, fed),
-        site_index=partition_id,
-        mods=[*r.mechanism.client_mods(partition_id), *own],
-        trainer=r.mechanism.trainer(partition_id),
+        site_index=index,
+        mods=[*r.mechanism.client_mods(index), *protocol_site_mods(r, index, config, mine)],
+        trainer=r.mechanism.trainer(index),
     )
 
 
@@ -322,18 +393,27 @@ def _refusing_app(reason: str) -> ClientApp:
 
 
 def _delegate(msg: Message, context: Context) -> Message:
-    if "partition-id" not in context.node_config:
-        raise PrivmedError(
-            'this SuperNode has no partition-id; start it with --node-config "partition-id=<site number>"'
-        )
     nc = context.node_config
-    app = _site_app(
-        tuple(sorted(context.run_config.items())),
-        int(nc["partition-id"]),
-        site_name(nc),
-        str(nc.get("policy", "")),
-    )
+    data, partition = _data_of(nc)
+    # a site's own files: its index is its place in the run, as the coordinator addressed it (privmed-node)
+    index = partition if partition >= 0 else msg.metadata.dst_node_id - FIRST_NODE_ID
+    roster = context.state.config_records.get(ROSTER)
+    app = _site_app(tuple(sorted(context.run_config.items())), partition, site_name(nc), str(nc.get("policy", "")),
+                    data, index, str(roster["sites"]) if roster and partition < 0 else "")  # fmt: skip
     return app(msg, context)
+
+
+def _data_of(node_config: Mapping[str, Any]) -> tuple[str, int]:
+    """The site's data spec and phantom partition (-1: none) from its node config."""
+    data = str(node_config.get(DATA, ""))
+    if "partition-id" in node_config:
+        return data, int(node_config["partition-id"])
+    if not data or data.startswith("phantom"):
+        raise PrivmedError(
+            "this SuperNode names no data; start it with `privmed site --data PATH` (or --node-config "
+            '"partition-id=<site number>" for the phantom)'
+        )
+    return data, -1
 
 
 def site_name(node_config: Mapping[str, Any]) -> str:
@@ -347,12 +427,24 @@ def site_name(node_config: Mapping[str, Any]) -> str:
     )
 
 
-def _identify(msg: Message, context: Context) -> Message:
-    if IDENTIFY not in msg.content.config_records.get("config", {}):
-        raise PrivmedError("unknown query; a privmed site answers only the coordinator's identify query")
-    return Message(RecordDict({"config": ConfigRecord({"site": site_name(context.node_config)})}), reply_to=msg)
+def _query(msg: Message, context: Context) -> Message:
+    """The coordinator's set-up questions: the site's name (:data:`IDENTIFY`), its data's description
+    (:data:`~privmed.engine.describe.DESCRIBE`: sizes, shape, classes; :mod:`privmed.engine.describe`)."""
+    asked, nc = msg.content.config_records.get("config", {}), context.node_config
+    if DESCRIBE in asked:
+        data, partition = _data_of(nc)
+        fed, own = _own_data(tuple(sorted(context.run_config.items())), data, partition, site_name(nc))
+        answer = describe(fed, fed.sites[own], name=site_name(nc))
+    elif ROSTER in asked:  # kept in Flower's node state, which the run's later messages find
+        context.state.config_records[ROSTER] = ConfigRecord({"sites": str(asked[ROSTER])})
+        answer = ConfigRecord({"site": site_name(nc)})
+    elif IDENTIFY in asked:
+        answer = ConfigRecord({"site": site_name(nc)})
+    else:
+        raise PrivmedError("unknown query; a privmed site answers the coordinator's identify and describe queries")
+    return Message(RecordDict({"config": answer}), reply_to=msg)
 
 
 client_app.train()(_delegate)
 client_app.evaluate()(_delegate)
-client_app.query()(_identify)
+client_app.query()(_query)

@@ -83,8 +83,12 @@ def supernode_argv(
     partition: int | None = None,
     port: int | None = None,
     policy: str | Path | None = None,
+    data: str | None = None,
 ) -> list[str]:
-    """``flower-supernode`` for one hospital; ``key``/``ca_cert`` None only against an ``--insecure`` SuperLink."""
+    """``flower-supernode`` for one hospital; ``key``/``ca_cert`` None only against an ``--insecure`` SuperLink.
+
+    ``data``: the site's own data set (a spec, :func:`privmed.data.registry.site_data_spec`), which only this
+    SuperNode is told; ``partition``: instead, site K of the run's phantom (demos, tests)."""
     check_site_name(site)
     argv = [flower_bin("flower-supernode"), "--superlink", superlink, "--port", str(port or free_port())]
     if ca_cert is None:
@@ -96,6 +100,10 @@ def supernode_argv(
     if key is not None:
         argv += ["--auth-supernode-private-key", str(check_private(key).resolve())]
     node_config = f'site-name="{site}"' + (f" partition-id={int(partition)}" if partition is not None else "")
+    if data is not None:
+        if '"' in data:
+            raise PrivmedError(f"the data path {data!r} holds a double quote, which a SuperNode's config cannot carry")
+        node_config += f' data="{data}"'
     if policy is not None:  # the site's policy file (privmed.engine.policy), checked before it trains
         from privmed.engine.policy import load_policy
 

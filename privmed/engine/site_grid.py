@@ -11,6 +11,11 @@ restarts would look like a new one. :class:`SiteGrid` wraps Flower's Grid:
   the name the site reports when asked (a ``query`` message answered by
   :mod:`privmed.engine.deploy`'s ClientApp). Two online nodes claiming one
   name are refused before the run starts.
+- **which sites**: a run may name its sites (``privmed run --site NAME``):
+  a SuperLink may serve more hospitals than one run uses; else every site
+  online takes part.
+- **set-up questions**: :meth:`SiteGrid.ask` sends every site of the run one
+  ``query`` (its data's description, :mod:`privmed.engine.describe`).
 - **order**: site *k* in name order is node ``FIRST_NODE_ID + k``, as the
   in-process engine numbers the k-th site, so every protocol runs the same
   schedule on both engines.
@@ -35,7 +40,7 @@ result.json's ``reliability``.
 from __future__ import annotations
 
 import time
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 
 from flwr.app import ConfigRecord, Error, Message, RecordDict
 from flwr.common.constant import ErrorCode
@@ -70,22 +75,44 @@ class SiteGrid(Grid):
         self.site_seconds: dict[int, float] = {}
 
     # -- who is there -------------------------------------------------------------
-    def join(self, n_sites: int, wait_s: float) -> list[str]:
-        """Wait until ``n_sites`` distinct sites are online; fix their order (by name) for the run."""
+    def join(self, n_sites: int, wait_s: float, names: Sequence[str] = ()) -> list[str]:
+        """Wait until ``n_sites`` distinct sites are online (``names``: those sites, of the others the SuperLink may
+        serve); fix their order (by name) for the run."""
+        if names and len(set(names)) != n_sites:
+            raise PrivmedError(f"the run names {len(set(names))} sites ({', '.join(names)}) but has {n_sites}")
         deadline = time.monotonic() + wait_s
         while True:
             online = self._online(refuse_duplicates=True)
+            if names:
+                online = {name: nid for name, nid in online.items() if name in names}
             if len(online) >= n_sites:
                 break
             if time.monotonic() > deadline:
+                absent = f"; not online: {', '.join(sorted(set(names) - set(online)))}" if names else ""
                 raise PrivmedError(
                     f"only {len(online)} of {n_sites} sites joined within {wait_s:.0f} s "
-                    f"({', '.join(sorted(online)) or 'none'}); start one `privmed site` per hospital"
+                    f"({', '.join(sorted(online)) or 'none'}{absent}); start one `privmed site` per hospital"
                 )
             time.sleep(0.5)
         self.sites = sorted(online)
         self.node_of = dict(online)
         return self.sites
+
+    def ask(self, record: ConfigRecord, *, timeout: float | None = None) -> dict[str, Message | str]:
+        """Send every site of the run one ``query`` carrying ``record``: site name -> its reply, or why none came."""
+        nodes = list(self.get_node_ids())
+        msgs = [Message(RecordDict({"config": record}), node, "query", group_id="0") for node in nodes]
+        replies = {int(r.metadata.src_node_id): r for r in self.send_and_receive(msgs, timeout=timeout)}
+        out: dict[str, Message | str] = {}
+        for node in nodes:
+            reply = replies.get(node)
+            if reply is None:
+                out[self.site_of(node)] = "no reply"
+            elif reply.has_error():
+                out[self.site_of(node)] = f"site error: {reply.error.reason}"
+            else:
+                out[self.site_of(node)] = reply
+        return out
 
     def _online(self, *, refuse_duplicates: bool = False) -> dict[str, int]:
         """Site name -> Flower node id of every online node (the newest node of a name that restarted)."""
@@ -258,8 +285,10 @@ def as_addressed(msg: Message, context, call_next) -> Message:
     real, node = msg.metadata.dst_node_id, int(msg.content.config_records[ADDRESSED]["node-id"])
     msg.content = RecordDict({k: v for k, v in msg.content.items() if k != ADDRESSED})
     msg.metadata.__dict__["_dst_node_id"] = node
-    reply = call_next(msg, context)
+    try:
+        reply = call_next(msg, context)
+    finally:  # also when the site raises: its error reply is made from the message and must leave from here too
+        msg.metadata.__dict__["_dst_node_id"] = real
     # the reply leaves from the SuperNode's own Flower id: the SuperLink refuses a reply from another node
     reply.metadata.__dict__["_src_node_id"] = real
-    msg.metadata.__dict__["_dst_node_id"] = real
     return reply

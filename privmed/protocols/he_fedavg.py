@@ -18,7 +18,9 @@ Rounds: round 1 sends the public initial weights; later rounds send the
 encrypted sum of the previous round. A resumed run (``--resume``) sets up
 new keys (the old ones died with the interrupted process) and starts from
 the checkpointed model, which the sites had decrypted, as from public
-weights. A reply that is an error, carries no
+weights; a deployed coordinator, which holds no key, checkpointed the
+encrypted sum, and the resumed run sends it to the sites as a later round
+does (the sites' keyring file still opens it). A reply that is an error, carries no
 ciphertext, names another key, or whose ciphertext is truncated or
 malformed is rejected (recorded; the round goes on without that site); the
 sum then covers the remaining sites and says so (``count``, ``weight-sum``).
@@ -226,11 +228,15 @@ def run(ctx: ProtocolContext) -> ProtocolOutput:
     nodes = node_ids(ctx)
     scheme, public, counts = setup(ctx, nodes)  # a resumed run sets up new keys: the old ones died with the process
     aggregator = make_aggregator(scheme, public)
-    layout = layout_of(ctx.initial)
-    n = n_values(layout)
     total = sum(counts.values())
     content: dict = {"arrays": ctx.initial}  # public initial weights, or a resumed run's checkpointed model
     predictor = ctx.initial
+    sealed = sealed_record(ctx.initial)
+    if sealed is None:
+        layout = layout_of(ctx.initial)
+    else:  # a deployed coordinator resumed: it checkpointed the encrypted sum (no key), which the sites decrypt
+        layout, content = str(sealed["layout"]), {"he": sealed}
+    n = n_values(layout)
     t_add, t_enc, t_dec, ct_bytes = 0.0, 0.0, 0.0, []
     decrypting_rounds = (
         0  # rounds whose sites decrypted a sum: not the first (public weights); the last sum is the harness's

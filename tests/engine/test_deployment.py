@@ -18,6 +18,11 @@ the test opens it as a site would). Metrics are the sites' own, summed.
 tests/engine/test_site_grid.py checks every deployable protocol the same
 way without servers.
 
+Two more hospitals (``ward-a``, ``ward-b``) join the same SuperLink when
+the test that needs them runs: each SuperNode serves a small MedMNIST-format
+file from its own folder, no phantom; a run names its sites
+(``site-names``), so the phantom runs and the ward runs share the SuperLink.
+
 The security tests try what must fail: a SuperNode whose key was not
 registered, a SuperNode that does not have the CA certificate, plain HTTP to
 the TLS SuperLink. The last test kills one SuperNode with SIGKILL in the
@@ -50,11 +55,13 @@ from privmed.engine.result import load_predictor
 from privmed.privacy.sealed import sealed_record
 from privmed.run import execute
 from tests.engine.conftest import opened, privacy_of
+from tests.engine.test_site_data import write_npz
 
 BIN = Path(sys.executable).parent
 STARTUP_S = 60  # a loaded 2-core machine can take long to import Flower
 RUN_S = 480  # every message starts a ClientApp process on the SuperNode; 2 rounds = 5 messages per site
 SITES = ["site-0", "site-1", "site-2"]
+WARDS = {"ward-a": (24, 6, 8), "ward-b": (40, 8, 10)}  # hospitals serving their own files: train, val, test images
 
 CONFIG = from_dict(
     {"seed": 5, "data": {"sites": 3, "image_size": 16}, "train": {"rounds": 2, "lr": 0.01, "batch_size": 16}}
@@ -71,7 +78,7 @@ class Hospitals:
             "PYTHONPATH": os.pathsep.join(p for p in (repo, os.environ.get("PYTHONPATH")) if p),
             "FLWR_SUPEREXEC_TASK_POLL_INTERVAL": "0.2",  # Flower's default 1 s, per app process started
         }
-        self.certs = make_certs(root / "certs", sites=[*SITES, "intruder"])
+        self.certs = make_certs(root / "certs", sites=[*SITES, *WARDS, "intruder"])
         self.port = launch.free_port()
         self.superlink = f"127.0.0.1:{self.port}"
         self.admin = root / "admin"
@@ -89,8 +96,10 @@ class Hospitals:
     def logs_tail(self) -> str:
         return "\n".join(f"--- {p.name}\n{p.read_text()[-2500:]}" for p in self.logs.values() if p.exists())
 
-    def submit(self, config, result_dir: Path, **deploy) -> tuple[subprocess.Popen, Path]:
-        app = write_app(result_dir / "app", config, result_dir=result_dir, wait_nodes_s=STARTUP_S, **deploy).parent
+    def submit(self, config, result_dir: Path, site_names=SITES, **deploy) -> tuple[subprocess.Popen, Path]:
+        app = write_app(
+            result_dir / "app", config, result_dir=result_dir, wait_nodes_s=STARTUP_S, site_names=site_names, **deploy
+        ).parent
         proc = subprocess.Popen(
             [launch.flwr_bin(), "run", str(app), "hospitals", "--stream"],
             text=True,
@@ -129,6 +138,25 @@ def hospitals(tmp_path_factory):
         yield dep
     finally:
         dep.stop()
+
+
+@pytest.fixture(scope="module")
+def wards(hospitals):
+    """Two more hospitals on the same SuperLink, each serving its own MedMNIST-format file from its own folder."""
+    files = {}
+    for k, (ward, sizes) in enumerate(WARDS.items()):
+        files[ward] = write_npz(hospitals.root / "wards" / ward / f"{ward}.npz", sizes, seed=k)
+        pub = hospitals.certs.site_public(ward)
+        launch.register_site(pub, name=ward, connection="hospitals", flwr_home=hospitals.admin)
+        argv = launch.supernode_argv(
+            hospitals.superlink,
+            site=ward,
+            key=hospitals.certs.site_key(ward),
+            ca_cert=hospitals.certs.ca_cert,
+            data=f"medmnist:{files[ward]}",
+        )
+        hospitals.start(ward, argv)
+    return files
 
 
 def test_app_config_round_trips_through_flowers_parser(tmp_path):
@@ -211,10 +239,11 @@ def test_kill_9_of_a_supernode_mid_run_the_others_finish(hospitals, tmp_path):
     Prints the time from the kill until the coordinator noticed (first event about site-2) and until the run ended.
     """
     config = replace(CONFIG, protocol="fedavg", **{"train.rounds": 3})
-    submit, done = hospitals.submit(config, tmp_path / "kill9", reply_timeout_s=15.0)
     log = hospitals.logs["site-2"]
+    earlier = len(log.read_text())  # the log holds the earlier tests' messages: wait for this run's first train
+    submit, done = hospitals.submit(config, tmp_path / "kill9", reply_timeout_s=15.0)
     deadline = time.monotonic() + RUN_S
-    while "train message" not in log.read_text() and time.monotonic() < deadline:
+    while "train message" not in log.read_text()[earlier:] and time.monotonic() < deadline:
         time.sleep(0.2)
     killed = time.time()
     os.killpg(hospitals.procs["site-2"].pid, 9)
@@ -228,3 +257,23 @@ def test_kill_9_of_a_supernode_mid_run_the_others_finish(hospitals, tmp_path):
         f"\nkill -9 of site-2: noticed after {noticed[0]['at'] - killed:.1f} s ({noticed[0]['event']}); "
         f"run finished {ended - killed:.1f} s after the kill; events {[(e['event'], e['site']) for e in noticed]}"
     )
+
+
+@pytest.mark.parametrize("protocol", ["fedavg", "cwt"])
+def test_sites_serving_their_own_files_deploy(hospitals, wards, tmp_path, protocol):
+    """No phantom: two SuperNodes serve 16x16 files of different sizes; the run asks for 32x32 phantom images, so
+    the shape and sizes result.json reports can only come from the sites' answers, and no path reaches the
+    coordinator (its run config is the app's pyproject.toml)."""
+    config = from_dict(
+        {"seed": 5, "protocol": protocol, "data": {"sites": 2, "image_size": 32}, "train": {"rounds": 1, "lr": 0.01}}
+    )
+    submit, done = hospitals.submit(config, tmp_path / protocol, site_names=list(WARDS))
+    app = (done.parent / "app" / "pyproject.toml").read_text()
+    assert not any(str(path.parent) in app for path in wards.values())
+    deployed = hospitals.finish(submit, done)
+
+    assert deployed["reliability"]["sites"] == list(WARDS) and deployed["reliability"]["completed"]
+    assert deployed["dataset"]["image_shape"] == [1, 16, 16]
+    assert {d["site"]: tuple(d["images"].values()) for d in deployed["dataset"]["distribution"]} == WARDS
+    assert deployed["performance"]["evaluation"]["test_images"] == sum(s[2] for s in WARDS.values())
+    assert set(deployed["performance"]["per_site"]) == set(WARDS)

@@ -92,6 +92,13 @@ def test_two_supernodes_claiming_one_site_are_refused():
         SiteGrid(grid).join(3, wait_s=1)
 
 
+def test_a_run_that_names_its_sites_takes_only_those_of_a_superlink_serving_more():
+    grid = fake_superlink(CONFIG, node_ids=[7, 8, 9], partitions=[0, 1, 2])
+    assert SiteGrid(grid).join(2, wait_s=1, names=["site-2", "site-0"]) == ["site-0", "site-2"]
+    with pytest.raises(PrivmedError, match=r"only 1 of 2 sites joined within 1 s \(site-1; not online: site-7\)"):
+        SiteGrid(grid).join(2, wait_s=1, names=["site-1", "site-7"])
+
+
 def test_join_names_the_missing_sites_after_its_deadline():
     grid = fake_superlink(CONFIG, node_ids=[7], partitions=[1])
     with pytest.raises(PrivmedError, match=r"only 1 of 3 sites joined within 1 s \(site-1\)"):
@@ -131,10 +138,8 @@ class CoordinatorKilled(Exception):
     pass
 
 
-def test_a_killed_coordinator_resumes_from_its_last_round_and_loses_at_most_the_round_in_progress(tmp_path):
-    """The ServerApp dies in round 3 of 3; resumed, it ends where an uninterrupted run ends."""
-    config = replace(CONFIG, protocol="cwt", **{"train.rounds": 3})
-    whole = serve(fake_superlink(config), config, wait_nodes_s=5, reply_timeout_s=30)
+def kill_coordinator_in_round_3(config, checkpoint_dir) -> None:
+    """Run ``config`` on the stand-in SuperLink, checkpointing, until the ServerApp dies as round 3 starts."""
 
     def die_in_round_3(msg, reply):
         if msg.metadata.group_id == "3":
@@ -144,7 +149,14 @@ def test_a_killed_coordinator_resumes_from_its_last_round_and_loses_at_most_the_
     grid = fake_superlink(config)
     grid.fault = die_in_round_3
     with pytest.raises(CoordinatorKilled):
-        serve(grid, config, wait_nodes_s=5, reply_timeout_s=30, checkpoint_dir=tmp_path)
+        serve(grid, config, wait_nodes_s=5, reply_timeout_s=30, checkpoint_dir=checkpoint_dir)
+
+
+def test_a_killed_coordinator_resumes_from_its_last_round_and_loses_at_most_the_round_in_progress(tmp_path):
+    """The ServerApp dies in round 3 of 3; resumed, it ends where an uninterrupted run ends."""
+    config = replace(CONFIG, protocol="cwt", **{"train.rounds": 3})
+    whole = serve(fake_superlink(config), config, wait_nodes_s=5, reply_timeout_s=30)
+    kill_coordinator_in_round_3(config, tmp_path)
     resumed = serve(fake_superlink(config), config, wait_nodes_s=5, reply_timeout_s=30, checkpoint_dir=tmp_path,
                     resume=True)  # fmt: skip
     assert resumed.reliability["resumed_from_round"] == 2
@@ -157,3 +169,30 @@ def test_a_killed_coordinator_resumes_from_its_last_round_and_loses_at_most_the_
     assert resumed.performance["history"][2]["val"]["loss"] == pytest.approx(
         whole.performance["history"][2]["val"]["loss"], rel=0.2
     )
+
+
+@pytest.mark.parametrize("protocol", ["he-fedavg", "snt"])
+def test_an_encrypting_protocols_killed_coordinator_resumes_from_its_sealed_checkpoint_or_says_why_not(
+    tmp_path, protocol
+):
+    """On the deployment's code path the coordinator, which holds no key, checkpoints the sealed model; killed in round
+    3 of 3 and resumed (`privmed run --resume`), HE-FedAvg continues from round 2's encrypted sum, which the sites
+    decrypt; SNT's blob is bound to the killed run's Flower run id, so its resume is refused with that reason."""
+    import torch
+    from flwr.app import ArrayRecord
+
+    config = replace(CONFIG, protocol=protocol, privacy=privacy_of(protocol, tmp_path), **{"train.rounds": 3})
+    kill_coordinator_in_round_3(config, tmp_path / "run")
+    saved = torch.load(tmp_path / "run" / "checkpoint.pt", weights_only=True)
+    assert saved["round"] == 2 and sealed_record(ArrayRecord(saved["members"][0])) is not None  # no plaintext
+    resume = dict(wait_nodes_s=5, reply_timeout_s=30, checkpoint_dir=tmp_path / "run", resume=True)
+    if protocol == "snt":
+        with pytest.raises(PrivmedError, match="SNT cannot resume on a deployment: .* bound to the killed run's"):
+            serve(fake_superlink(config), config, **resume)
+        return
+    resumed = serve(fake_superlink(config), config, **resume)
+    assert resumed.reliability["resumed_from_round"] == 2 and resumed.reliability["completed"]
+    assert [h["round"] for h in resumed.performance["history"]] == [1, 2, 3]
+    assert not resumed.reliability["rejected_updates"], resumed.reliability  # every site trained in round 3
+    assert sealed_record(resumed.predictor) is not None
+    opened(config, resumed.predictor)  # the sites' key opens the resumed run's model

@@ -17,6 +17,9 @@ opened. The site side is :mod:`privmed.protocols.weight_transmission.site`
 key from its file (``--privacy-opt key_file=PATH``; the coordinator holds no
 key and keeps the model sealed) and blobs are bound to Flower's run id; the
 sites open the coordinator's blob to measure the model (harness evaluation).
+A deployed SNT run cannot resume after its coordinator is killed (refused
+with the reason): its checkpoint is the last blob, bound to the killed run's
+Flower run id, which the sites of the resubmitted run (a new id) refuse.
 
 A blob that fails authentication (tampered, or sealed under another key) or
 that the receiving site refuses (another run's, a round older than one it
@@ -37,7 +40,7 @@ from flwr.app import ConfigRecord, Message, RecordDict
 
 from privmed.engine.validate import reply_problem
 from privmed.errors import PrivmedError
-from privmed.privacy.sealed import layout_of, n_values, seal_predictor
+from privmed.privacy.sealed import layout_of, n_values, seal_predictor, sealed_record
 from privmed.protocols.base import ProtocolContext, ProtocolOutput, ProtocolSpec, node_ids
 from privmed.protocols.weight_transmission.site import VERIFY
 from privmed.threat import CIPHERTEXT, UPDATE, View
@@ -99,6 +102,12 @@ def predictor_of(content: dict):
 
 def run(ctx: ProtocolContext) -> ProtocolOutput:
     nodes = node_ids(ctx)
+    if sealed_record(ctx.initial) is not None:
+        raise PrivmedError(
+            "SNT cannot resume on a deployment: the coordinator, which holds no key, checkpointed the last sealed "
+            "blob, which is bound to the killed run's Flower run id, and the sites refuse a blob of another run "
+            "(a replay); start the run again"
+        )
     # the last content a site opened successfully: what a rollback forwards; at first the public initial weights
     # (a resumed run: its checkpointed, decrypted model, in the clear like round 1)
     good: dict = {"arrays": ctx.initial}
