@@ -16,6 +16,7 @@ ROWS = [
     ("centralised", RunConfig(**{**TINY.__dict__, "protocol": "centralised", "name": "a"})),
     ("fedavg", RunConfig(**{**TINY.__dict__, "protocol": "fedavg", "name": "b"})),
 ]
+MIA = ("membership",)  # a cheap audit where the test is about the suite, not the attacks
 
 
 def test_a_failed_audit_keeps_its_row_with_the_error(tmp_path, monkeypatch):
@@ -59,7 +60,7 @@ def test_an_interrupted_bench_resumes_without_rerunning_finished_rows(tmp_path, 
 
     monkeypatch.setattr(privmed.run, "execute", interrupted)
     with pytest.raises(KeyboardInterrupt):
-        run_suite(runs_dir=tmp_path, rows=ROWS)
+        run_suite(runs_dir=tmp_path, rows=ROWS, attacks=MIA)
     assert (tmp_path / ".bench.partial" / "a" / "result.json").exists() and not (tmp_path / "bench").exists()
 
     def counted(cfg, **kw):
@@ -69,12 +70,15 @@ def test_an_interrupted_bench_resumes_without_rerunning_finished_rows(tmp_path, 
 
     monkeypatch.setattr(privmed.run, "execute", counted)
     changed = [ROWS[0], ("fedavg", RunConfig(**{**ROWS[1][1].__dict__, "seed": 1}))]
-    out = run_suite(runs_dir=tmp_path, rows=changed, resume=True)
+    out = run_suite(runs_dir=tmp_path, rows=changed, resume=True, attacks=MIA)
     assert calls == ["a", "b", "b"]  # row a was kept, not run again; b ran with its new config
     assert [r["label"] for r in json.loads((out / "results.json").read_text())] == ["centralised", "fedavg"]
     # a kept row whose config changed is run again
     out = run_suite(
-        runs_dir=tmp_path, rows=[(ROWS[0][0], RunConfig(**{**ROWS[0][1].__dict__, "seed": 2}))], resume=True
+        runs_dir=tmp_path,
+        rows=[(ROWS[0][0], RunConfig(**{**ROWS[0][1].__dict__, "seed": 2}))],
+        resume=True,
+        attacks=MIA,
     )
     assert calls[-1] == "a"
 
@@ -90,8 +94,10 @@ def test_the_privacy_sweep_audits_leakage_only(tmp_path):
 
 
 def test_rows_run_in_parallel_give_the_same_numbers(tmp_path):
-    serial = json.loads((run_suite(runs_dir=tmp_path / "s", rows=ROWS) / "results.json").read_text())
-    parallel = json.loads((run_suite(runs_dir=tmp_path / "p", rows=ROWS, jobs=2) / "results.json").read_text())
+    attacks = ("membership", "inversion")  # two seeded attacks show the audit is reproducible across processes
+    serial = json.loads((run_suite(runs_dir=tmp_path / "s", rows=ROWS, attacks=attacks) / "results.json").read_text())
+    parallel = run_suite(runs_dir=tmp_path / "p", rows=ROWS, jobs=2, attacks=attacks)
+    parallel = json.loads((parallel / "results.json").read_text())
     assert [r["label"] for r in parallel] == [r["label"] for r in serial]
     for a, b in zip(serial, parallel):
         assert a["performance"]["final"] == b["performance"]["final"]

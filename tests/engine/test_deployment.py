@@ -259,11 +259,11 @@ def test_kill_9_of_a_supernode_mid_run_the_others_finish(hospitals, tmp_path):
     )
 
 
-@pytest.mark.parametrize("protocol", ["fedavg", "cwt"])
-def test_sites_serving_their_own_files_deploy(hospitals, wards, tmp_path, protocol):
+def test_sites_serving_their_own_files_deploy(hospitals, wards, tmp_path, protocol="fedavg"):
     """No phantom: two SuperNodes serve 16x16 files of different sizes; the run asks for 32x32 phantom images, so
     the shape and sizes result.json reports can only come from the sites' answers, and no path reaches the
-    coordinator (its run config is the app's pyproject.toml)."""
+    coordinator (its run config is the app's pyproject.toml). FedAvg only: CWT over the sites' own files is
+    tests/engine/test_site_data.py (the same set-up query, without servers)."""
     config = from_dict(
         {"seed": 5, "protocol": protocol, "data": {"sites": 2, "image_size": 32}, "train": {"rounds": 1, "lr": 0.01}}
     )
