@@ -252,7 +252,7 @@ def bench(
     ),
 ) -> None:
     """Run a suite over several seeds; write results.json, summary.json (mean ± 95 % CI), report.md and plots."""
-    from privmed.bench.suite import SUITES, VOLUME_SEEDS, run_suite, suite_attacks, suite_rows
+    from privmed.bench.suite import REVIEW_BUDGET, SUITES, VOLUME_SEEDS, run_suite, suite_attacks, suite_rows
 
     if suite == "synthetic":
         from privmed.synthetic.pipeline import run_bench
@@ -275,6 +275,7 @@ def bench(
                 jobs=jobs,
                 row_progress=round_progress,
                 seeds=seeds or (VOLUME_SEEDS if data == "3d" else SUITES[suite]),
+                **(REVIEW_BUDGET if suite == "review" else {}),
             )
         except KeyboardInterrupt:
             console.print(

@@ -113,6 +113,11 @@ def is_crossover(r: dict[str, Any]) -> bool:
     return str(r["config"].get("name", "")).startswith(PREFIX)
 
 
+def is_sweep(cfg: RunConfig) -> bool:
+    """A run config of the sweep (:func:`crossover_rows`)."""
+    return cfg.run_name.startswith(PREFIX)
+
+
 def busy_fraction(r: dict[str, Any]) -> float:
     """The run's CPU seconds over its wall seconds (at most 1): the share of a measured second that was compute.
 

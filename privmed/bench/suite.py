@@ -284,14 +284,28 @@ def suite_rows(
     raise unknown_name("suite", suite, list(SUITES))
 
 
-def with_seeds(rows: list[tuple[str, RunConfig]], seeds: int) -> list[tuple[str, RunConfig]]:
-    """Each row once per seed (its config's seed, then the next ``seeds - 1``), row by row; run names say the seed."""
+# The review suite within 60 minutes on 2 cores (README, "Review suite"): every table row runs over all its seeds,
+# but the crossover sweep's 64 points run on the first CROSSOVER_SEEDS of them (its figure is each cell's mean over
+# seeds) and the backdoor audit, which trains the row a second time, on the first POISONING_SEEDS.
+REVIEW_BUDGET = {"crossover_seeds": 2, "poisoning_seeds": 3}
+
+
+def with_seeds(
+    rows: list[tuple[str, RunConfig]], seeds: int, *, crossover_seeds: int | None = None
+) -> list[tuple[str, RunConfig]]:
+    """Each row once per seed (its config's seed, then the next ``seeds - 1``), row by row; run names say the seed.
+
+    ``crossover_seeds``: the crossover sweep's rows run on at most that many of the seeds."""
     if seeds == 1:
         return list(rows)
+
+    def n(cfg: RunConfig) -> int:
+        return min(seeds, crossover_seeds) if crossover_seeds and crossover.is_sweep(cfg) else seeds
+
     return [
         (label, dataclasses.replace(cfg, seed=cfg.seed + k, name=f"{cfg.run_name}-s{cfg.seed + k}"))
         for label, cfg in rows
-        for k in range(seeds)
+        for k in range(n(cfg))
     ]
 
 
@@ -308,6 +322,8 @@ def run_suite(
     row_progress: RowProgress | None = None,
     seeds: int = 1,
     references: tuple[str, ...] = REFERENCES,
+    crossover_seeds: int | None = None,
+    poisoning_seeds: int | None = None,
 ) -> Path:
     """Run ``rows`` (default: :func:`default_suite`) and write the bench directory atomically.
 
@@ -319,9 +335,19 @@ def run_suite(
     once, each in its own process (every row is seeded, so its numbers do not
     depend on what runs beside it; its wall time may, a little). ``row_progress``
     shows a serial row's rounds (the CLI passes a progress bar). ``seeds``: runs
-    per row (:func:`with_seeds`); ``references``: the rows the others are compared with.
+    per row (:func:`with_seeds`); ``references``: the rows the others are compared with. ``crossover_seeds`` and
+    ``poisoning_seeds`` (:data:`REVIEW_BUDGET`): the crossover sweep's rows run, and the backdoor audit runs, on the
+    first that many seeds only.
     """
-    rows = with_seeds(rows or default_suite(seed=seed, rounds=rounds), seeds)
+    rows = with_seeds(rows or default_suite(seed=seed, rounds=rounds), seeds, crossover_seeds=crossover_seeds)
+
+    def row_attacks(cfg: RunConfig) -> tuple[str, ...] | None:
+        if poisoning_seeds is None or cfg.seed - seed < poisoning_seeds:
+            return attacks
+        from privmed.audit import BENCH_ATTACKS
+
+        return tuple(a for a in attacks or BENCH_ATTACKS if a != "poisoning")
+
     out = Path(runs_dir) / "bench"
     work = Path(runs_dir) / ".bench.partial"
     if not resume:
@@ -337,12 +363,12 @@ def run_suite(
         else:
             todo.append(i)
     if jobs > 1 and len(todo) > 1:
-        by_index.update(_run_parallel(rows, todo, work, attacks, jobs, console))
+        by_index.update(_run_parallel(rows, todo, work, [row_attacks(cfg) for _, cfg in rows], jobs, console))
     else:
         for i in todo:
             label, cfg = rows[i]
             with (row_progress or _no_progress)(f"{label:<14}") as update:
-                by_index[i] = run_row(label, cfg, work, attacks, progress=update, console=console)
+                by_index[i] = run_row(label, cfg, work, row_attacks(cfg), progress=update, console=console)
     results = [by_index[i] for i in range(len(rows))]
     (work / "results.json").write_text(json.dumps(results, indent=2))
     summary = {
@@ -407,7 +433,7 @@ def run_row(
     bench_encrypted_inference(spec, result.predictor, fed, result)  # HE-CLSTM rows only
     try:
         # the crossover sweep measures time and bytes, not leakage: its rows are not audited
-        audited = not cfg.run_name.startswith(crossover.PREFIX)
+        audited = not crossover.is_sweep(cfg)
         audit = bench_audit(cfg, fed, result, attacks or BENCH_ATTACKS) if audited else None  # Privacy, Security
     except PrivmedError as exc:
         (console or Console(stderr=True)).print(
@@ -428,17 +454,18 @@ def _run_parallel(
     rows: list[tuple[str, RunConfig]],
     todo: list[int],
     work: Path,
-    attacks: tuple[str, ...] | None,
+    attacks: list[tuple[str, ...] | None],
     jobs: int,
     console: Console,
 ) -> dict[int, dict[str, Any]]:
-    """Rows ``todo`` in ``jobs`` worker processes (spawned: a forked torch can hang); a line per finished row."""
+    """Rows ``todo`` in ``jobs`` worker processes (spawned: a forked torch can hang), ``attacks[i]`` auditing row
+    ``i``; a line per finished row."""
     import multiprocessing
     from concurrent.futures import ProcessPoolExecutor, as_completed
 
     out: dict[int, dict[str, Any]] = {}
     with ProcessPoolExecutor(max_workers=jobs, mp_context=multiprocessing.get_context("spawn")) as pool:
-        futures = {pool.submit(run_row, *rows[i], work, attacks): i for i in todo}
+        futures = {pool.submit(run_row, *rows[i], work, attacks[i]): i for i in todo}
         try:
             for n, fut in enumerate(as_completed(futures), 1):
                 i = futures[fut]

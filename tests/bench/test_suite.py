@@ -124,3 +124,26 @@ def test_every_row_runs_over_seeds_and_the_report_gives_mean_ci_and_paired_diffe
     assert fedavg_vs_central["pairs"] == 2 and "significant" in fedavg_vs_central
     report = (out / "report.md").read_text()
     assert "mean ± 95 % CI over 2 seed(s)" in report and "paired over seeds" in report
+
+
+def test_the_review_budget_runs_the_sweep_and_the_backdoor_on_the_first_seeds_only(tmp_path):
+    from privmed.bench.crossover import PREFIX
+
+    sweep = ("crossover point", RunConfig(**{**ROWS[1][1].__dict__, "name": f"{PREFIX}c"}))
+    out = run_suite(
+        runs_dir=tmp_path,
+        rows=[ROWS[1], sweep],
+        seeds=3,
+        attacks=("membership", "poisoning"),
+        crossover_seeds=2,
+        poisoning_seeds=1,
+    )
+    results = json.loads((out / "results.json").read_text())
+    assert [(r["label"], r["seed"]) for r in results] == [
+        *[("fedavg", s) for s in range(3)],
+        *[("crossover point", s) for s in range(2)],
+    ]
+    attacked = {r["seed"]: json.loads((out / f"b-s{r['seed']}" / "audit.json").read_text()) for r in results[:3]}
+    assert "poisoning" in attacked[0]["results"] and all("poisoning" not in attacked[s]["results"] for s in (1, 2))
+    assert all("membership" in a["results"] for a in attacked.values())
+    assert not any((out / f"{PREFIX}c-s{s}" / "audit.json").exists() for s in range(2))  # the sweep is not audited
