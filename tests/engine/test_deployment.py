@@ -177,11 +177,22 @@ def test_supernode_without_a_site_identity_gets_an_error_reply():
     assert reply.has_error() and "partition-id" in reply.error.reason
 
 
-@pytest.mark.parametrize("protocol", ["fedavg", "cwt", "he-fedavg", "snt"])
-def test_tls_deployment_matches_in_process(hospitals, tmp_path, protocol):
-    config = replace(CONFIG, protocol=protocol, privacy=privacy_of(protocol, tmp_path))
-    submit, done = hospitals.submit(config, tmp_path / protocol)
-    local = execute(config)  # in-process, while the deployment trains
+PROTOCOLS = ["fedavg", "cwt", "he-fedavg", "snt"]
+
+
+@pytest.fixture(scope="module")
+def submitted(hospitals, tmp_path_factory):
+    """The four protocols' runs, submitted at once: the SuperLink runs them side by side and each SuperNode answers
+    every run's messages, so the suite waits for one deployment's latency instead of four."""
+    root = tmp_path_factory.mktemp("runs")
+    configs = {p: replace(CONFIG, protocol=p, privacy=privacy_of(p, root)) for p in PROTOCOLS}
+    return {p: (config, *hospitals.submit(config, root / p)) for p, config in configs.items()}
+
+
+@pytest.mark.parametrize("protocol", PROTOCOLS)
+def test_tls_deployment_matches_in_process(hospitals, submitted, protocol):
+    config, submit, done = submitted[protocol]
+    local = execute(config)  # in-process, while the deployments train
     deployed = hospitals.finish(submit, done)
 
     assert deployed["reliability"]["sites"] == SITES and deployed["reliability"]["completed"]
