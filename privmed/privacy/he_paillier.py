@@ -18,7 +18,7 @@ Faithful: standard Paillier encryption and decryption (interoperable with
 plaintext with headroom for the sum, and adding packed ciphertexts.
 Security from the parameters (NIST SP 800-57): a 2048-bit modulus gives 112
 bits, 3072 bits 128 (``security_bits``, stated in the run's report). With 20
-sites the slots grow to 25 bits and 2048-bit ciphertexts reach 1.58x the
+sites the slots grow to 25 bits and 2048-bit ciphertexts reach 1.59x the
 float32 plaintext, above 1.5x; ``bits=18`` keeps them at 1.44x.
 Differs from BatchCrypt: values are unsigned offset binary ([-clip, clip]
 mapped to [0, 2**bits - 1]) with ceil(log2 n_sites) headroom bits per slot,
