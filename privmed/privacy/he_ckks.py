@@ -10,7 +10,9 @@ CKKS (Cheon et al. 2018), not the 2017 multi-precision one; and aggregation
 needs no multiplication, so there are no rescaling levels: one data prime and
 SEAL's special prime, coefficient moduli [40, 40] bits (80 bits in all:
 within SEAL's 128-bit security bound of 109 bits for N=4096, and of the
-larger bounds for N=8192 and 16384).
+larger bounds for N=8192 and 16384). Security from the parameters (the HE
+standard's tables): 128 bits at N=4096, 256 at 8192 and 16384
+(``security_bits``, stated in the run's report).
 
 Parameters are validated, since a bad choice fails silently: a decrypted sum
 wraps modulo the 40-bit data prime q once it exceeds q/2. Every encrypted
@@ -47,6 +49,17 @@ COEFF_MOD_BIT_SIZES = (40, 40)  # the data prime, then SEAL's special prime
 SCALE_BITS = 30
 MIN_SCALE_BITS = 20  # measured decryption error at 2**20: 3e-3 per value; it doubles with each bit less
 MAX_ABS = 4.0
+
+
+# The HE standard (Albrecht et al. 2018, Tables 1-3, ternary secret): the largest total coefficient modulus (bits)
+# of each poly_modulus_degree at 256, 192 and 128 bits of classical security
+HE_STANDARD_MAX_MODULUS = {256: {4096: 58, 8192: 118, 16384: 237}, 192: {4096: 75, 8192: 152, 16384: 305}}
+HE_STANDARD_MAX_MODULUS[128] = {4096: 109, 8192: 218, 16384: 438}
+
+
+def security_bits(poly_modulus_degree: int, modulus_bits: int = sum(COEFF_MOD_BIT_SIZES)) -> int:
+    """The HE standard's security level for this degree and total modulus (N=4096 with 80 bits: 128)."""
+    return next((s for s, bound in HE_STANDARD_MAX_MODULUS.items() if modulus_bits <= bound[poly_modulus_degree]), 0)
 
 
 def max_scale_bits(max_summands: int) -> int:
@@ -92,6 +105,7 @@ class CKKSKeyring(Keyring):
             )
             self._ctx.global_scale = 2.0 ** int(scale_bits)
         self._params = {"poly_modulus_degree": int(poly_modulus_degree), "scale_bits": int(scale_bits)}
+        self.security_bits = security_bits(int(poly_modulus_degree))
         self._slots = int(poly_modulus_degree) // 2  # one ciphertext per poly_modulus_degree/2 values (the CKKS slots)
         pub = self._ctx.copy()
         pub.make_context_public()

@@ -78,3 +78,8 @@ def secret_global_numpy(enabled: bool = True) -> Iterator[None]:
 def guarantee(*, reproducible: bool, statement: str) -> str:
     """What a DP result may claim: ``statement``, or that it is not private when the noise is reproducible."""
     return NOT_PRIVATE if reproducible else statement
+
+
+def secret_bytes(n: int) -> bytes:
+    """``n`` bytes from the operating system's CSPRNG, for keys and nonces (held only by the caller)."""
+    return secrets.token_bytes(n)

@@ -18,6 +18,7 @@ MECHANISMS: dict[str, Callable[[dict[str, Any]], Mechanism]] = {
     "none": lambda options: _no_mechanism(options),
     "he-paillier": lambda options: HEMechanism("paillier", options),
     "he-ckks": lambda options: HEMechanism("ckks", options),
+    "he-stream": lambda options: HEMechanism("stream", options),
     "aes-gcm": WeightEncryption,
     "secagg": SecAggMechanism,
     "dp-sgd": dp.make,

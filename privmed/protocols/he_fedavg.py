@@ -29,8 +29,9 @@ module; the schemes (Paillier, CKKS) are in :mod:`privmed.privacy.he`.
 
 The site half: keys, and a client mod that decrypts and encrypts.
 
-Privacy names ``he-paillier`` and ``he-ckks``; used with the ``he-fedavg``
-protocol (``privmed train --protocol he-fedavg --privacy he-ckks``).
+Privacy names ``he-paillier``, ``he-ckks`` and ``he-stream`` (the fastest: ~1x
+FedAvg's bytes and time, see :mod:`privmed.privacy.he_stream`); used with the
+``he-fedavg`` protocol (``privmed train --protocol he-fedavg --privacy he-stream``).
 The keyring is generated once among the sites (in-process: by this object,
 which lives on the sites' side; on a Flower deployment, where every SuperNode
 is its own process, it is made once with
@@ -70,7 +71,12 @@ from privmed.threat import AGGREGATE, CIPHERTEXT, View
 # mods only around registered handlers: the set-up request is a "train" message
 # carrying this record, answered by the mod (like Flower's secaggplus_mod stages).
 SETUP = "he-setup"
-PARAMS = {"paillier": ("key_bits", "bits", "clip"), "ckks": ("poly_modulus_degree", "scale_bits")}
+PARAMS = {
+    "paillier": ("key_bits", "bits", "clip"),
+    "ckks": ("poly_modulus_degree", "scale_bits"),
+    "stream": ("bits", "clip"),
+}
+HOLDS = {"paillier": "public key only", "ckks": "public context only", "stream": "no key (it adds words mod 2**32)"}
 KEYRING_FILE = "keyring_file"  # the sites' shared keyring (privmed.privacy.he.write_keyring): needed on a deployment
 
 
@@ -175,7 +181,8 @@ class HEMechanism(Mechanism):
             "delta": None,
             "unit": None,
             "encryption": self.name,
-            "coordinator_holds": "public key / public context only",
+            "coordinator_holds": HOLDS[self.scheme],
+            "security_bits": None if self.keyring is None else self.keyring.security_bits,
             **self.options,
         }
 
@@ -192,7 +199,7 @@ def setup(ctx: ProtocolContext, nodes: list[int]) -> tuple[str, bytes, dict[int,
             reason = r.error.reason if r.has_error() else "no public key"
             raise PrivmedError(
                 f"site node {node} has no HE keys ({reason}); "
-                "run he-fedavg with --privacy he-paillier or --privacy he-ckks"
+                "run he-fedavg with --privacy he-stream, he-paillier or he-ckks"
             )
         rec = r.content["he-public"]
         public = public or (str(rec["scheme"]), bytes(rec["public"]))

@@ -40,7 +40,7 @@ def test_pack_refuses_a_value_wider_than_its_slot():
         pack(np.array([16], dtype=np.uint64), width=4, per_plaintext=2)
 
 
-@pytest.fixture(scope="module", params=["paillier", "ckks"])
+@pytest.fixture(scope="module", params=["paillier", "ckks", "stream"])
 def keyring(request):
     params = {"key_bits": 1024} if request.param == "paillier" else {}
     return make_keyring(request.param, n_sites=3, **params)

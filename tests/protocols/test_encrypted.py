@@ -96,13 +96,16 @@ def observer(seen):
     return hook
 
 
-@pytest.mark.parametrize("privacy", [{"mechanism": "he-ckks"}, {"mechanism": "he-paillier", "key_bits": 1024}])
+@pytest.mark.parametrize(
+    "privacy", [{"mechanism": "he-ckks"}, {"mechanism": "he-paillier", "key_bits": 1024}, {"mechanism": "he-stream"}]
+)
 def test_he_fedavg_gives_fedavg_model_and_coordinator_sees_only_ciphertexts(small_fed, plain, privacy):
     seen = []
     one_round = run_protocol(small_fed, he_fedavg.run, "he-fedavg", privacy, rounds=1)[0]
     # one aggregation: within the quantisation step (Paillier 3.8e-6/2 per site) or CKKS noise (~1e-5)
     assert np.abs(flat(one_round) - flat(plain["fedavg-1"])).max() < 2e-5
-    model, ctx, out, _ = run_protocol(small_fed, he_fedavg.run, "he-fedavg", privacy, fault=observer(seen))
+    model, ctx, out, mech = run_protocol(small_fed, he_fedavg.run, "he-fedavg", privacy, fault=observer(seen))
+    assert mech.report()["security_bits"] == mech.keyring.security_bits >= 80  # stated from the parameters
     spec = model_spec(RunConfig(), small_fed)
     test = small_fed.pooled("test")
     acc = evaluate_predictor(spec, model, test)["accuracy"]
