@@ -284,7 +284,7 @@ def suite_rows(
     raise unknown_name("suite", suite, list(SUITES))
 
 
-# The review suite within 60 minutes on 2 cores (README, "Review suite"): every table row runs over all its seeds,
+# The review suite towards 60 minutes on 2 cores (README, "Review suite"): every table row runs over all its seeds,
 # but the crossover sweep's 64 points run on the first CROSSOVER_SEEDS of them (its figure is each cell's mean over
 # seeds) and the backdoor audit, which trains the row a second time, on the first POISONING_SEEDS.
 REVIEW_BUDGET = {"crossover_seeds": 2, "poisoning_seeds": 3}
