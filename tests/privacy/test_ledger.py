@@ -252,7 +252,8 @@ def test_the_default_ledger_is_per_user_and_a_run_records_the_ledger_it_charged(
     ledger = tmp_path / "home" / "ledger.db"
     assert result.privacy["ledger"]["path"] == str(ledger)
     assert result.privacy["ledger"]["url"] == f"sqlite://{ledger}"
-    assert sum(Ledger(f"sqlite://{ledger}").runs().values()) > 0
+    charged = Ledger(f"sqlite://{ledger}").runs()  # run id -> charges: this run, under the id its result names
+    assert list(charged) == [result.privacy["ledger"]["run_id"]] and charged[result.privacy["ledger"]["run_id"]] > 0
     res = CliRunner().invoke(app, ["budget"])  # privmed budget reads the same default
     assert res.exit_code == 0 and f"{len(Ledger(f'sqlite://{ledger}').spent_rdp())} patients" in res.output
 

@@ -123,6 +123,7 @@ def test_bad_update_is_rejected_and_the_round_goes_on(small_fed, kind, protocol)
     assert np.isfinite(flat(out.predictor)).all() and not np.allclose(flat(out.predictor), flat(ctx.initial))
     assert len(seen) == 2
     assert {r["node"] for r in ctx.rejections} == {FIRST_NODE_ID + 1}
+    assert all(("NaN or Inf" if kind == "nan" else "has shape") in r["reason"] for r in ctx.rejections)
     assert len(ctx.rejections) == 2
     assert ("NaN" if kind == "nan" else "shape") in ctx.rejections[0]["reason"]
 
