@@ -147,3 +147,16 @@ def test_the_review_budget_runs_the_sweep_and_the_backdoor_on_the_first_seeds_on
     assert "poisoning" in attacked[0]["results"] and all("poisoning" not in attacked[s]["results"] for s in (1, 2))
     assert all("membership" in a["results"] for a in attacked.values())
     assert not any((out / f"{PREFIX}c-s{s}" / "audit.json").exists() for s in range(2))  # the sweep is not audited
+
+
+def test_parallel_workers_get_the_longest_rows_first():
+    """Longest first, so the short crossover runs fill the tail; the review's 10x-patient DP rows and the U-Net
+    segmentation rows before its default rows."""
+    from privmed.bench.suite import _expected_cost, review_suite
+
+    rows = {cfg.run_name: cfg for _, cfg in review_suite()}
+    cost = {name: _expected_cost(cfg) for name, cfg in rows.items()}
+    crossover = max(c for n, c in cost.items() if n.startswith("crossover"))
+    assert crossover < min(cost[n] for n in ("centralised", "single-site3", "cwt", "fedavg-faults"))
+    assert cost["cwt"] < cost["fedavg-unet-seg"] < cost["centralised-p3sgd-eps3"]
+    assert cost["centralised"] < cost["centralised-x10"]
