@@ -41,6 +41,8 @@ DIRECTION = {
     "test AUROC": 1,
     "balanced accuracy": 1,
     "Dice": 1,
+    "Dice (all cases)": 1,
+    "HD95": -1,
     "kB/site/round": -1,
     "wall": -1,
     "MIA AUC": -1,

@@ -44,7 +44,9 @@ def _per_site_round_kb(r: dict[str, Any]) -> float | None:
 FIGURES: tuple[tuple[str, str, Getter], ...] = (
     ("test AUROC", "0.5 = chance", _get("performance", "final", "auroc")),
     ("balanced accuracy", "0.5 = chance", _get("performance", "final", "balanced_accuracy")),
-    ("Dice", "", _get("performance", "final", "dice")),
+    ("Dice", "lesion-present cases", _get("performance", "final", "dice")),
+    ("Dice (all cases)", "empty mask predicted empty = 1", _get("performance", "final", "dice_overall")),
+    ("HD95", "pixels, lesion-present cases", _get("performance", "final", "hd95")),
     ("kB/site/round", "kB", _per_site_round_kb),
     ("wall", "s", _get("runtime", "wall_seconds")),
     ("released round", "of the budget", _get("performance", "selection", "round")),

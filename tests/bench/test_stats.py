@@ -60,3 +60,11 @@ def test_every_attack_figure_gets_an_interval_and_dp_rows_are_paired_with_their_
     assert dp["difference"] == pytest.approx(0.51 - np.mean(mias)) and dp["significant"]
     assert found[("cwt+dp", "cwt", "test AUROC")]["difference"] == pytest.approx(-0.1)
     assert not any(c["row"] == "cwt" for c in found.values())  # the plain row has no counterpart
+
+
+def test_a_segmentation_row_reports_dice_on_lesion_cases_overall_and_hd95():
+    finals = [{"dice": 0.6, "dice_overall": 0.7, "hd95": 4.0}, {"dice": 0.5, "dice_overall": 0.75, "hd95": 6.0}]
+    results = [{**run("unet", s, None), "performance": {"final": f}} for s, f in enumerate(finals)]
+    (row,) = summarise(results)
+    figures = {k: (v["mean"], v["n"]) for k, v in row["figures"].items()}
+    assert figures == {"Dice": (0.55, 2), "Dice (all cases)": (0.725, 2), "HD95": (5.0, 2)}
