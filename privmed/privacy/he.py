@@ -116,6 +116,8 @@ class Keyring(ABC):
 class Aggregator(ABC):
     """The coordinator's side: adds ciphertexts under the public material only."""
 
+    security_bits: int  # the level the public parameters give (a deployed coordinator has no keyring to ask)
+
     def __init__(self, public: bytes) -> None:
         self.key_id = key_id(public)
 

@@ -159,6 +159,8 @@ class CKKSAggregator(Aggregator):
             raise PrivmedError(
                 "the coordinator was given a CKKS context with the secret key; give it the public context only"
             )
+        parms = self.context.seal_context().data.key_context_data()
+        self.security_bits = security_bits(parms.parms().poly_modulus_degree(), parms.total_coeff_modulus_bit_count())
 
     def check(self, ciphertext: bytes, *, n_values: int) -> str | None:
         try:

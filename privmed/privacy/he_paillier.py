@@ -163,6 +163,7 @@ class PaillierAggregator(Aggregator):
         desc = json.loads(public)
         self.n = int(desc["n"], 16)
         self.nsquare = gmpy2.mpz(self.n) ** 2
+        self.security_bits = security_bits(self.n.bit_length())
         _, self.per_plaintext, self.ct_bytes = _layout(desc)
 
     def check(self, ciphertext: bytes, *, n_values: int) -> str | None:

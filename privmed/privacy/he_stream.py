@@ -170,6 +170,7 @@ class StreamAggregator(Aggregator):
         super().__init__(public)
         if json.loads(public).get("scheme") != StreamKeyring.scheme:
             raise PrivmedError("he-stream aggregator needs he-stream public material")
+        self.security_bits = SECURITY_BITS
 
     def check(self, ciphertext: bytes, *, n_values: int) -> str | None:
         if len(ciphertext) != NONCE_BYTES + 4 * n_values:

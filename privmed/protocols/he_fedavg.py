@@ -285,6 +285,7 @@ def run(ctx: ProtocolContext) -> ProtocolOutput:
     return ProtocolOutput(
         predictor,
         measured={
+            "privacy": {"security_bits": aggregator.security_bits},  # also where the coordinator holds no keyring
             "communication": {
                 "he_scheme": scheme,
                 "ciphertext_bytes_per_site_per_round": mean_ct,

@@ -106,6 +106,8 @@ def test_he_fedavg_gives_fedavg_model_and_coordinator_sees_only_ciphertexts(smal
     assert np.abs(flat(one_round) - flat(plain["fedavg-1"])).max() < 2e-5
     model, ctx, out, mech = run_protocol(small_fed, he_fedavg.run, "he-fedavg", privacy, fault=observer(seen))
     assert mech.report()["security_bits"] == mech.keyring.security_bits >= 80  # stated from the parameters
+    # the coordinator derives the same level from the public material alone (a deployed one holds no keyring)
+    assert out.measured["privacy"]["security_bits"] == mech.keyring.security_bits
     spec = model_spec(RunConfig(), small_fed)
     test = small_fed.pooled("test")
     acc = evaluate_predictor(spec, model, test)["accuracy"]
