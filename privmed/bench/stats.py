@@ -181,15 +181,24 @@ def _comparison(row: str, ref: str, figure: str, paired: tuple[float, float, flo
 def compare(results: list[dict[str, Any]], references: tuple[str, ...], figure: str = "test AUROC") -> list[dict]:
     """Every row against each reference row on ``figure``, paired by seed: mean difference, CI, p, significant;
     then every row with a privacy mechanism against the same row without it (:func:`counterparts`) on utility and
-    leakage. (A row with injected faults is paired with its fault-free row by :func:`fault_effects`.)"""
+    leakage. (A row with injected faults is paired with its fault-free row by :func:`fault_effects`.)
+
+    A row is compared with a reference only on the same data (``config.data``): the DP rows on ten times the
+    patients, or the crossover sweep on its own small images, have other training and test images, so their
+    difference to the default centralised row would measure the data, not the technique (the DP rows have their
+    own non-DP reference through :func:`counterparts`)."""
     get = next(g for name, _, g in FIGURES if name == figure)
     rows = by_label(results)
+
+    def data(label: str) -> Any:
+        return next(iter(rows[label].values())).get("config", {}).get("data")
+
     out = [
         _comparison(label, ref, figure, paired)
         for ref in references
         if ref in rows
         for label, runs in rows.items()
-        if label != ref and (paired := _paired(runs, rows[ref], get)) is not None
+        if label != ref and data(label) == data(ref) and (paired := _paired(runs, rows[ref], get)) is not None
     ]
     getters = {name: g for name, _, g in FIGURES}
     for label, ref in counterparts(results).items():

@@ -68,3 +68,13 @@ def test_a_segmentation_row_reports_dice_on_lesion_cases_overall_and_hd95():
     (row,) = summarise(results)
     figures = {k: (v["mean"], v["n"]) for k, v in row["figures"].items()}
     assert figures == {"Dice": (0.55, 2), "Dice (all cases)": (0.725, 2), "HD95": (5.0, 2)}
+
+
+def test_a_row_on_other_data_is_not_compared_with_the_reference():
+    def on(label, seed, auroc, data):
+        return {**run(label, seed, auroc), "config": {"data": data, "privacy": {}, "seed": seed}}
+
+    results = [on("ref", s, 0.9, {"image_size": 32}) for s in range(3)]
+    results += [on("same", s, 0.7 + 0.01 * s, {"image_size": 32}) for s in range(3)]
+    results += [on("bigger", s, 0.7 + 0.01 * s, {"image_size": 32, "patients_scale": 10}) for s in range(3)]
+    assert [c["row"] for c in compare(results, ("ref",))] == ["same"]
