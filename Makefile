@@ -28,8 +28,12 @@ format: $(STAMP)
 	$(VENV)/bin/ruff format .
 	$(VENV)/bin/ruff check --fix .
 
+# three pytest-xdist workers on the CI machine's 2 cores: the Flower deployment tests mostly wait on their servers
+# (a SuperNode takes one message at a time, each in a new ClientApp process, and polls every 3 s when idle), so two
+# workers run the rest of the suite meanwhile; --dist loadfile keeps each file's tests and module fixtures on one
+# worker, in the order tests/conftest.py gives (the waiting files first)
 test: lint
-	$(VENV)/bin/python -m pytest
+	$(VENV)/bin/python -m pytest -n 3 --dist loadfile --no-loadscope-reorder
 
 clean:
 	rm -rf $(VENV) runs

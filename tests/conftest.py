@@ -16,3 +16,17 @@ def small_fed():
         PhantomConfig(n_sites=4, patients_per_site=(8, 6, 5, 4), images_per_patient=2, image_size=16, seed=3)
     )
     return partition(ds, n_sites=4, split="natural", seed=3)
+
+
+# Files whose tests mostly wait (on Flower servers, or on one long calibration training): run first, so that under
+# `make test`'s pytest-xdist workers (--dist loadfile: a file's tests and its module fixtures stay on one worker)
+# the other workers run the rest of the suite meanwhile instead of waiting on them at the end.
+RUN_FIRST = ("tests/engine/test_deployment.py", "tests/test_run.py")
+
+
+def pytest_collection_modifyitems(items):
+    def rank(item) -> int:
+        path = item.nodeid.split("::")[0]
+        return RUN_FIRST.index(path) if path in RUN_FIRST else len(RUN_FIRST)
+
+    items.sort(key=rank)  # stable: the collection order within each group
