@@ -21,14 +21,13 @@ way without servers.
 Two more hospitals (``ward-a``, ``ward-b``) join the same SuperLink: each
 SuperNode serves a small MedMNIST-format file from its own folder, no
 phantom; a run names its sites (``site-names``), so the wards' run is
-submitted with the four phantom runs and all share the SuperLink.
+submitted with the four phantom runs and all five share the SuperLink.
 
 The security tests try what must fail: a SuperNode whose key was not
 registered, a SuperNode that does not have the CA certificate, plain HTTP to
-the TLS SuperLink. One more run, on three SuperNodes of its own (``spare-0``,
-``spare-1``, ``victim``), is submitted with the others; its victim is killed
-with SIGKILL in the middle of the run, which must finish with the other two in
-bounded time; the test prints the time to notice and the time to finish.
+the TLS SuperLink. The last test kills one SuperNode with SIGKILL in the
+middle of a run, which must finish with the others in bounded time; it prints
+the time to notice and the time to finish.
 """
 
 from __future__ import annotations
@@ -37,7 +36,6 @@ import json
 import os
 import subprocess
 import sys
-import threading
 import time
 from pathlib import Path
 
@@ -63,12 +61,6 @@ BIN = Path(sys.executable).parent
 STARTUP_S = 60  # a loaded 2-core machine can take long to import Flower
 RUN_S = 480  # every message starts a ClientApp process on the SuperNode; 2 rounds = 5 messages per site
 SITES = ["site-0", "site-1", "site-2"]
-# the kill -9 run's own three SuperNodes (phantom partitions 0, 1, 2), so it runs beside the others: a SuperNode
-# takes one message at a time, and the killed one serves no other run
-KILL_SITES = ["spare-0", "spare-1", "victim"]
-# how long the kill -9 run's coordinator waits for a reply: its set-up query too, answered by a fresh ClientApp
-# process while the other runs load the machine (15 s timed out there)
-KILL_REPLY_TIMEOUT_S = 30.0
 WARDS = {"ward-a": (24, 6, 8), "ward-b": (40, 8, 10)}  # hospitals serving their own files: train, val, test images
 
 CONFIG = from_dict(
@@ -86,7 +78,7 @@ class Hospitals:
             "PYTHONPATH": os.pathsep.join(p for p in (repo, os.environ.get("PYTHONPATH")) if p),
             "FLWR_SUPEREXEC_TASK_POLL_INTERVAL": "0.2",  # Flower's default 1 s, per app process started
         }
-        self.certs = make_certs(root / "certs", sites=[*SITES, *KILL_SITES, *WARDS, "intruder"])
+        self.certs = make_certs(root / "certs", sites=[*SITES, *WARDS, "intruder"])
         self.port = launch.free_port()
         self.superlink = f"127.0.0.1:{self.port}"
         self.admin = root / "admin"
@@ -96,9 +88,8 @@ class Hospitals:
         self.procs[name] = launch.start(argv, flwr_home=self.root / name, log=self.logs[name], env=self.env)
         return self.procs[name]
 
-    def start_site(self, k: int, site: str | None = None, **changes) -> subprocess.Popen:
-        """The SuperNode of phantom partition ``k``, as ``site`` (default: SITES[k])."""
-        site = site or SITES[k]
+    def start_site(self, k: int, **changes) -> subprocess.Popen:
+        site = SITES[k]
         args = {"site": site, "key": self.certs.site_key(site), "ca_cert": self.certs.ca_cert, "partition": k}
         return self.start(site, launch.supernode_argv(self.superlink, **{**args, **changes}))
 
@@ -140,11 +131,10 @@ def hospitals(tmp_path_factory):
         link = dep.start("superlink", launch.superlink_argv(dep.certs, port=dep.port, database=dep.root / "state.db"))
         launch.wait_listening("127.0.0.1", dep.port, link, timeout_s=STARTUP_S)
         launch.write_connection(dep.admin, "hospitals", dep.superlink, dep.certs.ca_cert)
-        for site in [*SITES, *KILL_SITES]:
+        for site in SITES:
             launch.register_site(dep.certs.site_public(site), name=site, connection="hospitals", flwr_home=dep.admin)
         for k in range(len(SITES)):
             dep.start_site(k)
-            dep.start_site(k, KILL_SITES[k])
         yield dep
     finally:
         dep.stop()
@@ -198,17 +188,13 @@ WARD_CONFIG = from_dict(
 
 @pytest.fixture(scope="module")
 def submitted(hospitals, wards, tmp_path_factory):
-    """The four protocols' runs, the wards' run and the kill -9 run, submitted at once: the SuperLink runs them side
-    by side and each SuperNode answers every run's messages, so the suite waits for one deployment's latency
-    instead of six. The kill -9 run's watcher kills its victim once that run's first train message arrives."""
+    """The four protocols' runs and the wards' run, submitted at once: the SuperLink runs them side by side and
+    each SuperNode answers every run's messages, so the suite waits for one deployment's latency instead of five.
+    (The kill -9 run comes after them: it kills site-2, which serves the four.)"""
     root = tmp_path_factory.mktemp("runs")
     configs = {p: replace(CONFIG, protocol=p, privacy=privacy_of(p, root)) for p in PROTOCOLS}
     runs = {p: (config, *hospitals.submit(config, root / p)) for p, config in configs.items()}
     runs["wards"] = (WARD_CONFIG, *hospitals.submit(WARD_CONFIG, root / "wards", site_names=list(WARDS)))
-    kill = hospitals.submit(KILL_CONFIG, root / "kill9", site_names=KILL_SITES, reply_timeout_s=KILL_REPLY_TIMEOUT_S)
-    watcher = KillAtFirstTrain(hospitals, "victim")
-    watcher.start()
-    runs["kill9"] = (KILL_CONFIG, *kill, watcher)
     return runs
 
 
@@ -267,45 +253,29 @@ def test_plain_http_to_the_tls_superlink_fails(hospitals):
     assert httpx.get(f"https://{hospitals.superlink}/", verify=str(hospitals.certs.ca_cert), timeout=10).status_code
 
 
-# FedAvg, 2 rounds: the kill in round 1, round 2 without the victim
-KILL_CONFIG = replace(CONFIG, protocol="fedavg")
+def test_kill_9_of_a_supernode_mid_run_the_others_finish(hospitals, tmp_path):
+    """SIGKILL site-2's SuperNode once round 1 is under way: FedAvg finishes its 2 rounds with site-0 and site-1.
 
-
-class KillAtFirstTrain(threading.Thread):
-    """SIGKILLs ``site``'s SuperNode once its log shows a train message; ``killed`` is when (epoch seconds)."""
-
-    def __init__(self, hospitals: Hospitals, site: str) -> None:
-        super().__init__(daemon=True)
-        self.hospitals, self.site, self.killed = hospitals, site, None
-
-    def run(self) -> None:
-        log, deadline = self.hospitals.logs[self.site], time.monotonic() + RUN_S
-        while "train message" not in log.read_text() and time.monotonic() < deadline:
-            time.sleep(0.2)
-        self.killed = time.time()
-        os.killpg(self.hospitals.procs[self.site].pid, 9)
-
-
-def test_kill_9_of_a_supernode_mid_run_the_others_finish(hospitals, submitted):
-    """SIGKILL the victim's SuperNode once round 1 is under way: FedAvg finishes its 2 rounds with the other two.
-
-    Prints the time from the kill until the coordinator noticed (first event about the victim) and until the run
-    ended (its result.json written), while the other deployed runs share the machine."""
-    _, submit, done, watcher = submitted["kill9"]
+    Prints the time from the kill until the coordinator noticed (first event about site-2) and until the run ended.
+    """
+    config = replace(CONFIG, protocol="fedavg")  # 2 rounds: the kill in round 1, round 2 without site-2
+    log = hospitals.logs["site-2"]
+    earlier = len(log.read_text())  # the log holds the earlier tests' messages: wait for this run's first train
+    submit, done = hospitals.submit(config, tmp_path / "kill9", reply_timeout_s=15.0)
+    deadline = time.monotonic() + RUN_S
+    while "train message" not in log.read_text()[earlier:] and time.monotonic() < deadline:
+        time.sleep(0.2)
+    killed = time.time()
+    os.killpg(hospitals.procs["site-2"].pid, 9)
     deployed = hospitals.finish(submit, done)
-    ended = done.stat().st_mtime
-    watcher.join(timeout=STARTUP_S)
-    assert watcher.killed is not None, "the victim never got a train message"
+    ended = time.time()
     rel = deployed["reliability"]
-    assert rel["sites"] == KILL_SITES
     assert rel["completed"] and [h["round"] for h in deployed["performance"]["history"]] == [1, 2]
-    noticed = [e for e in rel["events"] if e["site"] == "victim"]
+    noticed = [e for e in rel["events"] if e["site"] == "site-2"]
     assert noticed, rel
-    killed = watcher.killed
     print(
-        f"\nkill -9 of the victim: noticed after {noticed[0]['at'] - killed:.1f} s ({noticed[0]['event']}); "
-        f"run finished {ended - killed:.1f} s after the kill; "
-        f"events {[(e['event'], e['site']) for e in noticed]}"
+        f"\nkill -9 of site-2: noticed after {noticed[0]['at'] - killed:.1f} s ({noticed[0]['event']}); "
+        f"run finished {ended - killed:.1f} s after the kill; events {[(e['event'], e['site']) for e in noticed]}"
     )
 
 
