@@ -52,3 +52,23 @@ def test_volumes_are_scored_in_3d():
     assert m["dice_overall"] == pytest.approx((0.5 + 1.0) / 2)  # the empty-empty case scores 1, as stated
     empty = segmentation_metrics(masks, _proba(np.zeros_like(masks)))
     assert empty["hd95"] == pytest.approx(np.sqrt(3 * 12**2)) and empty["dice"] == 0.0
+
+
+def test_the_segmentation_loss_scores_a_missed_lesion_as_a_miss_even_beside_empty_images():
+    """Dice on the lesion channel over the batch: an all-background prediction of a batch with one lesion image and
+    one empty image gets Dice loss ~1 (with the background channel in the Dice term: 0.52, what let the U-Net
+    collapse to empty masks), and the right prediction ~0 (with Dice per image: 0.50, the empty image's soft
+    lesion probabilities scoring as a miss)."""
+    import torch
+
+    from privmed.tasks import loss_fn
+
+    y = torch.zeros(2, 1, 8, 8, dtype=torch.long)
+    y[0, 0, 2:5, 2:5] = 1  # image 0 has a lesion, image 1 none
+    background = torch.zeros(2, 2, 8, 8)
+    background[:, 0] = 10.0  # every pixel predicted background
+    criterion = loss_fn("segmentation")
+    assert float(criterion.dice(background, y)) > 0.99
+    hit = background.clone()
+    hit[0, 1, 2:5, 2:5] = 20.0  # the lesion found, the empty image left empty
+    assert float(criterion.dice(hit, y)) < 0.01
