@@ -1,7 +1,5 @@
 """Our ε against Opacus' accountants and against Abadi et al. 2016's published figure."""
 
-import math
-
 import numpy as np
 import pytest
 from hypothesis import given, settings
@@ -80,4 +78,8 @@ def test_impossible_targets_refused():
         acc.check_target(delta=0.02, n=100, unit="image", site="site-0")
     with pytest.raises(PrivmedError, match="gives epsilon"):
         acc.check_reachable(epsilon=1.0, delta=1e-5, q=0.5, steps=1000, noise_multiplier=0.5, accountant="rdp")
-    assert math.isfinite(acc.calibrate(epsilon=0.5, delta=1e-5, q=0.01, steps=10, accountant="rdp"))
+    sigma = acc.calibrate(epsilon=0.5, delta=1e-5, q=0.01, steps=10, accountant="rdp")
+    # the calibrated noise meets the target, and 10 % less noise does not: the smallest sigma, not just a finite one
+    acc.check_reachable(epsilon=0.5, delta=1e-5, q=0.01, steps=10, noise_multiplier=sigma, accountant="rdp")
+    with pytest.raises(PrivmedError, match="gives epsilon"):
+        acc.check_reachable(epsilon=0.5, delta=1e-5, q=0.01, steps=10, noise_multiplier=0.9 * sigma, accountant="rdp")

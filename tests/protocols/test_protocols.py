@@ -122,6 +122,9 @@ def test_bad_update_is_rejected_and_the_round_goes_on(small_fed, kind, protocol)
     out = protocol.run(ctx)
     assert np.isfinite(flat(out.predictor)).all() and not np.allclose(flat(out.predictor), flat(ctx.initial))
     assert len(seen) == 2
+    # the poisoned reply was rejected in each round (and only it): the rounds went on with the other sites
+    assert [r["round"] for r in ctx.rejections] == [1, 2]
+    assert all(("NaN or Inf" if kind == "nan" else "has shape") in r["reason"] for r in ctx.rejections)
     assert {r["node"] for r in ctx.rejections} == {FIRST_NODE_ID + 1}
     assert all(("NaN or Inf" if kind == "nan" else "has shape") in r["reason"] for r in ctx.rejections)
     assert len(ctx.rejections) == 2
